@@ -1,0 +1,98 @@
+"""RabbitMQ: one virtual host per tenant, one user per service scoped to it.
+
+The vhost is named after the tenant id (seed 000) and shared by the tenant's
+services; its connection and queue limits and a queue-length operator policy come
+from the tenant's limits. Service users carry no tags (no management, policymaker,
+monitoring or administrator rights) and hold permissions on that vhost alone.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_rabbitmq as rabbitmq
+
+from components import PACKAGE
+from components.secrets import generated_password
+from tenant_infra.catalog import Limits
+from tenant_infra.tenant import ServiceNames, TenantNames
+
+
+class TenantVhost(pulumi.ComponentResource):
+    """The tenant's virtual host and the limits on it."""
+
+    name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        tenant: TenantNames,
+        limits: Limits,
+        protect_data: bool,
+        provider: rabbitmq.Provider,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"{PACKAGE}:rabbitmq:TenantVhost", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        vhost = rabbitmq.VHost(
+            f"{name}-vhost",
+            name=tenant.vhost,
+            description=f"tenant {tenant.tenant}",
+            # The provider types these as strings.
+            max_connections=str(limits.broker_max_connections),
+            max_queues=str(limits.broker_max_queues),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=protect_data)),
+        )
+        # An operator policy, not a policy: tenant users cannot override it.
+        rabbitmq.OperatorPolicy(
+            f"{name}-queue-limits",
+            name="tenant-queue-limits",
+            vhost=vhost.name,
+            policy=rabbitmq.OperatorPolicyPolicyArgs(
+                pattern=".*",
+                priority=0,
+                apply_to="queues",
+                definition={
+                    "max-length": str(limits.broker_queue_max_length),
+                    "overflow": "reject-publish",
+                },
+            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=vhost)),
+        )
+        self.vhost = vhost
+        self.name = vhost.name
+        self.register_outputs({"name": self.name})
+
+
+class BrokerUser(pulumi.ComponentResource):
+    """A service's user with permissions on its tenant's vhost only."""
+
+    username: pulumi.Output[str]
+    password: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        names: ServiceNames,
+        vhost: TenantVhost,
+        provider: rabbitmq.Provider,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"{PACKAGE}:rabbitmq:BrokerUser", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        self.password = generated_password(f"{name}-password", self)
+        user = rabbitmq.User(
+            f"{name}-user",
+            name=names.broker_user,
+            password=self.password,
+            tags=[],
+            opts=child,
+        )
+        rabbitmq.Permissions(
+            f"{name}-permissions",
+            user=user.name,
+            vhost=vhost.name,
+            permissions=rabbitmq.PermissionsPermissionsArgs(configure=".*", write=".*", read=".*"),
+            opts=child,
+        )
+        self.username = user.name
+        self.register_outputs({"username": self.username})

@@ -1,0 +1,154 @@
+"""A tenant service's PostgreSQL: its login role and its DATABASE- or SCHEMA-mode store.
+
+In both modes the service's tables live in the schema ``tenant_<key>``, owned by the
+service's role; only the database around it differs:
+
+- DATABASE: a dedicated database ``<product>_<key>`` (resources tagged ``dedicated``);
+- SCHEMA: the product's shared database ``<product>`` (resources tagged ``shared``).
+
+The role is the service's, not the store's, and the two stores' resources have
+distinct names, so promoting SCHEMA→DATABASE can declare the dedicated store beside
+the shared one, copy, and then drop the shared one, keeping role, password and
+Vault path.
+
+Least privilege: the role is a plain LOGIN role (no superuser, createdb, createrole,
+replication, RLS bypass or inherited membership) that owns its schema and may
+CONNECT to its database. Databases stay owned by the platform admin, so a tenant can
+neither re-open its database to PUBLIC nor create objects in its ``public`` schema;
+PUBLIC's default CONNECT/TEMP on a dedicated database is revoked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_postgresql as postgresql
+
+from components import PACKAGE
+from components.providers import Providers
+from components.secrets import generated_password
+from tenant_infra.catalog import IsolationMode, Limits
+from tenant_infra.tenant import ServiceNames, pg_shared_database
+
+
+@dataclass(frozen=True)
+class PostgresArgs:
+    names: ServiceNames
+    isolation: IsolationMode
+    limits: Limits
+    protect_data: bool
+
+
+class ServicePostgres(pulumi.ComponentResource):
+    """Role, database (DATABASE mode) and schema of one tenant service."""
+
+    role: pulumi.Output[str]
+    password: pulumi.Output[str]
+    database: pulumi.Output[str]
+    schema: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: PostgresArgs,
+        providers: Providers,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"{PACKAGE}:postgres:ServicePostgres", name, None, opts)
+        # Not `_providers`: ComponentResource uses that attribute itself.
+        self._name, self._args, self._stack_providers = name, args, providers
+        names = args.names
+        dedicated = args.isolation is IsolationMode.DATABASE
+        # DROP OWNED / REASSIGN OWNED on destroy run only in the provider's database.
+        role_provider = (
+            providers.postgres(names.product, "postgres", "admin")
+            if dedicated
+            else providers.postgres(names.product, pg_shared_database(names.product), "shared")
+        )
+        self.password = generated_password(f"{name}-password", self)
+        role = postgresql.Role(
+            f"{name}-role",
+            name=names.pg_role,
+            login=True,
+            password=self.password,
+            superuser=False,
+            create_database=False,
+            create_role=False,
+            replication=False,
+            bypass_row_level_security=False,
+            inherit=False,
+            connection_limit=args.limits.pg_connection_limit,
+            statement_timeout=args.limits.pg_statement_timeout_ms,
+            search_paths=[names.pg_schema],
+            opts=pulumi.ResourceOptions(parent=self, provider=role_provider),
+        )
+        self.role = role.name
+        self.database, self.schema = (
+            self._dedicated_store(role) if dedicated else self._shared_store(role)
+        )
+        self.register_outputs(
+            {"role": self.role, "database": self.database, "schema": self.schema}
+        )
+
+    def _dedicated_store(self, role: postgresql.Role) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        name, args, names = f"{self._name}-dedicated", self._args, self._args.names
+        admin = self._stack_providers.postgres(names.product, "postgres", "admin")
+        database = postgresql.Database(
+            f"{name}-db",
+            name=names.pg_dedicated_database,
+            template="template0",
+            encoding="UTF8",
+            connection_limit=args.limits.pg_connection_limit,
+            opts=pulumi.ResourceOptions(parent=self, provider=admin, protect=args.protect_data),
+        )
+        # Everything inside the dedicated database goes away with it: no REVOKE or
+        # DROP SCHEMA is sent to a database that is being dropped.
+        inside = self._stack_providers.postgres(names.product, database.name, "dedicated", [database])
+        postgresql.Grant(
+            f"{name}-revoke-public",
+            role="public",
+            database=database.name,
+            object_type="database",
+            privileges=[],
+            opts=pulumi.ResourceOptions(parent=self, provider=admin, deleted_with=database),
+        )
+        return database.name, self._schema_in(name, database.name, role, inside, database)
+
+    def _shared_store(self, role: postgresql.Role) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        name, names = f"{self._name}-shared", self._args.names
+        shared = pg_shared_database(names.product)
+        provider = self._stack_providers.postgres(names.product, shared, "shared")
+        database = pulumi.Output.from_input(shared)
+        return database, self._schema_in(name, database, role, provider, None)
+
+    def _schema_in(
+        self,
+        name: str,
+        database: pulumi.Output[str],
+        role: postgresql.Role,
+        provider: postgresql.Provider,
+        deleted_with: pulumi.Resource | None,
+    ) -> pulumi.Output[str]:
+        """CONNECT for the role and the tenant schema it owns, in ``database``."""
+        inside = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
+        postgresql.Grant(
+            f"{name}-connect",
+            role=role.name,
+            database=database,
+            object_type="database",
+            privileges=["CONNECT"],
+            opts=inside,
+        )
+        schema = postgresql.Schema(
+            f"{name}-schema",
+            name=self._args.names.pg_schema,
+            database=database,
+            owner=role.name,
+            drop_cascade=False,
+            if_not_exists=False,
+            opts=pulumi.ResourceOptions.merge(
+                inside, pulumi.ResourceOptions(protect=self._args.protect_data)
+            ),
+        )
+        return schema.name

@@ -1,0 +1,66 @@
+"""A tenant: the identity every service hangs under, and what its services share.
+
+The tenant's vhost (and MongoDB database, which needs no resource) are shared by all
+its services; each service is a ``TenantService`` child named ``<tenant>-<product>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components import PACKAGE
+from components.broker import TenantVhost
+from components.providers import Providers
+from components.tenant_service import TenantService, TenantServiceArgs
+from tenant_infra.catalog import Store, load_catalog
+from tenant_infra.config import TenantConfig
+from tenant_infra.credentials import PlatformCredentials
+
+
+class Tenant(pulumi.ComponentResource):
+    """Everything one tenant stack declares."""
+
+    services: dict[str, TenantService]
+
+    def __init__(
+        self,
+        config: TenantConfig,
+        credentials: PlatformCredentials,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        names = config.names
+        super().__init__(f"{PACKAGE}:tenant:Tenant", names.tenant, None, opts)
+        catalog = load_catalog()
+        limits = config.effective_limits()
+        providers = Providers(names.tenant, config.platform, credentials, parent=self)
+        products = [catalog.product(spec.product) for spec in config.services]
+
+        self.vhost: TenantVhost | None = None
+        if any(p.needs(Store.RABBITMQ) for p in products):
+            self.vhost = TenantVhost(
+                f"{names.tenant}-rabbitmq",
+                names,
+                limits,
+                config.protect_data,
+                providers.rabbitmq(),
+                pulumi.ResourceOptions(parent=self),
+            )
+        self.services = {}
+        for spec, product in zip(config.services, products, strict=True):
+            service_names = names.service(spec.product)
+            self.services[spec.product] = TenantService(
+                service_names.resource_prefix,
+                TenantServiceArgs(
+                    service_names, product, spec.isolation, limits, config.protect_data
+                ),
+                providers,
+                self.vhost,
+                pulumi.ResourceOptions(parent=self),
+            )
+        self.register_outputs({})
+
+    def outputs(self) -> dict[str, Any]:
+        """Stack outputs: non-secret connection info per service, by product."""
+        return {product: service.info for product, service in self.services.items()}

@@ -1,0 +1,126 @@
+"""One product registered as a service of a tenant: every store it needs, composed.
+
+What a product needs comes from the catalog (``Product.stores``), never from code
+here. Registering another service adds a sibling ``TenantService``; no existing
+resource's name, parent or inputs depend on which other services exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from components import PACKAGE
+from components.broker import BrokerUser, TenantVhost
+from components.mongodb import MongoUser
+from components.postgres import PostgresArgs, ServicePostgres
+from components.providers import Providers
+from components.vault import ServiceCredentials
+from tenant_infra.catalog import IsolationMode, Limits, Product, Store
+from tenant_infra.config import AtlasMongo
+from tenant_infra.tenant import ServiceNames
+
+
+@dataclass(frozen=True)
+class TenantServiceArgs:
+    names: ServiceNames
+    product: Product
+    isolation: IsolationMode
+    limits: Limits
+    protect_data: bool
+
+
+class TenantService(pulumi.ComponentResource):
+    """A tenant's service: PostgreSQL store and role, broker and MongoDB users, Vault secret."""
+
+    #: Non-secret facts about the service, exported as the stack output ``services.<product>``.
+    info: pulumi.Output[dict[str, Any]]
+
+    def __init__(
+        self,
+        name: str,
+        args: TenantServiceArgs,
+        providers: Providers,
+        vhost: TenantVhost | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"{PACKAGE}:tenant:TenantService", name, None, opts)
+        names, platform = args.names, providers.platform
+        child = pulumi.ResourceOptions(parent=self)
+        endpoint = platform.postgres_for(names.product)
+
+        postgres = ServicePostgres(
+            f"{name}-postgres",
+            PostgresArgs(names, args.isolation, args.limits, args.protect_data),
+            providers,
+            child,
+        )
+        postgres_doc: dict[str, Any] = {
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "database": postgres.database,
+            "schema": postgres.schema,
+            "user": postgres.role,
+            "password": postgres.password,
+            "sslmode": endpoint.sslmode,
+        }
+        document: dict[str, Any] = {
+            "tenant": names.tenant,
+            "product": names.product,
+            "isolation": args.isolation.value,
+            "postgresql": postgres_doc,
+        }
+        info: dict[str, Any] = {
+            "isolation": args.isolation.value,
+            "postgresql": {k: v for k, v in postgres_doc.items() if k != "password"},
+        }
+
+        if args.product.needs(Store.RABBITMQ):
+            assert vhost is not None and platform.rabbitmq is not None
+            broker = BrokerUser(f"{name}-rabbitmq", names, vhost, providers.rabbitmq(), child)
+            rabbit_doc = {
+                "host": platform.rabbitmq.amqp_host,
+                "port": platform.rabbitmq.amqp_port,
+                "vhost": vhost.name,
+                "user": broker.username,
+                "password": broker.password,
+            }
+            document["rabbitmq"] = rabbit_doc
+            info["rabbitmq"] = {k: v for k, v in rabbit_doc.items() if k != "password"}
+
+        if args.product.needs(Store.MONGODB):
+            backend = platform.mongodb
+            assert backend is not None
+            mongo = MongoUser(
+                f"{name}-mongodb",
+                names,
+                backend,
+                providers.atlas() if isinstance(backend, AtlasMongo) else None,
+                child,
+            )
+            mongo_doc: dict[str, Any] = {
+                "host": backend.host,
+                "database": names.tenant_names.mongo_database,
+                "user": mongo.username,
+                "password": mongo.password,
+                "authSource": "admin" if isinstance(backend, AtlasMongo) else names.tenant_names.mongo_database,
+            }
+            if not isinstance(backend, AtlasMongo):
+                mongo_doc |= {"port": backend.port, "tls": backend.tls}
+            document["mongodb"] = mongo_doc
+            info["mongodb"] = {k: v for k, v in mongo_doc.items() if k != "password"}
+
+        credentials = ServiceCredentials(
+            f"{name}-vault",
+            names,
+            platform.vault.kv_mount,
+            pulumi.Output.from_input(document),  # type: ignore[arg-type]
+            providers.vault(),
+            child,
+        )
+        info["vault"] = {"path": credentials.path, "policy": credentials.policy_name}
+        self.postgres = postgres
+        self.info = pulumi.Output.from_input(info)  # type: ignore[assignment]
+        self.register_outputs({"info": self.info})

@@ -1,0 +1,1 @@
+"""tenant-infra: provision and migrate isolated tenant services."""

@@ -1,0 +1,97 @@
+"""The product catalog and per-tier limits, loaded from ``catalog.toml``.
+
+Components never hard-code which stores a product needs: they ask the catalog.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from tenant_infra.errors import InvalidInput
+from tenant_infra.tenant import validate_product
+
+#: Where the per-product Alembic script directories live in a checkout.
+MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class Store(StrEnum):
+    POSTGRESQL = "postgresql"
+    MONGODB = "mongodb"
+    RABBITMQ = "rabbitmq"
+    VAULT = "vault"
+
+
+class IsolationMode(StrEnum):
+    """Where a service's relational data lives (seed 000)."""
+
+    DATABASE = "DATABASE"
+    SCHEMA = "SCHEMA"
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    stores: frozenset[Store]
+    migrations: str | None = None
+
+    def needs(self, store: Store) -> bool:
+        return store in self.stores
+
+    @property
+    def script_location(self) -> Path | None:
+        return MIGRATIONS_ROOT / self.migrations if self.migrations else None
+
+
+class Limits(BaseModel):
+    """Per-tenant resource limits; every field is required so no limit is ever unset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pg_connection_limit: PositiveInt
+    pg_statement_timeout_ms: PositiveInt
+    broker_max_connections: PositiveInt
+    broker_max_queues: PositiveInt
+    broker_queue_max_length: PositiveInt
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    products: dict[str, Product]
+    tiers: dict[str, Limits] = Field(min_length=1)
+
+    @field_validator("products", mode="before")
+    @classmethod
+    def _named(cls, value: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        for name, spec in value.items():
+            validate_product(name)
+            spec.setdefault("name", name)
+        return value
+
+    def product(self, name: str) -> Product:
+        try:
+            return self.products[name]
+        except KeyError:
+            known = ", ".join(sorted(self.products))
+            raise InvalidInput(f"unknown product {name!r} (known: {known})") from None
+
+    def tier(self, name: str) -> Limits:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tiers))
+            raise InvalidInput(f"unknown tier {name!r} (known: {known})") from None
+
+
+@cache
+def load_catalog() -> Catalog:
+    text = resources.files("tenant_infra").joinpath("catalog.toml").read_text()
+    return Catalog.model_validate(tomllib.loads(text))

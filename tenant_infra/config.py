@@ -1,0 +1,259 @@
+"""The tenant stack's configuration: one model, validated before any resource exists.
+
+A stack config file (``stacks/Pulumi.<tenant>.yaml``) holds, under the ``tenant-infra``
+namespace, the tenant id, its metadata and tier, its registered services, limit
+overrides and the platform endpoints. Platform *credentials* are never here: see
+:mod:`tenant_infra.credentials`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from tenant_infra.catalog import IsolationMode, Limits, Store, load_catalog
+from tenant_infra.errors import InvalidInput
+from tenant_infra.tenant import TenantNames, validate_product, validate_tenant_id
+
+NAMESPACE = "tenant-infra"
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a hostname or IP address") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("endpoint URLs must not carry credentials")
+    _host(parts.hostname)
+    return value.rstrip("/")
+
+
+Host = Annotated[str, AfterValidator(_host)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class PostgresEndpoint(_Model):
+    """Admin connection to the PostgreSQL server that hosts a product's tenants."""
+
+    host: Host
+    port: Port = 5432
+    admin_user: str = Field("postgres", min_length=1, max_length=63)
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        "prefer"
+    )
+
+
+class RabbitmqEndpoint(_Model):
+    management_url: HttpUrl
+    admin_user: str = Field("guest", min_length=1)
+    #: Host and AMQP port handed to services (non-secret connection info).
+    amqp_host: Host
+    amqp_port: Port = 5672
+
+
+class VaultEndpoint(_Model):
+    address: HttpUrl
+    kv_mount: str = Field("secret", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    #: Namespace prefix below the mount, e.g. per environment.
+    skip_child_token: bool = True
+
+
+class AtlasMongo(_Model):
+    backend: Literal["atlas"]
+    project_id: str = Field(pattern=r"^[0-9a-f]{24}$")
+    cluster_name: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$")
+    host: str = Field(min_length=1)
+
+
+class SelfHostedMongo(_Model):
+    backend: Literal["self-hosted"]
+    host: Host
+    port: Port = 27017
+    admin_user: str = Field("admin", min_length=1)
+    auth_source: str = "admin"
+    tls: bool = False
+
+
+MongoEndpoint = Annotated[AtlasMongo | SelfHostedMongo, Field(discriminator="backend")]
+
+
+class Platform(_Model):
+    """Endpoints of the shared platform services. Non-secret by construction."""
+
+    postgres: dict[str, PostgresEndpoint] = Field(min_length=1)
+    rabbitmq: RabbitmqEndpoint | None = None
+    vault: VaultEndpoint
+    mongodb: MongoEndpoint | None = None
+
+    @field_validator("postgres")
+    @classmethod
+    def _products(cls, value: dict[str, PostgresEndpoint]) -> dict[str, PostgresEndpoint]:
+        for key in value:
+            if key != "default":
+                validate_product(key)
+        return value
+
+    def postgres_for(self, product: str) -> PostgresEndpoint:
+        endpoint = self.postgres.get(product) or self.postgres.get("default")
+        if endpoint is None:
+            raise InvalidInput(f"platform.postgres has no endpoint for product {product!r}")
+        return endpoint
+
+
+class ServiceSpec(_Model):
+    """A product registered as a service of the tenant, with its isolation mode."""
+
+    product: str
+    isolation: IsolationMode
+
+    @field_validator("product")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        load_catalog().product(value)
+        return value
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceSpec:
+        """Parse the CLI form ``PRODUCT:MODE`` (mode case-insensitive)."""
+        product, sep, mode = text.partition(":")
+        if not sep:
+            raise InvalidInput(f"service {text!r} must be written PRODUCT:MODE")
+        modes = ", ".join(m.value for m in IsolationMode)
+        if mode.upper() not in IsolationMode.__members__:
+            raise InvalidInput(f"unknown isolation mode {mode!r} in {text!r} (known: {modes})")
+        return cls(product=load_catalog().product(product).name, isolation=IsolationMode(mode.upper()))
+
+
+class TenantConfig(_Model):
+    """Everything one tenant stack declares."""
+
+    tenant: str
+    tier: str = "standard"
+    metadata: dict[str, str] = Field(default_factory=dict)
+    services: tuple[ServiceSpec, ...] = Field(min_length=1)
+    limits: dict[str, int] = Field(default_factory=dict)
+    protect_data: bool = True
+    platform: Platform
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        return validate_tenant_id(value)
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, value: str) -> str:
+        load_catalog().tier(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TenantConfig:
+        seen: set[str] = set()
+        catalog = load_catalog()
+        for spec in self.services:
+            if spec.product in seen:
+                raise ValueError(f"service {spec.product!r} is registered twice")
+            seen.add(spec.product)
+            self.platform.postgres_for(spec.product)
+            product = catalog.product(spec.product)
+            if product.needs(Store.RABBITMQ) and self.platform.rabbitmq is None:
+                raise ValueError(f"product {spec.product!r} needs platform.rabbitmq")
+            if product.needs(Store.MONGODB) and self.platform.mongodb is None:
+                raise ValueError(f"product {spec.product!r} needs platform.mongodb")
+        self.effective_limits()
+        return self
+
+    @property
+    def names(self) -> TenantNames:
+        return TenantNames(self.tenant)
+
+    def effective_limits(self) -> Limits:
+        """Tier defaults with this tenant's overrides applied."""
+        base = load_catalog().tier(self.tier).model_dump()
+        unknown = set(self.limits) - set(base)
+        if unknown:
+            raise InvalidInput(f"unknown limit {sorted(unknown)[0]!r} (known: {', '.join(base)})")
+        try:
+            return Limits.model_validate(base | self.limits)
+        except ValidationError as exc:
+            raise InvalidInput(one_line(exc, "limits")) from None
+
+    def with_services(self, services: list[ServiceSpec]) -> TenantConfig:
+        return TenantConfig.model_validate(self.model_dump() | {"services": services})
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pulumi_values(cls, values: dict[str, Any]) -> TenantConfig:
+        """Build from ``{"tenant-infra:key": value}`` as found in a stack file or Pulumi."""
+        prefix = NAMESPACE + ":"
+        ours = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+        return cls.parse_obj_strict(ours)
+
+    @classmethod
+    def parse_obj_strict(cls, data: dict[str, Any]) -> TenantConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(one_line(exc, "config")) from None
+
+
+def read_stack_file(path: Path) -> dict[str, Any]:
+    """Read a ``Pulumi.<stack>.yaml`` into its flat ``config`` mapping."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read stack config {str(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"stack config {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
+        raise InvalidInput(f"stack config {str(path)!r} must be a mapping with a 'config' mapping")
+    config: dict[str, Any] = doc.get("config") or {}
+    for key, value in config.items():
+        if isinstance(value, dict) and "secure" in value:
+            raise InvalidInput(
+                f"stack config {str(path)!r} holds a secret at {key!r}; platform credentials "
+                "come from the environment (see README)"
+            )
+    return config
+
+
+def one_line(exc: ValidationError, where: str) -> str:
+    """The first validation error as one line that names the field and the rule."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}"

@@ -1,0 +1,79 @@
+"""Platform credentials: read from the environment, never from a tenant's stack config.
+
+A platform has thousands of tenant stacks; copying an admin password into each one
+would multiply the places it leaks from. The program asks this module instead, and
+the offline plan hands it a placeholder so it needs no credentials at all.
+
+=================================  ==============================================
+variable                           used for
+=================================  ==============================================
+``TENANT_INFRA_PG_PASSWORD``       PostgreSQL admin password (all products)
+``TENANT_INFRA_PG_PASSWORD_<P>``   ... for product ``<P>`` (upper case), overrides
+``TENANT_INFRA_RABBITMQ_PASSWORD`` RabbitMQ management password
+``VAULT_TOKEN``                    Vault token (the Vault CLI's own variable)
+``TENANT_INFRA_MONGODB_PASSWORD``  self-hosted MongoDB admin password
+``MONGODB_ATLAS_PUBLIC_KEY`` /     Atlas API keys (the Atlas provider's own
+``MONGODB_ATLAS_PRIVATE_KEY``      variables)
+=================================  ==============================================
+
+An unset PostgreSQL password means "none" (trust or peer auth, as on a dev machine).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+
+from tenant_infra.errors import InvalidInput
+
+PLACEHOLDER = "[secret]"
+
+
+@dataclass(frozen=True)
+class PlatformCredentials:
+    """Where platform secrets come from. ``environ`` is injectable for tests and plans."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    placeholder: bool = False
+
+    @classmethod
+    def for_plan(cls) -> PlatformCredentials:
+        """Credentials for the offline plan: every value is a placeholder secret."""
+        return cls(environ={}, placeholder=True)
+
+    def _get(self, *names: str, required: bool) -> pulumi.Output[str] | None:
+        if self.placeholder:
+            return pulumi.Output.secret(PLACEHOLDER)
+        for name in names:
+            value = self.environ.get(name)
+            if value:
+                return pulumi.Output.secret(value)
+        if required:
+            raise InvalidInput(f"environment variable {names[-1]} is not set")
+        return None
+
+    def postgres_password(self, product: str) -> pulumi.Output[str] | None:
+        return self._get(
+            f"TENANT_INFRA_PG_PASSWORD_{product.upper()}",
+            "TENANT_INFRA_PG_PASSWORD",
+            required=False,
+        )
+
+    def rabbitmq_password(self) -> pulumi.Output[str]:
+        value = self._get("TENANT_INFRA_RABBITMQ_PASSWORD", required=True)
+        assert value is not None
+        return value
+
+    def vault_token(self) -> pulumi.Output[str]:
+        value = self._get("VAULT_TOKEN", required=True)
+        assert value is not None
+        return value
+
+    def atlas_keys(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        public = self._get("MONGODB_ATLAS_PUBLIC_KEY", required=True)
+        private = self._get("MONGODB_ATLAS_PRIVATE_KEY", required=True)
+        assert public is not None and private is not None
+        return public, private

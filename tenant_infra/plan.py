@@ -1,0 +1,179 @@
+"""The offline plan: the tenant program evaluated under Pulumi's mock runtime.
+
+No Pulumi CLI, no credentials, no network: the same program ``pulumi up`` runs is
+executed against a monitor that records every resource registration. Secret values
+never leave this module in plain text; they are replaced by ``"[secret]"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from google.protobuf import json_format
+from pulumi.runtime import mocks
+
+from tenant_infra.config import NAMESPACE, TenantConfig
+from tenant_infra.credentials import PLACEHOLDER, PlatformCredentials
+from tenant_infra.program import tenant_program
+
+PROJECT = "tenant-infra"
+
+# Pulumi's wire signatures (sdk/python/lib/pulumi/runtime/rpc.py).
+_SIG = "4dabf18193072939515e22adb298388d"
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+_RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
+_UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+
+@dataclass(frozen=True)
+class PlannedResource:
+    """One resource the stack would declare, with its inputs (secrets masked)."""
+
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    custom: bool
+    protect: bool
+    deleted_with: str | None
+    provider: str | None
+    #: Input keys whose value is secret (at any depth below the key).
+    secret_inputs: frozenset[str] = field(default_factory=frozenset)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
+
+
+@dataclass(frozen=True)
+class Plan:
+    tenant: str
+    resources: tuple[PlannedResource, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "resources": [r.to_json() for r in self.resources]}
+
+    def by_name(self, name: str) -> PlannedResource:
+        return next(r for r in self.resources if r.name == name)
+
+    def of_type(self, type_: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def children(self, parent: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.parent == parent]
+
+    def service_of(self, resource: PlannedResource) -> str | None:
+        """The ``TenantService`` a resource belongs to, if any (for grouping)."""
+        parents = {r.name: r for r in self.resources}
+        current: PlannedResource | None = resource
+        while current is not None:
+            if current.type.endswith(":tenant:TenantService"):
+                return current.name
+            current = parents.get(current.parent) if current.parent else None
+        return None
+
+
+def _name_of(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def _mask(value: Any) -> tuple[Any, bool]:
+    """Replace secrets by the placeholder and resource references by their name."""
+    if isinstance(value, dict):
+        sig = value.get(_SIG)
+        if sig == _SECRET_SIG:
+            return PLACEHOLDER, True
+        if sig == _RESOURCE_SIG:
+            return _name_of(str(value.get("urn", ""))), False
+        masked, any_secret = {}, False
+        for key, item in value.items():
+            masked[key], secret = _mask(item)
+            any_secret |= secret
+        return masked, any_secret
+    if isinstance(value, list):
+        pairs = [_mask(item) for item in value]
+        return [p[0] for p in pairs], any(p[1] for p in pairs)
+    if value == _UNKNOWN:
+        return "[unknown]", False
+    if isinstance(value, float) and value.is_integer():
+        # protobuf Structs carry every number as a double.
+        return int(value), False
+    return value, False
+
+
+class _PlanMocks(mocks.Mocks):
+    """Resources echo their inputs; generated passwords get a distinct fake per URN."""
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        state = dict(args.inputs)
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = hashlib.sha256(args.name.encode()).hexdigest()[:32]
+        return f"{args.name}-id", state
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class _RecordingMonitor(mocks.MockMonitor):
+    def __init__(self) -> None:
+        super().__init__(_PlanMocks())
+        self.recorded: list[PlannedResource] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        if request.type != "pulumi:pulumi:Stack":
+            raw = json_format.MessageToDict(request.object)
+            inputs: dict[str, Any] = {}
+            secret_keys: set[str] = set()
+            for key, value in raw.items():
+                inputs[key], secret = _mask(value)
+                if secret or key == "__provider":
+                    inputs[key] = PLACEHOLDER if key == "__provider" else inputs[key]
+                    secret_keys.add(key)
+            parent = _name_of(request.parent) if request.parent else None
+            if parent is not None and request.parent.split("::")[-2].endswith("pulumi:Stack"):
+                parent = None
+            # A provider reference is "<urn>::<id>"; the logical name precedes the id.
+            provider = request.provider.split("::")[-2] if request.provider else None
+            self.recorded.append(
+                PlannedResource(
+                    type=request.type,
+                    name=request.name,
+                    parent=parent,
+                    inputs=inputs,
+                    custom=bool(request.custom),
+                    protect=bool(request.protect),
+                    deleted_with=_name_of(request.deletedWith) if request.deletedWith else None,
+                    provider=provider,
+                    secret_inputs=frozenset(secret_keys),
+                )
+            )
+        return super().RegisterResource(request)
+
+
+def pulumi_config_values(config: TenantConfig) -> dict[str, str]:
+    """The config as Pulumi holds it: ``namespace:key`` to a string (objects as JSON)."""
+    data = config.model_dump(by_alias=True, mode="json", exclude_defaults=False)
+    return {
+        f"{NAMESPACE}:{key}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in data.items()
+    }
+
+
+def plan(config: TenantConfig) -> Plan:
+    """Every resource the tenant's stack would declare, evaluated offline."""
+    monitor = _RecordingMonitor()
+    pulumi.runtime.set_all_config(pulumi_config_values(config), [])
+    pulumi.runtime.set_mocks(
+        monitor.mocks, project=PROJECT, stack=config.tenant, preview=False, monitor=monitor
+    )
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def evaluate() -> None:
+        tenant_program(PlatformCredentials.for_plan())
+
+    evaluate()
+    resources = sorted(monitor.recorded, key=lambda r: (r.parent or "", r.name, r.type))
+    return Plan(config.tenant, tuple(resources))

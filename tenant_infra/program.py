@@ -1,0 +1,53 @@
+"""The one Pulumi program of a tenant stack.
+
+``pulumi up`` runs it through ``__main__.py``, the Automation API passes it as the
+inline program, and ``tenantctl plan`` evaluates it under the mock runtime. All
+three read the same stack config through :func:`read_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components.tenant import Tenant
+from tenant_infra.config import NAMESPACE, TenantConfig
+from tenant_infra.credentials import PlatformCredentials
+from tenant_infra.errors import InvalidInput
+
+#: Keys of the ``tenant-infra`` config namespace, as written in stack files.
+CONFIG_KEYS = ("tenant", "tier", "metadata", "services", "limits", "protectData", "platform")
+SCALAR_KEYS = frozenset({"tenant", "tier"})
+
+
+def read_config() -> TenantConfig:
+    """The stack's config as a validated model (raises InvalidInput on the first problem)."""
+    config = pulumi.Config(NAMESPACE)
+    values: dict[str, Any] = {}
+    for key in CONFIG_KEYS:
+        raw = config.get(key)
+        if raw is None:
+            continue
+        # Scalars stay strings: a tenant id such as "0042" must not become the number 42.
+        values[key] = raw if key in SCALAR_KEYS else config.get_object(key)
+    data = TenantConfig.parse_obj_strict(values)
+    if data.tenant != pulumi.get_stack():
+        raise InvalidInput(
+            f"config tenant {data.tenant!r} does not match stack {pulumi.get_stack()!r} "
+            "(one stack per tenant, named after the tenant id)"
+        )
+    return data
+
+
+def tenant_program(credentials: PlatformCredentials | None = None) -> Tenant:
+    """Declare the tenant's resources and export their non-secret outputs."""
+    try:
+        config = read_config()
+        tenant = Tenant(config, credentials or PlatformCredentials())
+    except InvalidInput as exc:
+        raise pulumi.RunError(str(exc)) from None
+    pulumi.export("tenant", config.tenant)
+    pulumi.export("metadata", config.metadata)
+    pulumi.export("services", tenant.outputs())
+    return tenant

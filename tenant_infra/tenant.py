@@ -1,0 +1,200 @@
+"""Tenant identity and every backend name derived from it.
+
+This is the only place names are derived. A tenant id is the value of the JWT
+``tenantId`` claim; the grammar below is chosen so that the id itself is a valid,
+collision-free name in every backend (MongoDB database, RabbitMQ vhost, Vault path
+segment, Pulumi stack), and so that ``id.replace("-", "_")`` is a valid, unquoted
+PostgreSQL identifier fragment. Because ids contain no ``_``, that mapping is
+injective: two tenants can never share a PostgreSQL name.
+
+Grammar (also in README.md)::
+
+    tenant-id = 2..40 of [a-z0-9-], starting and ending with [a-z0-9], no "--"
+
+Lowercase slugs (``acme``, ``globex-eu``) and lowercase UUIDs both fit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from tenant_infra.errors import InvalidInput
+
+TENANT_ID_MAX: Final = 40
+PRODUCT_MAX: Final = 16
+PG_IDENTIFIER_MAX: Final = 63
+
+_TENANT_ID_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
+_PRODUCT_RE: Final = re.compile(r"^[a-z][a-z0-9]*$")
+
+#: Ids refused outright: names the backends reserve (MongoDB's system databases are
+#: used verbatim as tenant databases) plus PostgreSQL's, so an operator never sees a
+#: tenant that merely *looks* like a system object.
+RESERVED_TENANT_IDS: Final = frozenset(
+    {"admin", "local", "config", "postgres", "template0", "template1", "public"}
+)
+
+
+def validate_tenant_id(value: str) -> str:
+    """Return ``value`` if it is a valid tenant id, else raise naming the rule broken."""
+    if not isinstance(value, str) or value == "":
+        raise InvalidInput("tenant id must be a non-empty string")
+    shown = ascii(value) if len(value) <= 60 else ascii(value[:60]) + "..."
+    if len(value) > TENANT_ID_MAX:
+        raise InvalidInput(f"tenant id {shown} is longer than {TENANT_ID_MAX} characters")
+    if len(value) < 2:
+        raise InvalidInput(f"tenant id {shown} is shorter than 2 characters")
+    if not value.isascii():
+        raise InvalidInput(f"tenant id {shown} must be ASCII")
+    if value != value.lower():
+        raise InvalidInput(f"tenant id {shown} must be lowercase")
+    if not _TENANT_ID_RE.match(value):
+        raise InvalidInput(
+            f"tenant id {shown} may contain only a-z, 0-9 and single inner hyphens"
+        )
+    if value in RESERVED_TENANT_IDS:
+        raise InvalidInput(f"tenant id {shown} is a reserved name")
+    return value
+
+
+def validate_product(value: str) -> str:
+    """Products name databases and roles, so they follow a stricter grammar than tenants."""
+    if not (
+        isinstance(value, str) and len(value) <= PRODUCT_MAX and _PRODUCT_RE.match(value)
+    ):
+        raise InvalidInput(
+            f"product {ascii(value)} must be 1..{PRODUCT_MAX} of a-z and 0-9, starting with a letter"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class TenantNames:
+    """Names shared by all of one tenant's services."""
+
+    tenant: str
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant)
+
+    @property
+    def key(self) -> str:
+        """The tenant id as a PostgreSQL identifier fragment (``-`` becomes ``_``)."""
+        return self.tenant.replace("-", "_")
+
+    @property
+    def stack(self) -> str:
+        """Pulumi stack name: one stack per tenant."""
+        return self.tenant
+
+    @property
+    def vhost(self) -> str:
+        """RabbitMQ virtual host, named after the tenant id (seed 000)."""
+        return self.tenant
+
+    @property
+    def mongo_database(self) -> str:
+        """MongoDB database, named after the tenant id (seed 000)."""
+        return self.tenant
+
+    @property
+    def pg_schema(self) -> str:
+        """The schema holding the tenant's tables, in *both* isolation modes.
+
+        Using the same schema name inside a dedicated database makes SCHEMA→DATABASE
+        promotion a dump/restore of one schema with no renames.
+        """
+        return f"tenant_{self.key}"
+
+    def service(self, product: str) -> ServiceNames:
+        return ServiceNames(self, validate_product(product))
+
+
+@dataclass(frozen=True)
+class ServiceNames:
+    """Names of one product service of a tenant. Independent of the isolation mode,
+    so promotion keeps the role, users and Vault path."""
+
+    tenant_names: TenantNames
+    product: str
+
+    @property
+    def tenant(self) -> str:
+        return self.tenant_names.tenant
+
+    @property
+    def principal(self) -> str:
+        """Login name used for this service in every store (PG role, broker and Mongo user).
+
+        ``<product>_<key>``: products contain no ``_``, so the split is unambiguous.
+        """
+        return f"{self.product}_{self.tenant_names.key}"
+
+    @property
+    def pg_role(self) -> str:
+        return self.principal
+
+    @property
+    def pg_dedicated_database(self) -> str:
+        """Database used in DATABASE mode (always contains ``_``, so never reserved)."""
+        return self.principal
+
+    @property
+    def pg_schema(self) -> str:
+        return self.tenant_names.pg_schema
+
+    @property
+    def broker_user(self) -> str:
+        return self.principal
+
+    @property
+    def mongo_user(self) -> str:
+        return self.principal
+
+    @property
+    def vault_secret(self) -> str:
+        """KV v2 secret name (below the mount, without ``data/``)."""
+        return f"tenants/{self.tenant}/{self.product}"
+
+    @property
+    def vault_policy(self) -> str:
+        return f"tenant-{self.tenant}-{self.product}"
+
+    @property
+    def resource_prefix(self) -> str:
+        """Prefix of every Pulumi logical name of this service."""
+        return f"{self.tenant}-{self.product}"
+
+
+def pg_shared_database(product: str) -> str:
+    """The product's shared database for SCHEMA-mode tenants (no ``_``: never a tenant DB)."""
+    return validate_product(product)
+
+
+def quote_ident(name: str) -> str:
+    """Quote a PostgreSQL identifier. Derived names never need it; it is defence in depth."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def tenant_from_schema(schema: str) -> str | None:
+    """Reverse of :attr:`TenantNames.pg_schema`; ``None`` if ``schema`` is not a tenant's."""
+    if not schema.startswith("tenant_"):
+        return None
+    return _valid_or_none(schema.removeprefix("tenant_").replace("_", "-"))
+
+
+def tenant_from_database(product: str, database: str) -> str | None:
+    """Reverse of :attr:`ServiceNames.pg_dedicated_database` for ``product``."""
+    prefix = f"{product}_"
+    if not database.startswith(prefix):
+        return None
+    return _valid_or_none(database.removeprefix(prefix).replace("_", "-"))
+
+
+def _valid_or_none(tenant: str) -> str | None:
+    try:
+        return validate_tenant_id(tenant)
+    except InvalidInput:
+        return None
