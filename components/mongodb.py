@@ -76,7 +76,9 @@ class SelfHostedUserProvider(dynamic.ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         with self._client(news) as client:
             client[news["database"]].command(
-                "updateUser", news["username"], pwd=news["password"],
+                "updateUser",
+                news["username"],
+                pwd=news["password"],
                 roles=user_roles(news["database"]),
             )
         return dynamic.UpdateResult(outs=news)
@@ -129,9 +131,7 @@ class MongoUser(pulumi.ComponentResource):
                 username=names.mongo_user,
                 password=self.password,
                 auth_database_name="admin",
-                roles=[
-                    atlas.DatabaseUserRoleArgs(role_name=READ_WRITE, database_name=database)
-                ],
+                roles=[atlas.DatabaseUserRoleArgs(role_name=READ_WRITE, database_name=database)],
                 scopes=[atlas.DatabaseUserScopeArgs(name=backend.cluster_name, type="CLUSTER")],
                 opts=pulumi.ResourceOptions(parent=self, provider=atlas_provider),
             )

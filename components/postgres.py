@@ -21,6 +21,7 @@ PUBLIC's default CONNECT/TEMP on a dedicated database is revoked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import pulumi
 import pulumi_postgresql as postgresql
@@ -87,11 +88,11 @@ class ServicePostgres(pulumi.ComponentResource):
         self.database, self.schema = (
             self._dedicated_store(role) if dedicated else self._shared_store(role)
         )
-        self.register_outputs(
-            {"role": self.role, "database": self.database, "schema": self.schema}
-        )
+        self.register_outputs({"role": self.role, "database": self.database, "schema": self.schema})
 
-    def _dedicated_store(self, role: postgresql.Role) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    def _dedicated_store(
+        self, role: postgresql.Role
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         name, args, names = f"{self._name}-dedicated", self._args, self._args.names
         admin = self._stack_providers.postgres(names.product, "postgres", "admin")
         database = postgresql.Database(
@@ -104,7 +105,9 @@ class ServicePostgres(pulumi.ComponentResource):
         )
         # Everything inside the dedicated database goes away with it: no REVOKE or
         # DROP SCHEMA is sent to a database that is being dropped.
-        inside = self._stack_providers.postgres(names.product, database.name, "dedicated", [database])
+        inside = self._stack_providers.postgres(
+            names.product, database.name, "dedicated", [database]
+        )
         postgresql.Grant(
             f"{name}-revoke-public",
             role="public",
@@ -151,4 +154,4 @@ class ServicePostgres(pulumi.ComponentResource):
                 inside, pulumi.ResourceOptions(protect=self._args.protect_data)
             ),
         )
-        return schema.name
+        return cast(pulumi.Output[str], schema.name)

@@ -105,7 +105,9 @@ class TenantService(pulumi.ComponentResource):
                 "database": names.tenant_names.mongo_database,
                 "user": mongo.username,
                 "password": mongo.password,
-                "authSource": "admin" if isinstance(backend, AtlasMongo) else names.tenant_names.mongo_database,
+                "authSource": "admin"
+                if isinstance(backend, AtlasMongo)
+                else names.tenant_names.mongo_database,
             }
             if not isinstance(backend, AtlasMongo):
                 mongo_doc |= {"port": backend.port, "tls": backend.tls}
@@ -116,11 +118,11 @@ class TenantService(pulumi.ComponentResource):
             f"{name}-vault",
             names,
             platform.vault.kv_mount,
-            pulumi.Output.from_input(document),  # type: ignore[arg-type]
+            pulumi.Output.from_input(document),
             providers.vault(),
             child,
         )
         info["vault"] = {"path": credentials.path, "policy": credentials.policy_name}
         self.postgres = postgres
-        self.info = pulumi.Output.from_input(info)  # type: ignore[assignment]
+        self.info = pulumi.Output.from_input(info)
         self.register_outputs({"info": self.info})

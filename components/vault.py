@@ -46,7 +46,7 @@ class ServiceCredentials(pulumi.ComponentResource):
             f"{name}-secret",
             mount=mount,
             name=names.vault_secret,
-            data_json=pulumi.Output.secret(document.apply(json.dumps)),
+            data_json=pulumi.Output.secret(document.apply(json.dumps)),  # type: ignore[arg-type]
             custom_metadata=vault.kv.SecretV2CustomMetadataArgs(
                 max_versions=10,
                 data={"tenant": names.tenant, "product": names.product},

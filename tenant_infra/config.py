@@ -32,14 +32,16 @@ from tenant_infra.tenant import TenantNames, validate_product, validate_tenant_i
 
 NAMESPACE = "tenant-infra"
 
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 def _host(value: str) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        if not _HOSTNAME_RE.match(value):
+        if not _HOSTNAME_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a hostname or IP address") from None
     return value
 
@@ -71,9 +73,7 @@ class PostgresEndpoint(_Model):
     host: Host
     port: Port = 5432
     admin_user: str = Field("postgres", min_length=1, max_length=63)
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
-        "prefer"
-    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
 
 
 class RabbitmqEndpoint(_Model):
@@ -154,7 +154,8 @@ class ServiceSpec(_Model):
         modes = ", ".join(m.value for m in IsolationMode)
         if mode.upper() not in IsolationMode.__members__:
             raise InvalidInput(f"unknown isolation mode {mode!r} in {text!r} (known: {modes})")
-        return cls(product=load_catalog().product(product).name, isolation=IsolationMode(mode.upper()))
+        name = load_catalog().product(product).name
+        return cls(product=name, isolation=IsolationMode(mode.upper()))
 
 
 class TenantConfig(_Model):
@@ -220,7 +221,7 @@ class TenantConfig(_Model):
     def from_pulumi_values(cls, values: dict[str, Any]) -> TenantConfig:
         """Build from ``{"tenant-infra:key": value}`` as found in a stack file or Pulumi."""
         prefix = NAMESPACE + ":"
-        ours = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+        ours = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
         return cls.parse_obj_strict(ours)
 
     @classmethod
@@ -238,7 +239,8 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise InvalidInput(f"cannot read stack config {str(path)!r}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"stack config {str(path)!r} is not valid YAML: {exc}".replace("\n", " ")) from None
+        detail = str(exc).replace("\n", " ")
+        raise InvalidInput(f"stack config {str(path)!r} is not valid YAML: {detail}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
         raise InvalidInput(f"stack config {str(path)!r} must be a mapping with a 'config' mapping")
     config: dict[str, Any] = doc.get("config") or {}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 from google.protobuf import json_format
@@ -43,6 +44,9 @@ class PlannedResource:
     provider: str | None
     #: Input keys whose value is secret (at any depth below the key).
     secret_inputs: frozenset[str] = field(default_factory=frozenset)
+    #: SHA-256 of each secret input's value: lets tests prove two credentials differ
+    #: without the plan ever holding one in plain text.
+    secret_fingerprints: dict[str, str] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -52,6 +56,8 @@ class PlannedResource:
 class Plan:
     tenant: str
     resources: tuple[PlannedResource, ...]
+    #: The stack outputs, secrets masked (not part of the JSON document).
+    outputs: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "resources": [r.to_json() for r in self.resources]}
@@ -121,17 +127,20 @@ class _RecordingMonitor(mocks.MockMonitor):
     def __init__(self) -> None:
         super().__init__(_PlanMocks())
         self.recorded: list[PlannedResource] = []
+        self.outputs: dict[str, Any] = {}
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:
         if request.type != "pulumi:pulumi:Stack":
             raw = json_format.MessageToDict(request.object)
             inputs: dict[str, Any] = {}
-            secret_keys: set[str] = set()
+            fingerprints: dict[str, str] = {}
             for key, value in raw.items():
                 inputs[key], secret = _mask(value)
-                if secret or key == "__provider":
-                    inputs[key] = PLACEHOLDER if key == "__provider" else inputs[key]
-                    secret_keys.add(key)
+                if key == "__provider":  # the pickled dynamic provider: always secret
+                    inputs[key], secret = PLACEHOLDER, True
+                if secret:
+                    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode())
+                    fingerprints[key] = digest.hexdigest()
             parent = _name_of(request.parent) if request.parent else None
             if parent is not None and request.parent.split("::")[-2].endswith("pulumi:Stack"):
                 parent = None
@@ -147,10 +156,11 @@ class _RecordingMonitor(mocks.MockMonitor):
                     protect=bool(request.protect),
                     deleted_with=_name_of(request.deletedWith) if request.deletedWith else None,
                     provider=provider,
-                    secret_inputs=frozenset(secret_keys),
+                    secret_inputs=frozenset(fingerprints),
+                    secret_fingerprints=fingerprints,
                 )
             )
-        return super().RegisterResource(request)
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 
 def pulumi_config_values(config: TenantConfig) -> dict[str, str]:
@@ -171,9 +181,18 @@ def plan(config: TenantConfig) -> Plan:
     )
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def evaluate() -> None:
-        tenant_program(PlatformCredentials.for_plan())
+    def evaluate() -> pulumi.Output[None]:
+        tenant = tenant_program(PlatformCredentials.for_plan())
+        services = pulumi.Output.from_input(tenant.outputs())
+
+        def record(args: list[Any]) -> None:
+            values, is_secret = args
+            # A secret anywhere inside makes the whole output secret: mask it all.
+            monitor.outputs = {"services": PLACEHOLDER if is_secret else values}
+
+        is_secret = pulumi.Output.from_input(cast(Awaitable[Any], services.is_secret()))
+        return pulumi.Output.all(services, is_secret).apply(record)
 
     evaluate()
     resources = sorted(monitor.recorded, key=lambda r: (r.parent or "", r.name, r.type))
-    return Plan(config.tenant, tuple(resources))
+    return Plan(config.tenant, tuple(resources), monitor.outputs)

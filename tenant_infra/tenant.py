@@ -26,8 +26,8 @@ TENANT_ID_MAX: Final = 40
 PRODUCT_MAX: Final = 16
 PG_IDENTIFIER_MAX: Final = 63
 
-_TENANT_ID_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
-_PRODUCT_RE: Final = re.compile(r"^[a-z][a-z0-9]*$")
+_TENANT_ID_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
+_PRODUCT_RE: Final = re.compile(r"[a-z][a-z0-9]*")
 
 #: Ids refused outright: names the backends reserve (MongoDB's system databases are
 #: used verbatim as tenant databases) plus PostgreSQL's, so an operator never sees a
@@ -50,10 +50,8 @@ def validate_tenant_id(value: str) -> str:
         raise InvalidInput(f"tenant id {shown} must be ASCII")
     if value != value.lower():
         raise InvalidInput(f"tenant id {shown} must be lowercase")
-    if not _TENANT_ID_RE.match(value):
-        raise InvalidInput(
-            f"tenant id {shown} may contain only a-z, 0-9 and single inner hyphens"
-        )
+    if not _TENANT_ID_RE.fullmatch(value):
+        raise InvalidInput(f"tenant id {shown} may contain only a-z, 0-9 and single inner hyphens")
     if value in RESERVED_TENANT_IDS:
         raise InvalidInput(f"tenant id {shown} is a reserved name")
     return value
@@ -61,11 +59,9 @@ def validate_tenant_id(value: str) -> str:
 
 def validate_product(value: str) -> str:
     """Products name databases and roles, so they follow a stricter grammar than tenants."""
-    if not (
-        isinstance(value, str) and len(value) <= PRODUCT_MAX and _PRODUCT_RE.match(value)
-    ):
+    if not (isinstance(value, str) and len(value) <= PRODUCT_MAX and _PRODUCT_RE.fullmatch(value)):
         raise InvalidInput(
-            f"product {ascii(value)} must be 1..{PRODUCT_MAX} of a-z and 0-9, starting with a letter"
+            f"product {value!a} must be 1..{PRODUCT_MAX} of a-z and 0-9, starting with a letter"
         )
     return value
 

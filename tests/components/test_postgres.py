@@ -1,0 +1,139 @@
+"""ServicePostgres under mocks: the right objects in each isolation mode, least privilege."""
+
+from __future__ import annotations
+
+import pytest
+
+from tenant_infra.plan import Plan
+
+ROLE = "postgresql:index/role:Role"
+DATABASE = "postgresql:index/database:Database"
+SCHEMA = "postgresql:index/schema:Schema"
+GRANT = "postgresql:index/grant:Grant"
+
+
+def pg_resources(plan: Plan) -> list[str]:
+    return sorted(r.name for r in plan.resources if r.type.startswith("postgresql:"))
+
+
+def test_database_mode_declares_role_database_schema_and_grants(plan_for) -> None:
+    plan = plan_for("acme", ["ledger:DATABASE"])
+    assert pg_resources(plan) == [
+        "acme-ledger-postgres-dedicated-connect",
+        "acme-ledger-postgres-dedicated-db",
+        "acme-ledger-postgres-dedicated-revoke-public",
+        "acme-ledger-postgres-dedicated-schema",
+        "acme-ledger-postgres-role",
+    ]
+    db = plan.by_name("acme-ledger-postgres-dedicated-db")
+    assert db.inputs["name"] == "ledger_acme"
+    assert "owner" not in db.inputs  # owned by the platform admin, not the tenant
+    schema = plan.by_name("acme-ledger-postgres-dedicated-schema")
+    assert (schema.inputs["name"], schema.inputs["database"], schema.inputs["owner"]) == (
+        "tenant_acme",
+        "ledger_acme",
+        "ledger_acme",
+    )
+
+
+def test_database_mode_revokes_public_and_grants_only_connect(plan_for) -> None:
+    plan = plan_for("acme", ["ledger:DATABASE"])
+    revoke = plan.by_name("acme-ledger-postgres-dedicated-revoke-public")
+    assert (revoke.inputs["role"], revoke.inputs["database"], revoke.inputs["objectType"]) == (
+        "public",
+        "ledger_acme",
+        "database",
+    )
+    assert revoke.inputs["privileges"] == []  # an empty privilege list revokes all
+    connect = plan.by_name("acme-ledger-postgres-dedicated-connect")
+    assert connect.inputs["role"] == "ledger_acme"
+    assert connect.inputs["privileges"] == ["CONNECT"]
+
+
+def test_schema_mode_uses_the_shared_database(plan_for) -> None:
+    plan = plan_for("globex", ["ledger:SCHEMA"])
+    assert pg_resources(plan) == [
+        "globex-ledger-postgres-role",
+        "globex-ledger-postgres-shared-connect",
+        "globex-ledger-postgres-shared-schema",
+    ]
+    assert not plan.of_type(DATABASE)
+    schema = plan.by_name("globex-ledger-postgres-shared-schema")
+    assert (schema.inputs["name"], schema.inputs["database"], schema.inputs["owner"]) == (
+        "tenant_globex",
+        "ledger",
+        "ledger_globex",
+    )
+    assert schema.inputs["dropCascade"] is False
+
+
+@pytest.mark.parametrize("mode", ["DATABASE", "SCHEMA"])
+def test_role_is_least_privilege_with_limits(plan_for, mode: str) -> None:
+    plan = plan_for("acme", [f"ledger:{mode}"])
+    role = plan.by_name("acme-ledger-postgres-role")
+    assert role.inputs["name"] == "ledger_acme"
+    assert role.inputs["login"] is True
+    for flag in (
+        "superuser",
+        "createDatabase",
+        "createRole",
+        "replication",
+        "bypassRowLevelSecurity",
+        "inherit",
+    ):
+        assert role.inputs[flag] is False, flag
+    assert role.inputs["connectionLimit"] == 150
+    assert role.inputs["statementTimeout"] == 60000
+    assert role.inputs["searchPaths"] == ["tenant_acme"]
+    assert role.inputs["password"] == "[secret]"
+    assert "password" in role.secret_inputs
+
+
+@pytest.mark.parametrize("mode", ["DATABASE", "SCHEMA"])
+def test_data_holding_resources_are_protected(plan_for, mode: str) -> None:
+    plan = plan_for("acme", [f"ledger:{mode}"])
+    for resource in plan.of_type(SCHEMA) + plan.of_type(DATABASE):
+        assert resource.protect, resource.name
+
+
+def test_dev_stack_can_opt_out_of_protection(plan_for) -> None:
+    plan = plan_for("dev")
+    assert plan.of_type(SCHEMA) and not any(r.protect for r in plan.of_type(SCHEMA))
+
+
+def test_objects_inside_a_dedicated_database_are_deleted_with_it(plan_for) -> None:
+    plan = plan_for("acme", ["ledger:DATABASE"])
+    inside = [r for r in plan.resources if r.type in (SCHEMA, GRANT)]
+    assert inside
+    for resource in inside:
+        assert resource.deleted_with == "acme-ledger-postgres-dedicated-db", resource.name
+    assert (
+        plan.by_name("acme-ledger-postgres-dedicated-schema").provider == "acme-ledger-pg-dedicated"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "provider"),
+    [("DATABASE", "acme-ledger-pg-admin"), ("SCHEMA", "acme-ledger-pg-shared")],
+)
+def test_role_is_dropped_through_the_database_holding_its_objects(
+    plan_for, mode: str, provider: str
+) -> None:
+    """DROP OWNED runs only in the provider's database (cyrilgdn#203)."""
+    plan = plan_for("acme", [f"ledger:{mode}"])
+    assert plan.by_name("acme-ledger-postgres-role").provider == provider
+    pg_provider = plan.by_name(provider)
+    expected_db = "postgres" if mode == "DATABASE" else "ledger"
+    assert pg_provider.inputs["database"] == expected_db
+    assert pg_provider.inputs["password"] == "[secret]"
+
+
+def test_promotion_keeps_role_and_never_reuses_store_names(plan_for) -> None:
+    schema_mode = plan_for("acme", ["ledger:SCHEMA"])
+    database_mode = plan_for("acme", ["ledger:DATABASE"])
+    role_s = schema_mode.by_name("acme-ledger-postgres-role")
+    role_d = database_mode.by_name("acme-ledger-postgres-role")
+    assert role_s.inputs["name"] == role_d.inputs["name"]
+    store_s = {r.name for r in schema_mode.resources if "-shared-" in r.name}
+    store_d = {r.name for r in database_mode.resources if "-dedicated-" in r.name}
+    assert store_s and store_d and not store_s & store_d

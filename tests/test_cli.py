@@ -1,0 +1,76 @@
+"""``tenantctl``: exit codes, one-line errors and nothing on stdout for invalid input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tenant_infra.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_plan_json_is_one_document(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "plan",
+        "acme",
+        "--service",
+        "ledger:DATABASE",
+        "--service",
+        "tracer:SCHEMA",
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["tenant"] == "acme"
+    assert any(r["type"] == "postgresql:index/database:Database" for r in document["resources"])
+
+
+def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "globex")
+    assert code == 0
+    assert "globex-ledger" in out and "globex-tracer" in out and "(tenant)" in out
+    assert out.index("globex-ledger") < out.index("globex-tracer") < out.index("(tenant)")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "acme;drop", "-s", "ledger:SCHEMA"],
+        ["plan", "ACME", "-s", "ledger:SCHEMA"],
+        ["plan", "admin", "-s", "ledger:SCHEMA"],
+        ["plan", "ac\nme", "-s", "ledger:SCHEMA"],
+        ["plan", "x" * 41, "-s", "ledger:SCHEMA"],
+        ["plan", "acme", "-s", "ledger:SHARED"],
+        ["plan", "acme", "-s", "wallet:SCHEMA"],
+        ["plan", "acme", "-s", "ledger:SCHEMA", "-s", "ledger:DATABASE"],
+        ["plan", "newco"],
+        ["plan", "acme", "--stack-config", "/nonexistent/Pulumi.acme.yaml"],
+        ["plan", "acme", "--format", "xml"],
+        ["plan"],
+    ],
+)
+def test_invalid_input_exits_2_with_one_line_and_no_stdout(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("tenantctl: ") and err.count("\n") == 1
+
+
+def test_a_new_tenant_is_planned_on_the_dev_platform(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "newco", "-s", "ledger:SCHEMA", "-f", "json")
+    assert code == 0
+    schema = next(
+        r for r in json.loads(out)["resources"] if r["type"] == "postgresql:index/schema:Schema"
+    )
+    assert schema["inputs"]["name"] == "tenant_newco"

@@ -1,0 +1,147 @@
+"""Malformed stack configs are refused with one line naming the rule broken."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tenant_infra.config import ServiceSpec, TenantConfig, read_stack_file
+from tenant_infra.errors import InvalidInput
+
+STACKS = Path(__file__).resolve().parent.parent / "stacks"
+
+
+def globex() -> dict[str, Any]:
+    return read_stack_file(STACKS / "Pulumi.globex.yaml")
+
+
+def refused(values: dict[str, Any]) -> str:
+    with pytest.raises(InvalidInput) as info:
+        TenantConfig.from_pulumi_values(values)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def with_platform(**changes: Any) -> dict[str, Any]:
+    values = copy.deepcopy(globex())
+    for path, value in changes.items():
+        node = values["tenant-infra:platform"]
+        *parents, leaf = path.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return values
+
+
+@pytest.mark.parametrize("name", ["acme", "globex", "dev"])
+def test_example_stacks_are_valid(name: str) -> None:
+    config = TenantConfig.from_pulumi_values(read_stack_file(STACKS / f"Pulumi.{name}.yaml"))
+    assert config.tenant == name
+
+
+def test_limits_are_the_tier_defaults_with_overrides() -> None:
+    config = TenantConfig.from_pulumi_values(read_stack_file(STACKS / "Pulumi.acme.yaml"))
+    limits = config.effective_limits()
+    assert limits.pg_connection_limit == 150  # override
+    assert limits.pg_statement_timeout_ms == 60000  # enterprise default
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (
+            {"tenant-infra:services": [{"product": "billing", "isolation": "SCHEMA"}]},
+            "unknown product 'billing'",
+        ),
+        (
+            {"tenant-infra:services": [{"product": "ledger", "isolation": "SHARED"}]},
+            "services.0.isolation",
+        ),
+        (
+            {"tenant-infra:services": [{"product": "ledger", "isolation": "SCHEMA"}] * 2},
+            "registered twice",
+        ),
+        ({"tenant-infra:services": []}, "services"),
+        ({"tenant-infra:tier": "platinum"}, "unknown tier 'platinum'"),
+        ({"tenant-infra:limits": {"pg_connection_limit": 0}}, "pg_connection_limit"),
+        ({"tenant-infra:limits": {"max_rows": 5}}, "unknown limit 'max_rows'"),
+        ({"tenant-infra:tenant": "Globex"}, "must be lowercase"),
+        ({"tenant-infra:surprise": 1, "tenant-infra:tenant": "x;y"}, "may contain only"),
+    ],
+)
+def test_bad_tenant_settings_are_refused(change: dict[str, Any], rule: str) -> None:
+    assert rule in refused(globex() | change)
+
+
+@pytest.mark.parametrize(
+    ("changes", "rule"),
+    [
+        ({"postgres__default__host": "db.internal; rm -rf /"}, "not a hostname"),
+        ({"postgres__default__port": 70000}, "port"),
+        ({"postgres__default__sslmode": "sometimes"}, "sslmode"),
+        ({"rabbitmq__managementUrl": "ftp://rabbit"}, "not an http(s) URL"),
+        ({"rabbitmq__managementUrl": "https://admin:hunter2@rabbit"}, "must not carry credentials"),
+        ({"vault__address": "vault.internal"}, "not an http(s) URL"),
+        ({"vault__kvMount": "../sys"}, "kvMount"),
+        ({"mongodb__backend": "cosmos"}, "mongodb"),
+        ({"postgres__default__password": "hunter2"}, "password"),
+    ],
+)
+def test_malformed_endpoints_are_refused(changes: dict[str, Any], rule: str) -> None:
+    message = refused(with_platform(**changes))
+    assert rule in message
+    assert "hunter2" not in message
+
+
+def test_a_product_needing_a_missing_store_is_refused() -> None:
+    values = globex()
+    del values["tenant-infra:platform"]["rabbitmq"]
+    assert "needs platform.rabbitmq" in refused(values)
+
+
+def test_a_product_without_postgres_endpoint_is_refused() -> None:
+    values = globex()
+    values["tenant-infra:platform"]["postgres"] = {
+        "ledger": values["tenant-infra:platform"]["postgres"]["default"]
+    }
+    assert "no endpoint for product 'tracer'" in refused(values)
+
+
+def test_secrets_in_a_stack_file_are_refused(tmp_path: Path) -> None:
+    doc = {
+        "config": {"tenant-infra:tenant": "acme", "tenant-infra:pgPassword": {"secure": "AAAB..."}}
+    }
+    path = tmp_path / "Pulumi.acme.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InvalidInput, match="come from the environment"):
+        read_stack_file(path)
+
+
+@pytest.mark.parametrize("text", ["not: [valid", "- a list", "config: 3"])
+def test_unreadable_stack_files_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidInput, match="stack config"):
+        read_stack_file(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("ledger", "PRODUCT:MODE"),
+        ("ledger:schema:x", "isolation mode"),
+        ("nope:SCHEMA", "unknown product"),
+    ],
+)
+def test_service_flags_are_parsed_strictly(text: str, rule: str) -> None:
+    with pytest.raises(InvalidInput, match=rule):
+        ServiceSpec.parse(text)
+
+
+def test_mode_is_case_insensitive_on_the_command_line() -> None:
+    assert ServiceSpec.parse("ledger:schema").isolation.value == "SCHEMA"

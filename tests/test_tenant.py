@@ -1,0 +1,141 @@
+"""The tenant id grammar and every name derived from it."""
+
+from __future__ import annotations
+
+import re
+import string
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tenant_infra.errors import InvalidInput
+from tenant_infra.tenant import (
+    PG_IDENTIFIER_MAX,
+    RESERVED_TENANT_IDS,
+    TENANT_ID_MAX,
+    TenantNames,
+    tenant_from_database,
+    tenant_from_schema,
+    validate_tenant_id,
+)
+
+PRODUCTS = ["ledger", "tracer", "reporter", "abcdefghijklmnop"]  # the last is PRODUCT_MAX long
+
+valid_ids = st.from_regex(r"\A[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){1,39}\Z").filter(
+    lambda s: s not in RESERVED_TENANT_IDS
+)
+
+MONGO_FORBIDDEN = set('/\\. "$*<>:|?\0')
+PG_BARE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def all_names(tenant: str, product: str) -> dict[str, str]:
+    names = TenantNames(tenant)
+    svc = names.service(product)
+    return {
+        "stack": names.stack,
+        "vhost": names.vhost,
+        "mongo_database": names.mongo_database,
+        "pg_schema": names.pg_schema,
+        "pg_role": svc.pg_role,
+        "pg_database": svc.pg_dedicated_database,
+        "vault_secret": svc.vault_secret,
+        "vault_policy": svc.vault_policy,
+    }
+
+
+@given(valid_ids, st.sampled_from(PRODUCTS))
+def test_every_valid_id_maps_to_safe_names_in_every_backend(tenant: str, product: str) -> None:
+    names = all_names(tenant, product)
+    for key in ("pg_schema", "pg_role", "pg_database"):
+        assert PG_BARE.match(names[key]), names[key]
+        assert len(names[key].encode()) <= PG_IDENTIFIER_MAX
+        assert names[key] not in {"postgres", "template0", "template1", "public"}
+    assert not set(names["mongo_database"]) & MONGO_FORBIDDEN
+    assert names["mongo_database"] not in {"admin", "local", "config"}
+    assert len(names["mongo_database"].encode()) < 64
+    assert names["vhost"] != "/"
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", names["stack"])
+    for segment in names["vault_secret"].split("/"):
+        assert segment not in ("", ".", "..")
+
+
+@given(valid_ids, valid_ids, st.sampled_from(PRODUCTS), st.sampled_from(PRODUCTS))
+def test_distinct_services_never_share_a_name(t1: str, t2: str, p1: str, p2: str) -> None:
+    if (t1, p1) == (t2, p2):
+        return
+    a, b = all_names(t1, p1), all_names(t2, p2)
+    per_service = ("pg_role", "pg_database", "vault_secret", "vault_policy")
+    for key in per_service:
+        assert a[key] != b[key], key
+    if t1 != t2:
+        for key in ("stack", "vhost", "mongo_database", "pg_schema"):
+            assert a[key] != b[key], key
+
+
+@given(valid_ids, st.sampled_from(PRODUCTS))
+def test_names_map_back_to_the_tenant(tenant: str, product: str) -> None:
+    names = TenantNames(tenant)
+    assert tenant_from_schema(names.pg_schema) == tenant
+    assert tenant_from_database(product, names.service(product).pg_dedicated_database) == tenant
+
+
+def test_uuids_are_valid_tenant_ids() -> None:
+    tenant = str(uuid.UUID("3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b"))
+    assert validate_tenant_id(tenant) == tenant
+    assert TenantNames(tenant).pg_schema == "tenant_3f2b8c1e_9a4d_4e6f_8b2a_1c3d5e7f9a0b"
+
+
+HOSTILE = {
+    "acme'; drop role postgres; --": "may contain only",
+    'ac"me': "may contain only",
+    "acme;x": "may contain only",
+    "acme/evil": "may contain only",
+    "../acme": "may contain only",
+    "acme.eu": "may contain only",
+    "acme eu": "may contain only",
+    " acme": "may contain only",
+    "acme\n": "may contain only",
+    "ac\x00me": "may contain only",
+    "ac\x1bme": "may contain only",
+    "acme_eu": "may contain only",
+    "acme--eu": "may contain only",
+    "-acme": "may contain only",
+    "acme-": "may contain only",
+    "ACME": "must be lowercase",
+    "3F2B8C1E-9A4D-4E6F-8B2A-1C3D5E7F9A0B": "must be lowercase",
+    "acmé": "must be ASCII",
+    "аcme": "must be ASCII",  # Cyrillic a
+    "a" * (TENANT_ID_MAX + 1): "longer than",
+    "a": "shorter than",
+    "": "non-empty",
+    "admin": "reserved",
+    "local": "reserved",
+    "config": "reserved",
+    "postgres": "reserved",
+    "template0": "reserved",
+    "template1": "reserved",
+    "public": "reserved",
+}
+
+
+@pytest.mark.parametrize(("tenant", "rule"), HOSTILE.items(), ids=[ascii(k)[:30] for k in HOSTILE])
+def test_hostile_ids_are_refused_naming_the_rule(tenant: str, rule: str) -> None:
+    with pytest.raises(InvalidInput, match=rule) as info:
+        validate_tenant_id(tenant)
+    message = str(info.value)
+    assert "\n" not in message and "\x00" not in message and "\x1b" not in message
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_anything_accepted_matches_the_documented_grammar(text: str) -> None:
+    try:
+        validate_tenant_id(text)
+    except InvalidInput:
+        return
+    assert set(text) <= set(string.ascii_lowercase + string.digits + "-")
+    assert 2 <= len(text) <= TENANT_ID_MAX
+    assert "--" not in text and text[0] != "-" and text[-1] != "-"
+    assert text not in RESERVED_TENANT_IDS
