@@ -232,6 +232,40 @@ class TenantConfig(_Model):
             raise InvalidInput(one_line(exc, "config")) from None
 
 
+class PlatformConfig(_Model):
+    """The platform stack: shared databases of the listed products and the Vault mount."""
+
+    products: tuple[str, ...] = Field(min_length=1)
+    protect_data: bool = True
+    platform: Platform
+
+    @field_validator("products")
+    @classmethod
+    def _schema_capable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        catalog = load_catalog()
+        for product in value:
+            if not catalog.product(product).needs(Store.POSTGRESQL):
+                raise ValueError(f"product {product!r} has no PostgreSQL store")
+        if len(set(value)) != len(value):
+            raise ValueError("a product is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> PlatformConfig:
+        for product in self.products:
+            self.platform.postgres_for(product)
+        return self
+
+    @classmethod
+    def from_pulumi_values(cls, values: dict[str, Any]) -> PlatformConfig:
+        prefix = NAMESPACE + ":"
+        ours = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+        try:
+            return cls.model_validate(ours)
+        except ValidationError as exc:
+            raise InvalidInput(one_line(exc, "config")) from None
+
+
 def read_stack_file(path: Path) -> dict[str, Any]:
     """Read a ``Pulumi.<stack>.yaml`` into its flat ``config`` mapping."""
     try:

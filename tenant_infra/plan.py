@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -17,9 +17,9 @@ import pulumi
 from google.protobuf import json_format
 from pulumi.runtime import mocks
 
-from tenant_infra.config import NAMESPACE, TenantConfig
+from tenant_infra.config import NAMESPACE, PlatformConfig, TenantConfig
 from tenant_infra.credentials import PLACEHOLDER, PlatformCredentials
-from tenant_infra.program import tenant_program
+from tenant_infra.program import platform_program, tenant_program
 
 PROJECT = "tenant-infra"
 
@@ -57,7 +57,7 @@ class Plan:
     tenant: str
     resources: tuple[PlannedResource, ...]
     #: The stack outputs, secrets masked (not part of the JSON document).
-    outputs: dict[str, Any] = field(default_factory=dict, compare=False)
+    outputs: Any = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "resources": [r.to_json() for r in self.resources]}
@@ -127,7 +127,7 @@ class _RecordingMonitor(mocks.MockMonitor):
     def __init__(self) -> None:
         super().__init__(_PlanMocks())
         self.recorded: list[PlannedResource] = []
-        self.outputs: dict[str, Any] = {}
+        self.outputs: Any = {}
 
     def RegisterResource(self, request: Any) -> Any:
         if request.type != "pulumi:pulumi:Stack":
@@ -163,7 +163,7 @@ class _RecordingMonitor(mocks.MockMonitor):
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 
-def pulumi_config_values(config: TenantConfig) -> dict[str, str]:
+def pulumi_config_values(config: TenantConfig | PlatformConfig) -> dict[str, str]:
     """The config as Pulumi holds it: ``namespace:key`` to a string (objects as JSON)."""
     data = config.model_dump(by_alias=True, mode="json", exclude_defaults=False)
     return {
@@ -172,27 +172,48 @@ def pulumi_config_values(config: TenantConfig) -> dict[str, str]:
     }
 
 
-def plan(config: TenantConfig) -> Plan:
-    """Every resource the tenant's stack would declare, evaluated offline."""
+def _evaluate(
+    stack: str, values: dict[str, str], program: Callable[[], Any]
+) -> tuple[list[PlannedResource], dict[str, Any]]:
+    """Run ``program`` under the mock runtime; return what it registered and its outputs."""
     monitor = _RecordingMonitor()
-    pulumi.runtime.set_all_config(pulumi_config_values(config), [])
+    pulumi.runtime.set_all_config(values, [])
     pulumi.runtime.set_mocks(
-        monitor.mocks, project=PROJECT, stack=config.tenant, preview=False, monitor=monitor
+        monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
     )
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def evaluate() -> pulumi.Output[None]:
-        tenant = tenant_program(PlatformCredentials.for_plan())
-        services = pulumi.Output.from_input(tenant.outputs())
+        outputs = pulumi.Output.from_input(program())
 
         def record(args: list[Any]) -> None:
             values, is_secret = args
             # A secret anywhere inside makes the whole output secret: mask it all.
-            monitor.outputs = {"services": PLACEHOLDER if is_secret else values}
+            monitor.outputs = PLACEHOLDER if is_secret else values
 
-        is_secret = pulumi.Output.from_input(cast(Awaitable[Any], services.is_secret()))
-        return pulumi.Output.all(services, is_secret).apply(record)
+        is_secret = pulumi.Output.from_input(cast(Awaitable[Any], outputs.is_secret()))
+        return pulumi.Output.all(outputs, is_secret).apply(record)
 
     evaluate()
     resources = sorted(monitor.recorded, key=lambda r: (r.parent or "", r.name, r.type))
-    return Plan(config.tenant, tuple(resources), monitor.outputs)
+    return resources, monitor.outputs
+
+
+def plan(config: TenantConfig) -> Plan:
+    """Every resource the tenant's stack would declare, evaluated offline."""
+    resources, outputs = _evaluate(
+        config.tenant,
+        pulumi_config_values(config),
+        lambda: {"services": tenant_program(PlatformCredentials.for_plan()).outputs()},
+    )
+    return Plan(config.tenant, tuple(resources), outputs)
+
+
+def plan_platform(config: PlatformConfig, stack: str) -> Plan:
+    """Every resource the platform stack would declare, evaluated offline."""
+    resources, outputs = _evaluate(
+        stack,
+        pulumi_config_values(config),
+        lambda: platform_program(PlatformCredentials.for_plan()),
+    )
+    return Plan(stack, tuple(resources), outputs)

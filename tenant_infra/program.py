@@ -11,18 +11,29 @@ from typing import Any
 
 import pulumi
 
+from components.platform import CredentialsMount, ProductDatabase
+from components.providers import Providers
 from components.tenant import Tenant
-from tenant_infra.config import NAMESPACE, TenantConfig
+from tenant_infra.config import NAMESPACE, PlatformConfig, TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import InvalidInput
 
 #: Keys of the ``tenant-infra`` config namespace, as written in stack files.
-CONFIG_KEYS = ("tenant", "tier", "metadata", "services", "limits", "protectData", "platform")
+CONFIG_KEYS = (
+    "tenant",
+    "tier",
+    "metadata",
+    "services",
+    "limits",
+    "protectData",
+    "platform",
+    "products",
+)
 SCALAR_KEYS = frozenset({"tenant", "tier"})
 
 
-def read_config() -> TenantConfig:
-    """The stack's config as a validated model (raises InvalidInput on the first problem)."""
+def _config_values() -> dict[str, Any]:
+    """The stack's ``tenant-infra:*`` config, objects decoded, scalars kept as strings."""
     config = pulumi.Config(NAMESPACE)
     values: dict[str, Any] = {}
     for key in CONFIG_KEYS:
@@ -30,8 +41,13 @@ def read_config() -> TenantConfig:
         if raw is None:
             continue
         # Scalars stay strings: a tenant id such as "0042" must not become the number 42.
-        values[key] = raw if key in SCALAR_KEYS else config.get_object(key)
-    data = TenantConfig.parse_obj_strict(values)
+        values[f"{NAMESPACE}:{key}"] = raw if key in SCALAR_KEYS else config.get_object(key)
+    return values
+
+
+def read_config() -> TenantConfig:
+    """The stack's config as a validated model (raises InvalidInput on the first problem)."""
+    data = TenantConfig.from_pulumi_values(_config_values())
     if data.tenant != pulumi.get_stack():
         raise InvalidInput(
             f"config tenant {data.tenant!r} does not match stack {pulumi.get_stack()!r} "
@@ -51,3 +67,21 @@ def tenant_program(credentials: PlatformCredentials | None = None) -> Tenant:
     pulumi.export("metadata", config.metadata)
     pulumi.export("services", tenant.outputs())
     return tenant
+
+
+def platform_program(credentials: PlatformCredentials | None = None) -> dict[str, Any]:
+    """Declare the shared pieces every tenant relies on (the ``platform/`` project)."""
+    try:
+        config = PlatformConfig.from_pulumi_values(_config_values())
+        providers = Providers("platform", config.platform, credentials or PlatformCredentials())
+        databases = {
+            product: ProductDatabase(product, providers, config.protect_data).name
+            for product in config.products
+        }
+        mount = CredentialsMount(config.platform.vault.kv_mount, providers, config.protect_data)
+    except InvalidInput as exc:
+        raise pulumi.RunError(str(exc)) from None
+    outputs: dict[str, Any] = {"sharedDatabases": databases, "kvMount": mount.path}
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return outputs

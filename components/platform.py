@@ -1,0 +1,93 @@
+"""What every tenant relies on, applied once per platform (the ``platform/`` project).
+
+- Each product's shared database for SCHEMA-mode tenants, hardened: PUBLIC may not
+  CONNECT to it (each tenant role is granted CONNECT by its own stack) nor create
+  anything in, or even use, its ``public`` schema.
+- The Vault KV v2 mount holding every tenant service's credentials.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_postgresql as postgresql
+import pulumi_vault as vault
+
+from components import PACKAGE
+from components.providers import Providers
+from tenant_infra.tenant import pg_shared_database
+
+
+class ProductDatabase(pulumi.ComponentResource):
+    """A product's shared database, closed to PUBLIC."""
+
+    name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        product: str,
+        providers: Providers,
+        protect_data: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        name = f"platform-{product}"
+        super().__init__(f"{PACKAGE}:platform:ProductDatabase", name, None, opts)
+        admin = providers.postgres(product, "postgres", "admin")
+        database = postgresql.Database(
+            f"{name}-db",
+            name=pg_shared_database(product),
+            template="template0",
+            encoding="UTF8",
+            opts=pulumi.ResourceOptions(parent=self, provider=admin, protect=protect_data),
+        )
+        inside = pulumi.ResourceOptions(
+            parent=self,
+            provider=providers.postgres(product, database.name, "shared", [database]),
+            deleted_with=database,
+        )
+        postgresql.Grant(
+            f"{name}-revoke-public-database",
+            role="public",
+            database=database.name,
+            object_type="database",
+            privileges=[],
+            opts=pulumi.ResourceOptions.merge(inside, pulumi.ResourceOptions(provider=admin)),
+        )
+        postgresql.Grant(
+            f"{name}-revoke-public-schema",
+            role="public",
+            database=database.name,
+            schema="public",
+            object_type="schema",
+            privileges=[],
+            opts=inside,
+        )
+        self.name = database.name
+        self.register_outputs({"name": self.name})
+
+
+class CredentialsMount(pulumi.ComponentResource):
+    """The KV v2 mount tenant credentials live in."""
+
+    path: pulumi.Output[str]
+
+    def __init__(
+        self,
+        mount: str,
+        providers: Providers,
+        protect_data: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        name = "platform-vault"
+        super().__init__(f"{PACKAGE}:platform:CredentialsMount", name, None, opts)
+        kv = vault.Mount(
+            f"{name}-kv",
+            path=mount,
+            type="kv",
+            options={"version": "2"},
+            description="tenant-infra: per-tenant service credentials",
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=providers.vault(), protect=protect_data
+            ),
+        )
+        self.path = kv.path
+        self.register_outputs({"path": self.path})

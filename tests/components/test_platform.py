@@ -1,0 +1,58 @@
+"""The platform stack under mocks: hardened shared databases and the credentials mount."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tenant_infra.config import PlatformConfig, read_stack_file
+from tenant_infra.errors import InvalidInput
+from tenant_infra.plan import Plan, plan_platform
+
+DEV = Path(__file__).resolve().parents[2] / "platform" / "Pulumi.dev.yaml"
+
+
+def dev_plan(**overrides: object) -> Plan:
+    values = read_stack_file(DEV) | {f"tenant-infra:{k}": v for k, v in overrides.items()}
+    return plan_platform(PlatformConfig.from_pulumi_values(values), "dev")
+
+
+def test_each_product_gets_a_shared_database_closed_to_public() -> None:
+    plan = dev_plan()
+    databases = {r.inputs["name"] for r in plan.of_type("postgresql:index/database:Database")}
+    assert databases == {"ledger", "tracer", "reporter"}
+    grants = plan.of_type("postgresql:index/grant:Grant")
+    revoked = {
+        (g.inputs["database"], g.inputs["objectType"], g.inputs.get("schema")) for g in grants
+    }
+    for db in databases:
+        assert (db, "database", None) in revoked
+        assert (db, "schema", "public") in revoked
+    for grant in grants:
+        assert grant.inputs["role"] == "public" and grant.inputs["privileges"] == []
+        assert grant.deleted_with is not None
+
+
+def test_credentials_mount_is_kv_v2() -> None:
+    (mount,) = dev_plan().of_type("vault:index/mount:Mount")
+    assert (mount.inputs["path"], mount.inputs["type"], mount.inputs["options"]) == (
+        "secret",
+        "kv",
+        {"version": "2"},
+    )
+
+
+def test_protect_follows_config() -> None:
+    assert not any(r.protect for r in dev_plan().resources)
+    protected = {r.type for r in dev_plan(protectData=True).resources if r.protect}
+    assert protected == {"postgresql:index/database:Database", "vault:index/mount:Mount"}
+
+
+@pytest.mark.parametrize(
+    ("products", "rule"), [(["ledger", "ledger"], "listed twice"), (["wallet"], "unknown product")]
+)
+def test_bad_product_lists_are_refused(products: list[str], rule: str) -> None:
+    values = read_stack_file(DEV) | {"tenant-infra:products": products}
+    with pytest.raises(InvalidInput, match=rule):
+        PlatformConfig.from_pulumi_values(values)
