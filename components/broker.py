@@ -28,6 +28,7 @@ class TenantVhost(pulumi.ComponentResource):
         tenant: TenantNames,
         limits: Limits,
         protect_data: bool,
+        retain_data: bool,
         provider: rabbitmq.Provider,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -40,7 +41,9 @@ class TenantVhost(pulumi.ComponentResource):
             # The provider types these as strings.
             max_connections=str(limits.broker_max_connections),
             max_queues=str(limits.broker_max_queues),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=protect_data)),
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(protect=protect_data, retain_on_delete=retain_data)
+            ),
         )
         # An operator policy, not a policy: tenant users cannot override it.
         rabbitmq.OperatorPolicy(

@@ -39,6 +39,12 @@ class PostgresArgs:
     isolation: IsolationMode
     limits: Limits
     protect_data: bool
+    #: Offboarding with retention: keep role (NOLOGIN), database and schema on delete.
+    retain_data: bool = False
+
+    def keep(self) -> pulumi.ResourceOptions:
+        """Options for data-holding resources."""
+        return pulumi.ResourceOptions(protect=self.protect_data, retain_on_delete=self.retain_data)
 
 
 class ServicePostgres(pulumi.ComponentResource):
@@ -71,7 +77,8 @@ class ServicePostgres(pulumi.ComponentResource):
         role = postgresql.Role(
             f"{name}-role",
             name=names.pg_role,
-            login=True,
+            # A retained role keeps owning the data but can no longer log in.
+            login=not args.retain_data,
             password=self.password,
             superuser=False,
             create_database=False,
@@ -82,7 +89,9 @@ class ServicePostgres(pulumi.ComponentResource):
             connection_limit=args.limits.pg_connection_limit,
             statement_timeout=args.limits.pg_statement_timeout_ms,
             search_paths=[names.pg_schema],
-            opts=pulumi.ResourceOptions(parent=self, provider=role_provider),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=role_provider, retain_on_delete=args.retain_data
+            ),
         )
         self.role = role.name
         self.database, self.schema = (
@@ -101,7 +110,9 @@ class ServicePostgres(pulumi.ComponentResource):
             template="template0",
             encoding="UTF8",
             connection_limit=args.limits.pg_connection_limit,
-            opts=pulumi.ResourceOptions(parent=self, provider=admin, protect=args.protect_data),
+            opts=pulumi.ResourceOptions.merge(
+                pulumi.ResourceOptions(parent=self, provider=admin), args.keep()
+            ),
         )
         # Everything inside the dedicated database goes away with it: no REVOKE or
         # DROP SCHEMA is sent to a database that is being dropped.
@@ -150,8 +161,6 @@ class ServicePostgres(pulumi.ComponentResource):
             owner=role.name,
             drop_cascade=False,
             if_not_exists=False,
-            opts=pulumi.ResourceOptions.merge(
-                inside, pulumi.ResourceOptions(protect=self._args.protect_data)
-            ),
+            opts=pulumi.ResourceOptions.merge(inside, self._args.keep()),
         )
         return cast(pulumi.Output[str], schema.name)

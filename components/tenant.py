@@ -44,6 +44,7 @@ class Tenant(pulumi.ComponentResource):
                 names,
                 limits,
                 config.protect_data,
+                config.retain_data,
                 providers.rabbitmq(),
                 pulumi.ResourceOptions(parent=self),
             )
@@ -53,7 +54,12 @@ class Tenant(pulumi.ComponentResource):
             self.services[spec.product] = TenantService(
                 service_names.resource_prefix,
                 TenantServiceArgs(
-                    service_names, product, spec.isolation, limits, config.protect_data
+                    service_names,
+                    product,
+                    spec.isolation,
+                    limits,
+                    config.protect_data,
+                    config.retain_data,
                 ),
                 providers,
                 self.vhost,

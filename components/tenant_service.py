@@ -30,6 +30,7 @@ class TenantServiceArgs:
     isolation: IsolationMode
     limits: Limits
     protect_data: bool
+    retain_data: bool = False
 
 
 class TenantService(pulumi.ComponentResource):
@@ -53,7 +54,9 @@ class TenantService(pulumi.ComponentResource):
 
         postgres = ServicePostgres(
             f"{name}-postgres",
-            PostgresArgs(names, args.isolation, args.limits, args.protect_data),
+            PostgresArgs(
+                names, args.isolation, args.limits, args.protect_data, args.retain_data
+            ),
             providers,
             child,
         )

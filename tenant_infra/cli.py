@@ -5,6 +5,7 @@ No logic lives here beyond argument parsing, output formatting and exit codes.
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from tenant_infra import commands, render
 from tenant_infra.errors import BackendUnavailable, InvalidInput
+from tenant_infra.lifecycle import InProgress, Progress, ServiceStatus, TenantStatus
 
 app = typer.Typer(
     name="tenantctl",
@@ -73,6 +75,141 @@ def plan(
         render.plan_table(result, _console())
 
 
+TenantsArgument = Annotated[list[str] | None, typer.Argument(help="Tenant ids.")]
+AllOption = Annotated[bool, typer.Option("--all", help="Every tenant with a stack file.")]
+
+
+def _progress(format: Format) -> Progress:
+    """Live per-tenant lines for people; JSON lines (one event each) for pipelines."""
+
+    def show(tenant: str, status: ServiceStatus) -> None:
+        if format is Format.JSON:
+            event = {"event": "service", "tenant": tenant, **status.to_json()}
+            print(json.dumps(event), flush=True)
+        else:
+            reason = f" ({status.reason})" if status.reason else ""
+            print(f"[{tenant}] {status.product}: {status.state.value}{reason}", file=sys.stderr)
+
+    return show
+
+
+def _finish(ok: bool) -> None:
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def onboard(
+    tenant: Annotated[str, typer.Argument(help="Tenant id (the JWT tenantId claim).")],
+    service: ServiceOption = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--from", metavar="FILE", help="A stack config file to onboard from."),
+    ] = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Create or update a tenant's stack, run its migrations, mark its services ready."""
+    result = commands.onboard(tenant, service or (), from_file, progress=_progress(format))
+    _show_status([result], format)
+    _finish(result.ok)
+
+
+@app.command()
+def register(
+    tenant: Annotated[str, typer.Argument(help="An onboarded tenant.")],
+    service: ServiceOption = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Register more services on a tenant: only what is new is provisioned."""
+    result = commands.register(tenant, service or (), progress=_progress(format))
+    _show_status([result], format)
+    _finish(result.ok)
+
+
+@app.command()
+def status(
+    tenant: Annotated[str | None, typer.Argument(help="A tenant (default: all).")] = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Services, isolation modes, states and revisions, read from the stacks."""
+    results = [commands.status(tenant)] if tenant else commands.list_tenants()
+    _show_status(results, format)
+
+
+@app.command("list")
+def list_(format: FormatOption = Format.TABLE) -> None:
+    """Every tenant and its services."""
+    _show_status(commands.list_tenants(), format)
+
+
+@app.command()
+def offboard(
+    tenant: Annotated[str, typer.Argument(help="The tenant to remove.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    retain_data: Annotated[
+        bool, typer.Option("--retain-data", help="Keep databases, schemas and vhosts.")
+    ] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete the tenant's data too.")] = False,
+) -> None:
+    """Destroy a tenant's resources (grants and users before what they refer to)."""
+    what = "keeping its data" if retain_data else "DELETING its data" if purge else ""
+    if not yes and not typer.confirm(f"Offboard tenant {tenant} {what}?".replace("  ", " ")):
+        raise typer.Exit(EXIT_FAILED)
+    retained = commands.offboard(tenant, retain_data=retain_data, purge=purge)
+    print(
+        f"tenant {tenant} offboarded" + (f"; retained: {', '.join(retained)}" if retained else "")
+    )
+
+
+@app.command()
+def preview(
+    tenants: TenantsArgument = None,
+    all_tenants: AllOption = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-k", min=1)] = 4,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="markdown (for a PR comment) or json.")
+    ] = "markdown",
+) -> None:
+    """Preview tenant stacks; one summary fit for a pull-request comment."""
+    if format not in ("markdown", "json"):
+        raise InvalidInput(f"--format must be markdown or json, not {format!r}")
+    results = commands.preview(tenants or (), all_tenants=all_tenants, concurrency=concurrency)
+    if format == "json":
+        print(render.dumps(render.preview_json(results)))
+    else:
+        print(render.preview_markdown(results), end="")
+    _finish(all(r.ok for r in results))
+
+
+@app.command()
+def up(
+    tenants: TenantsArgument = None,
+    all_tenants: AllOption = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-k", min=1)] = 2,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Apply the program to many tenant stacks; one tenant's failure never stops the others."""
+    results = commands.up(
+        tenants or (), all_tenants=all_tenants, concurrency=concurrency, progress=_progress(format)
+    )
+    if format is Format.JSON:
+        print(
+            json.dumps(
+                {"results": [{"tenant": r.tenant, "ok": r.ok, "error": r.error} for r in results]}
+            )
+        )
+    else:
+        render.fleet_table(results, _console())
+    _finish(all(r.ok for r in results))
+
+
+def _show_status(results: list[TenantStatus], format: Format) -> None:
+    if format is Format.JSON:
+        print(json.dumps({"tenants": [r.to_json() for r in results]}))
+    else:
+        render.status_table(results, _console())
+
+
 def _console() -> Console:
     """A terminal's own width; a wide page when piped, so names are never cut."""
     console = Console()
@@ -94,6 +231,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", EXIT_FAILED)
     except InvalidInput as exc:
         _fail(str(exc), EXIT_INVALID)
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, InProgress) as exc:
         _fail(str(exc), EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else 0)

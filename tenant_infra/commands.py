@@ -5,12 +5,23 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tenant_infra import lifecycle
 from tenant_infra import plan as offline_plan
 from tenant_infra.config import ServiceSpec, TenantConfig, read_stack_file
 from tenant_infra.errors import InvalidInput
+from tenant_infra.lifecycle import (
+    FleetResult,
+    Progress,
+    ServiceState,
+    ServiceStatus,
+    StackBackend,
+    TenantStatus,
+    Workspace,
+    for_each_tenant,
+)
 from tenant_infra.tenant import validate_tenant_id
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
@@ -68,3 +79,159 @@ def plan(
 ) -> offline_plan.Plan:
     """Every resource the tenant's stack would declare, without the Pulumi CLI."""
     return offline_plan.plan(resolve_config(tenant, services, stack_config))
+
+
+# ------------------------------------------------------------------ lifecycle verbs
+
+
+def _workspace(root: Path | None) -> Workspace:
+    return Workspace(root or project_root())
+
+
+def _backend(workspace: Workspace, backend: StackBackend | None) -> StackBackend:
+    if backend is not None:
+        return backend
+    from tenant_infra.automation import PulumiBackend
+
+    return PulumiBackend(workspace.root)
+
+
+def onboard(
+    tenant: str,
+    services: Sequence[str] = (),
+    stack_config: Path | None = None,
+    *,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+    verify: Callable[[str, str], None] | None = None,
+) -> TenantStatus:
+    """Create or update the tenant's stack with ``services`` added; returns each state.
+
+    An existing tenant keeps its services and their data: only what is new is
+    provisioned. ``stack_config`` supplies the platform (and services) for a new tenant.
+    """
+    workspace = _workspace(root)
+    # The CLI check comes first: without it nothing below could be carried out.
+    stacks = _backend(workspace, backend)
+    validate_tenant_id(tenant)
+    requested = [ServiceSpec.parse(text) for text in services]
+    existing = workspace.read_config(tenant)
+    if existing is not None and stack_config is None:
+        base = existing
+    else:
+        base = resolve_config(tenant, services, stack_config)
+    config = base.with_services(lifecycle.merge_services(existing, requested or base.services))
+    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, verify)
+
+
+def register(
+    tenant: str,
+    services: Sequence[str],
+    *,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> TenantStatus:
+    """Register more services on an existing tenant; its existing resources are untouched."""
+    workspace = _workspace(root)
+    backend = _backend(workspace, backend)
+    if workspace.read_config(validate_tenant_id(tenant)) is None:
+        raise InvalidInput(f"unknown tenant {tenant!r}: onboard it first")
+    if not services:
+        raise InvalidInput("register needs at least one --service PRODUCT:MODE")
+    return onboard(tenant, services, backend=backend, root=root, progress=progress)
+
+
+def status(
+    tenant: str, *, backend: StackBackend | None = None, root: Path | None = None
+) -> TenantStatus:
+    """The tenant's services, isolation modes, states and revisions (no deployment runs)."""
+    workspace = _workspace(root)
+    return lifecycle.read_status(
+        _backend(workspace, backend), workspace, validate_tenant_id(tenant)
+    )
+
+
+def list_tenants(
+    *, backend: StackBackend | None = None, root: Path | None = None
+) -> list[TenantStatus]:
+    """Every tenant with a stack file, with its status."""
+    workspace = _workspace(root)
+    chosen = _backend(workspace, backend)
+    return [lifecycle.read_status(chosen, workspace, t) for t in workspace.tenants()]
+
+
+def offboard(
+    tenant: str,
+    *,
+    retain_data: bool = False,
+    purge: bool = False,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+) -> list[str]:
+    """Destroy the tenant's resources and remove its stack; returns what was retained."""
+    workspace = _workspace(root)
+    stacks = _backend(workspace, backend)
+    return lifecycle.offboard(validate_tenant_id(tenant), stacks, workspace, retain_data, purge)
+
+
+def _fleet(tenants: Sequence[str], all_tenants: bool, workspace: Workspace) -> list[str]:
+    if all_tenants and tenants:
+        raise InvalidInput("name tenants or pass --all, not both")
+    chosen = workspace.tenants() if all_tenants else [validate_tenant_id(t) for t in tenants]
+    if not chosen:
+        raise InvalidInput("no tenant selected: name tenants or pass --all")
+    unknown = [t for t in chosen if workspace.read_config(t) is None]
+    if unknown:
+        raise InvalidInput(f"unknown tenant {unknown[0]!r}: no stack file")
+    return chosen
+
+
+def preview(
+    tenants: Sequence[str] = (),
+    *,
+    all_tenants: bool = False,
+    concurrency: int = 4,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+) -> list[FleetResult]:
+    """Preview many tenant stacks with bounded concurrency (for pull-request summaries)."""
+    workspace = _workspace(root)
+    stacks = _backend(workspace, backend)
+    chosen = _fleet(tenants, all_tenants, workspace)
+
+    def one(tenant: str) -> FleetResult:
+        outcome = stacks.preview(tenant, lambda _event: None)
+        return FleetResult(tenant, True, preview=outcome)
+
+    return for_each_tenant(chosen, one, concurrency)
+
+
+def up(
+    tenants: Sequence[str] = (),
+    *,
+    all_tenants: bool = False,
+    concurrency: int = 2,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> list[FleetResult]:
+    """Apply the current program and config to many tenant stacks; failures don't stop others."""
+    workspace = _workspace(root)
+    stacks = _backend(workspace, backend)
+    chosen = _fleet(tenants, all_tenants, workspace)
+
+    def one(tenant: str) -> FleetResult:
+        config = workspace.read_config(tenant)
+        assert config is not None
+        result = lifecycle.deploy(config, stacks, workspace, progress or _quiet)
+        failed = [s for s in result.services if s.state != ServiceState.READY]
+        error = result.error or "; ".join(f"{s.product}: {s.reason}" for s in failed)
+        return FleetResult(tenant, result.ok, error, status=result)
+
+    return for_each_tenant(chosen, one, concurrency)
+
+
+def _quiet(_tenant: str, _status: ServiceStatus) -> None:
+    return None

@@ -167,6 +167,8 @@ class TenantConfig(_Model):
     services: tuple[ServiceSpec, ...] = Field(min_length=1)
     limits: dict[str, int] = Field(default_factory=dict)
     protect_data: bool = True
+    #: Set by offboarding with retention: data stays, every credential is revoked.
+    retain_data: bool = False
     platform: Platform
 
     @field_validator("tenant")

@@ -26,6 +26,7 @@ CONFIG_KEYS = (
     "services",
     "limits",
     "protectData",
+    "retainData",
     "platform",
     "products",
 )

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from tenant_infra.lifecycle import (
+    MIGRATION_TYPE,
+    FleetResult,
+    PreviewOutcome,
+    TenantStatus,
+    migration_product,
+)
 from tenant_infra.plan import Plan, PlannedResource
 
 #: Inputs worth a column in the human plan, by how often they identify a resource.
@@ -69,3 +77,93 @@ def _short_type(token: str) -> str:
 
 def dumps(document: Any) -> str:
     return json.dumps(document, indent=2, sort_keys=False)
+
+
+# ---------------------------------------------------------------- lifecycle views
+
+_STATE_STYLE = {"ready": "green", "failed": "red", "migrating": "yellow", "provisioning": "yellow"}
+
+
+def status_table(statuses: Sequence[TenantStatus], console: Console) -> None:
+    table = Table(show_lines=False)
+    for column in ("tenant", "service", "isolation", "state", "revision", "reason"):
+        table.add_column(column, overflow="fold")
+    for tenant in statuses:
+        for service in tenant.services:
+            style = _STATE_STYLE.get(service.state.value, "")
+            table.add_row(
+                tenant.tenant,
+                service.product,
+                service.isolation,
+                f"[{style}]{service.state.value}[/]" if style else service.state.value,
+                service.revision or "-",
+                service.reason,
+            )
+    console.print(table)
+
+
+def migrations_of(outcome: PreviewOutcome) -> list[str]:
+    """``product: old -> new`` for each migration marker the preview would change."""
+    moves = []
+    for event in outcome.events:
+        if (
+            event.type == MIGRATION_TYPE
+            and event.phase == "pre"
+            and event.op not in ("same", "read")
+        ):
+            product = migration_product(event.name) or event.name
+            moves.append(
+                f"{product}: {event.old_revision or 'base'} → {event.new_revision or 'head'}"
+            )
+    return moves
+
+
+def preview_json(results: Sequence[FleetResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "tenant": r.tenant,
+            "ok": r.ok,
+            "error": r.error or None,
+            "changes": dict(r.preview.changes) if r.preview else {},
+            "migrations": migrations_of(r.preview) if r.preview else [],
+        }
+        for r in results
+    ]
+
+
+def preview_markdown(results: Sequence[FleetResult]) -> str:
+    """One summary fit for a pull-request comment."""
+    failed = [r for r in results if not r.ok]
+    lines = [
+        "## tenant-infra preview",
+        "",
+        f"{len(results)} tenant stack(s) previewed, {len(failed)} failed.",
+        "",
+        "| tenant | create | update | replace | delete | migrations | result |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for row in preview_json(results):
+        changes = row["changes"]
+        lines.append(
+            "| {t} | {c} | {u} | {r} | {d} | {m} | {res} |".format(
+                t=row["tenant"],
+                c=changes.get("create", 0),
+                u=changes.get("update", 0),
+                r=changes.get("replace", 0) + changes.get("create-replacement", 0),
+                d=changes.get("delete", 0),
+                m="<br>".join(row["migrations"]) or "—",
+                res="ok" if row["ok"] else "**failed**",
+            )
+        )
+    for result in failed:
+        lines += ["", f"### {result.tenant}: failed", "", "```", result.error, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def fleet_table(results: Sequence[FleetResult], console: Console) -> None:
+    table = Table()
+    for column in ("tenant", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        table.add_row(result.tenant, "ok" if result.ok else "[red]failed[/]", result.error)
+    console.print(table)

@@ -1,0 +1,279 @@
+"""The Pulumi Automation API behind :class:`tenant_infra.lifecycle.StackBackend`.
+
+Traps this module exists to avoid (see ../shared/notes/pulumi-and-providers.md):
+
+- ``create_or_select_stack`` rewrites the project's workspace file, so concurrent
+  calls corrupt it (pulumi#8186): each tenant gets its own work directory
+  (``.pulumi-work/<tenant>/Pulumi.yaml``, pointing back at the one program and at
+  ``stacks/``), hence its own workspace file.
+- ``set_all_config`` puts secret values in ``argv``: config is written to the stack
+  file instead, and tenant config holds no secret anyway.
+- ``up`` shows secrets by default: always ``show_secrets=False``; outputs are read
+  from ``export_stack`` (secrets stay encrypted there), never ``stack.outputs()``.
+- Without the CLI, the Automation API raises a bare ``FileNotFoundError``: callers
+  get :class:`PulumiUnavailable`, one line saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenant_infra.errors import BackendUnavailable
+from tenant_infra.lifecycle import (
+    TRANSIENT_MARKERS,
+    EventSink,
+    InProgress,
+    PreviewOutcome,
+    ResourceEvent,
+    TransientConflict,
+)
+
+MIN_CLI_VERSION = (3, 211, 0)  # stack tags on self-managed backends (pulumi#19882)
+PROJECT = "tenant-infra"
+
+
+class PulumiUnavailable(BackendUnavailable):
+    """The Pulumi CLI is missing or too old."""
+
+
+def require_cli(command: str = "pulumi") -> tuple[int, int, int]:
+    """The installed CLI's version, or one clear line on what to install."""
+    wanted = ".".join(map(str, MIN_CLI_VERSION))
+    hint = (
+        f"the Pulumi CLI >= {wanted} is required for this command: install it from "
+        "https://www.pulumi.com/docs/install/ (`tenantctl plan` works without it)"
+    )
+    path = shutil.which(command)
+    if path is None:
+        raise PulumiUnavailable(hint)
+    try:
+        out = subprocess.run(
+            [path, "version"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        raise PulumiUnavailable(hint) from None
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    if match is None:
+        raise PulumiUnavailable(hint)
+    version = (int(match[1]), int(match[2]), int(match[3]))
+    if version < MIN_CLI_VERSION:
+        found = ".".join(map(str, version))
+        raise PulumiUnavailable(f"Pulumi CLI {found} is too old: {hint}")
+    return version
+
+
+def backend_env(root: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Environment for every Pulumi command: the usual variables win over our defaults.
+
+    Default state backend: a local file backend inside the project (no account, no
+    server); secrets are passphrase-encrypted, so a passphrase must be provided.
+    """
+    passphrase = (
+        "PULUMI_CONFIG_PASSPHRASE",
+        "PULUMI_CONFIG_PASSPHRASE_FILE",
+        "PULUMI_ACCESS_TOKEN",
+    )
+    if not any(environ.get(name) for name in passphrase):
+        raise BackendUnavailable(
+            "set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to encrypt "
+            "stack secrets"
+        )
+    env = {"PULUMI_SKIP_UPDATE_CHECK": "true"}
+    if not environ.get("PULUMI_BACKEND_URL"):
+        state = root / ".pulumi-state"
+        state.mkdir(exist_ok=True)
+        env["PULUMI_BACKEND_URL"] = state.resolve().as_uri()
+    return env
+
+
+def project_file(root: Path, tenant: str) -> Path:
+    """``.pulumi-work/<tenant>/Pulumi.yaml``: the project, seen from a per-tenant directory."""
+    work = root / ".pulumi-work" / tenant
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "Pulumi.yaml"
+    text = (
+        f"name: {PROJECT}\n"
+        "runtime:\n  name: python\n  options:\n    toolchain: pip\n"
+        "    virtualenv: ../../.venv\n"
+        "main: ../../\n"
+        "stackConfigDir: ../../stacks\n"
+    )
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _reduce(event: Any) -> ResourceEvent | None:
+    """An Automation API engine event as a value-free :class:`ResourceEvent`."""
+    for attr, phase in (
+        ("resource_pre_event", "pre"),
+        ("res_outputs_event", "done"),
+        ("res_op_failed_event", "failed"),
+    ):
+        payload = getattr(event, attr, None)
+        if payload is None:
+            continue
+        meta = payload.metadata
+        urn = str(meta.urn)
+        old = (meta.old.outputs if meta.old else None) or {}
+        new = (meta.new.inputs if meta.new else None) or {}
+        return ResourceEvent(
+            op=str(getattr(meta.op, "value", meta.op)),
+            type=str(meta.type),
+            name=urn.rsplit("::", 1)[-1],
+            phase=phase,
+            diffs=tuple(meta.diffs or ()),
+            old_revision=_plain(old.get("revision")),
+            new_revision=_plain(new.get("head")),
+        )
+    return None
+
+
+def _plain(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class PulumiBackend:
+    """Tenant stacks through the Automation API, one work directory per tenant."""
+
+    root: Path
+    policy_packs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require_cli()
+        self._env = backend_env(self.root)
+
+    def _stack(self, tenant: str, create: bool) -> Any:
+        from pulumi import automation as auto
+
+        opts = auto.LocalWorkspaceOptions(
+            work_dir=str(project_file(self.root, tenant).parent),
+            env_vars=self._env,
+            secrets_provider="passphrase" if "PULUMI_ACCESS_TOKEN" not in os.environ else None,
+        )
+        try:
+            if create:
+                return auto.create_or_select_stack(tenant, work_dir=opts.work_dir, opts=opts)
+            return auto.select_stack(tenant, work_dir=opts.work_dir, opts=opts)
+        except FileNotFoundError:
+            raise PulumiUnavailable("the Pulumi CLI is not on PATH") from None
+
+    def _run(self, action: Any) -> Any:
+        from pulumi import automation as auto
+
+        try:
+            return action()
+        except auto.ConcurrentUpdateError:
+            raise InProgress("another update of this stack is in progress") from None
+        except auto.CommandError as exc:
+            text = str(exc)
+            if any(marker in text for marker in TRANSIENT_MARKERS):
+                raise TransientConflict(TRANSIENT_MARKERS[0]) from None
+            raise RuntimeError(_last_error_line(text)) from None
+
+    def exists(self, tenant: str) -> bool:
+        from pulumi import automation as auto
+
+        try:
+            self._stack(tenant, create=False)
+        except auto.StackNotFoundError:
+            return False
+        return True
+
+    def ensure(self, tenant: str) -> None:
+        self._run(lambda: self._stack(tenant, create=True))
+
+    def up(self, tenant: str, on_event: EventSink) -> dict[str, Any]:
+        stack = self._stack(tenant, create=True)
+        self._run(
+            lambda: stack.up(
+                on_event=_forward(on_event),
+                show_secrets=False,
+                suppress_outputs=True,
+                suppress_progress=True,
+                policy_packs=list(self.policy_packs) or None,
+            )
+        )
+        return self.outputs(tenant)
+
+    def preview(self, tenant: str, on_event: EventSink) -> PreviewOutcome:
+        stack = self._stack(tenant, create=False)
+        events: list[ResourceEvent] = []
+
+        def collect(event: ResourceEvent) -> None:
+            events.append(event)
+            on_event(event)
+
+        result = self._run(
+            lambda: stack.preview(
+                diff=True,
+                on_event=_forward(collect),
+                suppress_outputs=True,
+                suppress_progress=True,
+                policy_packs=list(self.policy_packs) or None,
+            )
+        )
+        changes = {str(getattr(k, "value", k)): int(v) for k, v in result.change_summary.items()}
+        return PreviewOutcome(changes, tuple(events))
+
+    def destroy(self, tenant: str, on_event: EventSink) -> None:
+        stack = self._stack(tenant, create=False)
+        self._run(
+            lambda: stack.destroy(
+                on_event=_forward(on_event), show_secrets=False, suppress_outputs=True
+            )
+        )
+
+    def remove(self, tenant: str) -> None:
+        stack = self._stack(tenant, create=False)
+        # preserve_config: the stack file is ours, the caller decides what becomes of it.
+        self._run(lambda: stack.workspace.remove_stack(tenant, preserve_config=True))
+
+    def tags(self, tenant: str) -> dict[str, str]:
+        stack = self._stack(tenant, create=False)
+        return dict(self._run(stack.list_tags))
+
+    def set_tags(self, tenant: str, tags: dict[str, str]) -> None:
+        stack = self._stack(tenant, create=False)
+        for key, value in tags.items():
+            self._run(lambda k=key, v=value: stack.set_tag(k, v))
+
+    def outputs(self, tenant: str) -> dict[str, Any]:
+        """Non-secret stack outputs, from the checkpoint (secrets stay ciphertext there)."""
+        stack = self._stack(tenant, create=False)
+        deployment = self._run(stack.export_stack).deployment or {}
+        for resource in deployment.get("resources", []):
+            if resource.get("type") == "pulumi:pulumi:Stack":
+                outputs = resource.get("outputs") or {}
+                return {k: v for k, v in outputs.items() if not _is_secret(v)}
+        return {}
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and "ciphertext" in value
+
+
+def _forward(sink: EventSink) -> Any:
+    def handler(event: Any) -> None:
+        reduced = _reduce(event)
+        if reduced is not None:
+            sink(reduced)
+
+    return handler
+
+
+def _last_error_line(text: str) -> str:
+    """The CLI's own error line, without the command line and stdout it is wrapped in."""
+    for line in reversed(text.splitlines()):
+        stripped = line.strip()
+        if stripped.startswith("error:"):
+            return stripped
+    return "pulumi command failed (see the Pulumi output above)"

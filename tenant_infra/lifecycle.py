@@ -1,0 +1,484 @@
+"""The tenant lifecycle of seed 002 as states over a tenant's stack.
+
+Registering a service moves it through ``provisioning → migrating → ready``; any
+failure ends in ``failed`` with the reason, never half-way. States are kept on the
+stack itself (as tags), so ``status`` reads them without running a deployment.
+
+The stack operations sit behind :class:`StackBackend`, whose real implementation
+(:mod:`tenant_infra.automation`) drives the Pulumi CLI through the Automation API;
+everything here is the orchestration around it and is tested without the CLI.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from tenant_infra.config import NAMESPACE, ServiceSpec, TenantConfig, read_stack_file
+from tenant_infra.errors import InvalidInput
+
+#: Resource type of the per-service migration marker (see components/migration.py).
+MIGRATION_TYPE = "pulumi-python:dynamic/tenant:ServiceMigration"
+#: Logical name of a service's migration marker: ``<tenant>-<product>-migration``.
+MIGRATION_SUFFIX = "-migration"
+#: Conflicts between stacks sharing a product database; retried, never a tenant failure.
+TRANSIENT_MARKERS = ("tuple concurrently updated",)
+#: First backoff delay (seconds) when retrying a transient conflict.
+RETRY_BASE_DELAY = 1.0
+TAG_PREFIX = "tenant-infra"
+MAX_TAG_VALUE = 256
+
+
+def migration_product(name: str) -> str | None:
+    """The product whose migration marker is named ``name`` (products contain no ``-``)."""
+    if not name.endswith(MIGRATION_SUFFIX):
+        return None
+    return name.removesuffix(MIGRATION_SUFFIX).rsplit("-", 1)[-1]
+
+
+class ServiceState(StrEnum):
+    PROVISIONING = "provisioning"
+    MIGRATING = "migrating"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class InProgress(RuntimeError):
+    """Another operation holds the tenant."""
+
+
+class TransientConflict(RuntimeError):
+    """An operation failed in a way that succeeds when retried (see TRANSIENT_MARKERS)."""
+
+
+@dataclass(frozen=True)
+class ResourceEvent:
+    """An engine event reduced to what the lifecycle needs; never carries values."""
+
+    op: str  # create, update, replace, delete, same, ...
+    type: str
+    name: str
+    phase: str  # "pre" (starting), "done", "failed"
+    #: Changed input keys (for migrations: e.g. ``head``).
+    diffs: tuple[str, ...] = ()
+    #: For migration markers: revision before and the head it moves to.
+    old_revision: str | None = None
+    new_revision: str | None = None
+
+
+EventSink = Callable[[ResourceEvent], None]
+
+
+@dataclass(frozen=True)
+class PreviewOutcome:
+    changes: dict[str, int]  # op -> count
+    events: tuple[ResourceEvent, ...]
+
+
+class StackBackend(Protocol):
+    """The stack operations the lifecycle needs (one stack per tenant)."""
+
+    def exists(self, tenant: str) -> bool: ...
+    def ensure(self, tenant: str) -> None: ...
+    def up(self, tenant: str, on_event: EventSink) -> dict[str, Any]: ...
+    def preview(self, tenant: str, on_event: EventSink) -> PreviewOutcome: ...
+    def destroy(self, tenant: str, on_event: EventSink) -> None: ...
+    def remove(self, tenant: str) -> None: ...
+    def tags(self, tenant: str) -> dict[str, str]: ...
+    def set_tags(self, tenant: str, tags: dict[str, str]) -> None: ...
+    def outputs(self, tenant: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class ServiceStatus:
+    product: str
+    isolation: str
+    state: ServiceState
+    reason: str = ""
+    revision: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "product": self.product,
+            "isolation": self.isolation,
+            "state": self.state.value,
+            "reason": self.reason,
+            "revision": self.revision,
+        }
+
+
+@dataclass
+class TenantStatus:
+    tenant: str
+    services: list[ServiceStatus] = field(default_factory=list)
+    deployed: bool = True
+    #: Why the last operation failed, when it did. Services already ready before a
+    #: failed update stay ready (transactional migrations leave them as they were).
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(s.state is ServiceState.READY for s in self.services)
+
+    def service(self, product: str) -> ServiceStatus:
+        return next(s for s in self.services if s.product == product)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "deployed": self.deployed,
+            "ok": self.ok,
+            "error": self.error or None,
+            "services": [s.to_json() for s in self.services],
+        }
+
+
+Progress = Callable[[str, ServiceStatus], None]
+
+
+def _no_progress(_tenant: str, _status: ServiceStatus) -> None:
+    return None
+
+
+# --------------------------------------------------------------------- workspace
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where tenant stack files live (``stacks/``) and where per-tenant locks are kept."""
+
+    root: Path
+
+    @property
+    def stacks_dir(self) -> Path:
+        return self.root / "stacks"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / ".pulumi-work"
+
+    def stack_file(self, tenant: str) -> Path:
+        return self.stacks_dir / f"Pulumi.{tenant}.yaml"
+
+    def tenants(self) -> list[str]:
+        """Tenants with a stack file: the tenant index (no backend listing needed)."""
+        found = []
+        for path in sorted(self.stacks_dir.glob("Pulumi.*.yaml")):
+            values = read_stack_file(path)
+            tenant = values.get(f"{NAMESPACE}:tenant")
+            if isinstance(tenant, str) and path.name == f"Pulumi.{tenant}.yaml":
+                found.append(tenant)
+        return found
+
+    def read_config(self, tenant: str) -> TenantConfig | None:
+        path = self.stack_file(tenant)
+        if not path.is_file():
+            return None
+        return TenantConfig.from_pulumi_values(read_stack_file(path))
+
+    def write_config(self, config: TenantConfig) -> Path:
+        """Write the tenant's stack file, keeping keys Pulumi added (``encryptionsalt``)."""
+        path = self.stack_file(config.tenant)
+        doc: dict[str, Any] = {}
+        if path.is_file():
+            doc = yaml.safe_load(path.read_text()) or {}
+        values = config.model_dump(by_alias=True, mode="json")
+        doc["config"] = {f"{NAMESPACE}:{k}": v for k, v in values.items()}
+        self.stacks_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+    @contextmanager
+    def lock(self, tenant: str) -> Iterator[None]:
+        """Exclusive, non-blocking: a second operation on the same tenant fails at once."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / f"{tenant}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InProgress(
+                    f"tenant {tenant!r}: another operation is already in progress"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_locked(self, tenant: str) -> bool:
+        try:
+            with self.lock(tenant):
+                return False
+        except InProgress:
+            return True
+
+
+# ------------------------------------------------------------------------ states
+
+
+def _tag(kind: str, product: str) -> str:
+    return f"{TAG_PREFIX}:{kind}:{product}"
+
+
+def _clean_reason(reason: str) -> str:
+    """One line, bounded: tags and reports show it verbatim."""
+    text = " ".join(reason.split())
+    return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
+
+
+def _record(backend: StackBackend, tenant: str, statuses: Sequence[ServiceStatus]) -> None:
+    tags: dict[str, str] = {}
+    for status in statuses:
+        tags[_tag("state", status.product)] = status.state.value
+        tags[_tag("reason", status.product)] = _clean_reason(status.reason) or "-"
+    backend.set_tags(tenant, tags)
+
+
+def _revisions(outputs: dict[str, Any]) -> dict[str, str | None]:
+    services = outputs.get("services") or {}
+    return {
+        product: (info or {}).get("revision") if isinstance(info, dict) else None
+        for product, info in services.items()
+    }
+
+
+def read_status(backend: StackBackend, workspace: Workspace, tenant: str) -> TenantStatus:
+    """The tenant's services and states, read from its stack file and stack tags."""
+    config = workspace.read_config(tenant)
+    if config is None:
+        raise InvalidInput(f"unknown tenant {tenant!r}: no {workspace.stack_file(tenant).name}")
+    if not backend.exists(tenant):
+        return TenantStatus(
+            tenant,
+            [
+                ServiceStatus(
+                    s.product, s.isolation.value, ServiceState.PROVISIONING, "not deployed yet"
+                )
+                for s in config.services
+            ],
+            deployed=False,
+        )
+    tags = backend.tags(tenant)
+    revisions = _revisions(backend.outputs(tenant))
+    busy = workspace.is_locked(tenant)
+    statuses = []
+    for spec in config.services:
+        raw = tags.get(_tag("state", spec.product), ServiceState.PROVISIONING.value)
+        state = (
+            ServiceState(raw) if raw in ServiceState.__members__.values() else ServiceState.FAILED
+        )
+        reason = tags.get(_tag("reason", spec.product), "")
+        reason = "" if reason == "-" else reason
+        if state in (ServiceState.PROVISIONING, ServiceState.MIGRATING) and not busy:
+            state, reason = ServiceState.FAILED, f"interrupted while {raw}; run onboard again"
+        statuses.append(
+            ServiceStatus(
+                spec.product, spec.isolation.value, state, reason, revisions.get(spec.product)
+            )
+        )
+    return TenantStatus(tenant, statuses)
+
+
+# ---------------------------------------------------------------------- retries
+
+
+def with_retries(
+    action: Callable[[], Any],
+    attempts: int = 5,
+    base_delay: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Run ``action``, retrying :class:`TransientConflict` with jittered exponential backoff."""
+    base_delay = RETRY_BASE_DELAY if base_delay is None else base_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except TransientConflict:
+            if attempt == attempts:
+                raise
+            sleep(base_delay * 2 ** (attempt - 1) * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+# -------------------------------------------------------------------- operations
+
+
+def merge_services(
+    existing: TenantConfig | None, requested: Sequence[ServiceSpec]
+) -> list[ServiceSpec]:
+    """Existing services plus new ones; changing a service's mode is refused (promotion)."""
+    current = {s.product: s for s in existing.services} if existing else {}
+    merged = list(current.values())
+    for spec in requested:
+        known = current.get(spec.product)
+        if known is None:
+            merged.append(spec)
+            current[spec.product] = spec
+        elif known.isolation is not spec.isolation:
+            raise InvalidInput(
+                f"service {spec.product!r} of tenant {existing.tenant if existing else ''!r} is "
+                f"{known.isolation.value}; moving it to {spec.isolation.value} is a promotion, "
+                "which is not supported yet"
+            )
+    return merged
+
+
+def deploy(
+    config: TenantConfig,
+    backend: StackBackend,
+    workspace: Workspace,
+    progress: Progress = _no_progress,
+    verify: Callable[[str, str], None] | None = None,
+) -> TenantStatus:
+    """Write the tenant's config and bring its stack up; every service ends ready or failed.
+
+    ``verify(tenant, product)`` (raising on failure) runs after a successful update and
+    before a service is marked ready.
+    """
+    tenant = config.tenant
+    with workspace.lock(tenant):
+        previous = workspace.read_config(tenant)
+        workspace.write_config(config)
+        backend.ensure(tenant)
+        old_tags = backend.tags(tenant)
+        statuses = {
+            s.product: ServiceStatus(s.product, s.isolation.value, ServiceState.PROVISIONING)
+            for s in config.services
+        }
+        already_ready = {
+            p
+            for p in statuses
+            if previous is not None and old_tags.get(_tag("state", p)) == ServiceState.READY.value
+        }
+        for product in already_ready:
+            statuses[product].state = ServiceState.READY
+        _record(backend, tenant, list(statuses.values()))
+        for status in statuses.values():
+            progress(tenant, status)
+
+        def on_event(event: ResourceEvent) -> None:
+            if event.type != MIGRATION_TYPE:
+                return
+            status = statuses.get(migration_product(event.name) or "")
+            if status is None:
+                return
+            if event.phase == "pre" and event.op != "same":
+                status.state = ServiceState.MIGRATING
+                status.reason = f"{event.old_revision or 'base'} -> {event.new_revision or 'head'}"
+                progress(tenant, status)
+            elif event.phase == "failed":
+                status.state = ServiceState.FAILED
+                status.reason = f"migration to {event.new_revision or 'head'} failed"
+
+        try:
+            outputs = with_retries(lambda: backend.up(tenant, on_event))
+        except Exception as exc:  # every failure ends in `failed`, with the reason
+            reason = _clean_reason(str(exc)) or type(exc).__name__
+            for status in statuses.values():
+                migration_failed = status.reason.startswith("migration")
+                if status.state is not ServiceState.READY or migration_failed:
+                    status.state = ServiceState.FAILED
+                    status.reason = status.reason if migration_failed else reason
+            _record(backend, tenant, list(statuses.values()))
+            for status in statuses.values():
+                progress(tenant, status)
+            return TenantStatus(tenant, list(statuses.values()), error=reason)
+
+        revisions = _revisions(outputs)
+        for status in statuses.values():
+            status.revision = revisions.get(status.product)
+            try:
+                if verify is not None:
+                    verify(tenant, status.product)
+            except Exception as exc:
+                status.state, status.reason = ServiceState.FAILED, _clean_reason(f"verify: {exc}")
+            else:
+                status.state, status.reason = ServiceState.READY, ""
+            progress(tenant, status)
+        _record(backend, tenant, list(statuses.values()))
+        return TenantStatus(tenant, list(statuses.values()))
+
+
+def offboard(
+    tenant: str,
+    backend: StackBackend,
+    workspace: Workspace,
+    retain_data: bool = False,
+    purge: bool = False,
+) -> list[str]:
+    """Destroy the tenant's stack and remove it. Returns what was retained.
+
+    Protected data is never destroyed implicitly: the caller must say whether it is
+    retained (kept, with every credential revoked) or purged.
+    """
+    if retain_data and purge:
+        raise InvalidInput("choose one of --retain-data and --purge")
+    with workspace.lock(tenant):
+        config = workspace.read_config(tenant)
+        if config is None:
+            raise InvalidInput(f"unknown tenant {tenant!r}: no {workspace.stack_file(tenant).name}")
+        if config.protect_data and not (retain_data or purge):
+            raise InvalidInput(
+                f"tenant {tenant!r} holds protected data: pass --retain-data to keep it or "
+                "--purge to delete it"
+            )
+        if backend.exists(tenant):
+            # Apply the new protection first: protect must be off before destroy, and
+            # retained resources must carry retainOnDelete when they are deleted.
+            workspace.write_config(
+                config.model_copy(update={"protect_data": False, "retain_data": retain_data})
+            )
+            with_retries(lambda: backend.up(tenant, lambda _e: None))
+            with_retries(lambda: backend.destroy(tenant, lambda _e: None))
+            backend.remove(tenant)
+        workspace.stack_file(tenant).unlink(missing_ok=True)
+    if not retain_data:
+        return []
+    return [f"{s.product}: PostgreSQL {s.isolation.value.lower()} store" for s in config.services]
+
+
+# ----------------------------------------------------------------------- fleets
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    tenant: str
+    ok: bool
+    error: str = ""
+    status: TenantStatus | None = None
+    preview: PreviewOutcome | None = None
+
+
+def for_each_tenant(
+    tenants: Sequence[str],
+    action: Callable[[str], FleetResult],
+    concurrency: int,
+) -> list[FleetResult]:
+    """Run ``action`` per tenant with at most ``concurrency`` at once; failures don't stop others.
+
+    Threads suffice: each tenant's work runs in its own ``pulumi`` process, and each
+    tenant has its own work directory, so no workspace state is shared.
+    """
+    if concurrency < 1:
+        raise InvalidInput("--concurrency must be at least 1")
+
+    def guarded(tenant: str) -> FleetResult:
+        try:
+            return action(tenant)
+        except Exception as exc:
+            return FleetResult(tenant, False, _clean_reason(str(exc)) or type(exc).__name__)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(guarded, tenants))

@@ -1,0 +1,124 @@
+"""The Automation API adapter's decisions that need no CLI; end-to-end runs need `pulumi`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from tenant_infra.automation import (
+    PulumiUnavailable,
+    _last_error_line,
+    backend_env,
+    project_file,
+    require_cli,
+)
+from tenant_infra.cli import main
+from tenant_infra.errors import BackendUnavailable
+
+
+def fake_cli(tmp_path: Path, version: str) -> Path:
+    path = tmp_path / "bin" / "pulumi"
+    path.parent.mkdir()
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path.parent
+
+
+def test_missing_cli_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(
+        PulumiUnavailable, match=r"install it from .* \(`tenantctl plan` works without it\)"
+    ):
+        require_cli()
+
+
+def test_too_old_cli_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "v3.100.0")))
+    with pytest.raises(PulumiUnavailable, match=r"3\.100\.0 is too old"):
+        require_cli()
+
+
+def test_recent_cli_is_accepted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(fake_cli(tmp_path, "v3.272.0")))
+    assert require_cli() == (3, 272, 0)
+
+
+def test_onboard_without_cli_exits_nonzero_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        main(["onboard", "acme", "--service", "ledger:SCHEMA"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 1 and out == ""
+    assert err.count("\n") == 1 and "Pulumi CLI" in err and "tenantctl plan" in err
+
+
+def test_default_backend_is_a_local_file_backend_in_the_project(tmp_path: Path) -> None:
+    env = backend_env(tmp_path, {"PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert env["PULUMI_BACKEND_URL"] == (tmp_path / ".pulumi-state").resolve().as_uri()
+    assert "PULUMI_CONFIG_PASSPHRASE" not in env  # inherited, never copied around
+
+
+def test_the_usual_backend_variable_wins(tmp_path: Path) -> None:
+    env = backend_env(
+        tmp_path, {"PULUMI_BACKEND_URL": "s3://bucket", "PULUMI_CONFIG_PASSPHRASE": "x"}
+    )
+    assert "PULUMI_BACKEND_URL" not in env
+
+
+def test_a_passphrase_is_required_for_the_local_backend(tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="PULUMI_CONFIG_PASSPHRASE"):
+        backend_env(tmp_path, {})
+
+
+def test_each_tenant_has_its_own_work_dir_pointing_at_the_one_program(tmp_path: Path) -> None:
+    a, b = project_file(tmp_path, "acme"), project_file(tmp_path, "globex")
+    assert a.parent != b.parent
+    text = a.read_text()
+    assert (
+        "name: tenant-infra" in text
+        and "main: ../../" in text
+        and "stackConfigDir: ../../stacks" in text
+    )
+    assert (a.parent / "../../stacks").resolve() == (tmp_path / "stacks").resolve()
+
+
+def test_cli_errors_are_reduced_to_the_error_line() -> None:
+    text = (
+        "code: 255\n stdout: Updating...\n stderr: warning: x\nerror: update failed: role exists\n"
+    )
+    assert _last_error_line(text) == "error: update failed: role exists"
+
+
+@pytest.mark.skipif(shutil.which("pulumi") is None, reason="the pulumi CLI is not on PATH")
+def test_end_to_end_onboard_register_status_offboard(tmp_path: Path) -> None:  # pragma: no cover
+    """Against the local PostgreSQL and RabbitMQ with the local file backend.
+
+    Needs Vault (VAULT_ADDR/VAULT_TOKEN: every service stores its credentials there) and
+    MongoDB (the second service uses it), e.g. from deploy/compose.yaml.
+    """
+    for variable in ("VAULT_ADDR", "MONGODB_URL"):
+        if not os.environ.get(variable):
+            pytest.skip(f"{variable} is not set: the end-to-end run needs that service")
+    import uuid
+
+    from tenant_infra import commands
+    from tenant_infra.lifecycle import ServiceState
+
+    root = Path(__file__).resolve().parent.parent
+    tenant = f"e2e-{uuid.uuid4().hex[:8]}"
+    os.environ.setdefault("PULUMI_CONFIG_PASSPHRASE", "e2e")
+    os.environ.setdefault("TENANT_INFRA_RABBITMQ_PASSWORD", "guest")
+    try:
+        result = commands.onboard(tenant, ["tracer:DATABASE"], root=root)
+        assert result.ok, result.to_json()
+        result = commands.register(tenant, ["ledger:SCHEMA"], root=root)
+        assert result.service("tracer").state is ServiceState.READY
+        assert commands.status(tenant, root=root).ok
+    finally:
+        commands.offboard(tenant, purge=True, root=root)

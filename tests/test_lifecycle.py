@@ -1,0 +1,316 @@
+"""The lifecycle orchestration, without the Pulumi CLI: states, failures, locks, fleets."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tenant_infra import commands, lifecycle
+from tenant_infra.config import ServiceSpec
+from tenant_infra.errors import InvalidInput
+from tenant_infra.lifecycle import (
+    MIGRATION_TYPE,
+    EventSink,
+    InProgress,
+    PreviewOutcome,
+    ResourceEvent,
+    ServiceState,
+    TransientConflict,
+    Workspace,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class MemoryStacks:
+    """Stacks kept in memory; ``up`` replays scripted engine events or raises."""
+
+    def __init__(self) -> None:
+        self.stacks: dict[str, dict[str, Any]] = {}
+        self.fail_up: dict[str, list[BaseException]] = {}
+        self.migrate: dict[str, dict[str, tuple[str | None, str]]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+
+    def exists(self, tenant: str) -> bool:
+        return tenant in self.stacks
+
+    def ensure(self, tenant: str) -> None:
+        self.stacks.setdefault(tenant, {"tags": {}, "outputs": {}})
+        self.calls.append(("ensure", tenant))
+
+    def up(self, tenant: str, on_event: EventSink) -> dict[str, Any]:
+        self.calls.append(("up", tenant))
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(0.01)  # let concurrent workers overlap
+            for product, (old, new) in self.migrate.get(tenant, {}).items():
+                event = dict(
+                    type=MIGRATION_TYPE,
+                    name=f"{tenant}-{product}-migration",
+                    old_revision=old,
+                    new_revision=new,
+                )
+                on_event(ResourceEvent(op="update", phase="pre", **event))
+            failures = self.fail_up.get(tenant)
+            if failures:
+                error = failures.pop(0)
+                for product, (old, new) in self.migrate.get(tenant, {}).items():
+                    if "migration" in str(error):
+                        on_event(
+                            ResourceEvent(
+                                op="update",
+                                phase="failed",
+                                type=MIGRATION_TYPE,
+                                name=f"{tenant}-{product}-migration",
+                                old_revision=old,
+                                new_revision=new,
+                            )
+                        )
+                raise error
+            outputs = {
+                "services": {
+                    p: {"revision": new} for p, (_, new) in self.migrate.get(tenant, {}).items()
+                }
+            }
+            self.stacks[tenant]["outputs"] = outputs
+            return outputs
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def preview(self, tenant: str, on_event: EventSink) -> PreviewOutcome:
+        if tenant in self.fail_up:
+            raise RuntimeError("error: preview failed for " + tenant)
+        events = tuple(
+            ResourceEvent(
+                op="update",
+                phase="pre",
+                type=MIGRATION_TYPE,
+                name=f"{tenant}-{p}-migration",
+                old_revision=old,
+                new_revision=new,
+            )
+            for p, (old, new) in self.migrate.get(tenant, {}).items()
+        )
+        return PreviewOutcome({"update": len(events), "same": 10}, events)
+
+    def destroy(self, tenant: str, on_event: EventSink) -> None:
+        self.calls.append(("destroy", tenant))
+
+    def remove(self, tenant: str) -> None:
+        self.calls.append(("remove", tenant))
+        del self.stacks[tenant]
+
+    def tags(self, tenant: str) -> dict[str, str]:
+        return dict(self.stacks[tenant]["tags"])
+
+    def set_tags(self, tenant: str, tags: dict[str, str]) -> None:
+        self.stacks[tenant]["tags"].update(tags)
+
+    def outputs(self, tenant: str) -> dict[str, Any]:
+        return self.stacks[tenant]["outputs"]
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project copy with the example stacks; retries without real sleeping."""
+    shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    monkeypatch.setattr(lifecycle, "RETRY_BASE_DELAY", 0.0)
+    return tmp_path
+
+
+@pytest.fixture
+def stacks() -> MemoryStacks:
+    return MemoryStacks()
+
+
+def test_onboard_moves_services_to_ready_through_migrating(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    stacks.migrate["newco"] = {"ledger": (None, "0003")}
+    seen: list[tuple[str, str]] = []
+    result = commands.onboard(
+        "newco",
+        ["ledger:SCHEMA"],
+        backend=stacks,
+        root=root,
+        progress=lambda t, s: seen.append((s.product, s.state.value)),
+    )
+    assert result.ok
+    assert seen == [("ledger", "provisioning"), ("ledger", "migrating"), ("ledger", "ready")]
+    assert result.service("ledger").revision == "0003"
+    written = yaml.safe_load((root / "stacks" / "Pulumi.newco.yaml").read_text())["config"]
+    assert written["tenant-infra:services"] == [{"product": "ledger", "isolation": "SCHEMA"}]
+    assert stacks.tags("newco")["tenant-infra:state:ledger"] == "ready"
+    status = commands.status("newco", backend=stacks, root=root)
+    assert (
+        status.service("ledger").state is ServiceState.READY
+        and status.service("ledger").revision == "0003"
+    )
+
+
+def test_failed_update_ends_in_failed_with_the_reason(root: Path, stacks: MemoryStacks) -> None:
+    stacks.fail_up["newco"] = [RuntimeError("error: postgresql: connection refused")]
+    result = commands.onboard(
+        "newco", ["ledger:SCHEMA", "tracer:DATABASE"], backend=stacks, root=root
+    )
+    assert not result.ok
+    for service in result.services:
+        assert service.state is ServiceState.FAILED
+        assert "connection refused" in service.reason
+    assert (
+        commands.status("newco", backend=stacks, root=root).service("tracer").state
+        is ServiceState.FAILED
+    )
+
+
+def test_a_failed_migration_names_the_revision_and_rerun_recovers(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    stacks.migrate["newco"] = {"ledger": ("0001", "0003")}
+    stacks.fail_up["newco"] = [RuntimeError("error: migration of newco/ledger to 0003 failed")]
+    failed = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    assert failed.service("ledger").state is ServiceState.FAILED
+    assert failed.service("ledger").reason == "migration to 0003 failed"
+    again = commands.onboard("newco", [], backend=stacks, root=root)
+    assert again.ok and again.service("ledger").revision == "0003"
+
+
+def test_registering_a_service_keeps_the_existing_one(root: Path, stacks: MemoryStacks) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    stacks.fail_up["newco"] = [RuntimeError("error: rabbitmq: 503")]
+    result = commands.register("newco", ["tracer:SCHEMA"], backend=stacks, root=root)
+    assert result.service("ledger").state is ServiceState.READY  # untouched by tracer's failure
+    assert result.service("tracer").state is ServiceState.FAILED
+    assert not result.ok and "503" in result.error
+    config = Workspace(root).read_config("newco")
+    assert config is not None and [s.product for s in config.services] == ["ledger", "tracer"]
+
+
+def test_changing_isolation_mode_is_refused_before_anything_runs(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    with pytest.raises(InvalidInput, match="promotion"):
+        commands.onboard("acme", ["ledger:SCHEMA"], backend=stacks, root=root)
+    assert stacks.calls == []
+
+
+def test_register_needs_an_onboarded_tenant(root: Path, stacks: MemoryStacks) -> None:
+    with pytest.raises(InvalidInput, match="onboard it first"):
+        commands.register("nobody", ["ledger:SCHEMA"], backend=stacks, root=root)
+
+
+def test_transient_grant_conflicts_are_retried_not_failed(root: Path, stacks: MemoryStacks) -> None:
+    stacks.fail_up["newco"] = [TransientConflict("tuple concurrently updated")] * 2
+    result = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    assert result.ok
+    assert stacks.calls.count(("up", "newco")) == 3
+
+
+def test_verify_failure_keeps_the_service_from_ready(root: Path, stacks: MemoryStacks) -> None:
+    def verify(tenant: str, product: str) -> None:
+        raise RuntimeError("check public-connect failed")
+
+    result = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=verify)
+    assert result.service("ledger").state is ServiceState.FAILED
+    assert result.service("ledger").reason == "verify: check public-connect failed"
+
+
+def test_the_same_tenant_twice_at_once_is_refused(root: Path, stacks: MemoryStacks) -> None:
+    workspace = Workspace(root)
+    with workspace.lock("newco"), pytest.raises(InProgress, match="already in progress"):
+        commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    assert not (root / "stacks" / "Pulumi.newco.yaml").exists()
+
+
+def test_an_interrupted_operation_reads_as_failed(root: Path, stacks: MemoryStacks) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    stacks.set_tags("newco", {"tenant-infra:state:ledger": "migrating"})
+    status = commands.status("newco", backend=stacks, root=root).service("ledger")
+    assert status.state is ServiceState.FAILED and "interrupted" in status.reason
+
+
+def test_stack_file_keeps_pulumi_keys(root: Path) -> None:
+    path = root / "stacks" / "Pulumi.globex.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["encryptionsalt"] = "v1:abc:def"
+    path.write_text(yaml.safe_dump(doc))
+    workspace = Workspace(root)
+    config = workspace.read_config("globex")
+    assert config is not None
+    workspace.write_config(config.with_services([ServiceSpec.parse("ledger:SCHEMA")]))
+    assert yaml.safe_load(path.read_text())["encryptionsalt"] == "v1:abc:def"
+
+
+def test_up_all_bounds_concurrency_and_isolates_failures(root: Path, stacks: MemoryStacks) -> None:
+    for i in range(6):
+        commands.onboard(f"tenant-{i}", ["ledger:SCHEMA"], backend=stacks, root=root)
+    stacks.fail_up["tenant-2"] = [RuntimeError("error: boom")]
+    stacks.max_in_flight = 0
+    results = commands.up(
+        [f"tenant-{i}" for i in range(6)], concurrency=2, backend=stacks, root=root
+    )
+    assert [r.tenant for r in results] == [f"tenant-{i}" for i in range(6)]
+    assert [r.ok for r in results] == [True, True, False, True, True, True]
+    assert "boom" in results[2].error
+    assert 1 <= stacks.max_in_flight <= 2
+
+
+def test_offboard_refuses_protected_data_without_a_decision(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    with pytest.raises(InvalidInput, match="--retain-data"):
+        commands.offboard("newco", backend=stacks, root=root)
+    assert ("destroy", "newco") not in stacks.calls
+
+
+def test_offboard_with_retention_unprotects_then_destroys_and_removes(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    seen_config: list[Any] = []
+    original_up = stacks.up
+
+    def up(tenant: str, on_event: EventSink) -> dict[str, Any]:
+        seen_config.append(Workspace(root).read_config(tenant))
+        return original_up(tenant, on_event)
+
+    stacks.up = up  # type: ignore[method-assign]
+    retained = commands.offboard("newco", retain_data=True, backend=stacks, root=root)
+    assert retained == ["ledger: PostgreSQL schema store"]
+    (config,) = seen_config
+    assert config.retain_data and not config.protect_data
+    assert stacks.calls[-3:] == [("up", "newco"), ("destroy", "newco"), ("remove", "newco")]
+    assert not (root / "stacks" / "Pulumi.newco.yaml").exists()
+
+
+def test_fleet_selection_is_validated(root: Path, stacks: MemoryStacks) -> None:
+    with pytest.raises(InvalidInput, match="not both"):
+        commands.preview(["acme"], all_tenants=True, backend=stacks, root=root)
+    with pytest.raises(InvalidInput, match="unknown tenant 'ghost'"):
+        commands.preview(["ghost"], backend=stacks, root=root)
+    with pytest.raises(InvalidInput, match="at least 1"):
+        commands.preview(["acme"], concurrency=0, backend=stacks, root=root)
+
+
+def test_preview_all_reports_each_tenant(root: Path, stacks: MemoryStacks) -> None:
+    stacks.migrate["globex"] = {"ledger": ("0002", "0003")}
+    stacks.fail_up["acme"] = []
+    results = commands.preview(all_tenants=True, backend=stacks, root=root)
+    by_tenant = {r.tenant: r for r in results}
+    assert set(by_tenant) == {"acme", "dev", "globex"}
+    assert not by_tenant["acme"].ok and "preview failed" in by_tenant["acme"].error
+    assert by_tenant["globex"].ok and by_tenant["globex"].preview is not None
