@@ -16,7 +16,14 @@ from rich.console import Console
 
 from tenant_infra import commands, render
 from tenant_infra.errors import BackendUnavailable, InvalidInput
-from tenant_infra.lifecycle import InProgress, Progress, ServiceStatus, TenantStatus
+from tenant_infra.lifecycle import (
+    EventSink,
+    InProgress,
+    Progress,
+    ResourceEvent,
+    ServiceStatus,
+    TenantStatus,
+)
 
 app = typer.Typer(
     name="tenantctl",
@@ -93,6 +100,17 @@ def _progress(format: Format) -> Progress:
     return show
 
 
+def _events(format: Format) -> EventSink | None:
+    """Engine events (values never included) as JSON lines, for pipelines."""
+    if format is not Format.JSON:
+        return None
+
+    def emit(event: ResourceEvent) -> None:
+        print(json.dumps({"event": "resource", **event.to_json()}), flush=True)
+
+    return emit
+
+
 def _finish(ok: bool) -> None:
     if not ok:
         raise typer.Exit(EXIT_FAILED)
@@ -109,7 +127,9 @@ def onboard(
     format: FormatOption = Format.TABLE,
 ) -> None:
     """Create or update a tenant's stack, run its migrations, mark its services ready."""
-    result = commands.onboard(tenant, service or (), from_file, progress=_progress(format))
+    result = commands.onboard(
+        tenant, service or (), from_file, progress=_progress(format), events=_events(format)
+    )
     _show_status([result], format)
     _finish(result.ok)
 
@@ -121,7 +141,9 @@ def register(
     format: FormatOption = Format.TABLE,
 ) -> None:
     """Register more services on a tenant: only what is new is provisioned."""
-    result = commands.register(tenant, service or (), progress=_progress(format))
+    result = commands.register(
+        tenant, service or (), progress=_progress(format), events=_events(format)
+    )
     _show_status([result], format)
     _finish(result.ok)
 

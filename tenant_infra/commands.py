@@ -13,6 +13,7 @@ from tenant_infra import plan as offline_plan
 from tenant_infra.config import ServiceSpec, TenantConfig, read_stack_file
 from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
+    EventSink,
     FleetResult,
     Progress,
     ServiceState,
@@ -105,6 +106,7 @@ def onboard(
     root: Path | None = None,
     progress: Progress | None = None,
     verify: Callable[[str, str], None] | None = None,
+    events: EventSink | None = None,
 ) -> TenantStatus:
     """Create or update the tenant's stack with ``services`` added; returns each state.
 
@@ -122,7 +124,7 @@ def onboard(
     else:
         base = resolve_config(tenant, services, stack_config)
     config = base.with_services(lifecycle.merge_services(existing, requested or base.services))
-    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, verify)
+    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, verify, events)
 
 
 def register(
@@ -132,6 +134,7 @@ def register(
     backend: StackBackend | None = None,
     root: Path | None = None,
     progress: Progress | None = None,
+    events: EventSink | None = None,
 ) -> TenantStatus:
     """Register more services on an existing tenant; its existing resources are untouched."""
     workspace = _workspace(root)
@@ -140,7 +143,7 @@ def register(
         raise InvalidInput(f"unknown tenant {tenant!r}: onboard it first")
     if not services:
         raise InvalidInput("register needs at least one --service PRODUCT:MODE")
-    return onboard(tenant, services, backend=backend, root=root, progress=progress)
+    return onboard(tenant, services, backend=backend, root=root, progress=progress, events=events)
 
 
 def status(

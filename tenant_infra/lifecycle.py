@@ -76,6 +76,17 @@ class ResourceEvent:
     old_revision: str | None = None
     new_revision: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "type": self.type,
+            "name": self.name,
+            "phase": self.phase,
+            "diffs": list(self.diffs),
+            "oldRevision": self.old_revision,
+            "newRevision": self.new_revision,
+        }
+
 
 EventSink = Callable[[ResourceEvent], None]
 
@@ -341,6 +352,7 @@ def deploy(
     workspace: Workspace,
     progress: Progress = _no_progress,
     verify: Callable[[str, str], None] | None = None,
+    events: EventSink | None = None,
 ) -> TenantStatus:
     """Write the tenant's config and bring its stack up; every service ends ready or failed.
 
@@ -369,6 +381,8 @@ def deploy(
             progress(tenant, status)
 
         def on_event(event: ResourceEvent) -> None:
+            if events is not None:
+                events(event)
             if event.type != MIGRATION_TYPE:
                 return
             status = statuses.get(migration_product(event.name) or "")

@@ -40,6 +40,7 @@ class PlannedResource:
     inputs: dict[str, Any]
     custom: bool
     protect: bool
+    retain_on_delete: bool
     deleted_with: str | None
     provider: str | None
     #: Input keys whose value is secret (at any depth below the key).
@@ -154,6 +155,7 @@ class _RecordingMonitor(mocks.MockMonitor):
                     inputs=inputs,
                     custom=bool(request.custom),
                     protect=bool(request.protect),
+                    retain_on_delete=bool(request.retainOnDelete),
                     deleted_with=_name_of(request.deletedWith) if request.deletedWith else None,
                     provider=provider,
                     secret_inputs=frozenset(fingerprints),

@@ -314,3 +314,26 @@ def test_preview_all_reports_each_tenant(root: Path, stacks: MemoryStacks) -> No
     assert set(by_tenant) == {"acme", "dev", "globex"}
     assert not by_tenant["acme"].ok and "preview failed" in by_tenant["acme"].error
     assert by_tenant["globex"].ok and by_tenant["globex"].preview is not None
+
+
+def test_engine_events_are_streamed_without_values(root: Path, stacks: MemoryStacks) -> None:
+    stacks.migrate["newco"] = {"ledger": ("0001", "0003")}
+    streamed: list[dict[str, Any]] = []
+    commands.onboard(
+        "newco",
+        ["ledger:SCHEMA"],
+        backend=stacks,
+        root=root,
+        events=lambda e: streamed.append(e.to_json()),
+    )
+    assert streamed == [
+        {
+            "op": "update",
+            "type": MIGRATION_TYPE,
+            "name": "newco-ledger-migration",
+            "phase": "pre",
+            "diffs": [],
+            "oldRevision": "0001",
+            "newRevision": "0003",
+        }
+    ]

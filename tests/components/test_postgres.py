@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tenant_infra.plan import Plan
@@ -137,3 +139,27 @@ def test_promotion_keeps_role_and_never_reuses_store_names(plan_for) -> None:
     store_s = {r.name for r in schema_mode.resources if "-shared-" in r.name}
     store_d = {r.name for r in database_mode.resources if "-dedicated-" in r.name}
     assert store_s and store_d and not store_s & store_d
+
+
+def test_retained_offboarding_keeps_data_and_revokes_login(plan_for, tmp_path) -> None:
+    import yaml
+
+    from tenant_infra import commands
+
+    source = Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.acme.yaml"
+    values = yaml.safe_load(source.read_text())
+    values["config"]["tenant-infra:retainData"] = True
+    values["config"]["tenant-infra:protectData"] = False
+    path = tmp_path / "Pulumi.acme.yaml"
+    path.write_text(yaml.safe_dump(values))
+    plan = commands.plan("acme", (), path)
+    role = plan.by_name("acme-ledger-postgres-role")
+    assert role.inputs["login"] is False and role.retain_on_delete
+    for name in (
+        "acme-ledger-postgres-dedicated-db",
+        "acme-ledger-postgres-dedicated-schema",
+        "acme-rabbitmq-vhost",
+    ):
+        resource = plan.by_name(name)
+        assert resource.retain_on_delete and not resource.protect
+    assert not plan.by_name("acme-ledger-rabbitmq-user").retain_on_delete  # credentials go
