@@ -45,7 +45,7 @@ class TenantVhost(pulumi.ComponentResource):
                 child, pulumi.ResourceOptions(protect=protect_data, retain_on_delete=retain_data)
             ),
         )
-        # An operator policy, not a policy: tenant users cannot override it.
+        # An operator policy, not a policy: tenant users cannot override the cap.
         rabbitmq.OperatorPolicy(
             f"{name}-queue-limits",
             name="tenant-queue-limits",
@@ -54,10 +54,22 @@ class TenantVhost(pulumi.ComponentResource):
                 pattern=".*",
                 priority=0,
                 apply_to="queues",
-                definition={
-                    "max-length": str(limits.broker_queue_max_length),
-                    "overflow": "reject-publish",
-                },
+                definition={"max-length": str(limits.broker_queue_max_length)},
+            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=vhost)),
+        )
+        # RabbitMQ accepts no `overflow` in operator policies; a regular policy can set
+        # it, and tenant users (no policymaker tag) cannot change it: publishers past the
+        # cap get nacks instead of silently dropped messages.
+        rabbitmq.Policy(
+            f"{name}-queue-overflow",
+            name="tenant-queue-overflow",
+            vhost=vhost.name,
+            policy=rabbitmq.PolicyPolicyArgs(
+                pattern=".*",
+                priority=0,
+                apply_to="queues",
+                definition={"overflow": "reject-publish"},
             ),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=vhost)),
         )

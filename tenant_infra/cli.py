@@ -24,6 +24,7 @@ from tenant_infra.lifecycle import (
     ServiceStatus,
     TenantStatus,
 )
+from tenant_infra.verify.cli import verify
 
 app = typer.Typer(
     name="tenantctl",
@@ -236,6 +237,9 @@ def _console() -> Console:
     """A terminal's own width; a wide page when piped, so names are never cut."""
     console = Console()
     return console if console.is_terminal else Console(width=200)
+
+
+app.command("verify")(verify)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -97,6 +97,23 @@ def _backend(workspace: Workspace, backend: StackBackend | None) -> StackBackend
     return PulumiBackend(workspace.root)
 
 
+Verifier = Callable[[str, str], None]
+
+
+def _verifier(
+    workspace: Workspace, backend: StackBackend | None, verify: Verifier | None
+) -> Verifier | None:
+    """The post-deploy gate: real deployments verify isolation before ``ready``."""
+    if verify is not None or backend is not None:
+        return verify
+    from tenant_infra.verify.command import require_verified
+
+    def check(tenant: str, product: str) -> None:
+        require_verified(tenant, product, stack_config=workspace.stack_file(tenant))
+
+    return check
+
+
 def onboard(
     tenant: str,
     services: Sequence[str] = (),
@@ -105,15 +122,17 @@ def onboard(
     backend: StackBackend | None = None,
     root: Path | None = None,
     progress: Progress | None = None,
-    verify: Callable[[str, str], None] | None = None,
+    verify: Verifier | None = None,
     events: EventSink | None = None,
 ) -> TenantStatus:
     """Create or update the tenant's stack with ``services`` added; returns each state.
 
     An existing tenant keeps its services and their data: only what is new is
     provisioned. ``stack_config`` supplies the platform (and services) for a new tenant.
+    Each service is verified (``tenantctl verify``) before it is marked ready.
     """
     workspace = _workspace(root)
+    verify = _verifier(workspace, backend, verify)
     # The CLI check comes first: without it nothing below could be carried out.
     stacks = _backend(workspace, backend)
     validate_tenant_id(tenant)
@@ -222,13 +241,14 @@ def up(
 ) -> list[FleetResult]:
     """Apply the current program and config to many tenant stacks; failures don't stop others."""
     workspace = _workspace(root)
+    verify = _verifier(workspace, backend, None)
     stacks = _backend(workspace, backend)
     chosen = _fleet(tenants, all_tenants, workspace)
 
     def one(tenant: str) -> FleetResult:
         config = workspace.read_config(tenant)
         assert config is not None
-        result = lifecycle.deploy(config, stacks, workspace, progress or _quiet)
+        result = lifecycle.deploy(config, stacks, workspace, progress or _quiet, verify)
         failed = [s for s in result.services if s.state != ServiceState.READY]
         error = result.error or "; ".join(f"{s.product}: {s.reason}" for s in failed)
         return FleetResult(tenant, result.ok, error, status=result)

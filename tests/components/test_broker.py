@@ -16,11 +16,12 @@ def test_one_vhost_named_after_the_tenant_with_limits(plan_for) -> None:
     assert vhost.protect
     (policy,) = plan.of_type(OPERATOR_POLICY)
     assert policy.inputs["vhost"] == "globex"
-    assert policy.inputs["policy"]["definition"] == {
-        "max-length": "100000",
-        "overflow": "reject-publish",
-    }
+    assert policy.inputs["policy"]["definition"] == {"max-length": "100000"}
     assert policy.deleted_with == vhost.name
+    (overflow,) = plan.of_type("rabbitmq:index/policy:Policy")
+    assert overflow.inputs["vhost"] == "globex"
+    assert overflow.inputs["policy"]["definition"] == {"overflow": "reject-publish"}
+    assert overflow.deleted_with == vhost.name
 
 
 def test_each_service_has_its_own_untagged_user_on_the_tenant_vhost_only(plan_for) -> None:

@@ -1,0 +1,508 @@
+"""PostgreSQL isolation checks, made AS THE TENANT ROLE on real connections.
+
+Each check is a function returning a :class:`CheckResult`: a stable name (what a
+failing report and a test point at), pass/fail, and a reason in words.
+
+What the service *can* do is shown by doing it (connect, create a table in its own
+schema, write and read it, all in a rolled-back transaction). What it *cannot* do is
+shown by trying it and being refused with ``permission denied`` (SQLSTATE 42501);
+an attempt that fails for another reason proves nothing and fails the check.
+
+What *others* can do to the tenant is read from the system catalogs (``pg_database``,
+``pg_namespace``, ``pg_class``, ``pg_default_acl``, ``pg_auth_members``). Every role
+may read them and they hold the real ACLs, so the tenant's own connection is enough:
+an operator needs only the connections document, no admin password.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from tenant_infra.catalog import IsolationMode, Limits, load_catalog
+from tenant_infra.tenant import tenant_from_database, tenant_from_schema
+from tenant_infra.verify.connections import ConnectionsDocument
+
+#: Cap on the *real* cross-tenant attempts per kind (connections, schemas). The
+#: catalog checks beside them cover every other tenant; the attempts prove the
+#: catalog reading matches what the server enforces.
+MAX_PROBES: Final = 20
+MAINTENANCE_DATABASE: Final = "postgres"
+INSUFFICIENT_PRIVILEGE: Final = "42501"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One named check: ``ok`` is pass/fail, ``reason`` says why in words.
+
+    A skipped check (its service is not reachable, or not configured) is ``ok``; the
+    CLI's ``--strict`` counts it as a failure.
+    """
+
+    name: str
+    ok: bool
+    reason: str
+    skipped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        status = "skip" if self.skipped else ("pass" if self.ok else "fail")
+        return {"name": self.name, "status": status, "ok": self.ok, "reason": self.reason}
+
+
+def passed(name: str, reason: str) -> CheckResult:
+    return CheckResult(name, True, reason)
+
+
+def failed(name: str, reason: str) -> CheckResult:
+    return CheckResult(name, False, reason)
+
+
+def skipped(name: str, reason: str) -> CheckResult:
+    return CheckResult(name, True, reason, skipped=True)
+
+
+def describe(exc: BaseException, hide: Iterable[str] = ()) -> str:
+    """First line of an error, with any secret scrubbed (defence in depth: drivers
+    do not echo passwords, but a message must never be the one that does)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    for secret in hide:
+        if secret:
+            text = text.replace(secret, "[secret]")
+    return text[:300]
+
+
+def _refused(exc: psycopg.Error) -> bool:
+    """A refusal for lack of privilege (connection-time errors carry no SQLSTATE)."""
+    return exc.sqlstate == INSUFFICIENT_PRIVILEGE or "permission denied" in str(exc)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+PG_CHECKS: Final = (
+    "pg.connect_own",
+    "pg.create_and_read_own",
+    "pg.role_attributes",
+    "pg.cannot_create_in_public",
+    "pg.cannot_create_schema",
+    "pg.cannot_use_other_schemas",
+    "pg.cannot_connect_other_databases",
+    "pg.maintenance_database",
+    "pg.public_cannot_connect",
+    "pg.no_foreign_privileges",
+    "pg.limits",
+)
+
+
+class PgVerifier:
+    """The PostgreSQL checks of one service, sharing one connection as the tenant."""
+
+    def __init__(
+        self,
+        document: ConnectionsDocument,
+        expected_limits: Limits | None = None,
+        max_probes: int = MAX_PROBES,
+    ) -> None:
+        self.doc = document
+        self.pg = document.postgresql
+        self.expected = expected_limits
+        self.max_probes = max_probes
+        self.limits: dict[str, Any] = {}
+        self._hide = (self.pg.password.get_secret_value(),)
+        self._token = secrets.token_hex(4)
+
+    # ---------------------------------------------------------------- driver
+
+    def run(self) -> list[CheckResult]:
+        try:
+            conn = psycopg.connect(**self.pg.params(), autocommit=True)
+        except psycopg.Error as exc:
+            reason = f"cannot connect to {self.pg.database} as {self.pg.user}: {self._d(exc)}"
+            return [failed(PG_CHECKS[0], reason)] + [
+                failed(name, "not run: the service cannot connect to its own database")
+                for name in PG_CHECKS[1:]
+            ]
+        checks: list[Callable[[psycopg.Connection[Any]], CheckResult]] = [
+            self.connect_own,
+            self.create_and_read_own,
+            self.role_attributes,
+            self.cannot_create_in_public,
+            self.cannot_create_schema,
+            self.cannot_use_other_schemas,
+            self.cannot_connect_other_databases,
+            self.maintenance_database,
+            self.public_cannot_connect,
+            self.no_foreign_privileges,
+            self.limits_in_force,
+        ]
+        results = []
+        with conn:
+            for check, name in zip(checks, PG_CHECKS, strict=True):
+                try:
+                    results.append(check(conn))
+                except psycopg.Error as exc:
+                    results.append(failed(name, f"could not run: {self._d(exc)}"))
+        return results
+
+    def _d(self, exc: BaseException) -> str:
+        return describe(exc, self._hide)
+
+    def _name(self, kind: str) -> str:
+        return f"tenantctl_verify_{kind}_{self._token}"
+
+    @staticmethod
+    @contextmanager
+    def _rolled_back(conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Whatever happens inside is undone: verify leaves nothing behind."""
+        with conn.transaction(force_rollback=True):
+            yield
+
+    def _attempt(self, conn: psycopg.Connection[Any], statement: sql.Composed) -> str | None:
+        """Run ``statement`` and roll it back; ``None`` if refused for lack of
+        privilege, else what happened (``"succeeded"`` or another error)."""
+        try:
+            with self._rolled_back(conn):
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            return None if _refused(exc) else f"failed for another reason: {self._d(exc)}"
+        return "succeeded"
+
+    # ---------------------------------------------------------------- checks
+
+    def connect_own(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        row = conn.execute("SELECT current_user, current_database()").fetchone()
+        assert row is not None
+        return passed(PG_CHECKS[0], f"connected to {row[1]} as {row[0]}")
+
+    def create_and_read_own(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        table = sql.Identifier(self.pg.schema_name, self._name("own"))
+        marker = self._token
+        try:
+            with self._rolled_back(conn):
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, note text)").format(table)
+                )
+                conn.execute(sql.SQL("INSERT INTO {} VALUES (1, %s)").format(table), (marker,))
+                row = conn.execute(
+                    sql.SQL("SELECT note FROM {} WHERE id = 1").format(table)
+                ).fetchone()
+        except psycopg.Error as exc:
+            return failed(PG_CHECKS[1], f"in schema {self.pg.schema_name}: {self._d(exc)}")
+        if row is None or row[0] != marker:
+            return failed(PG_CHECKS[1], "the row written was not read back")
+        return passed(
+            PG_CHECKS[1], f"created, wrote and read a table in {self.pg.schema_name} (rolled back)"
+        )
+
+    def role_attributes(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        row = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls"
+            " FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert row is not None
+        labels = ("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS")
+        found = [label for label, on in zip(labels, row, strict=True) if on]
+        member_of = [
+            r[0]
+            for r in conn.execute(
+                "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+                " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+                " ORDER BY 1"
+            )
+        ]
+        if found or member_of:
+            parts = []
+            if found:
+                parts.append("has " + ", ".join(found))
+            if member_of:
+                parts.append("is a member of " + ", ".join(member_of))
+            return failed(PG_CHECKS[2], f"role {self.pg.user} " + " and ".join(parts))
+        return passed(
+            PG_CHECKS[2],
+            "plain LOGIN role: no superuser, createrole, createdb, "
+            "replication, bypassrls or memberships",
+        )
+
+    def cannot_create_in_public(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'public'").fetchone()
+        if exists is None:
+            return passed(PG_CHECKS[3], f"{self.pg.database} has no public schema")
+        table = sql.Identifier("public", self._name("public"))
+        outcome = self._attempt(conn, sql.SQL("CREATE TABLE {} (id int)").format(table))
+        if outcome is None:
+            return passed(PG_CHECKS[3], f"CREATE TABLE in {self.pg.database}.public refused")
+        return failed(PG_CHECKS[3], f"CREATE TABLE in {self.pg.database}.public {outcome}")
+
+    def cannot_create_schema(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        schema = sql.Identifier(self._name("schema"))
+        outcome = self._attempt(conn, sql.SQL("CREATE SCHEMA {}").format(schema))
+        if outcome is None:
+            return passed(PG_CHECKS[4], f"CREATE SCHEMA in {self.pg.database} refused")
+        return failed(PG_CHECKS[4], f"CREATE SCHEMA in {self.pg.database} {outcome}")
+
+    def cannot_use_other_schemas(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        """SCHEMA mode shares one database: this is where a leak would happen."""
+        name = PG_CHECKS[5]
+        others = [
+            (r[0], r[1], r[2], r[3])
+            for r in conn.execute(
+                "SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'),"
+                " has_schema_privilege(n.oid, 'CREATE'),"
+                " (SELECT count(*) FROM information_schema.tables t"
+                "   WHERE t.table_schema = n.nspname)"
+                " FROM pg_namespace n WHERE n.nspname LIKE 'tenant\\_%%' AND n.nspname <> %s"
+                " ORDER BY 1",
+                (self.pg.schema_name,),
+            )
+            if tenant_from_schema(r[0]) is not None
+        ]
+        if not others:
+            return passed(name, f"no other tenant schema in {self.pg.database} to probe")
+        leaks: list[str] = []
+        for schema, usage, create, visible in others:
+            if usage or create:
+                privileges = [p for p, on in (("USAGE", usage), ("CREATE", create)) if on]
+                leaks.append(f"has {'+'.join(privileges)} on {schema}")
+            if visible:
+                leaks.append(f"sees {visible} table(s) of {schema} in information_schema")
+        for schema, *_ in others[: self.max_probes]:
+            leaks += self._probe_schema(conn, schema)
+        if leaks:
+            return failed(name, "; ".join(leaks))
+        probed = min(len(others), self.max_probes)
+        return passed(
+            name,
+            f"{len(others)} other tenant schema(s) in {self.pg.database}: no "
+            f"privilege; CREATE TABLE and reads refused in {probed}",
+        )
+
+    def _probe_schema(self, conn: psycopg.Connection[Any], schema: str) -> list[str]:
+        leaks = []
+        target = sql.Identifier(schema, self._name("other"))
+        outcome = self._attempt(conn, sql.SQL("CREATE TABLE {} (id int)").format(target))
+        if outcome is not None:
+            leaks.append(f"CREATE TABLE in {schema} {outcome}")
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY 1 LIMIT 3",
+                (schema,),
+            )
+        ]
+        for table in tables:
+            query = sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(schema, table))
+            outcome = self._attempt(conn, query)
+            if outcome is not None:
+                leaks.append(f"SELECT from {schema}.{table} {outcome}")
+        return leaks
+
+    def _other_databases(self, conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+        """Every tenant-data database but the service's own, with whose it is."""
+        products = list(load_catalog().products)
+        targets = []
+        for (database,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+        ):
+            if database == self.pg.database:
+                continue
+            if database in products:
+                targets.append((database, f"shared database of {database}"))
+                continue
+            for product in products:
+                tenant = tenant_from_database(product, database)
+                if tenant is not None:
+                    targets.append((database, f"{product} database of tenant {tenant}"))
+                    break
+        return targets
+
+    def cannot_connect_other_databases(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        name = PG_CHECKS[6]
+        targets = self._other_databases(conn)
+        if not targets:
+            return passed(name, "no other tenant database on this server to probe")
+        granted = {
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname = ANY(%s)"
+                " AND has_database_privilege(oid, 'CONNECT')",
+                ([t[0] for t in targets],),
+            )
+        }
+        leaks = [f"has CONNECT on {db} ({whose})" for db, whose in targets if db in granted]
+        for database, whose in targets[: self.max_probes]:
+            outcome = self._try_connect(database)
+            if outcome is not None:
+                leaks.append(f"connecting to {database} ({whose}) {outcome}")
+        if leaks:
+            return failed(name, "; ".join(dict.fromkeys(leaks)))
+        probed = min(len(targets), self.max_probes)
+        return passed(
+            name,
+            f"no CONNECT on {len(targets)} other tenant database(s); "
+            f"{probed} connection attempt(s) refused",
+        )
+
+    def _try_connect(self, database: str) -> str | None:
+        """``None`` if the server refuses the tenant a connection to ``database``."""
+        try:
+            with psycopg.connect(**self.pg.params(database)) as other:
+                other.execute("SELECT 1")
+        except psycopg.Error as exc:
+            if _refused(exc) or "does not exist" in str(exc):
+                return None
+            return f"failed for another reason: {self._d(exc)}"
+        return "succeeded"
+
+    def maintenance_database(self, _conn: psycopg.Connection[Any]) -> CheckResult:
+        """PostgreSQL grants PUBLIC CONNECT on ``postgres`` by default: the role may get
+        in, but must be able to create nothing there."""
+        name, db = PG_CHECKS[7], MAINTENANCE_DATABASE
+        try:
+            other = psycopg.connect(**self.pg.params(db), autocommit=True)
+        except psycopg.Error as exc:
+            if _refused(exc) or "does not exist" in str(exc):
+                return passed(name, f"connection to {db} refused")
+            return failed(name, f"connecting to {db} failed for another reason: {self._d(exc)}")
+        with other:
+            table = sql.Identifier("public", self._name("public"))
+            outcome = self._attempt(other, sql.SQL("CREATE TABLE {} (id int)").format(table))
+        if outcome is None:
+            return passed(
+                name, f"PUBLIC may connect to {db} (PostgreSQL default); CREATE TABLE there refused"
+            )
+        return failed(name, f"CREATE TABLE in {db}.public {outcome}")
+
+    def public_cannot_connect(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        row = conn.execute(
+            "SELECT has_database_privilege('public', %s, 'CONNECT'),"
+            " has_database_privilege('public', %s, 'TEMPORARY')",
+            (self.pg.database, self.pg.database),
+        ).fetchone()
+        assert row is not None
+        held = [p for p, on in zip(("CONNECT", "TEMPORARY"), row, strict=True) if on]
+        if held:
+            return failed(PG_CHECKS[8], f"PUBLIC has {', '.join(held)} on {self.pg.database}")
+        return passed(PG_CHECKS[8], f"PUBLIC has no CONNECT or TEMPORARY on {self.pg.database}")
+
+    def no_foreign_privileges(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        """No role but the tenant's own (superusers and the database owner aside) holds
+        a privilege on, owns, or can act as, anything of the tenant's."""
+        dedicated = self.doc.isolation is IsolationMode.DATABASE
+        rows = conn.execute(
+            _FOREIGN_PRIVILEGES, {"schema": self.pg.schema_name, "dedicated": dedicated}
+        ).fetchall()
+        findings = [f"{who} has {what} on {where}" for where, who, what in rows]
+        if findings:
+            return failed(PG_CHECKS[9], "; ".join(dict.fromkeys(findings)))
+        scope = f"schema {self.pg.schema_name}, its objects" + (
+            f", database {self.pg.database}" if dedicated else ""
+        )
+        return passed(
+            PG_CHECKS[9],
+            f"no other role holds privileges on {scope}, nor membership in {self.pg.user}",
+        )
+
+    def limits_in_force(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        row = conn.execute(
+            "SELECT r.rolconnlimit, s.setting::bigint, d.datconnlimit"
+            " FROM pg_roles r, pg_settings s, pg_database d"
+            " WHERE r.rolname = current_user AND s.name = 'statement_timeout'"
+            " AND d.datname = current_database()"
+        ).fetchone()
+        assert row is not None
+        role_limit, timeout_ms, db_limit = int(row[0]), int(row[1]), int(row[2])
+        self.limits = {
+            "pg_role_connection_limit": role_limit,
+            "pg_statement_timeout_ms": timeout_ms,
+        }
+        dedicated = self.doc.isolation is IsolationMode.DATABASE
+        if dedicated:
+            self.limits["pg_database_connection_limit"] = db_limit
+        problems = []
+        if role_limit < 0:
+            problems.append(f"role {self.pg.user} has no connection limit")
+        if timeout_ms <= 0:
+            problems.append(f"role {self.pg.user} has no statement timeout")
+        if dedicated and db_limit < 0:
+            problems.append(f"database {self.pg.database} has no connection limit")
+        if self.expected is not None:
+            want = {
+                "pg_role_connection_limit": self.expected.pg_connection_limit,
+                "pg_statement_timeout_ms": self.expected.pg_statement_timeout_ms,
+            }
+            if dedicated:
+                want["pg_database_connection_limit"] = self.expected.pg_connection_limit
+            problems += [
+                f"{key} is {self.limits[key]}, the stack config says {value}"
+                for key, value in want.items()
+                if self.limits[key] != value
+            ]
+        shown = ", ".join(f"{k}={v}" for k, v in self.limits.items())
+        if problems:
+            return failed(PG_CHECKS[10], "; ".join(problems) + f" ({shown})")
+        return passed(PG_CHECKS[10], shown)
+
+
+#: Foreign privileges on a tenant's objects, as ``(where, who, what)``. Allowed: the
+#: tenant role, superusers (who bypass privileges anyway) and the database owner
+#: (the platform admin). ``PUBLIC`` appears as grantee 0. Functions are listed only
+#: for explicit grants to roles: PUBLIC's default EXECUTE is harmless without USAGE
+#: on the schema, which the schema ACL check covers.
+_FOREIGN_PRIVILEGES: Final = """
+WITH me AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
+ok AS (
+    SELECT oid FROM pg_roles WHERE rolsuper
+    UNION SELECT oid FROM me
+    UNION SELECT datdba FROM pg_database WHERE datname = current_database()
+),
+ns AS (SELECT oid, nspname, nspowner, nspacl FROM pg_namespace WHERE nspname = %(schema)s)
+SELECT 'schema ' || ns.nspname, pg_get_userbyid(ns.nspowner), 'OWNERSHIP'
+  FROM ns WHERE ns.nspowner NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT 'schema ' || ns.nspname,
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+  FROM ns, aclexplode(ns.nspacl) a WHERE a.grantee NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT ns.nspname || '.' || c.relname, pg_get_userbyid(c.relowner), 'OWNERSHIP'
+  FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+ WHERE c.relowner NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT ns.nspname || '.' || c.relname,
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+  FROM pg_class c JOIN ns ON ns.oid = c.relnamespace, aclexplode(c.relacl) a
+ WHERE a.grantee NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT ns.nspname || '.' || p.proname || '()', pg_get_userbyid(a.grantee), a.privilege_type
+  FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace, aclexplode(p.proacl) a
+ WHERE a.grantee <> 0 AND a.grantee NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT 'default privileges for new objects in ' || coalesce(ns.nspname, 'any schema'),
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+  FROM pg_default_acl d LEFT JOIN ns ON ns.oid = d.defaclnamespace, aclexplode(d.defaclacl) a
+ WHERE (d.defaclnamespace = (SELECT oid FROM ns) OR d.defaclrole = (SELECT oid FROM me))
+   AND a.grantee NOT IN (SELECT oid FROM ok)
+   AND NOT (a.grantee = 0 AND d.defaclobjtype IN ('f', 'T'))
+UNION ALL
+SELECT 'role ' || current_user, pg_get_userbyid(m.member), 'MEMBERSHIP'
+  FROM pg_auth_members m
+ WHERE m.roleid = (SELECT oid FROM me) AND m.member NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT 'database ' || d.datname,
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+  FROM pg_database d, aclexplode(d.datacl) a
+ WHERE %(dedicated)s AND d.datname = current_database()
+   AND a.grantee NOT IN (SELECT oid FROM ok)
+ORDER BY 1, 2, 3
+"""

@@ -1,0 +1,266 @@
+"""The connections document (README "The connections document") and admin access.
+
+A service's Vault secret is one JSON document: the stack outputs' connection info
+plus the passwords. ``tenantctl verify`` reads the same shape from a file, so an
+operator can verify a tenant outside Pulumi. Every name in it is derivable from the
+tenant id and product; a document whose names disagree with the derivation is
+refused, so verify never probes objects the tenant does not own under its name.
+
+Passwords are :class:`pydantic.SecretStr`: reprs show ``**********`` and no error
+message built here quotes a value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from tenant_infra.catalog import IsolationMode, Store, load_catalog
+from tenant_infra.config import Platform, one_line, read_stack_file
+from tenant_infra.errors import BackendUnavailable, InvalidInput
+from tenant_infra.tenant import TenantNames, pg_shared_database, validate_tenant_id
+
+Port = Field(ge=1, le=65535)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class PostgresConnection(_Section):
+    host: str = Field(min_length=1)
+    port: int = Port
+    database: str = Field(min_length=1, max_length=63)
+    #: ``schema`` in the document (the name shadows a pydantic attribute).
+    schema_name: str = Field(alias="schema", min_length=1, max_length=63)
+    user: str = Field(min_length=1, max_length=63)
+    password: SecretStr
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+    def params(self, database: str | None = None) -> dict[str, Any]:
+        """libpq keyword parameters (the password never goes into a DSN string or argv)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "dbname": database or self.database,
+            "user": self.user,
+            "password": self.password.get_secret_value(),
+            "sslmode": self.sslmode,
+            "connect_timeout": 10,
+            "application_name": "tenantctl-verify",
+        }
+
+
+class RabbitmqConnection(_Section):
+    host: str = Field(min_length=1)
+    port: int = Port
+    vhost: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    password: SecretStr
+
+    @property
+    def tls(self) -> bool:
+        """AMQPS by convention on 5671 (the document has no TLS flag)."""
+        return self.port == 5671
+
+
+class MongodbConnection(_Section):
+    host: str = Field(min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    database: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    password: SecretStr
+    auth_source: str = Field("admin", alias="authSource")
+    tls: bool | None = None
+
+
+class ConnectionsDocument(_Section):
+    """One service's connections: what it finds in Vault at ``tenants/<tenant>/<product>``."""
+
+    tenant: str
+    product: str
+    isolation: IsolationMode
+    postgresql: PostgresConnection
+    rabbitmq: RabbitmqConnection | None = None
+    mongodb: MongodbConnection | None = None
+
+    @model_validator(mode="after")
+    def _derived_names(self) -> ConnectionsDocument:
+        validate_tenant_id(self.tenant)
+        product = load_catalog().product(self.product)
+        names = TenantNames(self.tenant).service(self.product)
+        database = (
+            names.pg_dedicated_database
+            if self.isolation is IsolationMode.DATABASE
+            else pg_shared_database(self.product)
+        )
+        expected: dict[str, tuple[str, str]] = {
+            "postgresql.database": (self.postgresql.database, database),
+            "postgresql.schema": (self.postgresql.schema_name, names.pg_schema),
+            "postgresql.user": (self.postgresql.user, names.pg_role),
+        }
+        if self.rabbitmq is not None:
+            expected["rabbitmq.vhost"] = (self.rabbitmq.vhost, names.tenant_names.vhost)
+            expected["rabbitmq.user"] = (self.rabbitmq.user, names.broker_user)
+        elif product.needs(Store.RABBITMQ):
+            raise ValueError(f"product {self.product!r} needs a rabbitmq section")
+        if self.mongodb is not None:
+            expected["mongodb.database"] = (
+                self.mongodb.database,
+                names.tenant_names.mongo_database,
+            )
+            expected["mongodb.user"] = (self.mongodb.user, names.mongo_user)
+        for where, (found, wanted) in expected.items():
+            if found != wanted:
+                raise ValueError(
+                    f"{where} is {found!r}, but tenant {self.tenant!r} / {self.product!r} "
+                    f"in {self.isolation.value} mode uses {wanted!r}"
+                )
+        return self
+
+
+def parse_document(data: Any, where: str) -> ConnectionsDocument:
+    """Validate one document; errors name the field and rule, never a value."""
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"{where}: a connections document must be a JSON object")
+    try:
+        return ConnectionsDocument.model_validate(dict(data))
+    except ValidationError as exc:
+        raise InvalidInput(one_line(exc, where)) from None
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
+def load_connections(source: Path | str | Mapping[str, Any]) -> list[ConnectionsDocument]:
+    """Documents from a file (one document or a JSON list of them) or from a dict."""
+    if isinstance(source, Mapping):
+        return [parse_document(source, "connections")]
+    path = Path(source)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read connections file {where!r}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # The message names line and column only; it never quotes the text.
+        raise InvalidInput(
+            f"connections file {where!r} is not JSON: {exc.msg} "
+            f"(line {exc.lineno}, column {exc.colno})"
+        ) from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise InvalidInput(f"connections file {where!r} holds no document")
+    return [
+        parse_document(item, f"{where}[{i}]" if isinstance(data, list) else where)
+        for i, item in enumerate(items)
+    ]
+
+
+# ---------------------------------------------------------------- admin access
+
+
+@dataclass(frozen=True)
+class RabbitmqAdmin:
+    management_url: str
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class VaultAccess:
+    address: str
+    token: str = field(repr=False)
+    mount: str = "secret"
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """What verify may use to ask the platform what *others* can do to a tenant.
+
+    ``None`` for a store means no admin access: the checks that need it fail with a
+    reason saying which variable to set, since an unproven isolation is not a pass.
+    PostgreSQL needs none: its catalogs, readable by the tenant role, hold the ACLs.
+    """
+
+    rabbitmq: RabbitmqAdmin | None = None
+    vault: VaultAccess | None = None
+
+    @classmethod
+    def from_environment(
+        cls,
+        document: ConnectionsDocument,
+        platform: Platform | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> AdminAccess:
+        """Admin access by the conventions of :mod:`tenant_infra.credentials`.
+
+        The admin user and management URL come from the stack's ``platform`` block
+        when there is one, else from the document (management on port 15672) and the
+        default user; passwords only from the environment.
+        """
+        env = os.environ if environ is None else environ
+        rabbit: RabbitmqAdmin | None = None
+        rabbit_password = env.get("TENANT_INFRA_RABBITMQ_PASSWORD")
+        if document.rabbitmq is not None and rabbit_password:
+            endpoint = platform.rabbitmq if platform else None
+            url = endpoint.management_url if endpoint else f"http://{document.rabbitmq.host}:15672"
+            user = endpoint.admin_user if endpoint else "guest"
+            rabbit = RabbitmqAdmin(url, user, rabbit_password)
+        return cls(
+            rabbitmq=rabbit,
+            vault=vault_access(platform, env),
+        )
+
+
+def vault_access(platform: Platform | None, environ: Mapping[str, str]) -> VaultAccess | None:
+    """Vault is used only when ``VAULT_ADDR`` and ``VAULT_TOKEN`` are both set."""
+    address, token = environ.get("VAULT_ADDR"), environ.get("VAULT_TOKEN")
+    if not (address and token):
+        return None
+    mount = platform.vault.kv_mount if platform else environ.get("TENANT_INFRA_VAULT_MOUNT")
+    return VaultAccess(address.rstrip("/"), token, mount or "secret")
+
+
+def platform_from_stack_file(path: Path) -> Platform | None:
+    """The ``platform`` block of a stack file, or ``None`` if it has none."""
+    values = read_stack_file(path)
+    raw = values.get("tenant-infra:platform")
+    if raw is None:
+        return None
+    try:
+        return Platform.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(one_line(exc, f"{path}: platform")) from None
+
+
+def read_from_vault(
+    vault: VaultAccess, tenant: str, products: Sequence[str], timeout: float = 10.0
+) -> list[ConnectionsDocument]:
+    """Each service's document from ``<mount>/data/tenants/<tenant>/<product>`` (KV v2)."""
+    documents = []
+    names = TenantNames(tenant)
+    for product in products:
+        secret = names.service(product).vault_secret
+        url = f"{vault.address}/v1/{vault.mount}/data/{secret}"
+        try:
+            response = requests.get(url, headers={"X-Vault-Token": vault.token}, timeout=timeout)
+        except requests.RequestException as exc:
+            raise BackendUnavailable(f"Vault at {vault.address}: {type(exc).__name__}") from None
+        if response.status_code == 404:
+            raise InvalidInput(f"no secret at {vault.mount}/{secret} in Vault")
+        if response.status_code != 200:
+            raise BackendUnavailable(
+                f"Vault refused reading {vault.mount}/{secret}: HTTP {response.status_code}"
+            )
+        data = response.json().get("data", {}).get("data")
+        documents.append(parse_document(data, f"vault:{vault.mount}/{secret}"))
+    return documents
