@@ -1,0 +1,146 @@
+"""Post-deploy migration of one tenant service's PostgreSQL storage, as a Pulumi resource.
+
+A dynamic resource rather than a resource hook: a failed ``create``/``update`` keeps the
+previous state, so the next ``pulumi up`` retries it, and ``diff`` lets ``pulumi preview``
+show the pending move as ``head: "0002" => "0003"``. The provider connects AS THE
+TENANT ROLE (least privilege) and runs the same engine as ``tenantctl migrate``: one
+transaction, advisory lock, ``search_path`` pinned to the tenant schema.
+
+The provider is module-level code with no state: Pulumi pickles it with dill, so it
+must not capture a secret or a large object. The password arrives as a secret input
+and is never returned as an output nor put in a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+
+#: Inputs that locate the storage; a change means "migrate there", not "replace".
+_LOCATION = ("host", "port", "database", "schema", "user", "sslmode")
+_PUBLIC = ("tenant", "product", "isolation", *_LOCATION, "head")
+
+
+def head_revision(product: str) -> str | None:
+    """The product's head revision from its script directory (``None``: no migrations)."""
+    from tenant_infra.catalog import load_catalog
+    from tenant_infra.migrate.engine import head_of, load_script
+
+    location = load_catalog().product(product).script_location
+    if location is None:
+        return None
+    return head_of(load_script(location)[1])
+
+
+def _migrate(props: dict[str, Any]) -> str:
+    """Bring the service's schema to ``props['head']``; the revision reached, or raise."""
+    from tenant_infra.catalog import load_catalog
+    from tenant_infra.migrate.engine import TenantMigrator
+    from tenant_infra.migrate.targets import MigrationTarget
+
+    tenant, product, head = props["tenant"], props["product"], props["head"]
+    location = load_catalog().product(product).script_location
+    if location is None:
+        raise RuntimeError(f"product {product} has no migrations (tenant {tenant})")
+    params = {
+        "host": str(props["host"]),
+        "port": str(int(props["port"])),
+        "dbname": str(props["database"]),
+        "user": str(props["user"]),
+        "password": str(props["password"]),
+        "sslmode": str(props.get("sslmode") or "prefer"),
+        "connect_timeout": "15",
+    }
+    target = MigrationTarget(schema=str(props["schema"]), tenant=tenant, product=product)
+    migrator = TenantMigrator(location, params, destination=head, set_role=False)
+    try:
+        result = migrator.upgrade(target)
+    finally:
+        migrator.close()
+        del params
+    if result.status == "failed":
+        raise RuntimeError(
+            f"migration of tenant {tenant} product {product} to revision {head} failed"
+            f" (still at {result.before or 'base'}): {result.error}"
+        )
+    return result.after or ""
+
+
+def _outs(props: dict[str, Any], revision: str) -> dict[str, Any]:
+    return {**{k: props.get(k) for k in _PUBLIC}, "revision": revision}
+
+
+class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
+    """create/update = migrate to ``head``; diff = ``head`` differs from stored ``revision``."""
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        revision = _migrate(props)
+        return pulumi.dynamic.CreateResult(
+            id_=f"{props['tenant']}/{props['product']}", outs=_outs(props, revision)
+        )
+
+    def diff(
+        self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
+    ) -> pulumi.dynamic.DiffResult:
+        moved = any(_olds.get(k) != _news.get(k) for k in _LOCATION)
+        behind = _olds.get("revision") != _news.get("head")
+        return pulumi.dynamic.DiffResult(
+            changes=moved or behind,
+            replaces=[k for k in ("tenant", "product") if _olds.get(k) != _news.get(k)],
+            delete_before_replace=False,
+        )
+
+    def update(
+        self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
+    ) -> pulumi.dynamic.UpdateResult:
+        return pulumi.dynamic.UpdateResult(outs=_outs(_news, _migrate(_news)))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Nothing to undo: the schema or database is removed by the storage component."""
+
+
+@dataclass
+class ServiceMigrationArgs:
+    tenant: str
+    product: str
+    isolation: str
+    host: pulumi.Input[str]
+    port: pulumi.Input[int]
+    database: pulumi.Input[str]
+    schema: pulumi.Input[str]
+    user: pulumi.Input[str]
+    password: pulumi.Input[str]
+    sslmode: pulumi.Input[str]
+    head: str
+
+
+class ServiceMigration(pulumi.dynamic.Resource, module="tenant", name="ServiceMigration"):
+    """The service's storage at ``head``. Make it depend on the role, schema/database and
+    grants; mark the service ready only after it (``depends_on`` or its ``revision``)."""
+
+    revision: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ServiceMigrationArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        props: dict[str, Any] = {
+            "tenant": args.tenant,
+            "product": args.product,
+            "isolation": args.isolation,
+            "host": args.host,
+            "port": args.port,
+            "database": args.database,
+            "schema": args.schema,
+            "user": args.user,
+            "password": pulumi.Output.secret(args.password),
+            "sslmode": args.sslmode,
+            "head": args.head,
+            "revision": None,
+        }
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["password"])
+        )
+        super().__init__(ServiceMigrationProvider(), name, props, opts)

@@ -1,0 +1,149 @@
+"""``tenantctl migrate``: argument parsing only; the work is :func:`migrate_fleet`.
+
+Register with ``app.command("migrate")(migrate)``. Invalid input raises
+:class:`InvalidInput` (printed as one line, exit 2); a run with any failed tenant
+exits 1 after the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tenant_infra.errors import InvalidInput
+from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn
+from tenant_infra.migrate.executors import Mode
+from tenant_infra.migrate.fleet import migrate_fleet
+from tenant_infra.migrate.report import ProgressSink, render_table, to_json
+from tenant_infra.migrate.targets import (
+    MigrationTarget,
+    discover_databases_like,
+    discover_product,
+    discover_schemas_like,
+    sort_for_reuse,
+)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _resolve(
+    product: str | None,
+    tenants: list[str],
+    script_location: Path | None,
+    schemas_like: str | None,
+    databases_like: str | None,
+    schema: str,
+    params: dict[str, str],
+) -> tuple[list[MigrationTarget], Path, bool]:
+    """Targets, script directory, and whether to ``SET ROLE`` to each tenant role."""
+    if product and (schemas_like or databases_like):
+        raise InvalidInput("--product discovers its tenants; do not combine it with --*-like")
+    if product:
+        from tenant_infra.catalog import load_catalog
+
+        spec = load_catalog().product(product)
+        location = script_location or spec.script_location
+        if location is None:
+            raise InvalidInput(f"product {product!r} has no migrations")
+        return discover_product(params, product, tenants), location, True
+    if tenants:
+        raise InvalidInput("--tenant needs --product")
+    if script_location is None:
+        raise InvalidInput(
+            "give --product, or --script-location with --schemas-like/--databases-like"
+        )
+    if bool(schemas_like) == bool(databases_like):
+        raise InvalidInput("give exactly one of --schemas-like and --databases-like")
+    if schemas_like:
+        return discover_schemas_like(params, schemas_like), script_location, False
+    assert databases_like
+    return discover_databases_like(params, databases_like, schema), script_location, False
+
+
+def migrate(
+    product: Annotated[
+        str | None, typer.Option("--product", "-p", help="Migrate the tenants of this product.")
+    ] = None,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", "-t", help="Only these tenants (repeatable; with --product)."),
+    ] = None,
+    script_location: Annotated[
+        Path | None,
+        typer.Option(help="An Alembic script directory (generic mode, or override for --product)."),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Admin connection (libpq or SQLAlchemy URL); default ${ADMIN_DSN_ENV},"
+            " then the PG* variables.",
+            show_default=False,
+        ),
+    ] = None,
+    schemas_like: Annotated[
+        str | None, typer.Option(help="Generic mode: schemas of the DSN's database LIKE this.")
+    ] = None,
+    databases_like: Annotated[
+        str | None, typer.Option(help="Generic mode: databases on the server LIKE this.")
+    ] = None,
+    schema: Annotated[
+        str, typer.Option(help="With --databases-like: the schema migrated in each database.")
+    ] = "public",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-k", min=1, help="Worker processes (connections).")
+    ] = 1,
+    canary: Annotated[
+        int, typer.Option(min=0, help="Migrate N tenants first; stop if any of them fails.")
+    ] = 0,
+    dry_run: Annotated[bool, typer.Option(help="List pending revisions per tenant.")] = False,
+    sql: Annotated[bool, typer.Option(help="Print the SQL per tenant without running it.")] = False,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="Report format.")
+    ] = OutputFormat.table,
+) -> None:
+    """Bring every tenant of a product (or every matching schema/database) to head.
+
+    One transaction and one advisory lock per tenant; a tenant's failure never stops
+    the others. In --product mode each transaction runs under SET LOCAL ROLE
+    <product>_<key>, so DDL has exactly the tenant role's privileges.
+    """
+    if dry_run and sql:
+        raise InvalidInput("--dry-run and --sql are exclusive")
+    params = parse_dsn(dsn)
+    targets, location, set_role = _resolve(
+        product, tenant or [], script_location, schemas_like, databases_like, schema, params
+    )
+    mode: Mode = "sql" if sql else "pending" if dry_run else "upgrade"
+    targets = sort_for_reuse(targets)
+    with ProgressSink(len(targets)) as progress:
+        report = migrate_fleet(
+            targets,
+            location,
+            params,
+            concurrency=concurrency,
+            canary=canary,
+            mode=mode,
+            set_role=set_role,
+            on_result=None if sql else progress,
+        )
+    if sql:
+        for result in report.results:
+            sys.stdout.write(
+                f"-- {result.label}: {result.where} {result.before or '-'} -> "
+                f"{result.after or '-'}\n"
+            )
+            sys.stdout.write(result.sql or f"-- error: {result.error}\n")
+    elif output is OutputFormat.json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        render_table(report, Console())
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,346 @@
+"""Migrate ONE target on an open connection: the unit every executor repeats.
+
+The tool owns the migration environment (``EnvironmentContext`` driven here), so a
+script directory's own ``env.py`` is never executed: a plain Alembic directory works
+unchanged, and per-tenant cost is only what the DDL needs. Per target, in one
+transaction::
+
+    BEGIN;
+    SELECT pg_advisory_xact_lock(hashtextextended('tenant-infra:migrate:<schema>', 0));
+    SET LOCAL ROLE <product>_<key>;        -- fleet mode: the tenant's own privileges
+    SET LOCAL search_path TO <schema>;     -- unqualified DDL cannot land elsewhere
+    <alembic_version in <schema>; every pending revision>
+    COMMIT;                                -- or ROLLBACK: no partial revision survives
+
+``SET LOCAL`` ends with the transaction, so a reused connection never carries one
+tenant's role or path into the next. The lock makes a concurrent runner wait, then
+find the tenant at head and do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+
+from tenant_infra.migrate.connection import ConnParams, connect, first_line, with_database
+from tenant_infra.migrate.targets import MigrationTarget
+from tenant_infra.tenant import quote_ident
+
+Status = Literal["migrated", "current", "pending", "failed", "skipped"]
+
+_LOCK_SQL = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
+@dataclass(slots=True)
+class TargetResult:
+    """Outcome for one target; small and picklable (it crosses process boundaries)."""
+
+    index: int
+    label: str
+    where: str
+    product: str | None
+    before: str | None
+    after: str | None
+    status: Status
+    revisions: tuple[str, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+    sql: str | None = None
+    worker: int = field(default_factory=os.getpid)
+
+
+def _heads_str(heads: tuple[str, ...] | list[str] | set[str]) -> str | None:
+    return ",".join(sorted(heads)) or None
+
+
+def load_script(script_location: str | Path) -> tuple[Config, ScriptDirectory]:
+    """Load a script directory once; its revision map and modules are then reused."""
+    path = Path(script_location).resolve()
+    if not (path / "versions").is_dir():
+        from tenant_infra.errors import InvalidInput
+
+        raise InvalidInput(f"{path} is not an Alembic script directory (no versions/)")
+    config = Config()
+    config.set_main_option("script_location", str(path))
+    script = ScriptDirectory.from_config(config)
+    script.revision_map.heads  # noqa: B018 - build the revision map and import versions now
+    for rev in script.walk_revisions():
+        rev.module  # noqa: B018 - import every revision module once, before any fork
+    return config, script
+
+
+def head_of(script: ScriptDirectory) -> str | None:
+    return _heads_str(script.get_heads())
+
+
+class TenantMigrator:
+    """Per-process state: one script directory, one connection, many targets.
+
+    Not thread-safe by design: Alembic's ``op``/``context`` are module-global proxies,
+    so concurrency comes from separate processes, each with its own migrator.
+    """
+
+    def __init__(
+        self,
+        script_location: str | Path,
+        params: Mapping[str, str],
+        *,
+        destination: str = "heads",
+        set_role: bool = True,
+    ) -> None:
+        self.config, self.script = load_script(script_location)
+        self.params: ConnParams = dict(params)
+        self.destination = destination
+        self.set_role = set_role
+        self._conn: Connection | None = None
+        self._conn_db: str | None = None
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connection(self, target: MigrationTarget) -> Connection:
+        if self._conn is not None and (
+            self._conn_db != target.database or self._conn.closed or self._conn.invalidated
+        ):
+            self.close()
+        if self._conn is None:
+            self._conn = connect(with_database(self.params, target.database))
+            self._conn_db = target.database
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+            self._conn_db = None
+
+    def _pin(self, conn: Connection, target: MigrationTarget) -> None:
+        conn.execute(_LOCK_SQL, {"key": target.lock_key})
+        if self.set_role and target.role:
+            conn.exec_driver_sql(f"SET LOCAL ROLE {quote_ident(target.role)}")
+        conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
+
+    # -- upgrade ----------------------------------------------------------------------
+
+    def upgrade(self, target: MigrationTarget, index: int = 0) -> TargetResult:
+        """Bring ``target`` to the destination in one transaction; never raises for a
+        tenant's own failure (the fleet goes on), only returns it."""
+        started = time.perf_counter()
+        before: tuple[str, ...] = ()
+        steps: list[RevisionStep] = []
+        applied: list[str] = []
+        script, destination = self.script, self.destination
+
+        def plan(rev: tuple[str, ...], _ctx: MigrationContext) -> list[RevisionStep]:
+            nonlocal before, steps
+            before = tuple(rev)
+            steps = script._upgrade_revs(destination, rev)  # type: ignore[arg-type]
+            return steps
+
+        def on_apply(
+            ctx: MigrationContext,
+            step: MigrationInfo,
+            heads: Collection[Any],
+            run_args: Mapping[str, Any],
+        ) -> None:
+            applied.append(step.up_revision_id or "")
+
+        try:
+            conn = self._connection(target)
+            with conn.begin():
+                self._pin(conn, target)
+                with EnvironmentContext(
+                    self.config, script, fn=plan, destination_rev=destination
+                ) as env:
+                    env.configure(
+                        connection=conn,
+                        version_table_schema=target.schema,
+                        transactional_ddl=True,
+                        on_version_apply=on_apply,
+                    )
+                    _known_version_table(env.get_context(), conn, target.schema)
+                    env.run_migrations()
+        except Exception as exc:
+            pending = steps[len(applied) :]
+            failed_rev = pending[0].revision.revision if pending else None
+            if self._conn is not None and (self._conn.invalidated or self._conn.closed):
+                self.close()
+            what = f"revision {failed_rev}: " if failed_rev else ""
+            return TargetResult(
+                index=index,
+                label=target.label,
+                where=target.where,
+                product=target.product,
+                before=_heads_str(before),
+                after=_heads_str(before),
+                status="failed",
+                revisions=tuple(s.revision.revision for s in steps),
+                error=what + first_line(exc),
+                seconds=time.perf_counter() - started,
+            )
+        after = _final_heads(before, steps) if steps else _heads_str(before)
+        return TargetResult(
+            index=index,
+            label=target.label,
+            where=target.where,
+            product=target.product,
+            before=_heads_str(before),
+            after=after,
+            status="migrated" if steps else "current",
+            revisions=tuple(applied),
+            seconds=time.perf_counter() - started,
+        )
+
+    # -- read-only --------------------------------------------------------------------
+
+    def current(self, target: MigrationTarget) -> tuple[str, ...]:
+        """The target's current heads (empty: no version table or no row)."""
+        conn = self._connection(target)
+        with conn.begin() as tx:
+            ctx = MigrationContext.configure(conn, opts={"version_table_schema": target.schema})
+            heads = ctx.get_current_heads()
+            tx.rollback()
+        return heads
+
+    def pending(self, target: MigrationTarget, index: int = 0) -> TargetResult:
+        """Dry run: the revisions ``upgrade`` would apply, without taking any lock."""
+        started = time.perf_counter()
+        try:
+            heads = self.current(target)
+            steps = self.script._upgrade_revs(self.destination, heads)  # type: ignore[arg-type]
+        except Exception as exc:
+            self.close()
+            return _failed(target, index, first_line(exc), started)
+        return TargetResult(
+            index=index,
+            label=target.label,
+            where=target.where,
+            product=target.product,
+            before=_heads_str(heads),
+            after=_final_heads(heads, steps) if steps else _heads_str(heads),
+            status="pending" if steps else "current",
+            revisions=tuple(s.revision.revision for s in steps),
+            seconds=time.perf_counter() - started,
+        )
+
+    def render(self, target: MigrationTarget, index: int = 0) -> TargetResult:
+        """``--sql``: the tenant's pending SQL from its current revision, not executed."""
+        result = self.pending(target, index)
+        if result.status == "failed":
+            return result
+        result.sql = render_sql(
+            self.config,
+            self.script,
+            target,
+            starting=result.before,
+            destination=self.destination,
+            set_role=self.set_role,
+        )
+        return result
+
+
+_REGCLASS_SQL = text("SELECT to_regclass(:name) IS NOT NULL")
+
+
+def _known_version_table(ctx: MigrationContext, conn: Connection, schema: str) -> None:
+    """Answer Alembic's "is there a version table?" with one O(1) catalog lookup.
+
+    Alembic asks twice per run through SQLAlchemy's ``has_table``, whose query scans
+    every ``alembic_version`` in the database (one per tenant schema): measured
+    ~1.1 ms per call at 150 tenants and growing with N. ``to_regclass`` on the
+    qualified name is an index probe. Private hooks: if a future Alembic renames
+    them, this silently falls back to Alembic's own check.
+    """
+    if not (hasattr(ctx, "_has_version_table") and hasattr(ctx, "_ensure_version_table")):
+        return
+    name = f"{quote_ident(schema)}.{quote_ident(ctx.version_table)}"
+    exists = bool(conn.execute(_REGCLASS_SQL, {"name": name}).scalar())
+    version = ctx._version
+
+    def has_version_table() -> bool:
+        return exists
+
+    def ensure_version_table(purge: bool = False) -> None:
+        nonlocal exists
+        if not exists:
+            version.create(conn, checkfirst=False)
+            exists = True
+        if purge:
+            conn.execute(version.delete())
+
+    ctx._has_version_table = has_version_table  # type: ignore[method-assign]
+    ctx._ensure_version_table = ensure_version_table  # type: ignore[method-assign]
+
+
+def _failed(target: MigrationTarget, index: int, error: str, started: float) -> TargetResult:
+    return TargetResult(
+        index=index,
+        label=target.label,
+        where=target.where,
+        product=target.product,
+        before=None,
+        after=None,
+        status="failed",
+        error=error,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _final_heads(before: tuple[str, ...], steps: list[RevisionStep]) -> str | None:
+    heads = set(before)
+    for step in steps:
+        heads -= set(step.from_revisions)
+        heads.add(step.revision.revision)
+    return _heads_str(heads)
+
+
+def render_sql(
+    config: Config,
+    script: ScriptDirectory,
+    target: MigrationTarget,
+    *,
+    starting: str | None,
+    destination: str = "heads",
+    set_role: bool = True,
+) -> str:
+    """Offline rendering of exactly the transaction :meth:`TenantMigrator.upgrade` runs."""
+    buf = io.StringIO()
+
+    def plan(rev: tuple[str, ...], _ctx: MigrationContext) -> list[RevisionStep]:
+        return script._upgrade_revs(destination, rev)  # type: ignore[arg-type]
+
+    with EnvironmentContext(
+        config,
+        script,
+        fn=plan,
+        as_sql=True,
+        starting_rev=starting,
+        destination_rev=destination,
+    ) as env:
+        env.configure(
+            dialect_name="postgresql",
+            version_table_schema=target.schema,
+            transactional_ddl=True,
+            literal_binds=True,
+            output_buffer=buf,
+        )
+        with env.begin_transaction():
+            key = target.lock_key.replace("'", "''")
+            env.execute(f"SELECT pg_advisory_xact_lock(hashtextextended('{key}', 0))")
+            if set_role and target.role:
+                env.execute(f"SET LOCAL ROLE {quote_ident(target.role)}")
+            env.execute(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
+            env.run_migrations()
+    return buf.getvalue()

@@ -1,0 +1,59 @@
+"""The ``env.py`` of every product script directory, for running plain ``alembic``.
+
+``tenantctl`` never executes env.py (it drives the script directory itself, see
+:mod:`tenant_infra.migrate.engine`); this is for a human or a test running
+``alembic -c migrations/<product>/alembic.ini -x schema=tenant_acme -x dsn=URL upgrade head``
+or calling ``alembic.command.upgrade`` with ``config.attributes['connection']``. Both
+behave like the tool: one transaction, ``SET LOCAL search_path`` pinned to the tenant
+schema, version table inside it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import Connection
+
+from tenant_infra.migrate.connection import make_engine, parse_dsn
+from tenant_infra.tenant import quote_ident
+
+
+def _schema() -> str:
+    x = context.get_x_argument(as_dictionary=True)
+    schema = x.get("schema") or os.environ.get("TENANT_SCHEMA")
+    if not schema:
+        raise SystemExit("env.py: pass -x schema=tenant_<key> (or set TENANT_SCHEMA)")
+    return schema
+
+
+def _online(conn: Connection, schema: str) -> None:
+    context.configure(connection=conn, version_table_schema=schema, transactional_ddl=True)
+    with context.begin_transaction():
+        conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        context.run_migrations()
+
+
+def run() -> None:
+    """Entry point called by each product's env.py."""
+    schema = _schema()
+    if context.is_offline_mode():
+        context.configure(
+            dialect_name="postgresql",
+            version_table_schema=schema,
+            transactional_ddl=True,
+            literal_binds=True,
+        )
+        with context.begin_transaction():
+            context.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+            context.run_migrations()
+        return
+    given = context.config.attributes.get("connection")
+    if given is not None:
+        _online(given, schema)
+        return
+    x = context.get_x_argument(as_dictionary=True)
+    engine = make_engine(parse_dsn(x.get("dsn") or os.environ.get("TENANT_INFRA_DSN")))
+    with engine.connect() as conn:
+        _online(conn, schema)
+        conn.commit()

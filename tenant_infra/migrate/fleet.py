@@ -1,0 +1,122 @@
+"""``migrate_fleet``: the command behind ``tenantctl migrate`` and its Python API.
+
+One transaction per tenant, failures recorded and the run continued, an optional
+canary wave that stops everything if any canary fails. Running it again finishes
+the stragglers: tenants at head cost one version-table read each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenant_infra.errors import InvalidInput
+from tenant_infra.migrate.engine import TargetResult, head_of, load_script
+from tenant_infra.migrate.executors import Job, Mode, make_executor
+from tenant_infra.migrate.targets import MigrationTarget
+
+OnResult = Callable[[TargetResult, int, int], None]
+"""Progress callback: (result, number done so far, total)."""
+
+
+@dataclass
+class FleetReport:
+    """Per-tenant outcomes in input order, plus what the run was."""
+
+    mode: Mode
+    script_location: str
+    head: str | None
+    results: list[TargetResult] = field(default_factory=list)
+    seconds: float = 0.0
+    canary_failed: bool = False
+
+    @property
+    def failed(self) -> list[TargetResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        """True only if no tenant failed and none was skipped by a failed canary."""
+        return not self.canary_failed and not self.failed
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+
+def _skipped(index: int, target: MigrationTarget) -> TargetResult:
+    return TargetResult(
+        index=index,
+        label=target.label,
+        where=target.where,
+        product=target.product,
+        before=None,
+        after=None,
+        status="skipped",
+        error="not attempted: a canary tenant failed",
+    )
+
+
+def migrate_fleet(
+    targets: Sequence[MigrationTarget],
+    script_location: str | Path,
+    params: Mapping[str, str],
+    *,
+    concurrency: int = 1,
+    canary: int = 0,
+    mode: Mode = "upgrade",
+    destination: str = "heads",
+    set_role: bool = True,
+    on_result: OnResult | None = None,
+) -> FleetReport:
+    """Bring every target to ``destination`` (``mode="upgrade"``), or only list
+    (``"pending"``) or render (``"sql"``) what that would do.
+
+    ``params`` are the libpq keywords of the connecting user (admin in fleet mode:
+    it must be able to ``SET ROLE`` to each tenant role when ``set_role``).
+    ``canary`` > 0 migrates that many targets first and stops if any fails.
+    """
+    if concurrency < 1:
+        raise InvalidInput("--concurrency must be at least 1")
+    if canary < 0:
+        raise InvalidInput("--canary must not be negative")
+    started = time.perf_counter()
+    _config, script = load_script(script_location)
+    report = FleetReport(mode=mode, script_location=str(script_location), head=head_of(script))
+    job = Job(str(script_location), dict(params), mode, destination, set_role)
+    indexed = list(enumerate(targets))
+    total = len(indexed)
+    done = 0
+
+    def collect(results: Iterable[TargetResult]) -> bool:
+        nonlocal done
+        any_failed = False
+        for result in results:
+            done += 1
+            report.results.append(result)
+            any_failed = any_failed or result.status == "failed"
+            if on_result is not None:
+                on_result(result, done, total)
+        return any_failed
+
+    # More workers than tenants only costs forks and connections.
+    workers = max(1, min(concurrency, total))
+    if mode == "sql":
+        workers = 1  # SQL is printed in tenant order; rendering is cheap
+    waves = [indexed[:canary], indexed[canary:]] if canary and mode == "upgrade" else [indexed]
+    with make_executor(job, workers) as executor:
+        for wave_no, wave in enumerate(waves):
+            if not wave:
+                continue
+            if collect(executor.map(wave)) and canary and wave_no == 0 and len(waves) > 1:
+                report.canary_failed = True
+                for index, target in waves[1]:
+                    report.results.append(_skipped(index, target))
+                break
+    report.results.sort(key=lambda r: r.index)
+    report.seconds = time.perf_counter() - started
+    return report

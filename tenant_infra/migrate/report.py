@@ -1,0 +1,147 @@
+"""How a fleet run is shown: progress while it runs, a table or JSON at the end.
+
+Progress and the table go to stderr/stdout through rich on a terminal, plain lines
+otherwise (logs and CI), so ``--format json`` on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import TracebackType
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tenant_infra.migrate.engine import TargetResult
+from tenant_infra.migrate.fleet import FleetReport
+
+_STYLE = {
+    "migrated": "green",
+    "current": "dim",
+    "pending": "yellow",
+    "failed": "bold red",
+    "skipped": "magenta",
+}
+
+
+def _rev(value: str | None) -> str:
+    return value or "-"
+
+
+def progress_line(result: TargetResult, done: int, total: int) -> str:
+    """``[i/n] tenant product: 0001 -> 0003 migrated`` (django-tenants style)."""
+    who = f"{result.label} {result.product}" if result.product else result.label
+    line = f"[{done}/{total}] {who}: {_rev(result.before)} -> {_rev(result.after)} {result.status}"
+    if result.error:
+        line += f" ({result.error})"
+    return line
+
+
+class ProgressSink:
+    """Callback for :func:`migrate_fleet`: a rich bar on a terminal, lines otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, tty: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.total = total
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressSink:
+        if self.tty and self.total:
+            self._progress = Progress(
+                TextColumn("migrating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("migrate", total=self.total, failed=0)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, result: TargetResult, done: int, total: int) -> None:
+        if self._progress is not None:
+            failed = self._progress.tasks[0].fields["failed"] + (result.status == "failed")
+            self._progress.update(self._task, completed=done, failed=failed)
+            if result.status == "failed":
+                self._progress.console.print(progress_line(result, done, total), markup=False)
+        else:
+            print(progress_line(result, done, total), file=self.stream, flush=False)
+
+
+def to_dict(report: FleetReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "mode": report.mode,
+        "script_location": report.script_location,
+        "head": report.head,
+        "seconds": round(report.seconds, 3),
+        "canary_failed": report.canary_failed,
+        "counts": report.counts(),
+        "tenants": [
+            {
+                "tenant": r.label,
+                "product": r.product,
+                "where": r.where,
+                "before": r.before,
+                "after": r.after,
+                "status": r.status,
+                "revisions": list(r.revisions),
+                "error": r.error,
+                "seconds": round(r.seconds, 4),
+            }
+            for r in report.results
+        ],
+    }
+
+
+def to_json(report: FleetReport) -> str:
+    return json.dumps(to_dict(report), indent=2)
+
+
+def render_table(report: FleetReport, console: Console) -> None:
+    """Every tenant row by row; beyond 50 tenants only those needing attention."""
+    table = Table(title=f"migrate ({report.mode}) → head {_rev(report.head)}")
+    for col in ("tenant", "product", "where", "before", "after", "status", "error"):
+        table.add_column(col, overflow="fold")
+    show_all = len(report.results) <= 50
+    hidden = 0
+    for r in report.results:
+        if not show_all and r.status in ("current", "migrated"):
+            hidden += 1  # a large fleet: list what needs attention, count the rest
+            continue
+        changes = " ".join(r.revisions)
+        table.add_row(
+            escape(r.label),
+            r.product or "",
+            escape(r.where),
+            _rev(r.before),
+            _rev(r.after) + (f" ({changes})" if changes and r.status != "failed" else ""),
+            f"[{_STYLE[r.status]}]{r.status}[/]",
+            escape(r.error or ""),
+        )
+    if table.row_count:
+        console.print(table)
+    if hidden:
+        console.print(f"{hidden} migrated or current tenant(s) not listed (see --format json)")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))
+    verdict = "ok" if report.ok else "FAILED"
+    console.print(
+        f"{len(report.results)} tenant(s): {counts or 'none'} in {report.seconds:.1f}s: {verdict}"
+    )

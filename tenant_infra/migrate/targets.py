@@ -1,0 +1,155 @@
+"""What to migrate: one :class:`MigrationTarget` per tenant service, and how to find them.
+
+Names come from :mod:`tenant_infra.tenant` only. In both isolation modes a tenant's
+tables live in schema ``tenant_<key>``; the mode only decides the database
+(``<product>`` shared, or ``<product>_<key>`` dedicated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from tenant_infra.errors import InvalidInput
+from tenant_infra.migrate.connection import ConnParams, connect, with_database
+from tenant_infra.tenant import (
+    TenantNames,
+    pg_shared_database,
+    tenant_from_database,
+    tenant_from_schema,
+    validate_product,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationTarget:
+    """One schema to bring to head. Small and picklable: workers receive these by the
+    thousand, so it holds names only.
+
+    ``database`` ``None`` means the database of the connection parameters; ``role``
+    ``None`` means run as the connecting user (generic mode, or already the tenant role).
+    """
+
+    schema: str
+    database: str | None = None
+    tenant: str | None = None
+    product: str | None = None
+    role: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.tenant or self.schema
+
+    @property
+    def where(self) -> str:
+        return f"{self.database}.{self.schema}" if self.database else self.schema
+
+    @property
+    def lock_key(self) -> str:
+        """Advisory locks are per database already; the schema identifies the tenant."""
+        return f"tenant-infra:migrate:{self.schema}"
+
+
+def service_target(tenant: str, product: str, database: str) -> MigrationTarget:
+    """The target of one tenant service, all names derived in ``tenant.py``."""
+    names = TenantNames(tenant).service(product)
+    return MigrationTarget(
+        schema=names.pg_schema,
+        database=database,
+        tenant=tenant,
+        product=product,
+        role=names.pg_role,
+    )
+
+
+def schema_mode_target(tenant: str, product: str) -> MigrationTarget:
+    return service_target(tenant, product, pg_shared_database(product))
+
+
+def database_mode_target(tenant: str, product: str) -> MigrationTarget:
+    names = TenantNames(tenant).service(product)
+    return service_target(tenant, product, names.pg_dedicated_database)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _schemas_like(conn: Connection, pattern: str) -> list[str]:
+    rows = conn.execute(
+        text(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"
+            " AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
+            " ORDER BY nspname"
+        ),
+        {"p": pattern},
+    )
+    return [r[0] for r in rows]
+
+
+def _databases_like(conn: Connection, pattern: str) -> list[str]:
+    rows = conn.execute(
+        text(
+            "SELECT datname FROM pg_database WHERE datname LIKE :p"
+            " AND datallowconn AND NOT datistemplate ORDER BY datname"
+        ),
+        {"p": pattern},
+    )
+    return [r[0] for r in rows]
+
+
+def discover_product(
+    admin: ConnParams, product: str, tenants: Sequence[str] = ()
+) -> list[MigrationTarget]:
+    """Every tenant of ``product`` on the admin connection's server, both modes.
+
+    SCHEMA tenants: schemas ``tenant_%`` in the shared database ``<product>``.
+    DATABASE tenants: databases ``<product>_%`` (each holds schema ``tenant_<key>``).
+    Names that do not reverse to a valid tenant id are ignored. ``tenants`` restricts
+    the result; naming a tenant that has neither is invalid input (a typo must not
+    look like success).
+    """
+    validate_product(product)
+    wanted = set(tenants)
+    out: list[MigrationTarget] = []
+    with connect(admin) as conn:
+        databases = _databases_like(conn, _like_escape(product + "_") + "%")
+        shared = pg_shared_database(product)
+        has_shared = bool(_databases_like(conn, _like_escape(shared)))
+    if has_shared:
+        with connect(with_database(admin, shared)) as conn:
+            for schema in _schemas_like(conn, _like_escape("tenant_") + "%"):
+                tenant = tenant_from_schema(schema)
+                if tenant and (not wanted or tenant in wanted):
+                    out.append(schema_mode_target(tenant, product))
+    for database in databases:
+        tenant = tenant_from_database(product, database)
+        if tenant and (not wanted or tenant in wanted):
+            out.append(database_mode_target(tenant, product))
+    missing = wanted - {t.tenant for t in out}
+    if missing:
+        raise InvalidInput(
+            f"no {product} schema or database found for tenant(s): {', '.join(sorted(missing))}"
+        )
+    return out
+
+
+def discover_schemas_like(params: ConnParams, pattern: str) -> list[MigrationTarget]:
+    """Generic mode: every schema of the connection's database matching a LIKE pattern."""
+    with connect(params) as conn:
+        return [MigrationTarget(schema=s) for s in _schemas_like(conn, pattern)]
+
+
+def discover_databases_like(
+    params: ConnParams, pattern: str, schema: str = "public"
+) -> list[MigrationTarget]:
+    """Generic mode: every database on the server matching a LIKE pattern, one schema each."""
+    with connect(params) as conn:
+        return [MigrationTarget(schema=schema, database=d) for d in _databases_like(conn, pattern)]
+
+
+def sort_for_reuse(targets: Iterable[MigrationTarget]) -> list[MigrationTarget]:
+    """Group by database so a worker's single connection is reused across tenants."""
+    return sorted(targets, key=lambda t: (t.database or "", t.schema))

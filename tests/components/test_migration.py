@@ -1,0 +1,98 @@
+"""components.migration: the dynamic provider called directly against real PostgreSQL,
+connecting as the tenant role as it does after ``pulumi up``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dill
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "migrate"))
+from pgsandbox import ADMIN, PgSandbox, Service, sandbox, tables, version
+
+from components.migration import ServiceMigrationProvider, head_revision
+from tenant_infra.catalog import load_catalog
+from tenant_infra.migrate.targets import MigrationTarget
+
+
+@pytest.fixture
+def pg() -> Iterator[PgSandbox]:
+    yield from sandbox()
+
+
+def props(svc: Service, head: str = "0003", **over: Any) -> dict[str, Any]:
+    # The product must be one with migrations in the catalog; names come from the sandbox.
+    return {
+        "tenant": svc.tenant,
+        "product": "ledger",
+        "isolation": "SCHEMA",
+        "host": ADMIN.get("host", "127.0.0.1"),
+        "port": int(ADMIN.get("port", "5432")),
+        "database": svc.database,
+        "schema": svc.schema,
+        "user": svc.role,
+        "password": svc.password,
+        "sslmode": "disable",
+        "head": head,
+        **over,
+    }
+
+
+def test_head_revision_from_catalog() -> None:
+    assert head_revision("ledger") == "0003"
+    assert head_revision("tracer") == "0003"
+    assert load_catalog().product("reporter").script_location is None
+    assert head_revision("reporter") is None
+
+
+def test_create_diff_update_as_tenant_role(pg: PgSandbox) -> None:
+    svc = pg.schema_tenant(PgSandbox.new_product())
+    provider = ServiceMigrationProvider()
+    created = provider.create(props(svc, head="0002"))
+    assert created.outs is not None
+    assert created.outs["revision"] == "0002" and "password" not in created.outs
+    assert version(svc) == "0002"
+    owners = svc.sql(f"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{svc.schema}'")
+    assert owners == [(svc.role,)]
+
+    same = provider.diff(created.id, created.outs, props(svc, head="0002"))
+    assert same.changes is False
+    newer = provider.diff(created.id, created.outs, props(svc, head="0003"))
+    assert newer.changes is True and newer.replaces == []
+
+    updated = provider.update(created.id, created.outs, props(svc, head="0003"))
+    assert updated.outs is not None and updated.outs["revision"] == "0003"
+    assert version(svc) == "0003" and "balances" in tables(svc)
+
+
+def test_failure_names_tenant_product_revision_and_keeps_previous(pg: PgSandbox) -> None:
+    svc = pg.database_tenant(PgSandbox.new_product())
+    provider = ServiceMigrationProvider()
+    created = provider.create(props(svc, head="0002", isolation="DATABASE"))
+    svc.sql(f"CREATE TABLE {svc.schema}.balances (id int)")
+    with pytest.raises(RuntimeError) as exc:
+        provider.update(created.id, created.outs or {}, props(svc, head="0003"))
+    message = str(exc.value)
+    assert svc.tenant in message and "ledger" in message and "0003" in message
+    assert "still at 0002" in message and svc.password not in message
+    assert version(svc) == "0002"
+
+
+def test_unreachable_server_fails_without_echoing_password(pg: PgSandbox) -> None:
+    svc = pg.schema_tenant(PgSandbox.new_product())
+    with pytest.raises(RuntimeError) as exc:
+        ServiceMigrationProvider().create(props(svc, port=1))
+    assert "cannot connect" in str(exc.value) and svc.tenant in str(exc.value)
+    assert svc.password not in str(exc.value)
+    assert version(svc) is None
+
+
+def test_provider_pickles_small_and_without_secrets() -> None:
+    blob = dill.dumps(ServiceMigrationProvider(), recurse=True)
+    assert len(blob) < 2000
+    assert dill.loads(blob).diff("x", {"revision": "1"}, {"head": "1"}).changes is False
+    assert isinstance(MigrationTarget("s"), MigrationTarget)

@@ -1,0 +1,187 @@
+"""engine.TenantMigrator against the real PostgreSQL: one tenant at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import LEDGER, write_script_dir
+from pgsandbox import ADMIN, PgSandbox, tables, version
+
+from tenant_infra.migrate.connection import with_database
+from tenant_infra.migrate.engine import TenantMigrator
+from tenant_infra.migrate.targets import MigrationTarget
+
+LEDGER_TABLES = {"organizations", "ledgers", "accounts", "transactions", "operations", "balances"}
+
+
+def admin_migrator(script: Path = LEDGER, **kw: str) -> TenantMigrator:
+    return TenantMigrator(script, ADMIN, **kw)  # type: ignore[arg-type]
+
+
+def test_schema_tenant_reaches_head_as_its_own_role(pg: PgSandbox, product: str) -> None:
+    svc = pg.schema_tenant(product)
+    m = admin_migrator()
+    try:
+        result = m.upgrade(svc.target)
+    finally:
+        m.close()
+    assert (result.status, result.before, result.after) == ("migrated", None, "0003")
+    assert result.revisions == ("0001", "0002", "0003")
+    assert tables(svc) == LEDGER_TABLES | {"alembic_version"}
+    assert version(svc) == "0003"
+    owners = svc.sql(f"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{svc.schema}'")
+    assert owners == [(svc.role,)]  # DDL ran under SET LOCAL ROLE, not as the admin
+    assert tables(svc, "public") == set()
+
+
+def test_database_tenant_reaches_head(pg: PgSandbox, product: str) -> None:
+    svc = pg.database_tenant(product)
+    m = admin_migrator()
+    try:
+        result = m.upgrade(svc.target)
+    finally:
+        m.close()
+    assert result.status == "migrated", result.error
+    assert svc.target.database == svc.database != product
+    assert tables(svc) == LEDGER_TABLES | {"alembic_version"}
+    assert tables(svc, "public") == set()
+
+
+def test_rerun_at_head_changes_nothing(pg: PgSandbox, product: str) -> None:
+    svc = pg.schema_tenant(product)
+    m = admin_migrator()
+    try:
+        m.upgrade(svc.target)
+        xmin = svc.sql(f"SELECT xmin::text FROM {svc.schema}.alembic_version")
+        again = m.upgrade(svc.target)
+    finally:
+        m.close()
+    assert (again.status, again.before, again.after, again.revisions) == ("current", "0003", "0003", ())
+    assert svc.sql(f"SELECT xmin::text FROM {svc.schema}.alembic_version") == xmin
+
+
+def test_failed_tenant_keeps_no_partial_change(pg: PgSandbox, product: str) -> None:
+    svc = pg.schema_tenant(product)
+    svc.sql(f"CREATE TABLE {svc.schema}.balances (id int)")  # conflicts with revision 0003
+    m = admin_migrator()
+    try:
+        result = m.upgrade(svc.target)
+    finally:
+        m.close()
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.startswith("revision 0003: ") and "balances" in result.error
+    assert (result.before, result.after) == (None, None)
+    # 0001 and 0002 ran in the same transaction: nothing of them survived.
+    assert tables(svc) == {"balances"}
+    assert version(svc) is None
+
+
+def test_failure_leaves_previous_revision(pg: PgSandbox, product: str) -> None:
+    svc = pg.schema_tenant(product)
+    m = admin_migrator(destination="0002")
+    try:
+        assert m.upgrade(svc.target).after == "0002"
+    finally:
+        m.close()
+    svc.sql(f"CREATE TABLE {svc.schema}.balances (id int)")
+    m = admin_migrator()
+    try:
+        result = m.upgrade(svc.target)
+    finally:
+        m.close()
+    assert (result.status, result.before, result.after) == ("failed", "0002", "0002")
+    assert version(svc) == "0002"
+    cols = svc.sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+        f"'{svc.schema}' AND table_name = 'transactions' AND column_name = 'posted_at'"
+    )
+    assert cols == []
+
+
+def test_connection_is_reused_after_a_failure(pg: PgSandbox, product: str) -> None:
+    bad, good = pg.schema_tenant(product), pg.schema_tenant(product)
+    bad.sql(f"CREATE TABLE {bad.schema}.organizations (id int)")
+    m = admin_migrator()
+    try:
+        assert m.upgrade(bad.target).status == "failed"
+        conn_before = m._conn
+        assert m.upgrade(good.target).status == "migrated"
+        assert m._conn is conn_before
+    finally:
+        m.close()
+    assert version(good) == "0003"
+
+
+def test_tenant_role_cannot_touch_other_schema_or_public(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    mine, other = pg.schema_tenant(product), pg.schema_tenant(product)
+    whoami = write_script_dir(
+        tmp_path / "whoami",
+        ["CREATE TABLE whoami AS SELECT current_user::text AS u, "
+         "current_setting('search_path') AS p"],
+    )
+    into_other = write_script_dir(
+        tmp_path / "other", [f"CREATE TABLE {other.schema}.stolen (id int)"]
+    )
+    into_public = write_script_dir(tmp_path / "public", ["CREATE TABLE public.stolen (id int)"])
+    read_other = write_script_dir(
+        tmp_path / "read", [f"CREATE TABLE peek AS SELECT * FROM {other.schema}.whoami"]
+    )
+
+    def run(script: Path, svc_target: MigrationTarget) -> tuple[str, str | None]:
+        m = TenantMigrator(script, ADMIN)
+        try:
+            r = m.upgrade(svc_target)
+        finally:
+            m.close()
+        return r.status, r.error
+
+    assert run(whoami, mine.target) == ("migrated", None)
+    assert mine.sql(f"SELECT u, p FROM {mine.schema}.whoami") == [(mine.role, mine.schema)]
+    assert run(whoami, other.target) == ("migrated", None)
+    for script in (into_other, into_public, read_other):
+        attacker = pg.schema_tenant(product)
+        status, error = run(script, attacker.target)
+        assert status == "failed"
+        assert error is not None and "permission denied" in error
+        assert tables(attacker) == set()
+    assert tables(other) == {"whoami", "alembic_version"}
+    assert tables(mine, "public") == set()
+
+
+def test_pending_and_sql_do_not_execute(pg: PgSandbox, product: str) -> None:
+    svc = pg.schema_tenant(product)
+    m = admin_migrator()
+    try:
+        pending = m.pending(svc.target)
+        rendered = m.render(svc.target)
+    finally:
+        m.close()
+    assert (pending.status, pending.revisions, pending.after) == (
+        "pending", ("0001", "0002", "0003"), "0003",
+    )
+    sql = rendered.sql or ""
+    assert f'SET LOCAL ROLE "{svc.role}"' in sql
+    assert f'SET LOCAL search_path TO "{svc.schema}"' in sql
+    assert "CREATE TABLE organizations" in sql
+    assert f"CREATE TABLE {svc.schema}.alembic_version" in sql
+    assert sql.index("CREATE TABLE organizations") < sql.index("CREATE TABLE balances")
+    assert tables(svc) == set()
+
+
+def test_generic_mode_without_role(pg: PgSandbox, product: str, tmp_path: Path) -> None:
+    db = pg.database(product)
+    from pgsandbox import admin_exec
+
+    admin_exec("CREATE SCHEMA plain_one", db)
+    script = write_script_dir(tmp_path / "s", ["CREATE TABLE t (id int)", "ALTER TABLE t ADD c int"])
+    m = TenantMigrator(script, with_database(ADMIN, db), set_role=False)
+    try:
+        r = m.upgrade(MigrationTarget("plain_one"))
+        again = m.upgrade(MigrationTarget("plain_one"))
+    finally:
+        m.close()
+    assert (r.status, r.after, again.status) == ("migrated", "0002", "current")
+    assert admin_exec("SELECT version_num FROM plain_one.alembic_version", db) == [("0002",)]
