@@ -14,6 +14,7 @@ import pulumi
 
 from components import PACKAGE
 from components.broker import BrokerUser, TenantVhost
+from components.migration import ServiceMigration, ServiceMigrationArgs, head_revision
 from components.mongodb import MongoUser
 from components.postgres import PostgresArgs, ServicePostgres
 from components.providers import Providers
@@ -54,9 +55,7 @@ class TenantService(pulumi.ComponentResource):
 
         postgres = ServicePostgres(
             f"{name}-postgres",
-            PostgresArgs(
-                names, args.isolation, args.limits, args.protect_data, args.retain_data
-            ),
+            PostgresArgs(names, args.isolation, args.limits, args.protect_data, args.retain_data),
             providers,
             child,
         )
@@ -79,6 +78,29 @@ class TenantService(pulumi.ComponentResource):
             "isolation": args.isolation.value,
             "postgresql": {k: v for k, v in postgres_doc.items() if k != "password"},
         }
+        head = head_revision(names.product)
+        if head is not None:
+            # Seed 002, stage 4: the product's migrations run as the service's own role
+            # once its storage exists; a failure fails the update and leaves the service
+            # at its previous revision, and the next `up` retries.
+            migration = ServiceMigration(
+                f"{name}-migration",
+                ServiceMigrationArgs(
+                    tenant=names.tenant,
+                    product=names.product,
+                    isolation=args.isolation.value,
+                    host=endpoint.host,
+                    port=endpoint.port,
+                    database=postgres.database,
+                    schema=postgres.schema,
+                    user=postgres.role,
+                    password=postgres.password,
+                    sslmode=endpoint.sslmode,
+                    head=head,
+                ),
+                pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
+            )
+            info["revision"] = migration.revision
 
         if args.product.needs(Store.RABBITMQ):
             assert vhost is not None and platform.rabbitmq is not None

@@ -43,6 +43,8 @@ class PlannedResource:
     retain_on_delete: bool
     deleted_with: str | None
     provider: str | None
+    #: Logical names of the resources this one explicitly depends on.
+    depends_on: tuple[str, ...] = ()
     #: Input keys whose value is secret (at any depth below the key).
     secret_inputs: frozenset[str] = field(default_factory=frozenset)
     #: SHA-256 of each secret input's value: lets tests prove two credentials differ
@@ -158,6 +160,7 @@ class _RecordingMonitor(mocks.MockMonitor):
                     retain_on_delete=bool(request.retainOnDelete),
                     deleted_with=_name_of(request.deletedWith) if request.deletedWith else None,
                     provider=provider,
+                    depends_on=tuple(sorted(_name_of(urn) for urn in request.dependencies)),
                     secret_inputs=frozenset(fingerprints),
                     secret_fingerprints=fingerprints,
                 )

@@ -55,6 +55,9 @@ def reaches_only(tenant: str, resource: PlannedResource) -> None:
         assert {r["databaseName"] for r in inputs["roles"]} == {names.mongo_database}
     elif kind == "pulumi-python:dynamic/tenant:MongoUser":
         assert inputs["database"] == names.mongo_database
+    elif kind == "pulumi-python:dynamic/tenant:ServiceMigration":
+        assert inputs["user"] in roles and inputs["schema"] == names.pg_schema
+        assert inputs["database"] in own_dbs | set(products)
 
 
 @pytest.mark.parametrize("tenant", TENANTS)
