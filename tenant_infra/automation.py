@@ -29,11 +29,11 @@ from tenant_infra.errors import BackendUnavailable
 from tenant_infra.lifecycle import (
     TRANSIENT_MARKERS,
     EventSink,
-    InProgress,
     PreviewOutcome,
     ResourceEvent,
     TransientConflict,
 )
+from tenant_infra.workspace import InProgress
 
 MIN_CLI_VERSION = (3, 211, 0)  # stack tags on self-managed backends (pulumi#19882)
 PROJECT = "tenant-infra"

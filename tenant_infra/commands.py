@@ -20,27 +20,14 @@ from tenant_infra.lifecycle import (
     ServiceStatus,
     StackBackend,
     TenantStatus,
-    Workspace,
     for_each_tenant,
 )
 from tenant_infra.tenant import validate_tenant_id
+from tenant_infra.workspace import Workspace, project_root
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
 #: another stack's file when planning a tenant that has none yet.
 PLATFORM_KEYS = ("platform",)
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The checkout holding ``Pulumi.yaml`` (searched upward from ``start`` or the cwd)."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
-            return folder
-    return Path(__file__).resolve().parent.parent
-
-
-def stack_file(tenant: str, root: Path | None = None) -> Path:
-    return (root or project_root()) / "stacks" / f"Pulumi.{tenant}.yaml"
 
 
 def resolve_config(
@@ -56,9 +43,10 @@ def resolve_config(
     """
     validate_tenant_id(tenant)
     specs = [ServiceSpec.parse(text) for text in services]
-    path = stack_config or stack_file(tenant)
+    workspace = Workspace(project_root())
+    path = stack_config or workspace.stack_file(tenant)
     if stack_config is None and not path.is_file():
-        path = stack_file("dev")
+        path = workspace.stack_file("dev")
     values = read_stack_file(path)
     own = values.get("tenant-infra:tenant") == tenant
     if not own:

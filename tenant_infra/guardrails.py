@@ -253,8 +253,9 @@ def credentials_are_secret(r: Resource, _ctx: Context) -> list[str]:
     keys = CREDENTIAL_PROPS.get(r.type, ())
     if not keys or r.secret_props is None:
         return []
-    return [f"{key} is not a secret" for key in keys
-            if key in r.props and key not in r.secret_props]
+    return [
+        f"{key} is not a secret" for key in keys if key in r.props and key not in r.secret_props
+    ]
 
 
 def data_protected(r: Resource, ctx: Context) -> list[str]:

@@ -11,22 +11,17 @@ everything here is the orchestration around it and is tested without the CLI.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from tenant_infra.config import NAMESPACE, ServiceSpec, TenantConfig, read_stack_file
+from tenant_infra.config import ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput
+from tenant_infra.workspace import Workspace
 
 #: Resource type of the per-service migration marker (see components/migration.py).
 MIGRATION_TYPE = "pulumi-python:dynamic/tenant:ServiceMigration"
@@ -52,10 +47,6 @@ class ServiceState(StrEnum):
     MIGRATING = "migrating"
     READY = "ready"
     FAILED = "failed"
-
-
-class InProgress(RuntimeError):
-    """Another operation holds the tenant."""
 
 
 class TransientConflict(RuntimeError):
@@ -160,80 +151,6 @@ Progress = Callable[[str, ServiceStatus], None]
 
 def _no_progress(_tenant: str, _status: ServiceStatus) -> None:
     return None
-
-
-# --------------------------------------------------------------------- workspace
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where tenant stack files live (``stacks/``) and where per-tenant locks are kept."""
-
-    root: Path
-
-    @property
-    def stacks_dir(self) -> Path:
-        return self.root / "stacks"
-
-    @property
-    def work_dir(self) -> Path:
-        return self.root / ".pulumi-work"
-
-    def stack_file(self, tenant: str) -> Path:
-        return self.stacks_dir / f"Pulumi.{tenant}.yaml"
-
-    def tenants(self) -> list[str]:
-        """Tenants with a stack file: the tenant index (no backend listing needed)."""
-        found = []
-        for path in sorted(self.stacks_dir.glob("Pulumi.*.yaml")):
-            values = read_stack_file(path)
-            tenant = values.get(f"{NAMESPACE}:tenant")
-            if isinstance(tenant, str) and path.name == f"Pulumi.{tenant}.yaml":
-                found.append(tenant)
-        return found
-
-    def read_config(self, tenant: str) -> TenantConfig | None:
-        path = self.stack_file(tenant)
-        if not path.is_file():
-            return None
-        return TenantConfig.from_pulumi_values(read_stack_file(path))
-
-    def write_config(self, config: TenantConfig) -> Path:
-        """Write the tenant's stack file, keeping keys Pulumi added (``encryptionsalt``)."""
-        path = self.stack_file(config.tenant)
-        doc: dict[str, Any] = {}
-        if path.is_file():
-            doc = yaml.safe_load(path.read_text()) or {}
-        values = config.model_dump(by_alias=True, mode="json")
-        doc["config"] = {f"{NAMESPACE}:{k}": v for k, v in values.items()}
-        self.stacks_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-        os.replace(tmp, path)
-        return path
-
-    @contextmanager
-    def lock(self, tenant: str) -> Iterator[None]:
-        """Exclusive, non-blocking: a second operation on the same tenant fails at once."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / f"{tenant}.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InProgress(
-                    f"tenant {tenant!r}: another operation is already in progress"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def is_locked(self, tenant: str) -> bool:
-        try:
-            with self.lock(tenant):
-                return False
-        except InProgress:
-            return True
 
 
 # ------------------------------------------------------------------------ states

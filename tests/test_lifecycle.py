@@ -17,13 +17,12 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
     MIGRATION_TYPE,
     EventSink,
-    InProgress,
     PreviewOutcome,
     ResourceEvent,
     ServiceState,
     TransientConflict,
-    Workspace,
 )
+from tenant_infra.workspace import InProgress, Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tenant_infra import commands
 from tenant_infra.catalog import Limits, load_catalog
 from tenant_infra.config import Platform, TenantConfig, read_stack_file
 from tenant_infra.errors import InvalidInput
@@ -29,6 +28,7 @@ from tenant_infra.verify.connections import (
 )
 from tenant_infra.verify.mongodb import mongodb_checks
 from tenant_infra.verify.vault import vault_checks
+from tenant_infra.workspace import Workspace, project_root
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def verify_tenant(
 def _stack(tenant: str, path: Path | None) -> tuple[Platform | None, TenantConfig | None]:
     """The platform block and, if the file is the tenant's own, its config."""
     if path is None:
-        path = commands.stack_file(tenant)
+        path = Workspace(project_root()).stack_file(tenant)
         if not path.is_file():
             return None, None
     platform = platform_from_stack_file(path)
@@ -204,11 +204,7 @@ def require_verified(
 
     Reads the service's document from Vault, as the service itself would.
     """
-    report = verify_tenant(
-        tenant, services=[product], stack_config=stack_config, environ=environ
-    )
+    report = verify_tenant(tenant, services=[product], stack_config=stack_config, environ=environ)
     failures = [c for s in report.services for c in s.failed()]
     if failures:
-        raise VerificationFailed(
-            "; ".join(f"{c.name}: {c.reason}" for c in failures)
-        )
+        raise VerificationFailed("; ".join(f"{c.name}: {c.reason}" for c in failures))

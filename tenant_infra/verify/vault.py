@@ -22,6 +22,7 @@ CANARY_TENANT: Final = "tenantctl_verify_canary"
 
 VAULT_CHECKS: Final = ("vault.policy_reads_only_own_path", "vault.policy_enforced")
 
+
 def policy_problems(hcl: str, mount: str, secret: str) -> list[str]:
     """What in the policy reaches beyond reading the service's own secret."""
     allowed = {f"{mount}/data/{secret}", f"{mount}/metadata/{secret}"}

@@ -1,0 +1,102 @@
+"""Where a checkout keeps tenant stack files, per-tenant locks and work directories.
+
+Kept free of Pulumi imports: the verifier and the migration runner use it too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tenant_infra.config import NAMESPACE, TenantConfig, read_stack_file
+
+
+class InProgress(RuntimeError):
+    """Another operation holds the tenant."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The checkout holding ``Pulumi.yaml`` (searched upward from ``start`` or the cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where tenant stack files live (``stacks/``) and where per-tenant locks are kept."""
+
+    root: Path
+
+    @property
+    def stacks_dir(self) -> Path:
+        return self.root / "stacks"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / ".pulumi-work"
+
+    def stack_file(self, tenant: str) -> Path:
+        return self.stacks_dir / f"Pulumi.{tenant}.yaml"
+
+    def tenants(self) -> list[str]:
+        """Tenants with a stack file: the tenant index (no backend listing needed)."""
+        found = []
+        for path in sorted(self.stacks_dir.glob("Pulumi.*.yaml")):
+            values = read_stack_file(path)
+            tenant = values.get(f"{NAMESPACE}:tenant")
+            if isinstance(tenant, str) and path.name == f"Pulumi.{tenant}.yaml":
+                found.append(tenant)
+        return found
+
+    def read_config(self, tenant: str) -> TenantConfig | None:
+        path = self.stack_file(tenant)
+        if not path.is_file():
+            return None
+        return TenantConfig.from_pulumi_values(read_stack_file(path))
+
+    def write_config(self, config: TenantConfig) -> Path:
+        """Write the tenant's stack file, keeping keys Pulumi added (``encryptionsalt``)."""
+        path = self.stack_file(config.tenant)
+        doc: dict[str, Any] = {}
+        if path.is_file():
+            doc = yaml.safe_load(path.read_text()) or {}
+        values = config.model_dump(by_alias=True, mode="json")
+        doc["config"] = {f"{NAMESPACE}:{k}": v for k, v in values.items()}
+        self.stacks_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+    @contextmanager
+    def lock(self, tenant: str) -> Iterator[None]:
+        """Exclusive, non-blocking: a second operation on the same tenant fails at once."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / f"{tenant}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InProgress(
+                    f"tenant {tenant!r}: another operation is already in progress"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_locked(self, tenant: str) -> bool:
+        try:
+            with self.lock(tenant):
+                return False
+        except InProgress:
+            return True
