@@ -144,3 +144,120 @@ class ServiceMigration(pulumi.dynamic.Resource, module="tenant", name="ServiceMi
             opts, pulumi.ResourceOptions(additional_secret_outputs=["password"])
         )
         super().__init__(ServiceMigrationProvider(), name, props, opts)
+
+
+# --------------------------------------------------------------------------- MongoDB
+
+
+def mongo_head(product: str) -> int | None:
+    """The latest version of the product's ``mongo.toml`` (``None``: it declares none)."""
+    from tenant_infra.catalog import load_catalog
+    from tenant_infra.migrate.mongo import load_spec
+
+    location = load_catalog().product(product).script_location
+    versions = load_spec(location) if location is not None else []
+    return versions[-1].version if versions else None
+
+
+def mongo_client_options(props: dict[str, Any]) -> dict[str, Any]:
+    """pymongo arguments for the service user: SRV on Atlas, host and port otherwise."""
+    common = {
+        "username": str(props["user"]),
+        "password": str(props["password"]),
+        "authSource": str(props["auth_source"]),
+        "serverSelectionTimeoutMS": 10_000,
+    }
+    if props.get("srv"):
+        return {"host": f"mongodb+srv://{props['host']}/", "tls": True, **common}
+    return {
+        "host": str(props["host"]),
+        "port": int(props["port"]),
+        "tls": bool(props["tls"]),
+        **common,
+    }
+
+
+def _migrate_mongo(props: dict[str, Any]) -> int:
+    from pymongo import MongoClient
+
+    from tenant_infra.catalog import load_catalog
+    from tenant_infra.migrate.mongo import apply as apply_versions
+    from tenant_infra.migrate.mongo import load_spec
+
+    tenant, product = props["tenant"], props["product"]
+    location = load_catalog().product(product).script_location
+    assert location is not None
+    try:
+        with MongoClient(**mongo_client_options(props)) as client:
+            result = apply_versions(client[str(props["database"])], load_spec(location))
+    except Exception as exc:
+        # pymongo errors never carry the password; keep only their first line.
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RuntimeError(
+            f"MongoDB migration of tenant {tenant} product {product} to version "
+            f"{props['head']} failed: {detail}"
+        ) from None
+    return int(result.after)
+
+
+_MONGO_PUBLIC = (
+    "tenant",
+    "product",
+    "host",
+    "port",
+    "database",
+    "user",
+    "auth_source",
+    "tls",
+    "srv",
+    "head",
+)
+
+
+class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
+    """create/update = apply the product's MongoDB versions up to ``head`` as the service."""
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        version = _migrate_mongo(props)
+        outs = {**{k: props.get(k) for k in _MONGO_PUBLIC}, "version": version}
+        return pulumi.dynamic.CreateResult(
+            id_=f"{props['tenant']}/{props['product']}/mongo", outs=outs
+        )
+
+    def diff(
+        self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
+    ) -> pulumi.dynamic.DiffResult:
+        moved = any(_olds.get(k) != _news.get(k) for k in ("host", "port", "database", "user"))
+        return pulumi.dynamic.DiffResult(
+            changes=moved or _olds.get("version") != _news.get("head"),
+            replaces=[k for k in ("tenant", "product") if _olds.get(k) != _news.get(k)],
+        )
+
+    def update(
+        self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
+    ) -> pulumi.dynamic.UpdateResult:
+        version = _migrate_mongo(_news)
+        return pulumi.dynamic.UpdateResult(
+            outs={**{k: _news.get(k) for k in _MONGO_PUBLIC}, "version": version}
+        )
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Nothing to undo: collections go with the tenant database."""
+
+
+class MongoMigration(pulumi.dynamic.Resource, module="tenant", name="MongoMigration"):
+    """The service's MongoDB collections and indexes at the product's latest version."""
+
+    version: pulumi.Output[int]
+
+    def __init__(
+        self,
+        name: str,
+        props: dict[str, pulumi.Input[Any]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {**props, "password": pulumi.Output.secret(props["password"]), "version": None}
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["password"])
+        )
+        super().__init__(MongoMigrationProvider(), name, props, opts)

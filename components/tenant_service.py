@@ -14,7 +14,13 @@ import pulumi
 
 from components import PACKAGE
 from components.broker import BrokerUser, TenantVhost
-from components.migration import ServiceMigration, ServiceMigrationArgs, head_revision
+from components.migration import (
+    MongoMigration,
+    ServiceMigration,
+    ServiceMigrationArgs,
+    head_revision,
+    mongo_head,
+)
 from components.mongodb import MongoUser
 from components.postgres import PostgresArgs, ServicePostgres
 from components.providers import Providers
@@ -138,6 +144,33 @@ class TenantService(pulumi.ComponentResource):
                 mongo_doc |= {"port": backend.port, "tls": backend.tls}
             document["mongodb"] = mongo_doc
             info["mongodb"] = {k: v for k, v in mongo_doc.items() if k != "password"}
+            version = mongo_head(names.product)
+            if version is not None:
+                where: dict[str, Any] = (
+                    {"host": backend.host, "port": 27017, "srv": True, "tls": True}
+                    if isinstance(backend, AtlasMongo)
+                    else {
+                        "host": backend.host,
+                        "port": backend.port,
+                        "srv": False,
+                        "tls": backend.tls,
+                    }
+                )
+                # The product's collections and indexes, created as the service's own user.
+                MongoMigration(
+                    f"{name}-mongodb-migration",
+                    {
+                        "tenant": names.tenant,
+                        "product": names.product,
+                        **where,
+                        "database": mongo_doc["database"],
+                        "user": mongo.username,
+                        "password": mongo.password,
+                        "auth_source": mongo_doc["authSource"],
+                        "head": version,
+                    },
+                    pulumi.ResourceOptions(parent=self, depends_on=[mongo]),
+                )
 
         credentials = ServiceCredentials(
             f"{name}-vault",

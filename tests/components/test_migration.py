@@ -96,3 +96,90 @@ def test_provider_pickles_small_and_without_secrets() -> None:
     assert len(blob) < 2000
     assert dill.loads(blob).diff("x", {"revision": "1"}, {"head": "1"}).changes is False
     assert isinstance(MigrationTarget("s"), MigrationTarget)
+
+
+# --------------------------------------------------------------------------- MongoDB
+
+
+def test_mongo_migration_runs_as_the_service_user_for_products_with_versions(plan_for) -> None:
+    from components.migration import mongo_head
+
+    plan = plan_for("globex", ["ledger:SCHEMA", "tracer:SCHEMA"])
+    (migration,) = plan.of_type(
+        "pulumi-python:dynamic/tenant:MongoMigration"
+    )  # tracer has no MongoDB
+    inputs = migration.inputs
+    assert (inputs["database"], inputs["user"], inputs["auth_source"]) == (
+        "globex",
+        "ledger_globex",
+        "globex",
+    )
+    assert (
+        inputs["head"] == mongo_head("ledger") and inputs["srv"] is False and inputs["tls"] is True
+    )
+    user = plan.by_name("globex-ledger-mongodb-user")
+    assert migration.secret_fingerprints["password"] == user.secret_fingerprints["password"]
+    assert "globex-ledger-mongodb-user" in migration.depends_on
+
+
+def test_mongo_client_options_use_srv_on_atlas() -> None:
+    from components.migration import mongo_client_options
+
+    base = {
+        "user": "ledger_acme",
+        "password": "p",
+        "auth_source": "admin",
+        "port": 27017,
+        "tls": True,
+    }
+    atlas = mongo_client_options(base | {"host": "c.abcde.mongodb.net", "srv": True})
+    assert atlas["host"] == "mongodb+srv://c.abcde.mongodb.net/" and "port" not in atlas
+    plain = mongo_client_options(base | {"host": "mongo.internal", "srv": False, "tls": False})
+    assert (plain["host"], plain["port"], plain["tls"]) == ("mongo.internal", 27017, False)
+
+
+def test_mongo_diff_moves_when_head_advances() -> None:
+    from components.migration import MongoMigrationProvider
+
+    provider = MongoMigrationProvider()
+    old = {
+        "tenant": "acme",
+        "product": "ledger",
+        "host": "m",
+        "port": 27017,
+        "database": "acme",
+        "user": "u",
+        "version": 1,
+    }
+    assert provider.diff("id", old, old | {"head": 1}).changes is False
+    assert provider.diff("id", old, old | {"head": 2}).changes is True
+    assert provider.diff("id", old, old | {"head": 1, "product": "tracer"}).replaces == ["product"]
+
+
+def test_mongo_failure_names_tenant_product_version_without_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real client against a port where no server listens (fails within 200 ms)."""
+    import components.migration as migration
+
+    original = migration.mongo_client_options
+    monkeypatch.setattr(
+        migration, "mongo_client_options", lambda p: original(p) | {"serverSelectionTimeoutMS": 200}
+    )
+    props = {
+        "tenant": "acme",
+        "product": "ledger",
+        "host": "127.0.0.1",
+        "port": 1,
+        "srv": False,
+        "tls": False,
+        "database": "acme",
+        "user": "ledger_acme",
+        "password": "hunter2-secret",
+        "auth_source": "acme",
+        "head": 2,
+    }
+    with pytest.raises(RuntimeError) as info:
+        migration.MongoMigrationProvider().create(props)
+    message = str(info.value)
+    assert "tenant acme product ledger to version 2" in message and "hunter2" not in message
