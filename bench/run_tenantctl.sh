@@ -17,7 +17,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 HARNESS=${HARNESS:-/work/shared/bench/fleet-migrate}
 RAW=${BENCH_RAW:-$HERE/results/raw.tsv}
-TENANTCTL=${TENANTCTL:-"$REPO/.venv/bin/python -m tenant_infra.migrate"}
+TENANTCTL=${TENANTCTL:-"$REPO/.venv/bin/tenantctl migrate"}
 mkdir -p "$(dirname "$RAW")" "$HERE/results"
 PLAN=("$@")
 if [[ ${#PLAN[@]} == 0 ]]; then
