@@ -4,8 +4,11 @@ Traps this module exists to avoid (see ../shared/notes/pulumi-and-providers.md):
 
 - ``create_or_select_stack`` rewrites the project's workspace file, so concurrent
   calls corrupt it (pulumi#8186): each tenant gets its own work directory
-  (``.pulumi-work/<tenant>/Pulumi.yaml``, pointing back at the one program and at
-  ``stacks/``), hence its own workspace file.
+  (``.pulumi-work/<tenant>/Pulumi.yaml``, reading config from ``stacks/``), hence its
+  own workspace file. The CLI refuses a ``main`` outside the project folder, so the
+  one program runs *inline* (``tenant_program``, the function ``__main__.py`` calls);
+  the SDK runs each inline program in its own context, so tenants in threads are
+  isolated.
 - ``set_all_config`` puts secret values in ``argv``: config is written to the stack
   file instead, and tenant config holds no secret anyway.
 - ``up`` shows secrets by default: always ``show_secrets=False``; outputs are read
@@ -20,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +89,9 @@ def backend_env(root: Path, environ: Mapping[str, str] = os.environ) -> dict[str
             "set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to encrypt "
             "stack secrets"
         )
-    env = {"PULUMI_SKIP_UPDATE_CHECK": "true"}
+    # Dynamic providers (migrations, self-hosted MongoDB users) run in a Python process
+    # the CLI starts: it must be this interpreter, which can import the project.
+    env = {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_PYTHON_CMD": sys.executable}
     if not environ.get("PULUMI_BACKEND_URL"):
         state = root / ".pulumi-state"
         state.mkdir(exist_ok=True)
@@ -94,15 +100,18 @@ def backend_env(root: Path, environ: Mapping[str, str] = os.environ) -> dict[str
 
 
 def project_file(root: Path, tenant: str) -> Path:
-    """``.pulumi-work/<tenant>/Pulumi.yaml``: the project, seen from a per-tenant directory."""
+    """``.pulumi-work/<tenant>/Pulumi.yaml``: the project, seen from a per-tenant directory.
+
+    No ``main``: the program runs inline. ``stackConfigDir`` is joined to this folder by
+    the CLI, so ``../../stacks`` is the project's ``stacks/``.
+    """
     work = root / ".pulumi-work" / tenant
     work.mkdir(parents=True, exist_ok=True)
     path = work / "Pulumi.yaml"
     text = (
         f"name: {PROJECT}\n"
         "runtime:\n  name: python\n  options:\n    toolchain: pip\n"
-        "    virtualenv: ../../.venv\n"
-        "main: ../../\n"
+        f"    virtualenv: {sys.prefix}\n"
         "stackConfigDir: ../../stacks\n"
     )
     if not path.is_file() or path.read_text() != text:
@@ -159,10 +168,11 @@ class PulumiBackend:
             env_vars=self._env,
             secrets_provider="passphrase" if "PULUMI_ACCESS_TOKEN" not in os.environ else None,
         )
+        choose = auto.create_or_select_stack if create else auto.select_stack
         try:
-            if create:
-                return auto.create_or_select_stack(tenant, work_dir=opts.work_dir, opts=opts)
-            return auto.select_stack(tenant, work_dir=opts.work_dir, opts=opts)
+            # project_name + program + work_dir: the inline program with this folder's
+            # Pulumi.yaml (see the module docstring).
+            return choose(tenant, project_name=PROJECT, program=_inline_program, opts=opts)
         except FileNotFoundError:
             raise PulumiUnavailable("the Pulumi CLI is not on PATH") from None
 
@@ -255,6 +265,13 @@ class PulumiBackend:
                 outputs = resource.get("outputs") or {}
                 return {k: v for k, v in outputs.items() if not _is_secret(v)}
         return {}
+
+
+def _inline_program() -> None:
+    """The one tenant program, as the Automation API runs it (credentials from the env)."""
+    from tenant_infra.program import tenant_program
+
+    tenant_program()
 
 
 def _is_secret(value: Any) -> bool:
