@@ -59,6 +59,12 @@ def _http_url(value: str) -> str:
 Host = Annotated[str, AfterValidator(_host)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+#: A platform login name (PostgreSQL, RabbitMQ, MongoDB admin users).
+Login = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,63}$")]
+#: MongoDB authentication database.
+MongoDatabase = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,63}$")]
+MetadataKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MetadataValue = Annotated[str, Field(max_length=256)]
 
 
 class _Model(BaseModel):
@@ -72,13 +78,13 @@ class PostgresEndpoint(_Model):
 
     host: Host
     port: Port = 5432
-    admin_user: str = Field("postgres", min_length=1, max_length=63)
+    admin_user: Login = "postgres"
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
 
 
 class RabbitmqEndpoint(_Model):
     management_url: HttpUrl
-    admin_user: str = Field("guest", min_length=1)
+    admin_user: Login = "guest"
     #: Host and AMQP port handed to services (non-secret connection info).
     amqp_host: Host
     amqp_port: Port = 5672
@@ -87,7 +93,7 @@ class RabbitmqEndpoint(_Model):
 class VaultEndpoint(_Model):
     address: HttpUrl
     kv_mount: str = Field("secret", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    #: Namespace prefix below the mount, e.g. per environment.
+    #: Use the token as given: a child token would expire (20 min) mid-way through long runs.
     skip_child_token: bool = True
 
 
@@ -95,15 +101,16 @@ class AtlasMongo(_Model):
     backend: Literal["atlas"]
     project_id: str = Field(pattern=r"^[0-9a-f]{24}$")
     cluster_name: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$")
-    host: str = Field(min_length=1)
+    #: The cluster's SRV host name, handed to services.
+    host: Host
 
 
 class SelfHostedMongo(_Model):
     backend: Literal["self-hosted"]
     host: Host
     port: Port = 27017
-    admin_user: str = Field("admin", min_length=1)
-    auth_source: str = "admin"
+    admin_user: Login = "admin"
+    auth_source: MongoDatabase = "admin"
     tls: bool = False
 
 
@@ -163,7 +170,7 @@ class TenantConfig(_Model):
 
     tenant: str
     tier: str = "standard"
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     services: tuple[ServiceSpec, ...] = Field(min_length=1)
     limits: dict[str, int] = Field(default_factory=dict)
     protect_data: bool = True

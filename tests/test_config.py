@@ -71,6 +71,8 @@ def test_limits_are_the_tier_defaults_with_overrides() -> None:
         ({"tenant-infra:limits": {"pg_connection_limit": 0}}, "pg_connection_limit"),
         ({"tenant-infra:limits": {"max_rows": 5}}, "unknown limit 'max_rows'"),
         ({"tenant-infra:tenant": "Globex"}, "must be lowercase"),
+        ({"tenant-infra:metadata": {"bad key": "x"}}, "metadata"),
+        ({"tenant-infra:metadata": {"name": "x" * 300}}, "metadata"),
         ({"tenant-infra:surprise": 1, "tenant-infra:tenant": "x;y"}, "may contain only"),
     ],
 )
@@ -90,6 +92,9 @@ def test_bad_tenant_settings_are_refused(change: dict[str, Any], rule: str) -> N
         ({"vault__kvMount": "../sys"}, "kvMount"),
         ({"mongodb__backend": "cosmos"}, "mongodb"),
         ({"postgres__default__password": "hunter2"}, "password"),
+        ({"postgres__default__adminUser": "postgres\nx"}, "adminUser"),
+        ({"rabbitmq__adminUser": "guest; rm"}, "adminUser"),
+        ({"mongodb__authSource": "ad/min"}, "authSource"),
     ],
 )
 def test_malformed_endpoints_are_refused(changes: dict[str, Any], rule: str) -> None:
