@@ -110,8 +110,11 @@ class ServicePostgres(pulumi.ComponentResource):
             template="template0",
             encoding="UTF8",
             connection_limit=args.limits.pg_connection_limit,
+            # Destroyed before the role: the role owns the schema inside, and its DROP
+            # OWNED runs in `postgres` only, so DROP ROLE needs this database gone first.
             opts=pulumi.ResourceOptions.merge(
-                pulumi.ResourceOptions(parent=self, provider=admin), args.keep()
+                pulumi.ResourceOptions(parent=self, provider=admin, depends_on=[role]),
+                args.keep(),
             ),
         )
         # Everything inside the dedicated database goes away with it: no REVOKE or

@@ -25,7 +25,7 @@ class Providers:
 
     prefix: str
     platform: Platform
-    credentials: PlatformCredentials
+    credentials: PlatformCredentials = field(repr=False)
     parent: pulumi.Resource | None = None
     _postgres: dict[tuple[str, str], postgresql.Provider] = field(default_factory=dict)
     _rabbitmq: rabbitmq.Provider | None = None

@@ -46,6 +46,8 @@ class ServiceCredentials(pulumi.ComponentResource):
             f"{name}-secret",
             mount=mount,
             name=names.vault_secret,
+            # On destroy, every version goes: old versions hold old credentials.
+            delete_all_versions=True,
             data_json=pulumi.Output.secret(document.apply(json.dumps)),  # type: ignore[arg-type]
             custom_metadata=vault.kv.SecretV2CustomMetadataArgs(
                 max_versions=10,

@@ -91,7 +91,12 @@ def backend_env(root: Path, environ: Mapping[str, str] = os.environ) -> dict[str
         )
     # Dynamic providers (migrations, self-hosted MongoDB users) run in a Python process
     # the CLI starts: it must be this interpreter, which can import the project.
-    env = {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_PYTHON_CMD": sys.executable}
+    env = {
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_PYTHON_CMD": sys.executable,
+        # require_cli() checked the version once; not again for every workspace.
+        "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+    }
     if not environ.get("PULUMI_BACKEND_URL"):
         state = root / ".pulumi-state"
         state.mkdir(exist_ok=True)
@@ -159,8 +164,16 @@ class PulumiBackend:
     def __post_init__(self) -> None:
         require_cli()
         self._env = backend_env(self.root)
+        # One selected Stack per tenant for the life of a command: each new workspace
+        # costs CLI processes, and `list` over thousands of tenants would pay them all.
+        self._stacks: dict[str, Any] = {}
 
     def _stack(self, tenant: str, create: bool) -> Any:
+        if tenant not in self._stacks:
+            self._stacks[tenant] = self._open(tenant, create)
+        return self._stacks[tenant]
+
+    def _open(self, tenant: str, create: bool) -> Any:
         from pulumi import automation as auto
 
         opts = auto.LocalWorkspaceOptions(
@@ -246,15 +259,19 @@ class PulumiBackend:
         stack = self._stack(tenant, create=False)
         # preserve_config: the stack file is ours, the caller decides what becomes of it.
         self._run(lambda: stack.workspace.remove_stack(tenant, preserve_config=True))
+        self._stacks.pop(tenant, None)
 
     def tags(self, tenant: str) -> dict[str, str]:
         stack = self._stack(tenant, create=False)
         return dict(self._run(stack.list_tags))
 
     def set_tags(self, tenant: str, tags: dict[str, str]) -> None:
+        """Only the tags that change: each one is a CLI process."""
         stack = self._stack(tenant, create=False)
+        current = self.tags(tenant)
         for key, value in tags.items():
-            self._run(lambda k=key, v=value: stack.set_tag(k, v))
+            if current.get(key) != value:
+                self._run(lambda k=key, v=value: stack.set_tag(k, v))
 
     def outputs(self, tenant: str) -> dict[str, Any]:
         """Non-secret stack outputs, from the checkpoint (secrets stay ciphertext there)."""

@@ -10,8 +10,9 @@ from enum import StrEnum
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import validate_product
@@ -55,11 +56,12 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    pg_connection_limit: PositiveInt
-    pg_statement_timeout_ms: PositiveInt
-    broker_max_connections: PositiveInt
-    broker_max_queues: PositiveInt
-    broker_queue_max_length: PositiveInt
+    # Upper bounds keep values inside what PostgreSQL (int4) and RabbitMQ accept.
+    pg_connection_limit: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    pg_statement_timeout_ms: Annotated[StrictInt, Field(ge=1, le=86_400_000)]
+    broker_max_connections: Annotated[StrictInt, Field(ge=1, le=100_000)]
+    broker_max_queues: Annotated[StrictInt, Field(ge=1, le=100_000)]
+    broker_queue_max_length: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
 
 
 class Catalog(BaseModel):

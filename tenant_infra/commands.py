@@ -6,7 +6,9 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Final, Literal
 
 from tenant_infra import lifecycle
 from tenant_infra import plan as offline_plan
@@ -34,6 +36,7 @@ def resolve_config(
     tenant: str,
     services: Sequence[str] = (),
     stack_config: Path | None = None,
+    root: Path | None = None,
 ) -> TenantConfig:
     """The tenant's config: its stack file, or the platform of another file plus ``services``.
 
@@ -43,7 +46,7 @@ def resolve_config(
     """
     validate_tenant_id(tenant)
     specs = [ServiceSpec.parse(text) for text in services]
-    workspace = Workspace(project_root())
+    workspace = Workspace(root or project_root())
     path = stack_config or workspace.stack_file(tenant)
     if stack_config is None and not path.is_file():
         path = workspace.stack_file("dev")
@@ -86,13 +89,14 @@ def _backend(workspace: Workspace, backend: StackBackend | None) -> StackBackend
 
 
 Verifier = Callable[[str, str], None]
+#: The default post-deploy gate: ``tenantctl verify`` on real connections.
+ISOLATION: Final = "isolation"
+Gate = Verifier | Literal["isolation"] | None
 
 
-def _verifier(
-    workspace: Workspace, backend: StackBackend | None, verify: Verifier | None
-) -> Verifier | None:
-    """The post-deploy gate: real deployments verify isolation before ``ready``."""
-    if verify is not None or backend is not None:
+def _verifier(workspace: Workspace, verify: Gate) -> Verifier | None:
+    """What runs before a service is marked ready: isolation checks unless told otherwise."""
+    if verify != ISOLATION:
         return verify
     from tenant_infra.verify.command import require_verified
 
@@ -110,17 +114,17 @@ def onboard(
     backend: StackBackend | None = None,
     root: Path | None = None,
     progress: Progress | None = None,
-    verify: Verifier | None = None,
+    verify: Gate = ISOLATION,
     events: EventSink | None = None,
 ) -> TenantStatus:
     """Create or update the tenant's stack with ``services`` added; returns each state.
 
     An existing tenant keeps its services and their data: only what is new is
     provisioned. ``stack_config`` supplies the platform (and services) for a new tenant.
-    Each service is verified (``tenantctl verify``) before it is marked ready.
+    Each service is verified (``tenantctl verify``) before it is marked ready, unless
+    ``verify`` is another check or ``None``.
     """
     workspace = _workspace(root)
-    verify = _verifier(workspace, backend, verify)
     # The CLI check comes first: without it nothing below could be carried out.
     stacks = _backend(workspace, backend)
     validate_tenant_id(tenant)
@@ -129,9 +133,10 @@ def onboard(
     if existing is not None and stack_config is None:
         base = existing
     else:
-        base = resolve_config(tenant, services, stack_config)
+        base = resolve_config(tenant, services, stack_config, workspace.root)
     config = base.with_services(lifecycle.merge_services(existing, requested or base.services))
-    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, verify, events)
+    gate = _verifier(workspace, verify)
+    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events)
 
 
 def register(
@@ -141,6 +146,7 @@ def register(
     backend: StackBackend | None = None,
     root: Path | None = None,
     progress: Progress | None = None,
+    verify: Gate = ISOLATION,
     events: EventSink | None = None,
 ) -> TenantStatus:
     """Register more services on an existing tenant; its existing resources are untouched."""
@@ -150,7 +156,15 @@ def register(
         raise InvalidInput(f"unknown tenant {tenant!r}: onboard it first")
     if not services:
         raise InvalidInput("register needs at least one --service PRODUCT:MODE")
-    return onboard(tenant, services, backend=backend, root=root, progress=progress, events=events)
+    return onboard(
+        tenant,
+        services,
+        backend=backend,
+        root=root,
+        progress=progress,
+        verify=verify,
+        events=events,
+    )
 
 
 def status(
@@ -164,12 +178,16 @@ def status(
 
 
 def list_tenants(
-    *, backend: StackBackend | None = None, root: Path | None = None
+    *, backend: StackBackend | None = None, root: Path | None = None, concurrency: int = 8
 ) -> list[TenantStatus]:
-    """Every tenant with a stack file, with its status."""
+    """Every tenant with a stack file, with its status (read ``concurrency`` at a time:
+    each read is a few CLI processes, waiting mostly on the state backend)."""
     workspace = _workspace(root)
     chosen = _backend(workspace, backend)
-    return [lifecycle.read_status(chosen, workspace, t) for t in workspace.tenants()]
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(
+            pool.map(lambda t: lifecycle.read_status(chosen, workspace, t), workspace.tenants())
+        )
 
 
 def offboard(
@@ -226,17 +244,18 @@ def up(
     backend: StackBackend | None = None,
     root: Path | None = None,
     progress: Progress | None = None,
+    verify: Gate = ISOLATION,
 ) -> list[FleetResult]:
     """Apply the current program and config to many tenant stacks; failures don't stop others."""
     workspace = _workspace(root)
-    verify = _verifier(workspace, backend, None)
+    gate = _verifier(workspace, verify)
     stacks = _backend(workspace, backend)
     chosen = _fleet(tenants, all_tenants, workspace)
 
     def one(tenant: str) -> FleetResult:
         config = workspace.read_config(tenant)
         assert config is not None
-        result = lifecycle.deploy(config, stacks, workspace, progress or _quiet, verify)
+        result = lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate)
         failed = [s for s in result.services if s.state != ServiceState.READY]
         error = result.error or "; ".join(f"{s.product}: {s.reason}" for s in failed)
         return FleetResult(tenant, result.ok, error, status=result)

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,10 +49,11 @@ def _host(value: str) -> str:
 
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    if parts.username or parts.password:
+    # Credentials first, and the value never echoed: it may carry a password.
+    if "@" in parts.netloc:
         raise ValueError("endpoint URLs must not carry credentials")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL with a host")
     _host(parts.hostname)
     return value.rstrip("/")
 
@@ -128,10 +130,27 @@ class Platform(_Model):
     @field_validator("postgres")
     @classmethod
     def _products(cls, value: dict[str, PostgresEndpoint]) -> dict[str, PostgresEndpoint]:
+        catalog = load_catalog()
         for key in value:
             if key != "default":
-                validate_product(key)
+                # A typo would otherwise silently route the product to `default`.
+                catalog.product(validate_product(key))
         return value
+
+    @model_validator(mode="after")
+    def _admins_are_not_tenant_principals(self) -> Platform:
+        """Tenant logins are ``<product>_<key>``; an admin named like one could be
+        overwritten (RabbitMQ's user API creates *or updates*) by a tenant's service."""
+        logins = [e.admin_user for e in self.postgres.values()]
+        logins += [self.rabbitmq.admin_user] if self.rabbitmq else []
+        logins += [self.mongodb.admin_user] if isinstance(self.mongodb, SelfHostedMongo) else []
+        for login in logins:
+            for product in load_catalog().products:
+                if login.startswith(f"{product}_"):
+                    raise ValueError(
+                        f"admin user {login!r} is named like a tenant login ({product}_<tenant>)"
+                    )
+        return self
 
     def postgres_for(self, product: str) -> PostgresEndpoint:
         endpoint = self.postgres.get(product) or self.postgres.get("default")
@@ -172,7 +191,7 @@ class TenantConfig(_Model):
     tier: str = "standard"
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     services: tuple[ServiceSpec, ...] = Field(min_length=1)
-    limits: dict[str, int] = Field(default_factory=dict)
+    limits: dict[str, StrictInt] = Field(default_factory=dict)
     protect_data: bool = True
     #: Set by offboarding with retention: data stays, every credential is revoked.
     retain_data: bool = False

@@ -36,7 +36,8 @@ PLACEHOLDER = "[secret]"
 class PlatformCredentials:
     """Where platform secrets come from. ``environ`` is injectable for tests and plans."""
 
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    #: Never in the repr: it holds every secret of the environment.
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
     placeholder: bool = False
 
     @classmethod

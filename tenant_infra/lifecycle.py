@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from tenant_infra.catalog import Store, load_catalog
 from tenant_infra.config import ServiceSpec, TenantConfig
-from tenant_infra.errors import InvalidInput
-from tenant_infra.workspace import Workspace
+from tenant_infra.errors import InvalidInput, scrub
+from tenant_infra.workspace import InProgress, Workspace
 
 #: Resource type of the per-service migration marker (see components/migration.py).
 MIGRATION_TYPE = "pulumi-python:dynamic/tenant:ServiceMigration"
@@ -161,8 +162,8 @@ def _tag(kind: str, product: str) -> str:
 
 
 def _clean_reason(reason: str) -> str:
-    """One line, bounded: tags and reports show it verbatim."""
-    text = " ".join(reason.split())
+    """One line, bounded, credentials scrubbed: tags and reports show it verbatim."""
+    text = " ".join(scrub(reason).split())
     return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
 
 
@@ -315,6 +316,13 @@ def deploy(
 
         try:
             outputs = with_retries(lambda: backend.up(tenant, on_event))
+        except InProgress:
+            # Another runner (elsewhere, on a shared backend) holds the stack: its
+            # states are its own to record; put back the ones this run overwrote.
+            backend.set_tags(
+                tenant, {k: v for k, v in old_tags.items() if k.startswith(TAG_PREFIX)}
+            )
+            raise
         except Exception as exc:  # every failure ends in `failed`, with the reason
             reason = _clean_reason(str(exc)) or type(exc).__name__
             for status in statuses.values():
@@ -368,16 +376,34 @@ def offboard(
         if backend.exists(tenant):
             # Apply the new protection first: protect must be off before destroy, and
             # retained resources must carry retainOnDelete when they are deleted.
+            path = workspace.stack_file(tenant)
+            original = path.read_text()
             workspace.write_config(
                 config.model_copy(update={"protect_data": False, "retain_data": retain_data})
             )
-            with_retries(lambda: backend.up(tenant, lambda _e: None))
-            with_retries(lambda: backend.destroy(tenant, lambda _e: None))
+            try:
+                with_retries(lambda: backend.up(tenant, lambda _e: None))
+                with_retries(lambda: backend.destroy(tenant, lambda _e: None))
+            except BaseException:
+                # Never leave a tenant unprotected because its offboarding failed.
+                path.write_text(original)
+                raise
             backend.remove(tenant)
         workspace.stack_file(tenant).unlink(missing_ok=True)
-    if not retain_data:
-        return []
-    return [f"{s.product}: PostgreSQL {s.isolation.value.lower()} store" for s in config.services]
+    return retained_stores(config) if retain_data else []
+
+
+def retained_stores(config: TenantConfig) -> list[str]:
+    """What an offboarding with retention keeps, per store (the role keeps owning it)."""
+    catalog = load_catalog()
+    kept = [f"{s.product}: PostgreSQL {s.isolation.value.lower()} store" for s in config.services]
+    products = [catalog.product(s.product) for s in config.services]
+    names = config.names
+    if any(p.needs(Store.RABBITMQ) for p in products):
+        kept.append(f"RabbitMQ vhost {names.vhost}")
+    if any(p.needs(Store.MONGODB) for p in products):
+        kept.append(f"MongoDB database {names.mongo_database}")
+    return kept
 
 
 # ----------------------------------------------------------------------- fleets

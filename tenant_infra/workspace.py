@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tenant_infra.config import NAMESPACE, TenantConfig, read_stack_file
+from tenant_infra.errors import InvalidInput
 
 
 class InProgress(RuntimeError):
@@ -62,7 +63,11 @@ class Workspace:
         path = self.stack_file(tenant)
         if not path.is_file():
             return None
-        return TenantConfig.from_pulumi_values(read_stack_file(path))
+        config = TenantConfig.from_pulumi_values(read_stack_file(path))
+        if config.tenant != tenant:
+            # A copied file would otherwise make `up <tenant>` deploy someone else's stack.
+            raise InvalidInput(f"{path.name} declares tenant {config.tenant!r}, not {tenant!r}")
+        return config
 
     def write_config(self, config: TenantConfig) -> Path:
         """Write the tenant's stack file, keeping keys Pulumi added (``encryptionsalt``)."""

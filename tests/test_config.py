@@ -70,6 +70,8 @@ def test_limits_are_the_tier_defaults_with_overrides() -> None:
         ({"tenant-infra:tier": "platinum"}, "unknown tier 'platinum'"),
         ({"tenant-infra:limits": {"pg_connection_limit": 0}}, "pg_connection_limit"),
         ({"tenant-infra:limits": {"max_rows": 5}}, "unknown limit 'max_rows'"),
+        ({"tenant-infra:limits": {"pg_connection_limit": 10**20}}, "pg_connection_limit"),
+        ({"tenant-infra:limits": {"pg_connection_limit": True}}, "limits"),
         ({"tenant-infra:tenant": "Globex"}, "must be lowercase"),
         ({"tenant-infra:metadata": {"bad key": "x"}}, "metadata"),
         ({"tenant-infra:metadata": {"name": "x" * 300}}, "metadata"),
@@ -87,6 +89,7 @@ def test_bad_tenant_settings_are_refused(change: dict[str, Any], rule: str) -> N
         ({"postgres__default__port": 70000}, "port"),
         ({"postgres__default__sslmode": "sometimes"}, "sslmode"),
         ({"rabbitmq__managementUrl": "ftp://rabbit"}, "not an http(s) URL"),
+        ({"rabbitmq__managementUrl": "amqps://admin:hunter2@mq"}, "must not carry credentials"),
         ({"rabbitmq__managementUrl": "https://admin:hunter2@rabbit"}, "must not carry credentials"),
         ({"vault__address": "vault.internal"}, "not an http(s) URL"),
         ({"vault__kvMount": "../sys"}, "kvMount"),
@@ -95,6 +98,8 @@ def test_bad_tenant_settings_are_refused(change: dict[str, Any], rule: str) -> N
         ({"postgres__default__adminUser": "postgres\nx"}, "adminUser"),
         ({"rabbitmq__adminUser": "guest; rm"}, "adminUser"),
         ({"mongodb__authSource": "ad/min"}, "authSource"),
+        ({"postgres__ledgr": {"host": "db"}}, "unknown product 'ledgr'"),
+        ({"rabbitmq__adminUser": "ledger_ops"}, "named like a tenant login"),
     ],
 )
 def test_malformed_endpoints_are_refused(changes: dict[str, Any], rule: str) -> None:

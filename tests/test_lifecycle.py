@@ -146,6 +146,7 @@ def test_onboard_moves_services_to_ready_through_migrating(
         backend=stacks,
         root=root,
         progress=lambda t, s: seen.append((s.product, s.state.value)),
+        verify=None,
     )
     assert result.ok
     assert seen == [("ledger", "provisioning"), ("ledger", "migrating"), ("ledger", "ready")]
@@ -163,7 +164,7 @@ def test_onboard_moves_services_to_ready_through_migrating(
 def test_failed_update_ends_in_failed_with_the_reason(root: Path, stacks: MemoryStacks) -> None:
     stacks.fail_up["newco"] = [RuntimeError("error: postgresql: connection refused")]
     result = commands.onboard(
-        "newco", ["ledger:SCHEMA", "tracer:DATABASE"], backend=stacks, root=root
+        "newco", ["ledger:SCHEMA", "tracer:DATABASE"], backend=stacks, root=root, verify=None
     )
     assert not result.ok
     for service in result.services:
@@ -180,17 +181,17 @@ def test_a_failed_migration_names_the_revision_and_rerun_recovers(
 ) -> None:
     stacks.migrate["newco"] = {"ledger": ("0001", "0003")}
     stacks.fail_up["newco"] = [RuntimeError("error: migration of newco/ledger to 0003 failed")]
-    failed = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    failed = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     assert failed.service("ledger").state is ServiceState.FAILED
     assert failed.service("ledger").reason == "migration to 0003 failed"
-    again = commands.onboard("newco", [], backend=stacks, root=root)
+    again = commands.onboard("newco", [], backend=stacks, root=root, verify=None)
     assert again.ok and again.service("ledger").revision == "0003"
 
 
 def test_registering_a_service_keeps_the_existing_one(root: Path, stacks: MemoryStacks) -> None:
-    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     stacks.fail_up["newco"] = [RuntimeError("error: rabbitmq: 503")]
-    result = commands.register("newco", ["tracer:SCHEMA"], backend=stacks, root=root)
+    result = commands.register("newco", ["tracer:SCHEMA"], backend=stacks, root=root, verify=None)
     assert result.service("ledger").state is ServiceState.READY  # untouched by tracer's failure
     assert result.service("tracer").state is ServiceState.FAILED
     assert not result.ok and "503" in result.error
@@ -202,20 +203,49 @@ def test_changing_isolation_mode_is_refused_before_anything_runs(
     root: Path, stacks: MemoryStacks
 ) -> None:
     with pytest.raises(InvalidInput, match="promotion"):
-        commands.onboard("acme", ["ledger:SCHEMA"], backend=stacks, root=root)
+        commands.onboard("acme", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     assert stacks.calls == []
 
 
 def test_register_needs_an_onboarded_tenant(root: Path, stacks: MemoryStacks) -> None:
     with pytest.raises(InvalidInput, match="onboard it first"):
-        commands.register("nobody", ["ledger:SCHEMA"], backend=stacks, root=root)
+        commands.register("nobody", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
 
 
 def test_transient_grant_conflicts_are_retried_not_failed(root: Path, stacks: MemoryStacks) -> None:
     stacks.fail_up["newco"] = [TransientConflict("tuple concurrently updated")] * 2
-    result = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    result = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     assert result.ok
     assert stacks.calls.count(("up", "newco")) == 3
+
+
+def test_register_verifies_every_service_before_ready(root: Path, stacks: MemoryStacks) -> None:
+    checked: list[tuple[str, str]] = []
+    commands.onboard(
+        "newco",
+        ["ledger:SCHEMA"],
+        backend=stacks,
+        root=root,
+        verify=lambda t, p: checked.append((t, p)),
+    )
+    commands.register(
+        "newco",
+        ["tracer:SCHEMA"],
+        backend=stacks,
+        root=root,
+        verify=lambda t, p: checked.append((t, p)),
+    )
+    assert checked == [("newco", "ledger"), ("newco", "ledger"), ("newco", "tracer")]
+
+
+def test_isolation_checks_are_the_default_gate(
+    root: Path, stacks: MemoryStacks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without VAULT_ADDR or a connections file the default gate cannot prove isolation: not ready."""
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    result = commands.onboard("newco", ["tracer:SCHEMA"], backend=stacks, root=root)
+    assert result.service("tracer").state is ServiceState.FAILED
+    assert result.service("tracer").reason.startswith("verify:")
 
 
 def test_verify_failure_keeps_the_service_from_ready(root: Path, stacks: MemoryStacks) -> None:
@@ -230,12 +260,12 @@ def test_verify_failure_keeps_the_service_from_ready(root: Path, stacks: MemoryS
 def test_the_same_tenant_twice_at_once_is_refused(root: Path, stacks: MemoryStacks) -> None:
     workspace = Workspace(root)
     with workspace.lock("newco"), pytest.raises(InProgress, match="already in progress"):
-        commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+        commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     assert not (root / "stacks" / "Pulumi.newco.yaml").exists()
 
 
 def test_an_interrupted_operation_reads_as_failed(root: Path, stacks: MemoryStacks) -> None:
-    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     stacks.set_tags("newco", {"tenant-infra:state:ledger": "migrating"})
     status = commands.status("newco", backend=stacks, root=root).service("ledger")
     assert status.state is ServiceState.FAILED and "interrupted" in status.reason
@@ -255,11 +285,11 @@ def test_stack_file_keeps_pulumi_keys(root: Path) -> None:
 
 def test_up_all_bounds_concurrency_and_isolates_failures(root: Path, stacks: MemoryStacks) -> None:
     for i in range(6):
-        commands.onboard(f"tenant-{i}", ["ledger:SCHEMA"], backend=stacks, root=root)
+        commands.onboard(f"tenant-{i}", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     stacks.fail_up["tenant-2"] = [RuntimeError("error: boom")]
     stacks.max_in_flight = 0
     results = commands.up(
-        [f"tenant-{i}" for i in range(6)], concurrency=2, backend=stacks, root=root
+        [f"tenant-{i}" for i in range(6)], concurrency=2, backend=stacks, root=root, verify=None
     )
     assert [r.tenant for r in results] == [f"tenant-{i}" for i in range(6)]
     assert [r.ok for r in results] == [True, True, False, True, True, True]
@@ -270,7 +300,7 @@ def test_up_all_bounds_concurrency_and_isolates_failures(root: Path, stacks: Mem
 def test_offboard_refuses_protected_data_without_a_decision(
     root: Path, stacks: MemoryStacks
 ) -> None:
-    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     with pytest.raises(InvalidInput, match="--retain-data"):
         commands.offboard("newco", backend=stacks, root=root)
     assert ("destroy", "newco") not in stacks.calls
@@ -279,7 +309,7 @@ def test_offboard_refuses_protected_data_without_a_decision(
 def test_offboard_with_retention_unprotects_then_destroys_and_removes(
     root: Path, stacks: MemoryStacks
 ) -> None:
-    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root)
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     seen_config: list[Any] = []
     original_up = stacks.up
 
@@ -289,7 +319,11 @@ def test_offboard_with_retention_unprotects_then_destroys_and_removes(
 
     stacks.up = up  # type: ignore[method-assign]
     retained = commands.offboard("newco", retain_data=True, backend=stacks, root=root)
-    assert retained == ["ledger: PostgreSQL schema store"]
+    assert retained == [
+        "ledger: PostgreSQL schema store",
+        "RabbitMQ vhost newco",
+        "MongoDB database newco",
+    ]
     (config,) = seen_config
     assert config.retain_data and not config.protect_data
     assert stacks.calls[-3:] == [("up", "newco"), ("destroy", "newco"), ("remove", "newco")]
@@ -335,4 +369,57 @@ def test_engine_events_are_streamed_without_values(root: Path, stacks: MemorySta
             "oldRevision": "0001",
             "newRevision": "0003",
         }
+    ]
+
+
+def test_failure_reasons_are_scrubbed_before_they_become_tags(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    stacks.fail_up["newco"] = [
+        RuntimeError("error: dial postgresql://admin:S3cretPw@db:5432/ledger: refused")
+    ]
+    result = commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
+    assert "S3cretPw" not in result.error and "S3cretPw" not in str(stacks.tags("newco"))
+    assert "[secret]@db" in result.service("ledger").reason
+
+
+def test_a_concurrent_update_elsewhere_is_not_recorded_as_a_failure(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
+    before = stacks.tags("newco")
+    stacks.fail_up["newco"] = [InProgress("another update of this stack is in progress")]
+    with pytest.raises(InProgress):
+        commands.onboard("newco", [], backend=stacks, root=root, verify=None)
+    assert stacks.tags("newco") == before
+
+
+def test_a_failed_offboarding_leaves_the_tenant_protected(root: Path, stacks: MemoryStacks) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
+    stacks.fail_up["newco"] = [RuntimeError("error: vault unreachable")]
+    with pytest.raises(RuntimeError):
+        commands.offboard("newco", retain_data=True, backend=stacks, root=root)
+    config = Workspace(root).read_config("newco")
+    assert config is not None and config.protect_data and not config.retain_data
+
+
+def test_a_stack_file_naming_another_tenant_is_refused(root: Path) -> None:
+    (root / "stacks" / "Pulumi.acme2.yaml").write_text(
+        (root / "stacks" / "Pulumi.globex.yaml").read_text()
+    )
+    with pytest.raises(InvalidInput, match="declares tenant 'globex', not 'acme2'"):
+        Workspace(root).read_config("acme2")
+
+
+def test_list_reads_every_tenant_in_stack_file_order(root: Path, stacks: MemoryStacks) -> None:
+    for tenant in ("zeta", "alpha"):
+        commands.onboard(tenant, ["tracer:SCHEMA"], backend=stacks, root=root, verify=None)
+    listed = [s.tenant for s in commands.list_tenants(backend=stacks, root=root)]
+    assert listed == ["acme", "alpha", "dev", "globex", "zeta"]
+    assert [s.deployed for s in commands.list_tenants(backend=stacks, root=root)] == [
+        False,
+        True,
+        False,
+        False,
+        True,
     ]

@@ -203,18 +203,16 @@ class AdminAccess:
     ) -> AdminAccess:
         """Admin access by the conventions of :mod:`tenant_infra.credentials`.
 
-        The admin user and management URL come from the stack's ``platform`` block
-        when there is one, else from the document (management on port 15672) and the
-        default user; passwords only from the environment.
+        The admin user and management URL come only from the stack's ``platform``
+        block, never from the document: a connections file must not be able to send the
+        admin password to a host of its choosing. Passwords only from the environment.
         """
         env = os.environ if environ is None else environ
         rabbit: RabbitmqAdmin | None = None
         rabbit_password = env.get("TENANT_INFRA_RABBITMQ_PASSWORD")
-        if document.rabbitmq is not None and rabbit_password:
-            endpoint = platform.rabbitmq if platform else None
-            url = endpoint.management_url if endpoint else f"http://{document.rabbitmq.host}:15672"
-            user = endpoint.admin_user if endpoint else "guest"
-            rabbit = RabbitmqAdmin(url, user, rabbit_password)
+        endpoint = platform.rabbitmq if platform else None
+        if document.rabbitmq is not None and rabbit_password and endpoint is not None:
+            rabbit = RabbitmqAdmin(endpoint.management_url, endpoint.admin_user, rabbit_password)
         return cls(
             rabbitmq=rabbit,
             vault=vault_access(platform, env),
@@ -222,8 +220,9 @@ class AdminAccess:
 
 
 def vault_access(platform: Platform | None, environ: Mapping[str, str]) -> VaultAccess | None:
-    """Vault is used only when ``VAULT_ADDR`` and ``VAULT_TOKEN`` are both set."""
-    address, token = environ.get("VAULT_ADDR"), environ.get("VAULT_TOKEN")
+    """Vault at ``VAULT_ADDR``, else ``platform.vault.address``; needs ``VAULT_TOKEN``."""
+    address = environ.get("VAULT_ADDR") or (platform.vault.address if platform else None)
+    token = environ.get("VAULT_TOKEN")
     if not (address and token):
         return None
     mount = platform.vault.kv_mount if platform else environ.get("TENANT_INFRA_VAULT_MOUNT")

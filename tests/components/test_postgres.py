@@ -163,3 +163,11 @@ def test_retained_offboarding_keeps_data_and_revokes_login(plan_for, tmp_path) -
         resource = plan.by_name(name)
         assert resource.retain_on_delete and not resource.protect
     assert not plan.by_name("acme-ledger-rabbitmq-user").retain_on_delete  # credentials go
+
+
+def test_a_dedicated_database_is_dropped_before_its_role(plan_for) -> None:
+    """DROP ROLE fails while the role owns the schema inside an undropped database."""
+    plan = plan_for("acme", ["ledger:DATABASE"])
+    assert (
+        "acme-ledger-postgres-role" in plan.by_name("acme-ledger-postgres-dedicated-db").depends_on
+    )

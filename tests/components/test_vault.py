@@ -27,6 +27,7 @@ def test_one_secret_and_policy_per_service_under_the_tenant_path(plan_for) -> No
     for secret in secrets.values():
         assert secret.inputs["mount"] == "tenants-kv"
         assert secret.inputs["dataJson"] == "[secret]"
+        assert secret.inputs["deleteAllVersions"] is True  # no old credentials left readable
         assert "dataJson" in secret.secret_inputs
     policies = {p.inputs["name"]: p.inputs["policy"] for p in plan.of_type(POLICY)}
     assert set(policies) == {"tenant-globex-ledger", "tenant-globex-tracer"}

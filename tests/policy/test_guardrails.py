@@ -52,8 +52,11 @@ def test_the_example_stacks_pass_every_rule(plans, tenant) -> None:
 def test_a_plan_for_another_tenant_is_checked_against_its_own_names(plans) -> None:
     """The rules follow the stack name: globex's graph under stack acme is all wrong."""
     found = check_stack(resources(plans["globex"]), Context("acme"))
-    assert {v.policy for v in found} >= {"tenant-prefixed-names", "vault-paths-own-tenant",
-                                         "rabbitmq-permissions-own-vhost"}
+    assert {v.policy for v in found} >= {
+        "tenant-prefixed-names",
+        "vault-paths-own-tenant",
+        "rabbitmq-permissions-own-vhost",
+    }
 
 
 Mutation = Callable[[PlannedResource], PlannedResource]
@@ -83,31 +86,83 @@ CASES = [
     ("role:Role", with_inputs(createRole=True), "no-privileged-principals", "role has createRole"),
     ("role:Role", with_inputs(createDatabase=True), "no-privileged-principals", "createDatabase"),
     ("role:Role", with_inputs(replication=True), "no-privileged-principals", "replication"),
-    ("role:Role", with_inputs(bypassRowLevelSecurity=True), "no-privileged-principals", "bypassRowLevelSecurity"),
+    (
+        "role:Role",
+        with_inputs(bypassRowLevelSecurity=True),
+        "no-privileged-principals",
+        "bypassRowLevelSecurity",
+    ),
     ("role:Role", with_inputs(roles=["pg_read_all_data"]), "no-privileged-principals", "member of"),
     ("role:Role", with_inputs(name="ledger_acme"), "tenant-prefixed-names", "name 'ledger_acme'"),
-    ("role:Role", with_inputs(connectionLimit=None), "limits-present", "connectionLimit is not set"),
+    (
+        "role:Role",
+        with_inputs(connectionLimit=None),
+        "limits-present",
+        "connectionLimit is not set",
+    ),
     ("role:Role", with_inputs(statementTimeout=0), "limits-present", "statementTimeout is not set"),
-    ("schema:Schema", with_inputs(name="tenant_acme"), "tenant-prefixed-names", "name 'tenant_acme'"),
+    (
+        "schema:Schema",
+        with_inputs(name="tenant_acme"),
+        "tenant-prefixed-names",
+        "name 'tenant_acme'",
+    ),
     ("grant:Grant", with_inputs(role="ledger_acme"), "tenant-prefixed-names", "role 'ledger_acme'"),
     ("vHost:VHost", with_inputs(name="acme"), "tenant-prefixed-names", "name 'acme'"),
     ("vHost:VHost", with_inputs(maxQueues=None), "limits-present", "maxQueues is not set"),
     ("vHost:VHost", with_inputs(maxConnections="-1"), "limits-present", "maxConnections"),
     ("user:User", with_inputs(tags=["management"]), "no-privileged-principals", "tags"),
-    ("permissions:Permissions", with_inputs(vhost="acme"), "rabbitmq-permissions-own-vhost", "vhost 'acme'"),
-    ("permissions:Permissions", with_inputs(vhost="/"), "rabbitmq-permissions-own-vhost", "vhost '/'"),
-    ("permissions:Permissions", with_inputs(user="ledger_acme"), "rabbitmq-permissions-own-vhost", "user 'ledger_acme'"),
-    ("secretV2:SecretV2", with_inputs(name="tenants/acme/ledger"), "vault-paths-own-tenant", "tenants/acme/ledger"),
-    ("policy:Policy", with_inputs(policy='path "tenants-kv/data/tenants/*" { capabilities = ["read"] }'),
-     "vault-paths-own-tenant", "tenants/*"),
-    ("policy:Policy", with_inputs(policy='path "tenants-kv/data/tenants/globex/ledger" { capabilities = ["read", "update"] }'),
-     "vault-paths-own-tenant", "['update']"),
-    ("policy:Policy", with_inputs(name="tenant-acme-ledger"), "vault-paths-own-tenant", "policy name"),
+    (
+        "permissions:Permissions",
+        with_inputs(vhost="acme"),
+        "rabbitmq-permissions-own-vhost",
+        "vhost 'acme'",
+    ),
+    (
+        "permissions:Permissions",
+        with_inputs(vhost="/"),
+        "rabbitmq-permissions-own-vhost",
+        "vhost '/'",
+    ),
+    (
+        "permissions:Permissions",
+        with_inputs(user="ledger_acme"),
+        "rabbitmq-permissions-own-vhost",
+        "user 'ledger_acme'",
+    ),
+    (
+        "secretV2:SecretV2",
+        with_inputs(name="tenants/acme/ledger"),
+        "vault-paths-own-tenant",
+        "tenants/acme/ledger",
+    ),
+    (
+        "policy:Policy",
+        with_inputs(policy='path "tenants-kv/data/tenants/*" { capabilities = ["read"] }'),
+        "vault-paths-own-tenant",
+        "tenants/*",
+    ),
+    (
+        "policy:Policy",
+        with_inputs(
+            policy='path "tenants-kv/data/tenants/globex/ledger" { capabilities = ["read", "update"] }'
+        ),
+        "vault-paths-own-tenant",
+        "['update']",
+    ),
+    (
+        "policy:Policy",
+        with_inputs(name="tenant-acme-ledger"),
+        "vault-paths-own-tenant",
+        "policy name",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("type_suffix", "mutate", "policy", "message"), CASES)
-def test_each_bad_graph_is_caught_by_the_named_rule(plans, type_suffix, mutate, policy, message) -> None:
+def test_each_bad_graph_is_caught_by_the_named_rule(
+    plans, type_suffix, mutate, policy, message
+) -> None:
     found = check_stack(mutated(plans["globex"], type_suffix, mutate), context("globex"))
     assert found, "mutation not detected"
     # A renamed vhost also leaves the tenant's own vhost without its queue policy.
@@ -122,7 +177,8 @@ def test_a_password_that_is_not_secret_is_caught(plans) -> None:
     for suffix in ("role:Role", "user:User", "providers:rabbitmq"):
         found = check_stack(mutated(plans["globex"], suffix, leak), context("globex"))
         assert [(v.policy, v.message) for v in found] == [
-            ("credentials-are-secret", "password is not a secret")], suffix
+            ("credentials-are-secret", "password is not a secret")
+        ], suffix
 
 
 def test_unprotected_data_is_caught_unless_the_stack_opts_out(plans) -> None:
@@ -140,7 +196,8 @@ def test_a_vhost_without_a_queue_limit_policy_is_caught(plans) -> None:
     graph = [r for r in resources(plans["globex"]) if not r.type.endswith("OperatorPolicy")]
     found = check_stack(graph, context("globex"))
     assert [(v.policy, v.resource) for v in found] == [
-        ("queue-limit-per-vhost", "globex-rabbitmq-vhost")]
+        ("queue-limit-per-vhost", "globex-rabbitmq-vhost")
+    ]
 
 
 def test_a_grant_to_public_is_caught(plans) -> None:
@@ -152,7 +209,8 @@ def test_a_grant_to_public_is_caught(plans) -> None:
     out = [open_up(r) for r in plans["acme"].resources]
     found = check_stack(resources(Plan("acme", tuple(out))), context("acme"))
     assert {(v.policy, v.message) for v in found} == {
-        ("no-privileged-principals", "grants ['CONNECT'] to PUBLIC")}
+        ("no-privileged-principals", "grants ['CONNECT'] to PUBLIC")
+    }
 
 
 def test_a_logical_name_outside_the_tenant_prefix_is_caught(plans) -> None:
@@ -174,10 +232,13 @@ def test_unknown_values_are_skipped_not_flagged() -> None:
 
     props = plain(Props(vhost="?", user="ledger_globex"), (Unknown,))
     assert props == {"vhost": UNKNOWN, "user": "ledger_globex"}
-    permission = Resource("rabbitmq:index/permissions:Permissions", "globex-ledger-rabbitmq-permissions",
-                          props)
+    permission = Resource(
+        "rabbitmq:index/permissions:Permissions", "globex-ledger-rabbitmq-permissions", props
+    )
     assert check_stack([permission], Context("globex")) == []
 
 
 def test_the_stack_comes_from_the_urn() -> None:
-    assert stack_of("urn:pulumi:globex-eu::tenant-infra::rabbitmq:index/vHost:VHost::x") == "globex-eu"
+    assert (
+        stack_of("urn:pulumi:globex-eu::tenant-infra::rabbitmq:index/vHost:VHost::x") == "globex-eu"
+    )

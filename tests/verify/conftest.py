@@ -55,8 +55,11 @@ NOT_APPLIED = ("random:", "vault:", "pulumi-python:dynamic/", "mongodbatlas:")
 # ------------------------------------------------------------------ low level
 
 
-def admin_sql(statement: str | sql.Composed, database: str | None = None,
-              params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+def admin_sql(
+    statement: str | sql.Composed,
+    database: str | None = None,
+    params: tuple[Any, ...] | None = None,
+) -> list[tuple[Any, ...]]:
     conninfo = dict(ADMIN_PG, dbname=database or ADMIN_PG.get("dbname", "postgres"))
     with psycopg.connect(**conninfo, autocommit=True) as conn:
         cur = conn.execute(statement, params)  # type: ignore[arg-type]
@@ -98,9 +101,26 @@ def _only(resource: PlannedResource, known: set[str]) -> None:
 
 def apply_role(r: PlannedResource, password: str) -> None:
     i = r.inputs
-    _only(r, {"name", "login", "password", "superuser", "createDatabase", "createRole",
-              "replication", "bypassRowLevelSecurity", "inherit", "connectionLimit",
-              "statementTimeout", "searchPaths", "roles", "skipDropRole", "skipReassignOwned"})
+    _only(
+        r,
+        {
+            "name",
+            "login",
+            "password",
+            "superuser",
+            "createDatabase",
+            "createRole",
+            "replication",
+            "bypassRowLevelSecurity",
+            "inherit",
+            "connectionLimit",
+            "statementTimeout",
+            "searchPaths",
+            "roles",
+            "skipDropRole",
+            "skipReassignOwned",
+        },
+    )
     flags = [
         ("LOGIN", "NOLOGIN", i.get("login", False)),
         ("SUPERUSER", "NOSUPERUSER", i.get("superuser", False)),
@@ -111,18 +131,26 @@ def apply_role(r: PlannedResource, password: str) -> None:
         ("INHERIT", "NOINHERIT", i.get("inherit", True)),
     ]
     role = ident(i["name"])
-    admin_sql(sql.SQL("CREATE ROLE {} {} PASSWORD {} CONNECTION LIMIT {}").format(
-        role,
-        sql.SQL(" ").join(sql.SQL(on if value else off) for on, off, value in flags),
-        sql.Literal(password),
-        sql.Literal(int(i.get("connectionLimit", -1))),
-    ))
+    admin_sql(
+        sql.SQL("CREATE ROLE {} {} PASSWORD {} CONNECTION LIMIT {}").format(
+            role,
+            sql.SQL(" ").join(sql.SQL(on if value else off) for on, off, value in flags),
+            sql.Literal(password),
+            sql.Literal(int(i.get("connectionLimit", -1))),
+        )
+    )
     if "statementTimeout" in i:
-        admin_sql(sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
-            role, sql.Literal(int(i["statementTimeout"]))))
+        admin_sql(
+            sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+                role, sql.Literal(int(i["statementTimeout"]))
+            )
+        )
     if i.get("searchPaths"):
-        admin_sql(sql.SQL("ALTER ROLE {} SET search_path = {}").format(
-            role, sql.SQL(", ").join(ident(s) for s in i["searchPaths"])))
+        admin_sql(
+            sql.SQL("ALTER ROLE {} SET search_path = {}").format(
+                role, sql.SQL(", ").join(ident(s) for s in i["searchPaths"])
+            )
+        )
     for member_of in i.get("roles") or []:
         admin_sql(sql.SQL("GRANT {} TO {}").format(ident(member_of), role))
 
@@ -145,8 +173,9 @@ def apply_database(r: PlannedResource) -> None:
 def apply_grant(r: PlannedResource) -> None:
     """The provider's Grant sets exactly ``privileges``: REVOKE ALL, then GRANT them."""
     i = r.inputs
-    _only(r, {"role", "database", "schema", "objectType", "privileges", "objects",
-              "withGrantOption"})
+    _only(
+        r, {"role", "database", "schema", "objectType", "privileges", "objects", "withGrantOption"}
+    )
     kind, grantee, privileges = i["objectType"], _grantee(i["role"]), i.get("privileges") or []
     if kind == "database":
         target = sql.SQL("DATABASE {}").format(ident(i["database"]))
@@ -174,23 +203,35 @@ def apply_schema(r: PlannedResource) -> None:
     i = r.inputs
     _only(r, {"name", "database", "owner", "ifNotExists", "dropCascade", "policies"})
     assert not i.get("policies"), "Schema policies are not applied by the fixture"
-    admin_sql(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
-        ident(i["name"]), ident(i["owner"])), i["database"])
+    admin_sql(
+        sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(ident(i["name"]), ident(i["owner"])),
+        i["database"],
+    )
 
 
 def apply_default_privileges(r: PlannedResource) -> None:
     i = r.inputs
     _only(r, {"role", "database", "schema", "owner", "objectType", "privileges"})
-    plural = {"table": "TABLES", "sequence": "SEQUENCES", "function": "FUNCTIONS",
-              "type": "TYPES", "schema": "SCHEMAS"}[i["objectType"]]
+    plural = {
+        "table": "TABLES",
+        "sequence": "SEQUENCES",
+        "function": "FUNCTIONS",
+        "type": "TYPES",
+        "schema": "SCHEMAS",
+    }[i["objectType"]]
     where = sql.SQL(" IN SCHEMA {}").format(ident(i["schema"])) if i.get("schema") else sql.SQL("")
     privileges = i.get("privileges") or []
-    verb = (sql.SQL("GRANT {} ON {} TO {}").format(
-        sql.SQL(", ").join(sql.SQL(p) for p in privileges), sql.SQL(plural), _grantee(i["role"]))
-        if privileges else
-        sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.SQL(plural), _grantee(i["role"])))
-    admin_sql(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {}{} {}").format(
-        ident(i["owner"]), where, verb), i["database"])
+    verb = (
+        sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in privileges), sql.SQL(plural), _grantee(i["role"])
+        )
+        if privileges
+        else sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.SQL(plural), _grantee(i["role"]))
+    )
+    admin_sql(
+        sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {}{} {}").format(ident(i["owner"]), where, verb),
+        i["database"],
+    )
 
 
 def _number(value: Any) -> Any:
@@ -207,25 +248,34 @@ def apply_rabbitmq(r: PlannedResource, passwords: dict[str, str]) -> None:
                 rabbit("PUT", f"vhost-limits/{vh(i['name'])}/{limit}", {"value": int(i[key])})
     elif kind == "user:User":
         _only(r, {"name", "password", "tags"})
-        rabbit("PUT", f"users/{quote(i['name'], safe='')}",
-               {"password": passwords[r.name], "tags": ",".join(i.get("tags") or [])})
+        rabbit(
+            "PUT",
+            f"users/{quote(i['name'], safe='')}",
+            {"password": passwords[r.name], "tags": ",".join(i.get("tags") or [])},
+        )
     elif kind == "permissions:Permissions":
         _only(r, {"user", "vhost", "permissions"})
-        rabbit("PUT", f"permissions/{vh(i['vhost'])}/{quote(i['user'], safe='')}",
-               i["permissions"])
+        rabbit("PUT", f"permissions/{vh(i['vhost'])}/{quote(i['user'], safe='')}", i["permissions"])
     elif kind in ("operatorPolicy:OperatorPolicy", "policy:Policy"):
         _only(r, {"name", "vhost", "policy"})
         policy = i["policy"]
         operator = kind.startswith("operator")
-        definition = {k: _number(v) for k, v in policy["definition"].items()
-                      if not operator or k in OPERATOR_POLICY_KEYS}
+        definition = {
+            k: _number(v)
+            for k, v in policy["definition"].items()
+            if not operator or k in OPERATOR_POLICY_KEYS
+        }
         path = "operator-policies" if operator else "policies"
-        rabbit("PUT", f"{path}/{vh(i['vhost'])}/{quote(i['name'], safe='')}", {
-            "pattern": policy["pattern"],
-            "priority": int(policy.get("priority", 0)),
-            "apply-to": policy.get("applyTo", "all"),
-            "definition": definition,
-        })
+        rabbit(
+            "PUT",
+            f"{path}/{vh(i['vhost'])}/{quote(i['name'], safe='')}",
+            {
+                "pattern": policy["pattern"],
+                "priority": int(policy.get("priority", 0)),
+                "apply-to": policy.get("applyTo", "all"),
+                "definition": definition,
+            },
+        )
     else:
         raise AssertionError(f"fixture cannot apply {r.type} {r.name}")
 
@@ -234,14 +284,33 @@ def apply_rabbitmq(r: PlannedResource, passwords: dict[str, str]) -> None:
 #: no operator validator for ``overflow``). The fixture applies these and leaves the
 #: rest to test_operator_policy_keys_are_accepted_by_rabbitmq, which names the bug
 #: instead of every isolation test erroring on it.
-OPERATOR_POLICY_KEYS = frozenset({"expires", "message-ttl", "max-length", "max-length-bytes",
-                                  "max-in-memory-length", "max-in-memory-bytes",
-                                  "delivery-limit"})
+OPERATOR_POLICY_KEYS = frozenset(
+    {
+        "expires",
+        "message-ttl",
+        "max-length",
+        "max-length-bytes",
+        "max-in-memory-length",
+        "max-in-memory-bytes",
+        "delivery-limit",
+    }
+)
 
-PG_ORDER = ("role:Role", "grantRole:GrantRole", "database:Database", "schema:Schema",
-            "grant:Grant", "defaultPrivileges:DefaultPrivileges")
-RMQ_ORDER = ("vHost:VHost", "user:User", "permissions:Permissions",
-             "operatorPolicy:OperatorPolicy", "policy:Policy")
+PG_ORDER = (
+    "role:Role",
+    "grantRole:GrantRole",
+    "database:Database",
+    "schema:Schema",
+    "grant:Grant",
+    "defaultPrivileges:DefaultPrivileges",
+)
+RMQ_ORDER = (
+    "vHost:VHost",
+    "user:User",
+    "permissions:Permissions",
+    "operatorPolicy:OperatorPolicy",
+    "policy:Policy",
+)
 
 
 # ------------------------------------------------------------------ tenants
@@ -277,9 +346,15 @@ class Tenant:
     def pg(self, database: str | None = None) -> dict[str, Any]:
         """libpq parameters of the tenant's own role."""
         pg = self.document["postgresql"]
-        return {"host": pg["host"], "port": pg["port"], "dbname": database or pg["database"],
-                "user": pg["user"], "password": pg["password"], "sslmode": "disable",
-                "connect_timeout": 10}
+        return {
+            "host": pg["host"],
+            "port": pg["port"],
+            "dbname": database or pg["database"],
+            "user": pg["user"],
+            "password": pg["password"],
+            "sslmode": "disable",
+            "connect_timeout": 10,
+        }
 
     @property
     def amqp_user(self) -> tuple[str, str]:
@@ -314,14 +389,14 @@ class Provisioner:
         }
         applied = [r for r in plan.resources if r.custom]
         for r in applied:
-            if not (r.type.startswith((PG, RMQ, "pulumi:providers:")) or
-                    r.type.startswith(NOT_APPLIED)):
+            if not (
+                r.type.startswith((PG, RMQ, "pulumi:providers:")) or r.type.startswith(NOT_APPLIED)
+            ):
                 raise AssertionError(f"fixture does not know resource type {r.type}")
         for kind in PG_ORDER:
             for r in (r for r in applied if r.type == PG + kind):
                 self._apply_pg(r, passwords)
-        unknown_pg = {r.type for r in applied if r.type.startswith(PG)} - {
-            PG + k for k in PG_ORDER}
+        unknown_pg = {r.type for r in applied if r.type.startswith(PG)} - {PG + k for k in PG_ORDER}
         assert not unknown_pg, f"fixture does not know {sorted(unknown_pg)}"
         for kind in RMQ_ORDER:
             for r in (r for r in applied if r.type == RMQ + kind):
@@ -331,10 +406,17 @@ class Provisioner:
                     self.users.append(r.inputs["name"])
                 apply_rabbitmq(r, passwords)
         unknown_rmq = {r.type for r in applied if r.type.startswith(RMQ)} - {
-            RMQ + k for k in RMQ_ORDER}
+            RMQ + k for k in RMQ_ORDER
+        }
         assert not unknown_rmq, f"fixture does not know {sorted(unknown_rmq)}"
-        provisioned = Tenant(tenant, product, isolation, plan, passwords,
-                             self._document(tenant, product, isolation, plan, passwords))
+        provisioned = Tenant(
+            tenant,
+            product,
+            isolation,
+            plan,
+            passwords,
+            self._document(tenant, product, isolation, plan, passwords),
+        )
         seed_data(provisioned)
         return provisioned
 
@@ -353,12 +435,16 @@ class Provisioner:
         elif kind == "defaultPrivileges:DefaultPrivileges":
             apply_default_privileges(r)
         elif kind == "grantRole:GrantRole":
-            admin_sql(sql.SQL("GRANT {} TO {}").format(
-                ident(r.inputs["grantRole"]), ident(r.inputs["role"])))
+            admin_sql(
+                sql.SQL("GRANT {} TO {}").format(
+                    ident(r.inputs["grantRole"]), ident(r.inputs["role"])
+                )
+            )
 
     @staticmethod
-    def _document(tenant: str, product: str, isolation: str, plan: Plan,
-                  passwords: dict[str, str]) -> dict[str, Any]:
+    def _document(
+        tenant: str, product: str, isolation: str, plan: Plan, passwords: dict[str, str]
+    ) -> dict[str, Any]:
         """The connections document, from the plan's resources and the fixture's passwords."""
         (role,) = plan.of_type(PG + "role:Role")
         (schema,) = plan.of_type(PG + "schema:Schema")
@@ -368,13 +454,22 @@ class Provisioner:
             "tenant": tenant,
             "product": product,
             "isolation": isolation,
-            "postgresql": {"host": ADMIN_PG.get("host", "127.0.0.1"),
-                           "port": int(ADMIN_PG.get("port", 5432)),
-                           "database": schema.inputs["database"], "schema": schema.inputs["name"],
-                           "user": role.inputs["name"], "password": passwords[role.name],
-                           "sslmode": "disable"},
-            "rabbitmq": {"host": "127.0.0.1", "port": 5672, "vhost": permission.inputs["vhost"],
-                         "user": user.inputs["name"], "password": passwords[user.name]},
+            "postgresql": {
+                "host": ADMIN_PG.get("host", "127.0.0.1"),
+                "port": int(ADMIN_PG.get("port", 5432)),
+                "database": schema.inputs["database"],
+                "schema": schema.inputs["name"],
+                "user": role.inputs["name"],
+                "password": passwords[role.name],
+                "sslmode": "disable",
+            },
+            "rabbitmq": {
+                "host": "127.0.0.1",
+                "port": 5672,
+                "vhost": permission.inputs["vhost"],
+                "user": user.inputs["name"],
+                "password": passwords[user.name],
+            },
         }
 
     def _drop_role(self, role: str) -> None:
@@ -396,15 +491,20 @@ class Provisioner:
                 errors.append(f"{what}: {exc}")
 
         for database in reversed(self.databases):
-            attempt(f"drop database {database}", lambda d=database: admin_sql(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(d))))
+            attempt(
+                f"drop database {database}",
+                lambda d=database: admin_sql(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(d))
+                ),
+            )
         for role in reversed(self.roles):
             attempt(f"drop role {role}", lambda r=role: self._drop_role(r))
         for vhost in self.vhosts:
             attempt(f"delete vhost {vhost}", lambda v=vhost: rabbit("DELETE", f"vhosts/{vh(v)}"))
         for user in self.users:
-            attempt(f"delete user {user}",
-                    lambda u=user: rabbit("DELETE", f"users/{quote(u, safe='')}"))
+            attempt(
+                f"delete user {user}", lambda u=user: rabbit("DELETE", f"users/{quote(u, safe='')}")
+            )
         self.roles, self.databases, self.vhosts, self.users = [], [], [], []
         if errors:
             raise AssertionError("cleanup failed: " + "; ".join(errors))
@@ -430,8 +530,9 @@ def shared_database() -> Iterator[str]:
         yield name
     finally:
         if created:
-            left = admin_sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\\_%%'",
-                             name)
+            left = admin_sql(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\\_%%'", name
+            )
             if left[0][0] == 0:
                 admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(name)))
 

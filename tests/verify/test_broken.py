@@ -7,6 +7,7 @@ way an operator's stray command would, and is cleaned up afterwards.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -18,6 +19,9 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.verify import verify_tenant
 from tenant_infra.verify.cli import verify
 
+#: Any stack file of another tenant lends only its platform block (local services).
+DEV_PLATFORM = Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.dev.yaml"
+
 
 def failing(report) -> dict[str, str]:
     (service,) = report.services
@@ -27,8 +31,9 @@ def failing(report) -> dict[str, str]:
 def test_public_left_with_connect_on_a_dedicated_database(provision, admin, sql_as_admin) -> None:
     victim = provision.tenant("DATABASE", "pub")
     neighbour = provision.tenant("SCHEMA", "nb")
-    sql_as_admin(sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(
-        sql.Identifier(victim.database)))
+    sql_as_admin(
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(sql.Identifier(victim.database))
+    )
 
     mine = failing(verify_tenant(victim.tenant, connections=[victim.document], admin=admin))
     assert "PUBLIC has CONNECT" in mine.pop("pg.public_cannot_connect")
@@ -45,12 +50,17 @@ def test_public_left_with_connect_on_a_dedicated_database(provision, admin, sql_
 def test_stray_grant_on_another_tenants_schema(provision, admin, sql_as_admin) -> None:
     victim = provision.tenant("SCHEMA", "vic")
     intruder = provision.tenant("SCHEMA", "int")
-    sql_as_admin(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-        sql.Identifier(victim.schema), sql.Identifier(intruder.role)), "ledger")
+    sql_as_admin(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(victim.schema), sql.Identifier(intruder.role)
+        ),
+        "ledger",
+    )
 
     mine = failing(verify_tenant(victim.tenant, connections=[victim.document], admin=admin))
-    assert mine == {"pg.no_foreign_privileges":
-                    f"{intruder.role} has USAGE on schema {victim.schema}"}
+    assert mine == {
+        "pg.no_foreign_privileges": f"{intruder.role} has USAGE on schema {victim.schema}"
+    }
     theirs = failing(verify_tenant(intruder.tenant, connections=[intruder.document], admin=admin))
     assert list(theirs) == ["pg.cannot_use_other_schemas"]
     assert f"has USAGE on {victim.schema}" in theirs["pg.cannot_use_other_schemas"]
@@ -60,16 +70,20 @@ def test_broker_user_with_permissions_on_two_vhosts(provision, admin, management
     owner = provision.tenant("SCHEMA", "own")
     straddler = provision.tenant("DATABASE", "str")
     user = straddler.document["rabbitmq"]["user"]
-    management("PUT", f"permissions/{quote(owner.vhost, safe='')}/{user}",
-               {"configure": ".*", "write": ".*", "read": ".*"})
+    management(
+        "PUT",
+        f"permissions/{quote(owner.vhost, safe='')}/{user}",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
 
     theirs = failing(verify_tenant(straddler.tenant, connections=[straddler.document], admin=admin))
     assert owner.vhost in theirs.pop("rabbitmq.permissions_only_own_vhost")
     assert owner.vhost in theirs.pop("rabbitmq.cannot_open_other_vhosts")
     assert theirs == {}
     mine = failing(verify_tenant(owner.tenant, connections=[owner.document], admin=admin))
-    assert mine == {"rabbitmq.no_foreign_permissions":
-                    f"vhost {owner.vhost} is open to user(s) of others: {user}"}
+    assert mine == {
+        "rabbitmq.no_foreign_permissions": f"vhost {owner.vhost} is open to user(s) of others: {user}"
+    }
 
 
 def test_tenant_role_with_createrole(provision, admin, sql_as_admin) -> None:
@@ -81,8 +95,9 @@ def test_tenant_role_with_createrole(provision, admin, sql_as_admin) -> None:
 
 def test_a_missing_limit_is_a_failing_check(provision, admin, sql_as_admin) -> None:
     tenant = provision.tenant("DATABASE", "lim")
-    sql_as_admin(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(
-        sql.Identifier(tenant.database)))
+    sql_as_admin(
+        sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(sql.Identifier(tenant.database))
+    )
     found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
     assert list(found) == ["pg.limits"]
     assert f"database {tenant.database} has no connection limit" in found["pg.limits"]
@@ -96,7 +111,7 @@ def test_cli_exits_1_naming_the_check_and_never_prints_a_password(
     path = write_document(tenant.document)
     monkeypatch.setenv("TENANT_INFRA_RABBITMQ_PASSWORD", "guest")
     with pytest.raises(typer.Exit) as exit_info:
-        verify(tenant.tenant, connections=[path], format="json")
+        verify(tenant.tenant, connections=[path], stack_config=DEV_PLATFORM, format="json")
     assert exit_info.value.exit_code == 1
     out = capsys.readouterr().out
     document = json.loads(out)
@@ -111,7 +126,8 @@ def test_cli_passes_on_a_good_tenant_from_a_connections_file(
 ) -> None:
     tenant = fleet["s2"]
     monkeypatch.setenv("TENANT_INFRA_RABBITMQ_PASSWORD", "guest")
-    verify(tenant.tenant, connections=[write_document(tenant.document)])  # no Exit: passed
+    # The platform (admin endpoints) from the dev stack file; the documents from the file.
+    verify(tenant.tenant, connections=[write_document(tenant.document)], stack_config=DEV_PLATFORM)
     out = capsys.readouterr().out
     assert "pg.cannot_use_other_schemas" in out and "verified" in out
     assert tenant.document["postgresql"]["password"] not in out

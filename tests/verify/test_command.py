@@ -16,13 +16,32 @@ from tenant_infra.verify.mongodb import mongodb_checks, mongodb_gate
 from tenant_infra.verify.vault import policy_problems, vault_checks
 
 DOC = {
-    "tenant": "globex", "product": "ledger", "isolation": "SCHEMA",
-    "postgresql": {"host": "127.0.0.1", "port": 5432, "database": "ledger",
-                   "schema": "tenant_globex", "user": "ledger_globex", "password": "pw-1"},
-    "rabbitmq": {"host": "127.0.0.1", "port": 5672, "vhost": "globex",
-                 "user": "ledger_globex", "password": "pw-2"},
-    "mongodb": {"host": "127.0.0.1", "port": 27017, "database": "globex",
-                "user": "ledger_globex", "password": "pw-3", "authSource": "globex"},
+    "tenant": "globex",
+    "product": "ledger",
+    "isolation": "SCHEMA",
+    "postgresql": {
+        "host": "127.0.0.1",
+        "port": 5432,
+        "database": "ledger",
+        "schema": "tenant_globex",
+        "user": "ledger_globex",
+        "password": "pw-1",
+    },
+    "rabbitmq": {
+        "host": "127.0.0.1",
+        "port": 5672,
+        "vhost": "globex",
+        "user": "ledger_globex",
+        "password": "pw-2",
+    },
+    "mongodb": {
+        "host": "127.0.0.1",
+        "port": 27017,
+        "database": "globex",
+        "user": "ledger_globex",
+        "password": "pw-3",
+        "authSource": "globex",
+    },
 }
 
 
@@ -63,8 +82,10 @@ def test_vault_is_skipped_without_access() -> None:
     assert result.skipped and result.ok and "VAULT_ADDR" in result.reason
 
 
-OWN = 'path "kv/data/tenants/globex/ledger" {\n  capabilities = ["read"]\n}\n' \
-      'path "kv/metadata/tenants/globex/ledger" {\n  capabilities = ["read"]\n}\n'
+OWN = (
+    'path "kv/data/tenants/globex/ledger" {\n  capabilities = ["read"]\n}\n'
+    'path "kv/metadata/tenants/globex/ledger" {\n  capabilities = ["read"]\n}\n'
+)
 
 
 def test_the_components_policy_reads_only_its_own_path() -> None:
@@ -75,12 +96,24 @@ def test_the_components_policy_reads_only_its_own_path() -> None:
     assert policy_problems(generated, "kv", "tenants/globex/ledger") == []
 
 
-@pytest.mark.parametrize(("hcl", "problem"), [
-    (OWN.replace('["read"]', '["read", "update"]', 1), "grants ['update'] on kv/data/tenants/globex/ledger"),
-    (OWN + 'path "kv/data/tenants/*" { capabilities = ["read"] }', "on kv/data/tenants/*"),
-    (OWN + 'path "kv/data/tenants/acme/ledger" {capabilities=["read"]}', "kv/data/tenants/acme/ledger"),
-    ('path "kv/metadata/tenants/globex/ledger" { capabilities = ["read"] }', "does not grant read"),
-])
+@pytest.mark.parametrize(
+    ("hcl", "problem"),
+    [
+        (
+            OWN.replace('["read"]', '["read", "update"]', 1),
+            "grants ['update'] on kv/data/tenants/globex/ledger",
+        ),
+        (OWN + 'path "kv/data/tenants/*" { capabilities = ["read"] }', "on kv/data/tenants/*"),
+        (
+            OWN + 'path "kv/data/tenants/acme/ledger" {capabilities=["read"]}',
+            "kv/data/tenants/acme/ledger",
+        ),
+        (
+            'path "kv/metadata/tenants/globex/ledger" { capabilities = ["read"] }',
+            "does not grant read",
+        ),
+    ],
+)
 def test_policies_reaching_further_are_named(hcl, problem) -> None:
     problems = policy_problems(hcl, "kv", "tenants/globex/ledger")
     assert any(problem in p for p in problems), problems
@@ -99,10 +132,20 @@ def test_describe_keeps_one_line_and_scrubs_secrets() -> None:
 
 
 def test_strict_turns_skips_into_failures() -> None:
-    report = VerifyReport("globex", (ServiceReport("globex", "ledger", "SCHEMA", (
-        CheckResult("pg.connect_own", True, "ok"),
-        CheckResult("mongodb.reachable", True, "not reachable", skipped=True),
-    )),))
+    report = VerifyReport(
+        "globex",
+        (
+            ServiceReport(
+                "globex",
+                "ledger",
+                "SCHEMA",
+                (
+                    CheckResult("pg.connect_own", True, "ok"),
+                    CheckResult("mongodb.reachable", True, "not reachable", skipped=True),
+                ),
+            ),
+        ),
+    )
     assert report.ok
     strict = report.strict()
     assert not strict.ok

@@ -14,14 +14,34 @@ from tenant_infra.verify.connections import AdminAccess, load_connections, vault
 SECRET = "s3cr3t-Pa55word-never-shown"
 
 DOC = {
-    "tenant": "globex", "product": "ledger", "isolation": "SCHEMA",
-    "postgresql": {"host": "db.internal", "port": 5432, "database": "ledger",
-                   "schema": "tenant_globex", "user": "ledger_globex", "password": SECRET,
-                   "sslmode": "verify-full"},
-    "rabbitmq": {"host": "mq.internal", "port": 5671, "vhost": "globex",
-                 "user": "ledger_globex", "password": SECRET},
-    "mongodb": {"host": "mongo.internal", "port": 27017, "database": "globex",
-                "user": "ledger_globex", "password": SECRET, "authSource": "globex", "tls": True},
+    "tenant": "globex",
+    "product": "ledger",
+    "isolation": "SCHEMA",
+    "postgresql": {
+        "host": "db.internal",
+        "port": 5432,
+        "database": "ledger",
+        "schema": "tenant_globex",
+        "user": "ledger_globex",
+        "password": SECRET,
+        "sslmode": "verify-full",
+    },
+    "rabbitmq": {
+        "host": "mq.internal",
+        "port": 5671,
+        "vhost": "globex",
+        "user": "ledger_globex",
+        "password": SECRET,
+    },
+    "mongodb": {
+        "host": "mongo.internal",
+        "port": 27017,
+        "database": "globex",
+        "user": "ledger_globex",
+        "password": SECRET,
+        "authSource": "globex",
+        "tls": True,
+    },
 }
 
 
@@ -52,8 +72,11 @@ def test_the_readme_shape_loads_from_a_file(tmp_path) -> None:
 def test_a_list_of_documents_loads_each(tmp_path) -> None:
     path = tmp_path / "c.json"
     tracer = changed("product", "tracer")
-    tracer = json.loads(json.dumps(tracer).replace("ledger_globex", "tracer_globex")
-                        .replace('"database": "ledger"', '"database": "tracer"'))
+    tracer = json.loads(
+        json.dumps(tracer)
+        .replace("ledger_globex", "tracer_globex")
+        .replace('"database": "ledger"', '"database": "tracer"')
+    )
     del tracer["mongodb"]
     path.write_text(json.dumps([DOC, tracer]))
     assert [d.product for d in load_connections(path)] == ["ledger", "tracer"]
@@ -67,19 +90,22 @@ def test_database_mode_uses_the_dedicated_database() -> None:
     assert load_connections(doc)[0].postgresql.database == "ledger_globex"
 
 
-@pytest.mark.parametrize(("path", "value", "rule"), [
-    ("postgresql.schema", "tenant_acme", "postgresql.schema is 'tenant_acme'"),
-    ("postgresql.user", "postgres", "postgresql.user is 'postgres'"),
-    ("rabbitmq.vhost", "/", "rabbitmq.vhost is '/'"),
-    ("mongodb.database", "admin", "mongodb.database is 'admin'"),
-    ("tenant", "Globex", "must be lowercase"),
-    ("product", "payroll", "unknown product 'payroll'"),
-    ("isolation", "ROW", "isolation"),
-    ("rabbitmq", None, "needs a rabbitmq section"),
-    ("postgresql.password", None, "postgresql.password"),
-    ("postgresql.port", 0, "postgresql.port"),
-    ("postgresql.extra", "x", "postgresql.extra"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "rule"),
+    [
+        ("postgresql.schema", "tenant_acme", "postgresql.schema is 'tenant_acme'"),
+        ("postgresql.user", "postgres", "postgresql.user is 'postgres'"),
+        ("rabbitmq.vhost", "/", "rabbitmq.vhost is '/'"),
+        ("mongodb.database", "admin", "mongodb.database is 'admin'"),
+        ("tenant", "Globex", "must be lowercase"),
+        ("product", "payroll", "unknown product 'payroll'"),
+        ("isolation", "ROW", "isolation"),
+        ("rabbitmq", None, "needs a rabbitmq section"),
+        ("postgresql.password", None, "postgresql.password"),
+        ("postgresql.port", 0, "postgresql.port"),
+        ("postgresql.extra", "x", "postgresql.extra"),
+    ],
+)
 def test_invalid_documents_are_refused_naming_the_rule(path, value, rule) -> None:
     with pytest.raises(InvalidInput, match=rule) as info:
         load_connections(changed(path, value))
@@ -110,36 +136,49 @@ def test_files_that_are_not_documents(tmp_path) -> None:
         load_connections(bad)
 
 
-PLATFORM = Platform.model_validate({
-    "postgres": {"default": {"host": "pg", "adminUser": "tenant_admin"}},
-    "rabbitmq": {"managementUrl": "https://mq.internal:15671", "adminUser": "provisioner",
-                 "amqpHost": "mq.internal"},
-    "vault": {"address": "https://vault.internal:8200", "kvMount": "tenants-kv"},
-})
+PLATFORM = Platform.model_validate(
+    {
+        "postgres": {"default": {"host": "pg", "adminUser": "tenant_admin"}},
+        "rabbitmq": {
+            "managementUrl": "https://mq.internal:15671",
+            "adminUser": "provisioner",
+            "amqpHost": "mq.internal",
+        },
+        "vault": {"address": "https://vault.internal:8200", "kvMount": "tenants-kv"},
+    }
+)
 
 
 def test_admin_access_follows_the_platform_and_the_credential_variables() -> None:
     (doc,) = load_connections(DOC)
-    env = {"TENANT_INFRA_RABBITMQ_PASSWORD": "mq-Secret-1", "VAULT_ADDR": "http://v:8200/",
-           "VAULT_TOKEN": "vault-Secret-2"}
+    env = {
+        "TENANT_INFRA_RABBITMQ_PASSWORD": "mq-Secret-1",
+        "VAULT_ADDR": "http://v:8200/",
+        "VAULT_TOKEN": "vault-Secret-2",
+    }
     access = AdminAccess.from_environment(doc, PLATFORM, env)
     assert access.rabbitmq is not None
     assert (access.rabbitmq.management_url, access.rabbitmq.user) == (
-        "https://mq.internal:15671", "provisioner")
+        "https://mq.internal:15671",
+        "provisioner",
+    )
     assert access.vault is not None
     assert (access.vault.address, access.vault.mount) == ("http://v:8200", "tenants-kv")
     for secret in ("mq-Secret-1", "vault-Secret-2"):
         assert secret not in repr(access)
 
 
-def test_without_a_platform_the_document_and_defaults_are_used() -> None:
+def test_without_a_platform_no_admin_password_is_sent_anywhere() -> None:
+    """A connections file must not choose where the admin password goes."""
     (doc,) = load_connections(DOC)
     access = AdminAccess.from_environment(doc, None, {"TENANT_INFRA_RABBITMQ_PASSWORD": "mq"})
-    assert access.rabbitmq is not None
-    assert (access.rabbitmq.management_url, access.rabbitmq.user) == (
-        "http://mq.internal:15672", "guest")
+    assert access.rabbitmq is None
     assert access.vault is None
-    assert AdminAccess.from_environment(doc, None, {}).rabbitmq is None
+
+
+def test_vault_address_falls_back_to_the_platform() -> None:
+    access = vault_access(PLATFORM, {"VAULT_TOKEN": "t"})
+    assert access is not None and access.address == "https://vault.internal:8200"
 
 
 @pytest.mark.parametrize("env", [{}, {"VAULT_ADDR": "http://v"}, {"VAULT_TOKEN": "t"}])

@@ -22,10 +22,16 @@ from tenant_infra.verify.checks import PG_CHECKS
 
 def amqp(tenant, vhost: str | None = None) -> pika.BlockingConnection:
     user, password = tenant.amqp_user
-    return pika.BlockingConnection(pika.ConnectionParameters(
-        "127.0.0.1", 5672, vhost or tenant.vhost, pika.PlainCredentials(user, password),
-        connection_attempts=1, socket_timeout=5,
-    ))
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(
+            "127.0.0.1",
+            5672,
+            vhost or tenant.vhost,
+            pika.PlainCredentials(user, password),
+            connection_attempts=1,
+            socket_timeout=5,
+        )
+    )
 
 
 @pytest.mark.parametrize("key", ["s1", "s2", "d1", "d2"])
@@ -113,14 +119,19 @@ def test_public_has_no_connect_on_a_dedicated_database(fleet, sql_as_admin, key)
     database = fleet[key].database
     ((connect, temp),) = sql_as_admin(
         "SELECT has_database_privilege('public', %s, 'CONNECT'),"
-        " has_database_privilege('public', %s, 'TEMPORARY')", None, (database, database))
+        " has_database_privilege('public', %s, 'TEMPORARY')",
+        None,
+        (database, database),
+    )
     assert (connect, temp) == (False, False)
 
 
 def test_the_shared_database_is_closed_to_public(fleet, sql_as_admin) -> None:
     ((connect, usage),) = sql_as_admin(
         "SELECT has_database_privilege('public', 'ledger', 'CONNECT'),"
-        " has_schema_privilege('public', 'public', 'USAGE')", "ledger")
+        " has_schema_privilege('public', 'public', 'USAGE')",
+        "ledger",
+    )
     assert (connect, usage) == (False, False)
 
 
@@ -132,7 +143,9 @@ def test_no_other_tenant_role_holds_privileges_on_a_tenants_objects(fleet, sql_a
             "SELECT r, has_schema_privilege(r, %s, 'USAGE'),"
             " has_table_privilege(r, %s, 'SELECT'), pg_has_role(r, %s, 'MEMBER')"
             " FROM unnest(%s::text[]) r",
-            tenant.database, (tenant.schema, f"{tenant.schema}.accounts", tenant.role, others))
+            tenant.database,
+            (tenant.schema, f"{tenant.schema}.accounts", tenant.role, others),
+        )
         assert [row for row in rows if any(row[1:])] == []
 
 
@@ -156,8 +169,9 @@ def test_publishes_and_consumes_on_its_own_vhost(fleet) -> None:
 
 @pytest.mark.parametrize("path", ["overview", "vhosts", "users", "whoami"])
 def test_service_user_has_no_management_rights(fleet, path) -> None:
-    response = requests.get(f"http://127.0.0.1:15672/api/{path}", auth=fleet["s1"].amqp_user,
-                            timeout=10)
+    response = requests.get(
+        f"http://127.0.0.1:15672/api/{path}", auth=fleet["s1"].amqp_user, timeout=10
+    )
     assert response.status_code == 401
 
 
@@ -168,8 +182,14 @@ def test_the_declared_operator_policy_is_accepted_by_rabbitmq(fleet, management)
     (declared,) = tenant.plan.of_type("rabbitmq:index/operatorPolicy:OperatorPolicy")
     policy = declared.inputs["policy"]
     definition = {k: int(v) if str(v).isdigit() else v for k, v in policy["definition"].items()}
-    response = management("PUT", f"operator-policies/{tenant.vhost}/{declared.inputs['name']}", {
-        "pattern": policy["pattern"], "priority": policy["priority"],
-        "apply-to": policy["applyTo"], "definition": definition,
-    })
+    response = management(
+        "PUT",
+        f"operator-policies/{tenant.vhost}/{declared.inputs['name']}",
+        {
+            "pattern": policy["pattern"],
+            "priority": policy["priority"],
+            "apply-to": policy["applyTo"],
+            "definition": definition,
+        },
+    )
     assert response.status_code in (201, 204)

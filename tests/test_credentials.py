@@ -1,0 +1,38 @@
+"""Platform credentials: from the environment, secret, and never shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.providers import Providers
+from tenant_infra.config import TenantConfig
+from tenant_infra.credentials import PlatformCredentials
+from tenant_infra.errors import InvalidInput
+
+SECRETS = {"VAULT_TOKEN": "hvs.vault-Secret-9", "TENANT_INFRA_RABBITMQ_PASSWORD": "mq-Secret-8"}
+
+
+def test_repr_never_shows_the_environment() -> None:
+    credentials = PlatformCredentials(environ=SECRETS)
+    assert "Secret" not in repr(credentials)
+
+
+def test_providers_repr_never_shows_credentials(plan_for) -> None:
+    config = TenantConfig.model_validate(
+        {
+            "tenant": "acme",
+            "services": [{"product": "tracer", "isolation": "SCHEMA"}],
+            "platform": {
+                "postgres": {"default": {"host": "db"}},
+                "vault": {"address": "http://v:8200"},
+                "rabbitmq": {"managementUrl": "http://mq:15672", "amqpHost": "mq"},
+            },
+        }
+    )
+    providers = Providers("acme", config.platform, PlatformCredentials(environ=SECRETS))
+    assert "Secret" not in repr(providers)
+
+
+def test_a_missing_required_credential_names_the_variable() -> None:
+    with pytest.raises(InvalidInput, match="VAULT_TOKEN is not set"):
+        PlatformCredentials(environ={}).vault_token()
