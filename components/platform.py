@@ -13,6 +13,7 @@ import pulumi_postgresql as postgresql
 import pulumi_vault as vault
 
 from components import PACKAGE
+from components.postgres import revoke_public
 from components.providers import Providers
 from tenant_infra.tenant import pg_shared_database
 
@@ -44,23 +45,12 @@ class ProductDatabase(pulumi.ComponentResource):
             provider=providers.postgres(product, database.name, "shared", [database]),
             deleted_with=database,
         )
-        postgresql.Grant(
+        revoke_public(
             f"{name}-revoke-public-database",
-            role="public",
-            database=database.name,
-            object_type="database",
-            privileges=[],
-            opts=pulumi.ResourceOptions.merge(inside, pulumi.ResourceOptions(provider=admin)),
+            database.name,
+            pulumi.ResourceOptions.merge(inside, pulumi.ResourceOptions(provider=admin)),
         )
-        postgresql.Grant(
-            f"{name}-revoke-public-schema",
-            role="public",
-            database=database.name,
-            schema="public",
-            object_type="schema",
-            privileges=[],
-            opts=inside,
-        )
+        revoke_public(f"{name}-revoke-public-schema", database.name, inside, schema="public")
         self.name = database.name
         self.register_outputs({"name": self.name})
 

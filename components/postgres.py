@@ -33,6 +33,28 @@ from tenant_infra.catalog import IsolationMode, Limits
 from tenant_infra.tenant import ServiceNames, pg_shared_database
 
 
+def revoke_public(
+    name: str,
+    database: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+    schema: str | None = None,
+) -> postgresql.Grant:
+    """Take every privilege PUBLIC has on a database (or one of its schemas).
+
+    A Grant with no privileges revokes them; the Schema resource's own PUBLIC policy
+    is ignored by the provider (pulumi-postgresql#91), so this is the one way.
+    """
+    return postgresql.Grant(
+        name,
+        role="public",
+        database=database,
+        schema=schema,
+        object_type="schema" if schema else "database",
+        privileges=[],
+        opts=opts,
+    )
+
+
 @dataclass(frozen=True)
 class PostgresArgs:
     names: ServiceNames
@@ -122,13 +144,10 @@ class ServicePostgres(pulumi.ComponentResource):
         inside = self._stack_providers.postgres(
             names.product, database.name, "dedicated", [database]
         )
-        postgresql.Grant(
+        revoke_public(
             f"{name}-revoke-public",
-            role="public",
-            database=database.name,
-            object_type="database",
-            privileges=[],
-            opts=pulumi.ResourceOptions(parent=self, provider=admin, deleted_with=database),
+            database.name,
+            pulumi.ResourceOptions(parent=self, provider=admin, deleted_with=database),
         )
         return database.name, self._schema_in(name, database.name, role, inside, database)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -73,6 +73,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
     )
+
+    @classmethod
+    def from_pulumi_values(cls, values: dict[str, Any]) -> Self:
+        """Build from ``{"tenant-infra:key": value}`` as in a stack file or Pulumi config;
+        the first problem is raised as one line naming the field and the rule."""
+        prefix = NAMESPACE + ":"
+        ours = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+        try:
+            return cls.model_validate(ours)
+        except ValidationError as exc:
+            raise InvalidInput(one_line(exc, "config")) from None
 
 
 class PostgresEndpoint(_Model):
@@ -245,20 +256,6 @@ class TenantConfig(_Model):
 
     # ----------------------------------------------------------------- loading
 
-    @classmethod
-    def from_pulumi_values(cls, values: dict[str, Any]) -> TenantConfig:
-        """Build from ``{"tenant-infra:key": value}`` as found in a stack file or Pulumi."""
-        prefix = NAMESPACE + ":"
-        ours = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
-        return cls.parse_obj_strict(ours)
-
-    @classmethod
-    def parse_obj_strict(cls, data: dict[str, Any]) -> TenantConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(one_line(exc, "config")) from None
-
 
 class PlatformConfig(_Model):
     """The platform stack: shared databases of the listed products and the Vault mount."""
@@ -283,15 +280,6 @@ class PlatformConfig(_Model):
         for product in self.products:
             self.platform.postgres_for(product)
         return self
-
-    @classmethod
-    def from_pulumi_values(cls, values: dict[str, Any]) -> PlatformConfig:
-        prefix = NAMESPACE + ":"
-        ours = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
-        try:
-            return cls.model_validate(ours)
-        except ValidationError as exc:
-            raise InvalidInput(one_line(exc, "config")) from None
 
 
 def read_stack_file(path: Path) -> dict[str, Any]:

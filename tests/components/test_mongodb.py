@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from components.mongodb import SelfHostedUserProvider, user_roles
+from components.mongodb import SelfHostedUserProvider
 
 ATLAS_USER = "mongodbatlas:index/databaseUser:DatabaseUser"
 SELF_HOSTED_USER = "pulumi-python:dynamic/tenant:MongoUser"
@@ -37,10 +37,6 @@ def test_self_hosted_user_is_created_in_the_tenant_database(plan_for) -> None:
 def test_products_without_mongodb_get_no_user(plan_for) -> None:
     plan = plan_for("globex", ["tracer:SCHEMA"])
     assert not plan.of_type(SELF_HOSTED_USER) and not plan.of_type(ATLAS_USER)
-
-
-def test_user_roles_are_read_write_on_one_database() -> None:
-    assert user_roles("acme") == [{"role": "readWrite", "db": "acme"}]
 
 
 def test_diff_replaces_when_identity_changes_and_updates_password_in_place() -> None:
