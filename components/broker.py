@@ -54,7 +54,10 @@ class TenantVhost(pulumi.ComponentResource):
                 pattern=".*",
                 priority=0,
                 apply_to="queues",
-                definition={"max-length": str(limits.broker_queue_max_length)},
+                definition={
+                    "max-length": str(limits.broker_queue_max_length),
+                    "max-length-bytes": str(limits.broker_queue_max_bytes),
+                },
             ),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=vhost)),
         )

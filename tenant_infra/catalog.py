@@ -62,6 +62,8 @@ class Limits(BaseModel):
     broker_max_connections: Annotated[StrictInt, Field(ge=1, le=100_000)]
     broker_max_queues: Annotated[StrictInt, Field(ge=1, le=100_000)]
     broker_queue_max_length: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
+    #: Bytes per queue: a count cap alone lets large messages fill broker memory or disk.
+    broker_queue_max_bytes: Annotated[StrictInt, Field(ge=1, le=1 << 50)]
 
 
 class Catalog(BaseModel):

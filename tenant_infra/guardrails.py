@@ -305,17 +305,22 @@ RESOURCE_RULES: Final[Mapping[str, ResourceRule]] = {
 
 
 def queue_limit_per_vhost(resources: Sequence[Resource], _ctx: Context) -> list[tuple[str, str]]:
-    """Each vhost has an operator policy capping every queue's length."""
-    capped = {
-        r.props.get("vhost")
-        for r in resources
-        if r.type == OPERATOR_POLICY
-        and (r.props.get("policy") or {}).get("pattern") == ".*"
-        and _limit(((r.props.get("policy") or {}).get("definition") or {}).get("max-length"))
-        is not None
-    }
+    """Each vhost has an operator policy capping every queue's length and bytes."""
+
+    def caps(r: Resource) -> bool:
+        policy = r.props.get("policy") or {}
+        definition = policy.get("definition") or {}
+        return policy.get("pattern") == ".*" and all(
+            _limit(definition.get(key)) is not None for key in ("max-length", "max-length-bytes")
+        )
+
+    capped = {r.props.get("vhost") for r in resources if r.type == OPERATOR_POLICY and caps(r)}
     return [
-        (r.name, f"vhost {r.props.get('name')!r} has no operator policy with max-length")
+        (
+            r.name,
+            f"vhost {r.props.get('name')!r} has no operator policy with max-length "
+            "and max-length-bytes",
+        )
         for r in resources
         if r.type == VHOST and r.props.get("name") not in capped
     ]

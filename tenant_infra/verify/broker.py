@@ -284,11 +284,12 @@ class BrokerVerifier:
         values: dict[str, Any] = {}
         for entry in self.api.get(f"vhost-limits/{_vhost_path(vhost)}"):
             values.update(entry.get("value", {}))
-        max_length = _queue_max_length(self.api.get(f"operator-policies/{_vhost_path(vhost)}"))
+        policies = self.api.get(f"operator-policies/{_vhost_path(vhost)}")
         self.limits = {
             "broker_max_connections": values.get("max-connections"),
             "broker_max_queues": values.get("max-queues"),
-            "broker_queue_max_length": max_length,
+            "broker_queue_max_length": _queue_cap(policies, "max-length"),
+            "broker_queue_max_bytes": _queue_cap(policies, "max-length-bytes"),
         }
         problems = [
             f"{key} is not set on vhost {vhost}"
@@ -326,13 +327,14 @@ def _is_administrator(api: Management, user: str) -> bool:
     return "administrator" in tags
 
 
-def _queue_max_length(policies: Iterable[dict[str, Any]]) -> int | None:
-    """The tightest ``max-length`` an operator policy applies to every queue."""
-    lengths = [
-        int(p["definition"]["max-length"])
+def _queue_cap(policies: Iterable[dict[str, Any]], key: str) -> int | None:
+    """The tightest ``key`` (``max-length``, ``max-length-bytes``) an operator policy
+    applies to every queue."""
+    caps = [
+        int(p["definition"][key])
         for p in policies
         if p.get("pattern") == ".*"
         and p.get("apply-to") in ("queues", "all")
-        and "max-length" in p.get("definition", {})
+        and key in p.get("definition", {})
     ]
-    return min(lengths) if lengths else None
+    return min(caps) if caps else None

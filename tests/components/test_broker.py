@@ -16,7 +16,10 @@ def test_one_vhost_named_after_the_tenant_with_limits(plan_for) -> None:
     assert vhost.protect
     (policy,) = plan.of_type(OPERATOR_POLICY)
     assert policy.inputs["vhost"] == "globex"
-    assert policy.inputs["policy"]["definition"] == {"max-length": "100000"}
+    assert policy.inputs["policy"]["definition"] == {
+        "max-length": "100000",
+        "max-length-bytes": str(1 << 30),
+    }
     assert policy.deleted_with == vhost.name
     (overflow,) = plan.of_type("rabbitmq:index/policy:Policy")
     assert overflow.inputs["vhost"] == "globex"

@@ -200,6 +200,19 @@ def test_a_vhost_without_a_queue_limit_policy_is_caught(plans) -> None:
     ]
 
 
+def test_an_operator_policy_without_a_byte_cap_is_caught(plans) -> None:
+    def count_only(r: PlannedResource) -> PlannedResource:
+        policy = dict(r.inputs["policy"])
+        policy["definition"] = {"max-length": policy["definition"]["max-length"]}
+        return dataclasses.replace(r, inputs={**r.inputs, "policy": policy})
+
+    graph = mutated(plans["globex"], "operatorPolicy:OperatorPolicy", count_only)
+    found = check_stack(graph, context("globex"))
+    assert [(v.policy, v.resource) for v in found] == [
+        ("queue-limit-per-vhost", "globex-rabbitmq-vhost")
+    ]
+
+
 def test_a_grant_to_public_is_caught(plans) -> None:
     def open_up(r: PlannedResource) -> PlannedResource:
         if r.inputs.get("role") != "public":

@@ -61,6 +61,7 @@ def test_limits_in_force_are_reported(fleet, admin, key) -> None:
         expected["pg_database_connection_limit"] = database["connectionLimit"]
     assert {k: service.limits[k] for k in expected} == expected
     assert service.limits["broker_queue_max_length"] > 0
+    assert service.limits["broker_queue_max_bytes"] > 0
 
 
 def test_service_reads_and_writes_its_own_schema(fleet) -> None:
