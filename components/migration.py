@@ -55,7 +55,7 @@ def _migrate(props: dict[str, Any]) -> str:
         "connect_timeout": "15",
     }
     target = MigrationTarget(schema=str(props["schema"]), tenant=tenant, product=product)
-    migrator = TenantMigrator(location, params, destination=head, set_role=False)
+    migrator = TenantMigrator(location, params, destination=head)
     try:
         result = migrator.upgrade(target)
     finally:

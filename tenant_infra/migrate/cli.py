@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from tenant_infra.errors import InvalidInput
-from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn
+from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn, refuse_password_in_argv
 from tenant_infra.migrate.executors import Mode
 from tenant_infra.migrate.fleet import migrate_fleet
 from tenant_infra.migrate.report import ProgressSink, render_table, to_json
@@ -37,25 +37,33 @@ class OutputFormat(StrEnum):
 def _resolve(
     product: str | None,
     tenants: list[str],
+    connections: list[Path],
     script_location: Path | None,
     schemas_like: str | None,
     databases_like: str | None,
     schema: str,
     params: dict[str, str],
-) -> tuple[list[MigrationTarget], Path, bool]:
-    """Targets, script directory, and whether to ``SET ROLE`` to each tenant role."""
+) -> tuple[list[MigrationTarget], Path, dict[str, str]]:
+    """Targets, script directory, and the connection parameters of targets without
+    their own (``{}`` for ``--product``: each tenant connects as its own role)."""
     if product and (schemas_like or databases_like):
         raise InvalidInput("--product discovers its tenants; do not combine it with --*-like")
     if product:
         from tenant_infra.catalog import load_catalog
+        from tenant_infra.migrate.credentials import attach_credentials, load_documents
 
         spec = load_catalog().product(product)
         location = script_location or spec.script_location
         if location is None:
             raise InvalidInput(f"product {product!r} has no migrations")
-        return discover_product(params, product, tenants), location, True
+        documents = load_documents(connections)  # bad files: exit 2 before any connection
+        # The admin connection only lists schemas and databases (catalog reads).
+        found = discover_product(params, product, tenants)
+        return attach_credentials(found, documents), location, {}
     if tenants:
         raise InvalidInput("--tenant needs --product")
+    if connections:
+        raise InvalidInput("--connections needs --product (generic mode connects with --dsn)")
     if script_location is None:
         raise InvalidInput(
             "give --product, or --script-location with --schemas-like/--databases-like"
@@ -63,9 +71,9 @@ def _resolve(
     if bool(schemas_like) == bool(databases_like):
         raise InvalidInput("give exactly one of --schemas-like and --databases-like")
     if schemas_like:
-        return discover_schemas_like(params, schemas_like), script_location, False
+        return discover_schemas_like(params, schemas_like), script_location, params
     assert databases_like
-    return discover_databases_like(params, databases_like, schema), script_location, False
+    return discover_databases_like(params, databases_like, schema), script_location, params
 
 
 def migrate(
@@ -76,6 +84,17 @@ def migrate(
         list[str] | None,
         typer.Option("--tenant", "-t", help="Only these tenants (repeatable; with --product)."),
     ] = None,
+    connections: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--connections",
+            "-c",
+            metavar="FILE",
+            help="With --product: connections documents holding each tenant's own "
+            "credentials (README: The connections document); repeatable. Tenants without "
+            "one are read from Vault (VAULT_ADDR, VAULT_TOKEN).",
+        ),
+    ] = None,
     script_location: Annotated[
         Path | None,
         typer.Option(help="An Alembic script directory (generic mode, or override for --product)."),
@@ -83,8 +102,9 @@ def migrate(
     dsn: Annotated[
         str | None,
         typer.Option(
-            help=f"Admin connection (libpq or SQLAlchemy URL); default ${ADMIN_DSN_ENV},"
-            " then the PG* variables.",
+            help="Connection without a password (libpq or SQLAlchemy URL): --product"
+            f" discovers tenants with it; default ${ADMIN_DSN_ENV}, then the PG* variables."
+            " Passwords: the variable, PGPASSWORD or ~/.pgpass.",
             show_default=False,
         ),
     ] = None,
@@ -112,14 +132,23 @@ def migrate(
     """Bring every tenant of a product (or every matching schema/database) to head.
 
     One transaction and one advisory lock per tenant; a tenant's failure never stops
-    the others. In --product mode each transaction runs under SET LOCAL ROLE
-    <product>_<key>, so DDL has exactly the tenant role's privileges.
+    the others. In --product mode each tenant is migrated on a connection as its own
+    role <product>_<key> (credentials from --connections or Vault); the --dsn user
+    only lists the tenants. Generic mode runs with the DSN user's privileges.
     """
+    refuse_password_in_argv(dsn)
     if dry_run and sql:
         raise InvalidInput("--dry-run and --sql are exclusive")
     params = parse_dsn(dsn)
-    targets, location, set_role = _resolve(
-        product, tenant or [], script_location, schemas_like, databases_like, schema, params
+    targets, location, params = _resolve(
+        product,
+        tenant or [],
+        connections or [],
+        script_location,
+        schemas_like,
+        databases_like,
+        schema,
+        params,
     )
     mode: Mode = "sql" if sql else "pending" if dry_run else "upgrade"
     targets = sort_for_reuse(targets)
@@ -131,7 +160,6 @@ def migrate(
             concurrency=concurrency,
             canary=canary,
             mode=mode,
-            set_role=set_role,
             on_result=None if sql else progress,
         )
     if sql:

@@ -46,6 +46,25 @@ def parse_dsn(dsn: str | None) -> ConnParams:
     return {k: str(v) for k, v in parsed.items() if v is not None}
 
 
+def refuse_password_in_argv(dsn: str | None) -> None:
+    """A ``--dsn`` given on the command line must not carry a password: argv is visible
+    to every local user in ``ps``. DSNs from the environment may."""
+    if not dsn:
+        return
+    try:
+        keys = set(parse_dsn(dsn))
+    except InvalidInput:
+        keys = set()
+    # An unparsable string is checked as text, so a typo never lets a password through.
+    if keys & {"password", "sslpassword"} or re.search(
+        r"(?:^|[\s?&])(?:ssl)?password\s*=|^[a-z0-9+]+://[^/@\s]*:[^/@\s]*@", dsn, re.I
+    ):
+        raise InvalidInput(
+            "--dsn must not carry a password (argv is visible in ps): use "
+            f"{ADMIN_DSN_ENV}, PGPASSWORD or ~/.pgpass instead"
+        )
+
+
 def redact(params: Mapping[str, str]) -> str:
     """A human description of where we connect: ``user@host:port/db``, never a password."""
     host = params.get("host") or os.environ.get("PGHOST", "localhost")

@@ -7,13 +7,16 @@ transaction::
 
     BEGIN;
     SELECT pg_advisory_xact_lock(hashtextextended('tenant-infra:migrate:<schema>', 0));
-    SET LOCAL ROLE <product>_<key>;        -- fleet mode: the tenant's own privileges
     SET LOCAL search_path TO <schema>;     -- unqualified DDL cannot land elsewhere
     <alembic_version in <schema>; every pending revision>
     COMMIT;                                -- or ROLLBACK: no partial revision survives
 
-``SET LOCAL`` ends with the transaction, so a reused connection never carries one
-tenant's role or path into the next. The lock makes a concurrent runner wait, then
+A tenant's target (one with a ``role``) runs on a connection made AS THAT ROLE with
+its own credentials (``target.params``), never under another user: tenant-owned code
+that a migration executes (a trigger on ``alembic_version``, a column DEFAULT, an
+index expression) runs with the connecting user's privileges, and ``SET ROLE`` would
+not contain it (``RESET ROLE`` undoes it). A target whose role is not the connecting
+user is refused before connecting. The lock makes a concurrent runner wait, then
 find the tenant at head and do nothing.
 """
 
@@ -86,37 +89,64 @@ def head_of(script: ScriptDirectory) -> str | None:
 
 
 class TenantMigrator:
-    """Per-process state: one script directory, one connection, many targets.
+    """Per-process state: one script directory, one connection at a time, many targets.
 
-    Not thread-safe by design: Alembic's ``op``/``context`` are module-global proxies,
-    so concurrency comes from separate processes, each with its own migrator.
+    ``params`` connect for targets that carry none (generic mode: one connection per
+    worker, reused across targets of a database). A target with its own ``params``
+    (a tenant's role) gets a connection with them. Not thread-safe by design:
+    Alembic's ``op``/``context`` are module-global proxies, so concurrency comes from
+    separate processes, each with its own migrator.
     """
 
     def __init__(
         self,
         script_location: str | Path,
-        params: Mapping[str, str],
+        params: Mapping[str, str] | None = None,
         *,
         destination: str = "heads",
-        set_role: bool = True,
     ) -> None:
         self.config, self.script = load_script(script_location)
-        self.params: ConnParams = dict(params)
+        self.params: ConnParams = dict(params or {})
         self.destination = destination
-        self.set_role = set_role
         self._conn: Connection | None = None
-        self._conn_db: str | None = None
+        self._conn_key: object = None
 
     # -- connection -------------------------------------------------------------------
 
+    def _params_for(self, target: MigrationTarget) -> Mapping[str, str]:
+        if target.params is not None:
+            return target.params
+        return with_database(self.params, target.database)
+
+    def refusal(self, target: MigrationTarget) -> str | None:
+        """Why ``target`` must not be attempted on this migrator, or ``None``."""
+        if target.unavailable:
+            return target.unavailable
+        if target.role:
+            user = self._params_for(target).get("user")
+            if user != target.role:
+                return (
+                    f"refusing to migrate {target.where} as "
+                    f"{'user ' + repr(user) if user else 'the default user'}: "
+                    f"a tenant schema is migrated only as its own role {target.role!r}"
+                )
+        return None
+
     def _connection(self, target: MigrationTarget) -> Connection:
+        # Generic targets share the migrator's credentials: reuse per database. A
+        # target with its own credentials reuses only a connection made with them.
+        key: object = (
+            target.database
+            if target.params is None
+            else ("own", tuple(sorted(target.params.items())))
+        )
         if self._conn is not None and (
-            self._conn_db != target.database or self._conn.closed or self._conn.invalidated
+            self._conn_key != key or self._conn.closed or self._conn.invalidated
         ):
             self.close()
         if self._conn is None:
-            self._conn = connect(with_database(self.params, target.database))
-            self._conn_db = target.database
+            self._conn = connect(self._params_for(target))
+            self._conn_key = key
         return self._conn
 
     def close(self) -> None:
@@ -124,12 +154,10 @@ class TenantMigrator:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
-            self._conn_db = None
+            self._conn_key = None
 
     def _pin(self, conn: Connection, target: MigrationTarget) -> None:
         conn.execute(_LOCK_SQL, {"key": target.lock_key})
-        if self.set_role and target.role:
-            conn.exec_driver_sql(f"SET LOCAL ROLE {quote_ident(target.role)}")
         conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
 
     # -- upgrade ----------------------------------------------------------------------
@@ -138,6 +166,9 @@ class TenantMigrator:
         """Bring ``target`` to the destination in one transaction; never raises for a
         tenant's own failure (the fleet goes on), only returns it."""
         started = time.perf_counter()
+        refused = self.refusal(target)
+        if refused:
+            return _failed(target, index, refused, started)
         before: tuple[str, ...] = ()
         steps: list[RevisionStep] = []
         applied: list[str] = []
@@ -207,6 +238,9 @@ class TenantMigrator:
 
     def current(self, target: MigrationTarget) -> tuple[str, ...]:
         """The target's current heads (empty: no version table or no row)."""
+        refused = self.refusal(target)
+        if refused:
+            raise PermissionError(refused)
         conn = self._connection(target)
         with conn.begin() as tx:
             ctx = MigrationContext.configure(conn, opts={"version_table_schema": target.schema})
@@ -217,6 +251,9 @@ class TenantMigrator:
     def pending(self, target: MigrationTarget, index: int = 0) -> TargetResult:
         """Dry run: the revisions ``upgrade`` would apply, without taking any lock."""
         started = time.perf_counter()
+        refused = self.refusal(target)
+        if refused:
+            return _failed(target, index, refused, started)
         try:
             heads = self.current(target)
             steps = self.script._upgrade_revs(self.destination, heads)  # type: ignore[arg-type]
@@ -246,7 +283,6 @@ class TenantMigrator:
             target,
             starting=result.before,
             destination=self.destination,
-            set_role=self.set_role,
         )
         return result
 
@@ -313,7 +349,6 @@ def render_sql(
     *,
     starting: str | None,
     destination: str = "heads",
-    set_role: bool = True,
 ) -> str:
     """Offline rendering of exactly the transaction :meth:`TenantMigrator.upgrade` runs."""
     buf = io.StringIO()
@@ -339,8 +374,6 @@ def render_sql(
         with env.begin_transaction():
             key = target.lock_key.replace("'", "''")
             env.execute(f"SELECT pg_advisory_xact_lock(hashtextextended('{key}', 0))")
-            if set_role and target.role:
-                env.execute(f"SET LOCAL ROLE {quote_ident(target.role)}")
             env.execute(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
             env.run_migrations()
     return buf.getvalue()

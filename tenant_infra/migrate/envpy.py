@@ -2,10 +2,13 @@
 
 ``tenantctl`` never executes env.py (it drives the script directory itself, see
 :mod:`tenant_infra.migrate.engine`); this is for a human or a test running
-``alembic -c migrations/<product>/alembic.ini -x schema=tenant_acme -x dsn=URL upgrade head``
-or calling ``alembic.command.upgrade`` with ``config.attributes['connection']``. Both
-behave like the tool: one transaction, ``SET LOCAL search_path`` pinned to the tenant
-schema, version table inside it.
+``alembic -c migrations/<product>/alembic.ini -x schema=tenant_acme upgrade head`` with
+the tenant role's connection in ``$TENANT_INFRA_DSN`` (``-x dsn=URL`` also works, but
+argv is visible in ``ps``: no password there), or calling ``alembic.command.upgrade``
+with ``config.attributes['connection']``. Connect as the tenant role, never as an
+admin: tenant-owned code that a migration executes runs with the connecting user's
+privileges. Both behave like the tool: one transaction, ``SET LOCAL search_path``
+pinned to the tenant schema, version table inside it.
 """
 
 from __future__ import annotations

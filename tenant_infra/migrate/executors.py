@@ -3,8 +3,10 @@
 Alembic installs ``op`` and ``context`` as module-global proxies, so two migrations
 in threads of one process can send DDL to each other's connection. Concurrency is
 therefore separate processes, never threads. Each worker loads the script directory
-once and keeps one connection, then handles many targets; targets stream in and
-results stream out, so memory does not grow with the number of tenants.
+once, then handles many targets: generic targets share one connection per worker;
+a tenant's target (``--product``) brings its own role's credentials inside the
+pickled target and gets a connection as that role. Targets stream in and results
+stream out, so memory does not grow with the number of tenants.
 """
 
 from __future__ import annotations
@@ -26,22 +28,18 @@ Mode = Literal["upgrade", "pending", "sql"]
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a worker needs, picklable. ``params`` may hold a password: it is
-    handed to the worker process by fork/pickle, never put in argv or a message."""
+    """Everything a worker needs, picklable. ``params`` (generic mode's connection;
+    empty in ``--product`` mode, where each target carries its tenant's own) may hold
+    a password: it is handed to the worker process by fork/pickle, never put in argv
+    or a message."""
 
     script_location: str
     params: Mapping[str, str] = field(repr=False)
     mode: Mode = "upgrade"
     destination: str = "heads"
-    set_role: bool = True
 
     def migrator(self) -> TenantMigrator:
-        return TenantMigrator(
-            Path(self.script_location),
-            self.params,
-            destination=self.destination,
-            set_role=self.set_role,
-        )
+        return TenantMigrator(Path(self.script_location), self.params, destination=self.destination)
 
 
 def run_one(

@@ -70,14 +70,16 @@ def migrate_fleet(
     canary: int = 0,
     mode: Mode = "upgrade",
     destination: str = "heads",
-    set_role: bool = True,
     on_result: OnResult | None = None,
 ) -> FleetReport:
     """Bring every target to ``destination`` (``mode="upgrade"``), or only list
     (``"pending"``) or render (``"sql"``) what that would do.
 
-    ``params`` are the libpq keywords of the connecting user (admin in fleet mode:
-    it must be able to ``SET ROLE`` to each tenant role when ``set_role``).
+    ``params`` are the libpq keywords used for targets that carry none (generic
+    mode: the DSN's user, with its privileges). Tenant targets (``--product``) carry
+    their own role's credentials (:func:`~tenant_infra.migrate.credentials.
+    attach_credentials`) and pass ``{}`` here: a tenant schema is never migrated by
+    another user (see :mod:`tenant_infra.migrate.engine`).
     ``canary`` > 0 migrates that many targets first and stops if any fails.
     """
     if concurrency < 1:
@@ -87,7 +89,7 @@ def migrate_fleet(
     started = time.perf_counter()
     _config, script = load_script(script_location)
     report = FleetReport(mode=mode, script_location=str(script_location), head=head_of(script))
-    job = Job(str(script_location), dict(params), mode, destination, set_role)
+    job = Job(str(script_location), dict(params), mode, destination)
     indexed = list(enumerate(targets))
     total = len(indexed)
     done = 0

@@ -7,8 +7,8 @@ tables live in schema ``tenant_<key>``; the mode only decides the database
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
 
@@ -26,10 +26,19 @@ from tenant_infra.tenant import (
 @dataclass(frozen=True, slots=True)
 class MigrationTarget:
     """One schema to bring to head. Small and picklable: workers receive these by the
-    thousand, so it holds names only.
+    thousand.
 
-    ``database`` ``None`` means the database of the connection parameters; ``role``
-    ``None`` means run as the connecting user (generic mode, or already the tenant role).
+    ``database`` ``None`` means the database of the connection parameters. ``role`` is
+    the tenant role that owns the schema: a target with a role is only ever migrated
+    by a connection *as that role* (its own ``params``), never by another user,
+    because tenant-owned code (triggers, defaults, index expressions) runs with the
+    connecting user's privileges and ``SET ROLE`` is undone by ``RESET ROLE``.
+    ``role`` ``None``: generic mode, run with the migrator's connection parameters.
+
+    ``params``: the libpq keywords of this target's own connection (``--product``:
+    the tenant role's, password included; kept out of ``repr``; reaches a worker
+    only inside the pickled target). ``unavailable``: why the target cannot be
+    attempted (no credentials); it is then reported as failed without connecting.
     """
 
     schema: str
@@ -37,6 +46,8 @@ class MigrationTarget:
     tenant: str | None = None
     product: str | None = None
     role: str | None = None
+    params: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
+    unavailable: str | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -77,10 +88,14 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# Discovery connects as the admin: plain catalog reads, schema-qualified, that call no
+# function a tenant could own.
+
+
 def _schemas_like(conn: Connection, pattern: str) -> list[str]:
     rows = conn.execute(
         text(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"
+            "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname LIKE :p"
             " AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
             " ORDER BY nspname"
         ),
@@ -92,7 +107,7 @@ def _schemas_like(conn: Connection, pattern: str) -> list[str]:
 def _databases_like(conn: Connection, pattern: str) -> list[str]:
     rows = conn.execute(
         text(
-            "SELECT datname FROM pg_database WHERE datname LIKE :p"
+            "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE :p"
             " AND datallowconn AND NOT datistemplate ORDER BY datname"
         ),
         {"p": pattern},
@@ -104,6 +119,9 @@ def discover_product(
     admin: ConnParams, product: str, tenants: Sequence[str] = ()
 ) -> list[MigrationTarget]:
     """Every tenant of ``product`` on the admin connection's server, both modes.
+
+    Discovery only: the targets hold names, not credentials (see
+    :func:`tenant_infra.migrate.credentials.attach_credentials`).
 
     SCHEMA tenants: schemas ``tenant_%`` in the shared database ``<product>``.
     DATABASE tenants: databases ``<product>_%`` (each holds schema ``tenant_<key>``).

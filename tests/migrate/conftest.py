@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -24,8 +26,60 @@ def pg() -> Iterator[PgSandbox]:
 
 
 @pytest.fixture
-def product() -> str:
-    return PgSandbox.new_product()
+def product() -> Iterator[str]:
+    """A throwaway product, registered in this process's catalog (migrations: ledger's)
+    so that connections documents for it validate; ``cli`` registers it in the child."""
+    from tenant_infra.catalog import Product, Store, load_catalog
+
+    name = PgSandbox.new_product()
+    products = load_catalog().products
+    products[name] = Product(name=name, stores=frozenset({Store.POSTGRESQL}), migrations="ledger")
+    try:
+        yield name
+    finally:
+        products.pop(name, None)
+
+
+# ``python -c`` body: register TEST_PRODUCTS in the catalog (PostgreSQL only, ledger's
+# migrations), then run the migrate CLI.
+_RUNNER = """
+import os, sys
+from tenant_infra.catalog import Product, Store, load_catalog
+for name in filter(None, os.environ.get("TEST_PRODUCTS", "").split(",")):
+    load_catalog().products[name] = Product(
+        name=name, stores=frozenset({Store.POSTGRESQL}), migrations="ledger"
+    )
+from tenant_infra.migrate.__main__ import main
+sys.argv[0] = "tenantctl-migrate"
+main()
+"""
+
+
+def cli_command(*args: str, products: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of ``tenantctl migrate ARGS`` knowing the throwaway products.
+
+    Vault variables are removed: credentials come from --connections only.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "TEST_PRODUCTS": ",".join(products),
+    }
+    return [sys.executable, "-c", _RUNNER, *args], env
+
+
+def cli(
+    *args: str, products: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd, base = cli_command(*args, products=products)
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=120,
+        check=False,
+    )
 
 
 def write_script_dir(root: Path, revisions: list[str]) -> Path:
@@ -41,7 +95,7 @@ def write_script_dir(root: Path, revisions: list[str]) -> Path:
         rev = f"{i:04d}"
         (root / "versions" / f"{rev}_r.py").write_text(
             textwrap.dedent(
-                f'''
+                f"""
                 from alembic import op
 
                 revision = {rev!r}
@@ -58,7 +112,7 @@ def write_script_dir(root: Path, revisions: list[str]) -> Path:
 
                 def downgrade() -> None:
                     pass
-                '''
+                """
             )
         )
         prev = rev

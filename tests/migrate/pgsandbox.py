@@ -8,10 +8,13 @@ on that database, and no CREATE on ``public`` for PUBLIC.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -58,8 +61,47 @@ class Service:
         """The tenant role's own credentials (post-deploy hook style)."""
         return {**with_database(ADMIN, self.database), "user": self.role, "password": self.password}
 
+    @property
+    def isolation(self) -> str:
+        return "SCHEMA" if self.database == pg_shared_database(self.product) else "DATABASE"
+
+    @property
+    def own_target(self) -> MigrationTarget:
+        """The target carrying the tenant role's own credentials, as --product builds it."""
+        return replace(self.target, params=self.params())
+
+    def document(self) -> dict[str, Any]:
+        """The service's connections document (README "The connections document")."""
+        return {
+            "tenant": self.tenant,
+            "product": self.product,
+            "isolation": self.isolation,
+            "postgresql": {
+                "host": ADMIN.get("host", "127.0.0.1"),
+                "port": int(ADMIN.get("port", "5432")),
+                "database": self.database,
+                "schema": self.schema,
+                "user": self.role,
+                "password": self.password,
+                "sslmode": "disable",
+            },
+        }
+
+    def as_tenant(self, sql: str) -> list[tuple[object, ...]]:
+        """Run SQL as the tenant role itself (autocommit)."""
+        with psycopg.connect(**self.params(), autocommit=True) as conn:  # type: ignore[arg-type]
+            cur = conn.execute(sql)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
     def sql(self, sql: str) -> list[tuple[object, ...]]:
         return admin_exec(sql, self.database)
+
+
+def write_connections(path: Path, services: Iterable[Service]) -> Path:
+    """A connections file (JSON list of documents), readable by its owner only."""
+    path.write_text(json.dumps([s.document() for s in services]))
+    path.chmod(0o600)
+    return path
 
 
 class PgSandbox:
@@ -91,13 +133,22 @@ class PgSandbox:
             " NOSUPERUSER NOCREATEDB NOCREATEROLE"
         )
         self.roles.append(names.pg_role)
-        admin_exec(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {quote_ident(names.pg_role)}")
+        admin_exec(
+            f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {quote_ident(names.pg_role)}"
+        )
         admin_exec(
             f"CREATE SCHEMA {quote_ident(names.pg_schema)} AUTHORIZATION {quote_ident(names.pg_role)}",
             database,
         )
-        return Service(tenant, product, database, names.pg_schema, names.pg_role, password,
-                       MigrationTarget(names.pg_schema))
+        return Service(
+            tenant,
+            product,
+            database,
+            names.pg_schema,
+            names.pg_role,
+            password,
+            MigrationTarget(names.pg_schema),
+        )
 
     def schema_tenant(self, product: str, tenant: str | None = None) -> Service:
         tenant = tenant or self.new_tenant()
@@ -131,17 +182,12 @@ def sandbox() -> Iterator[PgSandbox]:
 
 
 def tables(svc: Service, schema: str | None = None) -> set[str]:
-    rows = svc.sql(
-        "SELECT tablename FROM pg_tables WHERE schemaname = "
-        f"'{schema or svc.schema}'"
-    )
+    rows = svc.sql(f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema or svc.schema}'")
     return {str(r[0]) for r in rows}
 
 
 def version(svc: Service) -> str | None:
-    rows = svc.sql(
-        f"SELECT to_regclass('{svc.schema}.alembic_version') IS NOT NULL"
-    )
+    rows = svc.sql(f"SELECT to_regclass('{svc.schema}.alembic_version') IS NOT NULL")
     if not rows[0][0]:
         return None
     got = svc.sql(f"SELECT version_num FROM {quote_ident(svc.schema)}.alembic_version")

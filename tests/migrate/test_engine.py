@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import LEDGER, write_script_dir
-from pgsandbox import ADMIN, PgSandbox, tables, version
+from pgsandbox import ADMIN, PgSandbox, admin_exec, tables, version
 
 from tenant_infra.migrate.connection import with_database
 from tenant_infra.migrate.engine import TenantMigrator
@@ -14,15 +14,16 @@ from tenant_infra.migrate.targets import MigrationTarget
 LEDGER_TABLES = {"organizations", "ledgers", "accounts", "transactions", "operations", "balances"}
 
 
-def admin_migrator(script: Path = LEDGER, **kw: str) -> TenantMigrator:
-    return TenantMigrator(script, ADMIN, **kw)  # type: ignore[arg-type]
+def own_migrator(script: Path = LEDGER, **kw: str) -> TenantMigrator:
+    """No connection parameters of its own: each target brings its tenant role's."""
+    return TenantMigrator(script, **kw)  # type: ignore[arg-type]
 
 
 def test_schema_tenant_reaches_head_as_its_own_role(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        result = m.upgrade(svc.target)
+        result = m.upgrade(svc.own_target)
     finally:
         m.close()
     assert (result.status, result.before, result.after) == ("migrated", None, "0003")
@@ -30,15 +31,15 @@ def test_schema_tenant_reaches_head_as_its_own_role(pg: PgSandbox, product: str)
     assert tables(svc) == LEDGER_TABLES | {"alembic_version"}
     assert version(svc) == "0003"
     owners = svc.sql(f"SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{svc.schema}'")
-    assert owners == [(svc.role,)]  # DDL ran under SET LOCAL ROLE, not as the admin
+    assert owners == [(svc.role,)]  # DDL ran as the tenant role, not as the admin
     assert tables(svc, "public") == set()
 
 
 def test_database_tenant_reaches_head(pg: PgSandbox, product: str) -> None:
     svc = pg.database_tenant(product)
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        result = m.upgrade(svc.target)
+        result = m.upgrade(svc.own_target)
     finally:
         m.close()
     assert result.status == "migrated", result.error
@@ -49,23 +50,28 @@ def test_database_tenant_reaches_head(pg: PgSandbox, product: str) -> None:
 
 def test_rerun_at_head_changes_nothing(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        m.upgrade(svc.target)
+        m.upgrade(svc.own_target)
         xmin = svc.sql(f"SELECT xmin::text FROM {svc.schema}.alembic_version")
-        again = m.upgrade(svc.target)
+        again = m.upgrade(svc.own_target)
     finally:
         m.close()
-    assert (again.status, again.before, again.after, again.revisions) == ("current", "0003", "0003", ())
+    assert (again.status, again.before, again.after, again.revisions) == (
+        "current",
+        "0003",
+        "0003",
+        (),
+    )
     assert svc.sql(f"SELECT xmin::text FROM {svc.schema}.alembic_version") == xmin
 
 
 def test_failed_tenant_keeps_no_partial_change(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
     svc.sql(f"CREATE TABLE {svc.schema}.balances (id int)")  # conflicts with revision 0003
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        result = m.upgrade(svc.target)
+        result = m.upgrade(svc.own_target)
     finally:
         m.close()
     assert result.status == "failed"
@@ -79,15 +85,15 @@ def test_failed_tenant_keeps_no_partial_change(pg: PgSandbox, product: str) -> N
 
 def test_failure_leaves_previous_revision(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
-    m = admin_migrator(destination="0002")
+    m = own_migrator(destination="0002")
     try:
-        assert m.upgrade(svc.target).after == "0002"
+        assert m.upgrade(svc.own_target).after == "0002"
     finally:
         m.close()
     svc.sql(f"CREATE TABLE {svc.schema}.balances (id int)")
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        result = m.upgrade(svc.target)
+        result = m.upgrade(svc.own_target)
     finally:
         m.close()
     assert (result.status, result.before, result.after) == ("failed", "0002", "0002")
@@ -99,18 +105,53 @@ def test_failure_leaves_previous_revision(pg: PgSandbox, product: str) -> None:
     assert cols == []
 
 
-def test_connection_is_reused_after_a_failure(pg: PgSandbox, product: str) -> None:
+def test_generic_connection_is_reused_after_a_failure(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    db = pg.database(product)
+    for name in ("g_bad", "g_good"):
+        admin_exec(f"CREATE SCHEMA {name}", db)
+    admin_exec("CREATE TABLE g_bad.t (id int)", db)
+    script = write_script_dir(tmp_path / "s", ["CREATE TABLE t (id int)"])
+    m = TenantMigrator(script, with_database(ADMIN, db))
+    try:
+        assert m.upgrade(MigrationTarget("g_bad")).status == "failed"
+        conn_before = m._conn
+        assert m.upgrade(MigrationTarget("g_good")).status == "migrated"
+        assert m._conn is conn_before  # generic mode: one connection per worker
+    finally:
+        m.close()
+
+
+def test_each_tenant_gets_a_connection_as_its_own_role(pg: PgSandbox, product: str) -> None:
     bad, good = pg.schema_tenant(product), pg.schema_tenant(product)
     bad.sql(f"CREATE TABLE {bad.schema}.organizations (id int)")
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        assert m.upgrade(bad.target).status == "failed"
-        conn_before = m._conn
-        assert m.upgrade(good.target).status == "migrated"
-        assert m._conn is conn_before
+        assert m.upgrade(bad.own_target).status == "failed"
+        first = m._conn
+        assert m.upgrade(good.own_target).status == "migrated"
+        assert m._conn is not None and m._conn is not first
+        assert m._conn.exec_driver_sql("SELECT current_user").scalar() == good.role
+        m._conn.rollback()
     finally:
         m.close()
     assert version(good) == "0003"
+
+
+def test_tenant_target_is_never_migrated_as_another_user(pg: PgSandbox, product: str) -> None:
+    """The admin's session is not a tenant's: refused before connecting, in every mode."""
+    svc = pg.schema_tenant(product)
+    m = TenantMigrator(LEDGER, ADMIN)
+    try:
+        for result in (m.upgrade(svc.target), m.pending(svc.target), m.render(svc.target)):
+            assert result.status == "failed"
+            assert result.error is not None
+            assert "only as its own role" in result.error and svc.role in result.error
+        assert m._conn is None
+    finally:
+        m.close()
+    assert tables(svc) == set()
 
 
 def test_tenant_role_cannot_touch_other_schema_or_public(
@@ -119,8 +160,10 @@ def test_tenant_role_cannot_touch_other_schema_or_public(
     mine, other = pg.schema_tenant(product), pg.schema_tenant(product)
     whoami = write_script_dir(
         tmp_path / "whoami",
-        ["CREATE TABLE whoami AS SELECT current_user::text AS u, "
-         "current_setting('search_path') AS p"],
+        [
+            "CREATE TABLE whoami AS SELECT current_user::text AS u, "
+            "current_setting('search_path') AS p"
+        ],
     )
     into_other = write_script_dir(
         tmp_path / "other", [f"CREATE TABLE {other.schema}.stolen (id int)"]
@@ -131,19 +174,19 @@ def test_tenant_role_cannot_touch_other_schema_or_public(
     )
 
     def run(script: Path, svc_target: MigrationTarget) -> tuple[str, str | None]:
-        m = TenantMigrator(script, ADMIN)
+        m = TenantMigrator(script)
         try:
             r = m.upgrade(svc_target)
         finally:
             m.close()
         return r.status, r.error
 
-    assert run(whoami, mine.target) == ("migrated", None)
+    assert run(whoami, mine.own_target) == ("migrated", None)
     assert mine.sql(f"SELECT u, p FROM {mine.schema}.whoami") == [(mine.role, mine.schema)]
-    assert run(whoami, other.target) == ("migrated", None)
+    assert run(whoami, other.own_target) == ("migrated", None)
     for script in (into_other, into_public, read_other):
         attacker = pg.schema_tenant(product)
-        status, error = run(script, attacker.target)
+        status, error = run(script, attacker.own_target)
         assert status == "failed"
         assert error is not None and "permission denied" in error
         assert tables(attacker) == set()
@@ -153,17 +196,19 @@ def test_tenant_role_cannot_touch_other_schema_or_public(
 
 def test_pending_and_sql_do_not_execute(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
-    m = admin_migrator()
+    m = own_migrator()
     try:
-        pending = m.pending(svc.target)
-        rendered = m.render(svc.target)
+        pending = m.pending(svc.own_target)
+        rendered = m.render(svc.own_target)
     finally:
         m.close()
     assert (pending.status, pending.revisions, pending.after) == (
-        "pending", ("0001", "0002", "0003"), "0003",
+        "pending",
+        ("0001", "0002", "0003"),
+        "0003",
     )
     sql = rendered.sql or ""
-    assert f'SET LOCAL ROLE "{svc.role}"' in sql
+    assert "SET LOCAL ROLE" not in sql and "SET ROLE" not in sql
     assert f'SET LOCAL search_path TO "{svc.schema}"' in sql
     assert "CREATE TABLE organizations" in sql
     assert f"CREATE TABLE {svc.schema}.alembic_version" in sql
@@ -176,8 +221,10 @@ def test_generic_mode_without_role(pg: PgSandbox, product: str, tmp_path: Path) 
     from pgsandbox import admin_exec
 
     admin_exec("CREATE SCHEMA plain_one", db)
-    script = write_script_dir(tmp_path / "s", ["CREATE TABLE t (id int)", "ALTER TABLE t ADD c int"])
-    m = TenantMigrator(script, with_database(ADMIN, db), set_role=False)
+    script = write_script_dir(
+        tmp_path / "s", ["CREATE TABLE t (id int)", "ALTER TABLE t ADD c int"]
+    )
+    m = TenantMigrator(script, with_database(ADMIN, db))
     try:
         r = m.upgrade(MigrationTarget("plain_one"))
         again = m.upgrade(MigrationTarget("plain_one"))

@@ -53,10 +53,10 @@ def test_schema_and_database_tenants_are_identical(
     pg: PgSandbox, product: str, script: object
 ) -> None:
     s, d = pg.schema_tenant(product), pg.database_tenant(product)
-    m = TenantMigrator(script, ADMIN)  # type: ignore[arg-type]
+    m = TenantMigrator(script)  # type: ignore[arg-type]
     try:
-        assert m.upgrade(s.target).status == "migrated"
-        assert m.upgrade(d.target).status == "migrated"
+        assert m.upgrade(s.own_target).status == "migrated"
+        assert m.upgrade(d.own_target).status == "migrated"
     finally:
         m.close()
     assert version(s) == version(d) == "0003"
@@ -66,9 +66,9 @@ def test_schema_and_database_tenants_are_identical(
 
 def test_ledger_money_and_constraints(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
-    m = TenantMigrator(LEDGER, ADMIN)
+    m = TenantMigrator(LEDGER)
     try:
-        m.upgrade(svc.target)
+        m.upgrade(svc.own_target)
     finally:
         m.close()
     money = svc.sql(
@@ -77,40 +77,54 @@ def test_ledger_money_and_constraints(pg: PgSandbox, product: str) -> None:
         " AND (numeric_precision, numeric_scale) = (38, 18) ORDER BY 1"
     )
     assert ("operations.amount",) in money and ("balances.available",) in money
-    fks = svc.sql(f"SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = "
-                  f"'{svc.schema}'::regnamespace")
+    fks = svc.sql(
+        f"SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = "
+        f"'{svc.schema}'::regnamespace"
+    )
     assert fks[0][0] >= 8
     # As the tenant itself: a debit whose balance arithmetic is wrong is refused.
     with psycopg.connect(**svc.params()) as conn:  # type: ignore[arg-type]
         conn.execute(f"SET search_path TO {svc.schema}")
-        org = conn.execute("INSERT INTO organizations (legal_name, legal_document) VALUES"
-                           " ('Acme', '1') RETURNING id").fetchone()
+        org = conn.execute(
+            "INSERT INTO organizations (legal_name, legal_document) VALUES"
+            " ('Acme', '1') RETURNING id"
+        ).fetchone()
         assert org is not None
-        led = conn.execute("INSERT INTO ledgers (organization_id, name) VALUES (%s, 'main')"
-                           " RETURNING id", (org[0],)).fetchone()
+        led = conn.execute(
+            "INSERT INTO ledgers (organization_id, name) VALUES (%s, 'main') RETURNING id",
+            (org[0],),
+        ).fetchone()
         assert led is not None
         with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute("INSERT INTO accounts (ledger_id, alias, name, asset_code, type)"
-                         " VALUES (%s, 'bad alias!', 'x', 'BRL', 'deposit')", (led[0],))
+            conn.execute(
+                "INSERT INTO accounts (ledger_id, alias, name, asset_code, type)"
+                " VALUES (%s, 'bad alias!', 'x', 'BRL', 'deposit')",
+                (led[0],),
+            )
 
 
 def test_tracer_audit_chain_is_append_only(pg: PgSandbox, product: str) -> None:
     svc = pg.schema_tenant(product)
-    m = TenantMigrator(TRACER, ADMIN)
+    m = TenantMigrator(TRACER)
     try:
-        assert m.upgrade(svc.target).status == "migrated"
+        assert m.upgrade(svc.own_target).status == "migrated"
     finally:
         m.close()
     h1 = hashlib.sha256(b"e1").digest()
     with psycopg.connect(**svc.params(), autocommit=True) as conn:  # type: ignore[arg-type]
         conn.execute(f"SET search_path TO {svc.schema}")
-        conn.execute("INSERT INTO audit_events (event_type, aggregate_type, aggregate_id, payload,"
-                     " hash) VALUES ('rule.created', 'rule', gen_random_uuid(), '{}', %s)", (h1,))
+        conn.execute(
+            "INSERT INTO audit_events (event_type, aggregate_type, aggregate_id, payload,"
+            " hash) VALUES ('rule.created', 'rule', gen_random_uuid(), '{}', %s)",
+            (h1,),
+        )
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             conn.execute("DELETE FROM audit_events")
         with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute("INSERT INTO audit_events (event_type, aggregate_type, aggregate_id,"
-                         " payload, hash) VALUES ('x', 'rule', gen_random_uuid(), '{}', 'short')")
+            conn.execute(
+                "INSERT INTO audit_events (event_type, aggregate_type, aggregate_id,"
+                " payload, hash) VALUES ('x', 'rule', gen_random_uuid(), '{}', 'short')"
+            )
 
 
 def test_plain_alembic_with_given_connection(pg: PgSandbox, product: str) -> None:

@@ -38,7 +38,9 @@ def test_spec_must_be_contiguous_and_unique() -> None:
         parse_spec({"versions": [{"version": 1}, {"version": 3}]})
     dup = {"name": "i", "keys": [["a", 1]]}
     with pytest.raises(InvalidInput, match="duplicate index"):
-        parse_spec({"versions": [{"version": 1, "collections": [{"name": "c", "indexes": [dup, dup]}]}]})
+        parse_spec(
+            {"versions": [{"version": 1, "collections": [{"name": "c", "indexes": [dup, dup]}]}]}
+        )
 
 
 @pytest.mark.skipif(not os.environ.get("MONGODB_URL"), reason="MONGODB_URL not set")
