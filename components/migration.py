@@ -161,20 +161,16 @@ def mongo_head(product: str) -> int | None:
 
 def mongo_client_options(props: dict[str, Any]) -> dict[str, Any]:
     """pymongo arguments for the service user: SRV on Atlas, host and port otherwise."""
-    common = {
-        "username": str(props["user"]),
-        "password": str(props["password"]),
-        "authSource": str(props["auth_source"]),
-        "serverSelectionTimeoutMS": 10_000,
-    }
-    if props.get("srv"):
-        return {"host": f"mongodb+srv://{props['host']}/", "tls": True, **common}
-    return {
-        "host": str(props["host"]),
-        "port": int(props["port"]),
-        "tls": bool(props["tls"]),
-        **common,
-    }
+    from tenant_infra.mongodb import client_options
+
+    return client_options(
+        host=str(props["host"]),
+        port=None if props.get("srv") else int(props["port"]),
+        user=str(props["user"]),
+        password=str(props["password"]),
+        auth_source=str(props["auth_source"]),
+        tls=bool(props["tls"]),
+    )
 
 
 def _migrate_mongo(props: dict[str, Any]) -> int:

@@ -23,6 +23,7 @@ from pulumi import dynamic
 from components import PACKAGE
 from components.secrets import generated_password
 from tenant_infra.config import AtlasMongo, SelfHostedMongo
+from tenant_infra.mongodb import client_options
 from tenant_infra.tenant import ServiceNames
 
 READ_WRITE = "readWrite"
@@ -46,13 +47,14 @@ class SelfHostedUserProvider(dynamic.ResourceProvider):
         if not password:
             raise RuntimeError("environment variable TENANT_INFRA_MONGODB_PASSWORD is not set")
         return MongoClient(
-            host=props["host"],
-            port=int(props["port"]),
-            username=props["admin_user"],
-            password=password,
-            authSource=props["auth_source"],
-            tls=bool(props["tls"]),
-            serverSelectionTimeoutMS=10_000,
+            **client_options(
+                host=props["host"],
+                port=int(props["port"]),
+                user=props["admin_user"],
+                password=password,
+                auth_source=props["auth_source"],
+                tls=bool(props["tls"]),
+            )
         )
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:

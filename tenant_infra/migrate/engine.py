@@ -63,6 +63,33 @@ class TargetResult:
     sql: str | None = None
     worker: int = field(default_factory=os.getpid)
 
+    @classmethod
+    def of(
+        cls,
+        target: MigrationTarget,
+        index: int,
+        status: Status,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        revisions: tuple[str, ...] = (),
+        error: str | None = None,
+        started: float | None = None,
+    ) -> TargetResult:
+        """A result for ``target``; ``started`` (``perf_counter``) gives ``seconds``."""
+        return cls(
+            index=index,
+            label=target.label,
+            where=target.where,
+            product=target.product,
+            before=before,
+            after=after,
+            status=status,
+            revisions=revisions,
+            error=error,
+            seconds=time.perf_counter() - started if started is not None else 0.0,
+        )
+
 
 def _heads_str(heads: tuple[str, ...] | list[str] | set[str]) -> str | None:
     return ",".join(sorted(heads)) or None
@@ -209,29 +236,25 @@ class TenantMigrator:
             if self._conn is not None and (self._conn.invalidated or self._conn.closed):
                 self.close()
             what = f"revision {failed_rev}: " if failed_rev else ""
-            return TargetResult(
-                index=index,
-                label=target.label,
-                where=target.where,
-                product=target.product,
+            return TargetResult.of(
+                target,
+                index,
+                "failed",
                 before=_heads_str(before),
                 after=_heads_str(before),
-                status="failed",
                 revisions=tuple(s.revision.revision for s in steps),
                 error=what + first_line(exc),
-                seconds=time.perf_counter() - started,
+                started=started,
             )
         after = _final_heads(before, steps) if steps else _heads_str(before)
-        return TargetResult(
-            index=index,
-            label=target.label,
-            where=target.where,
-            product=target.product,
+        return TargetResult.of(
+            target,
+            index,
+            "migrated" if steps else "current",
             before=_heads_str(before),
             after=after,
-            status="migrated" if steps else "current",
             revisions=tuple(applied),
-            seconds=time.perf_counter() - started,
+            started=started,
         )
 
     # -- read-only --------------------------------------------------------------------
@@ -260,16 +283,14 @@ class TenantMigrator:
         except Exception as exc:
             self.close()
             return _failed(target, index, first_line(exc), started)
-        return TargetResult(
-            index=index,
-            label=target.label,
-            where=target.where,
-            product=target.product,
+        return TargetResult.of(
+            target,
+            index,
+            "pending" if steps else "current",
             before=_heads_str(heads),
             after=_final_heads(heads, steps) if steps else _heads_str(heads),
-            status="pending" if steps else "current",
             revisions=tuple(s.revision.revision for s in steps),
-            seconds=time.perf_counter() - started,
+            started=started,
         )
 
     def render(self, target: MigrationTarget, index: int = 0) -> TargetResult:
@@ -321,17 +342,7 @@ def _known_version_table(ctx: MigrationContext, conn: Connection, schema: str) -
 
 
 def _failed(target: MigrationTarget, index: int, error: str, started: float) -> TargetResult:
-    return TargetResult(
-        index=index,
-        label=target.label,
-        where=target.where,
-        product=target.product,
-        before=None,
-        after=None,
-        status="failed",
-        error=error,
-        seconds=time.perf_counter() - started,
-    )
+    return TargetResult.of(target, index, "failed", error=error, started=started)
 
 
 def _final_heads(before: tuple[str, ...], steps: list[RevisionStep]) -> str | None:

@@ -49,16 +49,7 @@ class FleetReport:
 
 
 def _skipped(index: int, target: MigrationTarget) -> TargetResult:
-    return TargetResult(
-        index=index,
-        label=target.label,
-        where=target.where,
-        product=target.product,
-        before=None,
-        after=None,
-        status="skipped",
-        error="not attempted: a canary tenant failed",
-    )
+    return TargetResult.of(target, index, "skipped", error="not attempted: a canary tenant failed")
 
 
 def migrate_fleet(

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final
 
+from tenant_infra.mongodb import client_options
 from tenant_infra.verify.checks import CheckResult, describe, failed, passed, skipped
 from tenant_infra.verify.connections import ConnectionsDocument, MongodbConnection
 
@@ -54,23 +55,16 @@ def mongodb_gate(
 def _client(mongo: MongodbConnection) -> Any:
     from pymongo import MongoClient
 
-    password = mongo.password.get_secret_value()
-    if mongo.port is None:
-        return MongoClient(
-            f"mongodb+srv://{mongo.host}/",
-            username=mongo.user,
-            password=password,
-            authSource=mongo.auth_source,
-            serverSelectionTimeoutMS=5000,
-        )
     return MongoClient(
-        host=mongo.host,
-        port=mongo.port,
-        username=mongo.user,
-        password=password,
-        authSource=mongo.auth_source,
-        tls=bool(mongo.tls),
-        serverSelectionTimeoutMS=5000,
+        **client_options(
+            host=mongo.host,
+            port=mongo.port,
+            user=mongo.user,
+            password=mongo.password.get_secret_value(),
+            auth_source=mongo.auth_source,
+            tls=bool(mongo.tls),
+            timeout_ms=5000,
+        )
     )
 
 
