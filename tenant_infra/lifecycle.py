@@ -280,7 +280,8 @@ def deploy(
     tenant = config.tenant
     with workspace.lock(tenant):
         previous = workspace.read_config(tenant)
-        workspace.write_config(config)
+        if config != previous:  # an unchanged file keeps its comments and layout
+            workspace.write_config(config)
         backend.ensure(tenant)
         old_tags = backend.tags(tenant)
         statuses = {

@@ -423,3 +423,13 @@ def test_list_reads_every_tenant_in_stack_file_order(root: Path, stacks: MemoryS
         False,
         True,
     ]
+
+
+def test_up_leaves_an_unchanged_stack_file_as_the_operator_wrote_it(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    path = root / "stacks" / "Pulumi.globex.yaml"
+    before = path.read_text()
+    assert before.startswith("#")  # the example file opens with a comment
+    results = commands.up(["globex"], backend=stacks, root=root, verify=None)
+    assert results[0].ok and path.read_text() == before
