@@ -37,7 +37,7 @@ def test_each_product_gets_a_shared_database_closed_to_public() -> None:
 def test_credentials_mount_is_kv_v2() -> None:
     (mount,) = dev_plan().of_type("vault:index/mount:Mount")
     assert (mount.inputs["path"], mount.inputs["type"], mount.inputs["options"]) == (
-        "secret",
+        "tenants",
         "kv",
         {"version": "2"},
     )
