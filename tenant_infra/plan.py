@@ -71,9 +71,6 @@ class Plan:
     def of_type(self, type_: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_]
 
-    def children(self, parent: str) -> list[PlannedResource]:
-        return [r for r in self.resources if r.parent == parent]
-
     def service_of(self, resource: PlannedResource) -> str | None:
         """The ``TenantService`` a resource belongs to, if any (for grouping)."""
         parents = {r.name: r for r in self.resources}

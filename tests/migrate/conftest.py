@@ -41,7 +41,7 @@ def product() -> Iterator[str]:
 
 
 # ``python -c`` body: register TEST_PRODUCTS in the catalog (PostgreSQL only, ledger's
-# migrations), then run the migrate CLI.
+# migrations), then run `tenantctl migrate` through the real entry point.
 _RUNNER = """
 import os, sys
 from tenant_infra.catalog import Product, Store, load_catalog
@@ -49,9 +49,8 @@ for name in filter(None, os.environ.get("TEST_PRODUCTS", "").split(",")):
     load_catalog().products[name] = Product(
         name=name, stores=frozenset({Store.POSTGRESQL}), migrations="ledger"
     )
-from tenant_infra.migrate.__main__ import main
-sys.argv[0] = "tenantctl-migrate"
-main()
+from tenant_infra.cli import main
+main(["migrate", *sys.argv[1:]])
 """
 
 
