@@ -93,6 +93,7 @@ class BrokerUser(pulumi.ComponentResource):
         names: ServiceNames,
         vhost: TenantVhost,
         provider: rabbitmq.Provider,
+        suspended: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(f"{PACKAGE}:rabbitmq:BrokerUser", name, None, opts)
@@ -105,12 +106,17 @@ class BrokerUser(pulumi.ComponentResource):
             tags=[],
             opts=child,
         )
-        rabbitmq.Permissions(
-            f"{name}-permissions",
-            user=user.name,
-            vhost=vhost.name,
-            permissions=rabbitmq.PermissionsPermissionsArgs(configure=".*", write=".*", read=".*"),
-            opts=child,
-        )
+        if not suspended:
+            # Suspended: no permissions at all, so the vhost refuses the user outright
+            # (an empty pattern would still match the default exchange, named "").
+            rabbitmq.Permissions(
+                f"{name}-permissions",
+                user=user.name,
+                vhost=vhost.name,
+                permissions=rabbitmq.PermissionsPermissionsArgs(
+                    configure=".*", write=".*", read=".*"
+                ),
+                opts=child,
+            )
         self.username = user.name
         self.register_outputs({"username": self.username})

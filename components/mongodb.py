@@ -29,9 +29,10 @@ from tenant_infra.tenant import ServiceNames
 READ_WRITE = "readWrite"
 
 
-def user_roles(database: str) -> list[dict[str, str]]:
-    """The one role a service user holds: read/write on its tenant database."""
-    return [{"role": READ_WRITE, "db": database}]
+def user_roles(database: str, suspended: bool = False) -> list[dict[str, str]]:
+    """The one role a service user holds: read/write on its tenant database (none while
+    the service is suspended)."""
+    return [] if suspended else [{"role": READ_WRITE, "db": database}]
 
 
 class SelfHostedUserProvider(dynamic.ResourceProvider):
@@ -64,7 +65,7 @@ class SelfHostedUserProvider(dynamic.ResourceProvider):
                 "createUser",
                 props["username"],
                 pwd=props["password"],
-                roles=user_roles(props["database"]),
+                roles=user_roles(props["database"], bool(props.get("suspended"))),
             )
         return dynamic.CreateResult(id_=f"{props['database']}.{props['username']}", outs=props)
 
@@ -81,7 +82,7 @@ class SelfHostedUserProvider(dynamic.ResourceProvider):
                 "updateUser",
                 news["username"],
                 pwd=news["password"],
-                roles=user_roles(news["database"]),
+                roles=user_roles(news["database"], bool(news.get("suspended"))),
             )
         return dynamic.UpdateResult(outs=news)
 
@@ -121,12 +122,19 @@ class MongoUser(pulumi.ComponentResource):
         names: ServiceNames,
         backend: AtlasMongo | SelfHostedMongo,
         atlas_provider: atlas.Provider | None,
+        suspended: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(f"{PACKAGE}:mongodb:ServiceUser", name, None, opts)
         database = names.tenant_names.mongo_database
         self.password = generated_password(f"{name}-password", self)
         if isinstance(backend, AtlasMongo):
+            if suspended:
+                # Atlas wants at least one role: a suspended service has no user at all;
+                # resuming recreates it with the same password.
+                self.username = pulumi.Output.from_input(names.mongo_user)
+                self.register_outputs({"username": self.username})
+                return
             atlas.DatabaseUser(
                 f"{name}-user",
                 project_id=backend.project_id,
@@ -149,6 +157,7 @@ class MongoUser(pulumi.ComponentResource):
                     "database": database,
                     "username": names.mongo_user,
                     "password": self.password,
+                    "suspended": suspended,
                 },
                 opts=pulumi.ResourceOptions(parent=self),
             )

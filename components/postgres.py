@@ -63,6 +63,8 @@ class PostgresArgs:
     protect_data: bool
     #: Offboarding with retention: keep role (NOLOGIN), database and schema on delete.
     retain_data: bool = False
+    #: Suspension: the role stays, NOLOGIN; nothing else changes.
+    suspended: bool = False
 
     def keep(self) -> pulumi.ResourceOptions:
         """Options for data-holding resources."""
@@ -99,8 +101,8 @@ class ServicePostgres(pulumi.ComponentResource):
         role = postgresql.Role(
             f"{name}-role",
             name=names.pg_role,
-            # A retained role keeps owning the data but can no longer log in.
-            login=not args.retain_data,
+            # A retained or suspended role keeps owning the data but cannot log in.
+            login=not (args.retain_data or args.suspended),
             password=self.password,
             superuser=False,
             create_database=False,
@@ -181,7 +183,10 @@ class ServicePostgres(pulumi.ComponentResource):
             name=self._args.names.pg_schema,
             database=database,
             owner=role.name,
-            drop_cascade=False,
+            # Once migrations ran, RESTRICT fails on the tables inside. Data that is
+            # no longer protected (a purge, or a disposable dev stack) goes with them;
+            # protected data cannot be deleted anyway.
+            drop_cascade=not self._args.protect_data,
             if_not_exists=False,
             opts=pulumi.ResourceOptions.merge(inside, self._args.keep()),
         )

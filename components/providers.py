@@ -57,7 +57,7 @@ class Providers:
                 password=self.credentials.postgres_password(product),
                 database=database,
                 sslmode=endpoint.sslmode,
-                superuser=True,
+                superuser=endpoint.superuser,
                 connect_timeout=15,
                 opts=self._opts(depends_on),
             )

@@ -38,13 +38,20 @@ class Tenant(pulumi.ComponentResource):
         products = [catalog.product(spec.product) for spec in config.services]
 
         self.vhost: TenantVhost | None = None
-        if any(p.needs(Store.RABBITMQ) for p in products):
+        brokered = [
+            spec
+            for spec, product in zip(config.services, products, strict=True)
+            if product.needs(Store.RABBITMQ)
+        ]
+        if brokered:
+            # Shared by the tenant's services: protected while one of them stays, kept
+            # on delete when the last ones leave with their data retained.
             self.vhost = TenantVhost(
                 f"{names.tenant}-rabbitmq",
                 names,
                 limits,
-                config.protect_data,
-                config.retain_data,
+                any(config.protects(spec) for spec in brokered),
+                config.retain_data or any(spec.removal == "retain" for spec in brokered),
                 providers.rabbitmq(),
                 pulumi.ResourceOptions(parent=self),
             )
@@ -58,8 +65,9 @@ class Tenant(pulumi.ComponentResource):
                     product,
                     spec.isolation,
                     limits,
-                    config.protect_data,
-                    config.retain_data,
+                    config.protects(spec),
+                    config.retains(spec),
+                    spec.suspended,
                 ),
                 providers,
                 self.vhost,

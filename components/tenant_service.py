@@ -38,6 +38,7 @@ class TenantServiceArgs:
     limits: Limits
     protect_data: bool
     retain_data: bool = False
+    suspended: bool = False
 
 
 class TenantService(pulumi.ComponentResource):
@@ -61,7 +62,14 @@ class TenantService(pulumi.ComponentResource):
 
         postgres = ServicePostgres(
             f"{name}-postgres",
-            PostgresArgs(names, args.isolation, args.limits, args.protect_data, args.retain_data),
+            PostgresArgs(
+                names,
+                args.isolation,
+                args.limits,
+                args.protect_data,
+                args.retain_data,
+                args.suspended,
+            ),
             providers,
             child,
         )
@@ -110,7 +118,9 @@ class TenantService(pulumi.ComponentResource):
 
         if args.product.needs(Store.RABBITMQ):
             assert vhost is not None and platform.rabbitmq is not None
-            broker = BrokerUser(f"{name}-rabbitmq", names, vhost, providers.rabbitmq(), child)
+            broker = BrokerUser(
+                f"{name}-rabbitmq", names, vhost, providers.rabbitmq(), args.suspended, child
+            )
             rabbit_doc = {
                 "host": platform.rabbitmq.amqp_host,
                 "port": platform.rabbitmq.amqp_port,
@@ -129,6 +139,7 @@ class TenantService(pulumi.ComponentResource):
                 names,
                 backend,
                 providers.atlas() if isinstance(backend, AtlasMongo) else None,
+                args.suspended,
                 child,
             )
             mongo_doc: dict[str, Any] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -130,13 +131,26 @@ def onboard(
         Path | None,
         typer.Option("--from", metavar="FILE", help="A stack config file to onboard from."),
     ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Tenant metadata; repeatable."),
+    ] = None,
     format: FormatOption = Format.TABLE,
 ) -> None:
-    """Create or update a tenant's stack, run its migrations, mark its services ready."""
+    """Create or update a tenant, run its services' migrations, mark them ready.
+
+    Without --service (and no stack file of its own), the tenant exists as an identity
+    with its metadata and no infrastructure; `register` adds services later.
+    """
     from tenant_infra import commands
 
     result = commands.onboard(
-        tenant, service or (), from_file, progress=_progress(format), events=_events(format)
+        tenant,
+        service or (),
+        from_file,
+        progress=_progress(format),
+        events=_events(format),
+        metadata=_pairs(metadata or ()),
     )
     _show_status([result], format)
     _finish(result.ok)
@@ -156,6 +170,60 @@ def register(
     )
     _show_status([result], format)
     _finish(result.ok)
+
+
+ProductOption = Annotated[
+    list[str] | None,
+    typer.Option("--service", "-s", metavar="PRODUCT", help="Only this service; repeatable."),
+]
+
+
+@app.command()
+def suspend(
+    tenant: Annotated[str, typer.Argument(help="An onboarded tenant.")],
+    service: ProductOption = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Suspend services: data untouched, every login refused, open sessions closed."""
+    from tenant_infra import commands
+
+    result = commands.suspend(tenant, service or (), progress=_progress(format))
+    _show_status([result], format)
+    _finish(result.ok)
+
+
+@app.command()
+def resume(
+    tenant: Annotated[str, typer.Argument(help="An onboarded tenant.")],
+    service: ProductOption = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Resume suspended services exactly as they were, verified before they are ready."""
+    from tenant_infra import commands
+
+    result = commands.resume(tenant, service or (), progress=_progress(format))
+    _show_status([result], format)
+    _finish(result.ok)
+
+
+@app.command()
+def deregister(
+    tenant: Annotated[str, typer.Argument(help="An onboarded tenant.")],
+    service: Annotated[str, typer.Option("--service", "-s", metavar="PRODUCT")],
+    retain_data: Annotated[
+        bool, typer.Option("--retain-data", help="Keep its database or schema (no login).")
+    ] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete its data too.")] = False,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Remove one service of a tenant; its other services are untouched."""
+    from tenant_infra import commands
+
+    result = commands.deregister(
+        tenant, service, retain_data=retain_data, purge=purge, progress=_progress(format)
+    )
+    _show_status([result], format)
+    _finish(not result.error)
 
 
 @app.command()
@@ -243,6 +311,17 @@ def up(
     else:
         render.fleet_table(results, _console())
     _finish(all(r.ok for r in results))
+
+
+def _pairs(items: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a mapping; the model validates keys and values."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--metadata {item!r} must be written KEY=VALUE")
+        pairs[key] = value
+    return pairs
 
 
 def _show_status(results: list[TenantStatus], format: Format) -> None:

@@ -5,14 +5,16 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Literal
 
+from pydantic import ValidationError
+
 from tenant_infra import lifecycle
 from tenant_infra import plan as offline_plan
-from tenant_infra.config import ServiceSpec, TenantConfig, read_stack_file
+from tenant_infra.config import ServiceSpec, TenantConfig, one_line, read_stack_file
 from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
     EventSink,
@@ -37,12 +39,14 @@ def resolve_config(
     services: Sequence[str] = (),
     stack_config: Path | None = None,
     root: Path | None = None,
+    identity_only: bool = False,
 ) -> TenantConfig:
     """The tenant's config: its stack file, or the platform of another file plus ``services``.
 
     Without ``stack_config`` the tenant's own ``stacks/Pulumi.<tenant>.yaml`` is used
     if it exists, else the platform endpoints of ``stacks/Pulumi.dev.yaml``.
-    ``services`` (``PRODUCT:MODE``) replace the file's services when given.
+    ``services`` (``PRODUCT:MODE``) replace the file's services when given;
+    ``identity_only`` allows a new tenant with none (seed 002, stage 1).
     """
     validate_tenant_id(tenant)
     specs = [ServiceSpec.parse(text) for text in services]
@@ -54,7 +58,7 @@ def resolve_config(
     own = values.get("tenant-infra:tenant") == tenant
     if not own:
         values = {k: v for k, v in values.items() if k.split(":", 1)[-1] in PLATFORM_KEYS}
-        if not specs:
+        if not specs and not identity_only:
             raise InvalidInput(
                 f"{str(path)!r} is not tenant {tenant!r}'s stack file: pass --service PRODUCT:MODE"
             )
@@ -116,11 +120,14 @@ def onboard(
     progress: Progress | None = None,
     verify: Gate = ISOLATION,
     events: EventSink | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> TenantStatus:
     """Create or update the tenant's stack with ``services`` added; returns each state.
 
     An existing tenant keeps its services and their data: only what is new is
-    provisioned. ``stack_config`` supplies the platform (and services) for a new tenant.
+    provisioned. ``stack_config`` supplies the platform (and services) for a new tenant;
+    without services, the tenant exists as an identity with its ``metadata`` and no
+    infrastructure, and ``register`` adds services later.
     Each service is verified (``tenantctl verify``) before it is marked ready, unless
     ``verify`` is another check or ``None``.
     """
@@ -133,8 +140,15 @@ def onboard(
     if existing is not None and stack_config is None:
         base = existing
     else:
-        base = resolve_config(tenant, services, stack_config, workspace.root)
+        base = resolve_config(tenant, services, stack_config, workspace.root, identity_only=True)
     config = base.with_services(lifecycle.merge_services(existing, requested or base.services))
+    if metadata:
+        try:
+            config = TenantConfig.model_validate(
+                config.model_dump() | {"metadata": {**config.metadata, **metadata}}
+            )
+        except ValidationError as exc:
+            raise InvalidInput(one_line(exc, "--metadata")) from None
     gate = _verifier(workspace, verify)
     return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events)
 
@@ -202,6 +216,78 @@ def offboard(
     workspace = _workspace(root)
     stacks = _backend(workspace, backend)
     return lifecycle.offboard(validate_tenant_id(tenant), stacks, workspace, retain_data, purge)
+
+
+def suspend(
+    tenant: str,
+    services: Sequence[str] = (),
+    *,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> TenantStatus:
+    """Suspend the tenant's services (all, or those named): data kept, every login
+    refused and every open session closed."""
+    from tenant_infra.sessions import close_sessions
+
+    validate_tenant_id(tenant)
+    workspace = _workspace(root)
+    return lifecycle.set_suspended(
+        tenant,
+        services,
+        True,
+        _backend(workspace, backend),
+        workspace,
+        progress or _quiet,
+        close_sessions=close_sessions,
+    )
+
+
+def resume(
+    tenant: str,
+    services: Sequence[str] = (),
+    *,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+    verify: Gate = ISOLATION,
+) -> TenantStatus:
+    """Resume suspended services: exactly what was declared before, verified again."""
+    validate_tenant_id(tenant)
+    workspace = _workspace(root)
+    return lifecycle.set_suspended(
+        tenant,
+        services,
+        False,
+        _backend(workspace, backend),
+        workspace,
+        progress or _quiet,
+        verify=_verifier(workspace, verify),
+    )
+
+
+def deregister(
+    tenant: str,
+    service: str,
+    *,
+    retain_data: bool = False,
+    purge: bool = False,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> TenantStatus:
+    """Remove one service of the tenant, keeping (``retain_data``) or deleting its data."""
+    validate_tenant_id(tenant)
+    workspace = _workspace(root)
+    return lifecycle.deregister(
+        tenant,
+        service,
+        _backend(workspace, backend),
+        workspace,
+        retain_data,
+        purge,
+        progress or _quiet,
+    )
 
 
 def _fleet(tenants: Sequence[str], all_tenants: bool, workspace: Workspace) -> list[str]:

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -93,6 +94,10 @@ class PostgresEndpoint(_Model):
     port: Port = 5432
     admin_user: Login = "postgres"
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    #: Whether ``admin_user`` is a true PostgreSQL superuser. Managed services (RDS,
+    #: Cloud SQL, Azure) have none, and the provider must then be told so; false is
+    #: safe everywhere (a superuser only loses reading role passwords back).
+    superuser: bool = False
 
 
 class RabbitmqEndpoint(_Model):
@@ -170,11 +175,24 @@ class Platform(_Model):
         return endpoint
 
 
+#: How a service leaves its tenant: its data kept (every login revoked) or deleted.
+Removal = Literal["retain", "purge"]
+
+
 class ServiceSpec(_Model):
-    """A product registered as a service of the tenant, with its isolation mode."""
+    """A product registered as a service of the tenant, with its isolation mode.
+
+    ``suspended`` and ``removal`` are lifecycle states that must reach the servers, so
+    they live in the stack config and every transition is an update of the stack.
+    """
 
     product: str
     isolation: IsolationMode
+    #: Data untouched, every credential refused (``tenantctl suspend``).
+    suspended: bool = False
+    #: Set by ``deregister`` for the update that precedes the service's removal: it
+    #: lifts protection and marks what is retained, as offboarding does for a tenant.
+    removal: Removal | None = None
 
     @field_validator("product")
     @classmethod
@@ -201,7 +219,8 @@ class TenantConfig(_Model):
     tenant: str
     tier: str = "standard"
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
-    services: tuple[ServiceSpec, ...] = Field(min_length=1)
+    #: Empty for a tenant that exists as an identity only (seed 002, stage 1).
+    services: tuple[ServiceSpec, ...] = ()
     limits: dict[str, StrictInt] = Field(default_factory=dict)
     protect_data: bool = True
     #: Set by offboarding with retention: data stays, every credential is revoked.
@@ -236,9 +255,25 @@ class TenantConfig(_Model):
         self.effective_limits()
         return self
 
+    @field_serializer("services")
+    def _services(self, services: tuple[ServiceSpec, ...]) -> list[dict[str, Any]]:
+        """Lifecycle flags only when set: a stack file shows what differs from active."""
+        return [s.model_dump(by_alias=True, mode="json", exclude_defaults=True) for s in services]
+
     @property
     def names(self) -> TenantNames:
         return TenantNames(self.tenant)
+
+    def service(self, product: str) -> ServiceSpec | None:
+        return next((s for s in self.services if s.product == product), None)
+
+    def protects(self, spec: ServiceSpec) -> bool:
+        """Whether the service's data resources are ``protect``ed."""
+        return self.protect_data and spec.removal is None
+
+    def retains(self, spec: ServiceSpec) -> bool:
+        """Whether the service's data resources are kept when deleted (``retainOnDelete``)."""
+        return self.retain_data or spec.removal == "retain"
 
     def effective_limits(self) -> Limits:
         """Tier defaults with this tenant's overrides applied."""
@@ -253,6 +288,12 @@ class TenantConfig(_Model):
 
     def with_services(self, services: list[ServiceSpec]) -> TenantConfig:
         return TenantConfig.model_validate(self.model_dump() | {"services": services})
+
+    def with_service(self, spec: ServiceSpec) -> TenantConfig:
+        """This config with ``spec`` replacing the service of the same product."""
+        return self.with_services(
+            [spec if s.product == spec.product else s for s in self.services]
+        )
 
     # ----------------------------------------------------------------- loading
 

@@ -1,8 +1,11 @@
 """The tenant lifecycle of seed 002 as states over a tenant's stack.
 
-Registering a service moves it through ``provisioning → migrating → ready``; any
-failure ends in ``failed`` with the reason, never half-way. States are kept on the
-stack itself (as tags), so ``status`` reads them without running a deployment.
+A service moves ``provisioning → migrating → ready ⇄ suspended``, and
+``ready/suspended → deprovisioning → retained | purged``; any failure ends in
+``failed`` with the reason, never half-way. Every change of state is a change of the
+stack config followed by an update, so the servers never drift from the stack; the
+states themselves are kept on the stack (as tags), so ``status`` reads them without
+running a deployment.
 
 The stack operations sit behind :class:`StackBackend`, whose real implementation
 (:mod:`tenant_infra.automation`) drives the Pulumi CLI through the Automation API;
@@ -20,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tenant_infra.catalog import Store, load_catalog
-from tenant_infra.config import ServiceSpec, TenantConfig
+from tenant_infra.config import Removal, ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput, scrub
 from tenant_infra.workspace import InProgress, Workspace
 
@@ -47,7 +50,19 @@ class ServiceState(StrEnum):
     PROVISIONING = "provisioning"
     MIGRATING = "migrating"
     READY = "ready"
+    SUSPENDED = "suspended"
+    DEPROVISIONING = "deprovisioning"
+    RETAINED = "retained"
+    PURGED = "purged"
     FAILED = "failed"
+
+
+#: States a failed update leaves as they were: the update did not reach them.
+SETTLED = frozenset({ServiceState.READY, ServiceState.SUSPENDED})
+#: States only a running operation holds: found without one, it was interrupted.
+IN_FLIGHT = frozenset(
+    {ServiceState.PROVISIONING, ServiceState.MIGRATING, ServiceState.DEPROVISIONING}
+)
 
 
 class TransientConflict(RuntimeError):
@@ -132,7 +147,7 @@ class TenantStatus:
 
     @property
     def ok(self) -> bool:
-        return not self.error and all(s.state is ServiceState.READY for s in self.services)
+        return not self.error and all(s.state in SETTLED for s in self.services)
 
     def service(self, product: str) -> ServiceStatus:
         return next(s for s in self.services if s.product == product)
@@ -185,9 +200,7 @@ def _revisions(outputs: dict[str, Any]) -> dict[str, str | None]:
 
 def read_status(backend: StackBackend, workspace: Workspace, tenant: str) -> TenantStatus:
     """The tenant's services and states, read from its stack file and stack tags."""
-    config = workspace.read_config(tenant)
-    if config is None:
-        raise InvalidInput(f"unknown tenant {tenant!r}: no {workspace.stack_file(tenant).name}")
+    config = known_config(workspace, tenant)
     if not backend.exists(tenant):
         return TenantStatus(
             tenant,
@@ -210,8 +223,8 @@ def read_status(backend: StackBackend, workspace: Workspace, tenant: str) -> Ten
         )
         reason = tags.get(_tag("reason", spec.product), "")
         reason = "" if reason == "-" else reason
-        if state in (ServiceState.PROVISIONING, ServiceState.MIGRATING) and not busy:
-            state, reason = ServiceState.FAILED, f"interrupted while {raw}; run onboard again"
+        if state in IN_FLIGHT and not busy:
+            state, reason = ServiceState.FAILED, f"interrupted while {raw}; run it again"
         statuses.append(
             ServiceStatus(
                 spec.product, spec.isolation.value, state, reason, revisions.get(spec.product)
@@ -285,16 +298,11 @@ def deploy(
         backend.ensure(tenant)
         old_tags = backend.tags(tenant)
         statuses = {
-            s.product: ServiceStatus(s.product, s.isolation.value, ServiceState.PROVISIONING)
+            s.product: ServiceStatus(
+                s.product, s.isolation.value, _starting_state(s, previous, old_tags)
+            )
             for s in config.services
         }
-        already_ready = {
-            p
-            for p in statuses
-            if previous is not None and old_tags.get(_tag("state", p)) == ServiceState.READY.value
-        }
-        for product in already_ready:
-            statuses[product].state = ServiceState.READY
         _record(backend, tenant, list(statuses.values()))
         for status in statuses.values():
             progress(tenant, status)
@@ -328,7 +336,7 @@ def deploy(
             reason = _clean_reason(str(exc)) or type(exc).__name__
             for status in statuses.values():
                 migration_failed = status.reason.startswith("migration")
-                if status.state is not ServiceState.READY or migration_failed:
+                if status.state not in SETTLED or migration_failed:
                     status.state = ServiceState.FAILED
                     status.reason = status.reason if migration_failed else reason
             _record(backend, tenant, list(statuses.values()))
@@ -337,8 +345,19 @@ def deploy(
             return TenantStatus(tenant, list(statuses.values()), error=reason)
 
         revisions = _revisions(outputs)
+        specs = {s.product: s for s in config.services}
         for status in statuses.values():
             status.revision = revisions.get(status.product)
+            spec = specs[status.product]
+            if spec.removal is not None or spec.suspended:
+                # Deprovisioning goes on in the caller; a suspended service is not
+                # verified (every login is refused by design).
+                status.state = (
+                    ServiceState.DEPROVISIONING if spec.removal else ServiceState.SUSPENDED
+                )
+                status.reason = ""
+                progress(tenant, status)
+                continue
             try:
                 if verify is not None:
                     verify(tenant, status.product)
@@ -349,6 +368,103 @@ def deploy(
             progress(tenant, status)
         _record(backend, tenant, list(statuses.values()))
         return TenantStatus(tenant, list(statuses.values()))
+
+
+def _starting_state(
+    spec: ServiceSpec, previous: TenantConfig | None, tags: dict[str, str]
+) -> ServiceState:
+    """A service's state while its update runs: a settled one keeps its state."""
+    if spec.removal is not None:
+        return ServiceState.DEPROVISIONING
+    recorded = tags.get(_tag("state", spec.product))
+    if previous is not None and recorded in {s.value for s in SETTLED}:
+        return ServiceState(recorded)
+    return ServiceState.PROVISIONING
+
+
+def known_config(workspace: Workspace, tenant: str) -> TenantConfig:
+    config = workspace.read_config(tenant)
+    if config is None:
+        raise InvalidInput(f"unknown tenant {tenant!r}: no {workspace.stack_file(tenant).name}")
+    return config
+
+
+def _targets(config: TenantConfig, products: Sequence[str]) -> list[str]:
+    """The named services (all when none are named); an unknown one is refused."""
+    registered = [s.product for s in config.services]
+    for product in products:
+        if product not in registered:
+            raise InvalidInput(f"tenant {config.tenant!r} has no service {product!r}")
+    return list(products) or registered
+
+
+def set_suspended(
+    tenant: str,
+    products: Sequence[str],
+    suspended: bool,
+    backend: StackBackend,
+    workspace: Workspace,
+    progress: Progress = _no_progress,
+    verify: Callable[[str, str], None] | None = None,
+    close_sessions: Callable[[TenantConfig, Sequence[str]], object] | None = None,
+) -> TenantStatus:
+    """Suspend (or resume) services: a config change, then an update of the stack.
+
+    Suspended, a service keeps its data; its PostgreSQL role is NOLOGIN, its RabbitMQ
+    user has no permissions and its MongoDB user no roles. The update revokes; then
+    ``close_sessions`` ends what was already open. Resuming restores exactly the
+    declared state and verifies the service before it is ready again. Running either
+    again converges: the update is then a no-op and sessions are closed again.
+    """
+    config = known_config(workspace, tenant)
+    targets = _targets(config, products)
+    changed = config.with_services(
+        [
+            s.model_copy(update={"suspended": suspended}) if s.product in targets else s
+            for s in config.services
+        ]
+    )
+    status = deploy(changed, backend, workspace, progress, None if suspended else verify)
+    if suspended and not status.error and close_sessions is not None:
+        close_sessions(changed, targets)
+    return status
+
+
+def deregister(
+    tenant: str,
+    product: str,
+    backend: StackBackend,
+    workspace: Workspace,
+    retain_data: bool = False,
+    purge: bool = False,
+    progress: Progress = _no_progress,
+) -> TenantStatus:
+    """Remove one service; the tenant's other services are untouched.
+
+    Two updates, as offboarding does for a whole tenant: the first marks the service
+    (protection lifted; with retention, its data kept on delete and its role NOLOGIN),
+    the second removes it from the stack. Killed in between, running it again goes on
+    from the mark.
+    """
+    if retain_data == purge:
+        raise InvalidInput("choose one of --retain-data and --purge")
+    config = known_config(workspace, tenant)
+    spec = config.service(product)
+    if spec is None:
+        raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
+    mode: Removal = "retain" if retain_data else "purge"
+    marked = config.with_service(spec.model_copy(update={"removal": mode}))
+    status = deploy(marked, backend, workspace, progress)
+    if status.error:
+        return status
+    remaining = marked.with_services([s for s in marked.services if s.product != product])
+    status = deploy(remaining, backend, workspace, progress)
+    if not status.error:
+        final = ServiceState.RETAINED if retain_data else ServiceState.PURGED
+        gone = ServiceStatus(product, spec.isolation.value, final)
+        _record(backend, tenant, [gone])
+        progress(tenant, gone)
+    return status
 
 
 def offboard(
@@ -366,9 +482,7 @@ def offboard(
     if retain_data and purge:
         raise InvalidInput("choose one of --retain-data and --purge")
     with workspace.lock(tenant):
-        config = workspace.read_config(tenant)
-        if config is None:
-            raise InvalidInput(f"unknown tenant {tenant!r}: no {workspace.stack_file(tenant).name}")
+        config = known_config(workspace, tenant)
         if config.protect_data and not (retain_data or purge):
             raise InvalidInput(
                 f"tenant {tenant!r} holds protected data: pass --retain-data to keep it or "

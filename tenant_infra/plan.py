@@ -50,6 +50,11 @@ class PlannedResource:
     #: SHA-256 of each secret input's value: lets tests prove two credentials differ
     #: without the plan ever holding one in plain text.
     secret_fingerprints: dict[str, str] = field(default_factory=dict, compare=False)
+    #: The inputs unmasked (secret wrappers removed), only when :func:`evaluate` is
+    #: asked for them: the replay backend applies these. Never in a plan shown to anyone.
+    values: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: Output keys the resource asked to be secret (``additional_secret_outputs``).
+    secret_outputs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -123,11 +128,28 @@ class _PlanMocks(mocks.Mocks):
         return {}, None
 
 
+def _unwrap(value: Any) -> Any:
+    """``value`` with secret wrappers removed and resource references as names."""
+    if isinstance(value, dict):
+        sig = value.get(_SIG)
+        if sig == _SECRET_SIG:
+            return _unwrap(value.get("value"))
+        if sig == _RESOURCE_SIG:
+            return _name_of(str(value.get("urn", "")))
+        return {key: _unwrap(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class _RecordingMonitor(mocks.MockMonitor):
-    def __init__(self) -> None:
-        super().__init__(_PlanMocks())
+    def __init__(self, resource_mocks: mocks.Mocks | None = None, keep_values: bool = False):
+        super().__init__(resource_mocks or _PlanMocks())
         self.recorded: list[PlannedResource] = []
         self.outputs: Any = {}
+        self.keep_values = keep_values
 
     def RegisterResource(self, request: Any) -> Any:
         if request.type != "pulumi:pulumi:Stack":
@@ -160,6 +182,8 @@ class _RecordingMonitor(mocks.MockMonitor):
                     depends_on=tuple(sorted(_name_of(urn) for urn in request.dependencies)),
                     secret_inputs=frozenset(fingerprints),
                     secret_fingerprints=fingerprints,
+                    values=_unwrap(raw) if self.keep_values else None,
+                    secret_outputs=tuple(request.additionalSecretOutputs),
                 )
             )
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
@@ -174,11 +198,19 @@ def pulumi_config_values(config: TenantConfig | PlatformConfig) -> dict[str, str
     }
 
 
-def _evaluate(
-    stack: str, values: dict[str, str], program: Callable[[], Any]
+def evaluate(
+    stack: str,
+    values: dict[str, str],
+    program: Callable[[], Any],
+    resource_mocks: mocks.Mocks | None = None,
+    keep_values: bool = False,
 ) -> tuple[list[PlannedResource], dict[str, Any]]:
-    """Run ``program`` under the mock runtime; return what it registered and its outputs."""
-    monitor = _RecordingMonitor()
+    """Run ``program`` under the mock runtime; return what it registered and its outputs.
+
+    ``resource_mocks`` decides each resource's outputs (default: inputs echoed, fake
+    passwords); ``keep_values`` keeps the unmasked inputs in ``PlannedResource.values``.
+    """
+    monitor = _RecordingMonitor(resource_mocks, keep_values)
     pulumi.runtime.set_all_config(values, [])
     pulumi.runtime.set_mocks(
         monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor
@@ -203,7 +235,7 @@ def _evaluate(
 
 def plan(config: TenantConfig) -> Plan:
     """Every resource the tenant's stack would declare, evaluated offline."""
-    resources, outputs = _evaluate(
+    resources, outputs = evaluate(
         config.tenant,
         pulumi_config_values(config),
         lambda: {"services": tenant_program(PlatformCredentials.for_plan()).outputs()},
@@ -213,7 +245,7 @@ def plan(config: TenantConfig) -> Plan:
 
 def plan_platform(config: PlatformConfig, stack: str) -> Plan:
     """Every resource the platform stack would declare, evaluated offline."""
-    resources, outputs = _evaluate(
+    resources, outputs = evaluate(
         stack,
         pulumi_config_values(config),
         lambda: platform_program(PlatformCredentials.for_plan()),

@@ -1,0 +1,1 @@
+"""Test doubles shared by the suites: the replay backend and the upstream statements."""
