@@ -28,7 +28,6 @@ class TenantVhost(pulumi.ComponentResource):
         tenant: TenantNames,
         limits: Limits,
         protect_data: bool,
-        retain_data: bool,
         provider: rabbitmq.Provider,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -42,7 +41,7 @@ class TenantVhost(pulumi.ComponentResource):
             max_connections=str(limits.broker_max_connections),
             max_queues=str(limits.broker_max_queues),
             opts=pulumi.ResourceOptions.merge(
-                child, pulumi.ResourceOptions(protect=protect_data, retain_on_delete=retain_data)
+                child, pulumi.ResourceOptions(protect=protect_data)
             ),
         )
         # An operator policy, not a policy: tenant users cannot override the cap.

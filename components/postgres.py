@@ -61,14 +61,13 @@ class PostgresArgs:
     isolation: IsolationMode
     limits: Limits
     protect_data: bool
-    #: Offboarding with retention: keep role (NOLOGIN), database and schema on delete.
-    retain_data: bool = False
-    #: Suspension: the role stays, NOLOGIN; nothing else changes.
-    suspended: bool = False
+    #: False while the service is suspended or retained: the role keeps owning its data
+    #: but cannot log in.
+    login: bool = True
 
     def keep(self) -> pulumi.ResourceOptions:
         """Options for data-holding resources."""
-        return pulumi.ResourceOptions(protect=self.protect_data, retain_on_delete=self.retain_data)
+        return pulumi.ResourceOptions(protect=self.protect_data)
 
 
 class ServicePostgres(pulumi.ComponentResource):
@@ -101,8 +100,7 @@ class ServicePostgres(pulumi.ComponentResource):
         role = postgresql.Role(
             f"{name}-role",
             name=names.pg_role,
-            # A retained or suspended role keeps owning the data but cannot log in.
-            login=not (args.retain_data or args.suspended),
+            login=args.login,
             password=self.password,
             superuser=False,
             create_database=False,
@@ -113,9 +111,7 @@ class ServicePostgres(pulumi.ComponentResource):
             connection_limit=args.limits.pg_connection_limit,
             statement_timeout=args.limits.pg_statement_timeout_ms,
             search_paths=[names.pg_schema],
-            opts=pulumi.ResourceOptions(
-                parent=self, provider=role_provider, retain_on_delete=args.retain_data
-            ),
+            opts=pulumi.ResourceOptions(parent=self, provider=role_provider),
         )
         self.role = role.name
         self.database, self.schema = (

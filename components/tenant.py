@@ -44,14 +44,12 @@ class Tenant(pulumi.ComponentResource):
             if product.needs(Store.RABBITMQ)
         ]
         if brokered:
-            # Shared by the tenant's services: protected while one of them stays, kept
-            # on delete when the last ones leave with their data retained.
+            # Shared by the tenant's services: protected while one of them is.
             self.vhost = TenantVhost(
                 f"{names.tenant}-rabbitmq",
                 names,
                 limits,
                 any(config.protects(spec) for spec in brokered),
-                config.retain_data or any(spec.removal == "retain" for spec in brokered),
                 providers.rabbitmq(),
                 pulumi.ResourceOptions(parent=self),
             )
@@ -66,8 +64,8 @@ class Tenant(pulumi.ComponentResource):
                     spec.isolation,
                     limits,
                     config.protects(spec),
-                    config.retains(spec),
-                    spec.suspended,
+                    suspended=spec.suspended,
+                    data_only=spec.removal is not None,
                 ),
                 providers,
                 self.vhost,

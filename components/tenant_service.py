@@ -37,8 +37,11 @@ class TenantServiceArgs:
     isolation: IsolationMode
     limits: Limits
     protect_data: bool
-    retain_data: bool = False
+    #: Every login refused; everything stays declared (``tenantctl suspend``).
     suspended: bool = False
+    #: Only the data is declared (role NOLOGIN, database or schema): a retained
+    #: service, or one about to be purged. Users, secrets and migrations go.
+    data_only: bool = False
 
 
 class TenantService(pulumi.ComponentResource):
@@ -67,8 +70,7 @@ class TenantService(pulumi.ComponentResource):
                 args.isolation,
                 args.limits,
                 args.protect_data,
-                args.retain_data,
-                args.suspended,
+                login=not (args.suspended or args.data_only),
             ),
             providers,
             child,
@@ -92,6 +94,12 @@ class TenantService(pulumi.ComponentResource):
             "isolation": args.isolation.value,
             "postgresql": {k: v for k, v in postgres_doc.items() if k != "password"},
         }
+        self.postgres = postgres
+        if args.data_only:
+            info["state"] = "data-only"
+            self.info = pulumi.Output.from_input(info)
+            self.register_outputs({"info": self.info})
+            return
         head = head_revision(names.product)
         if head is not None:
             # Seed 002, stage 4: the product's migrations run as the service's own role

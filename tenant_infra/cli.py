@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from tenant_infra.errors import BackendUnavailable, InvalidInput
+from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed
 from tenant_infra.lifecycle import (
     EventSink,
     Progress,
@@ -359,6 +359,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", EXIT_FAILED)
     except InvalidInput as exc:
         _fail(str(exc), EXIT_INVALID)
-    except (BackendUnavailable, InProgress) as exc:
+    except (BackendUnavailable, InProgress, OperationFailed) as exc:
         _fail(str(exc), EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else 0)

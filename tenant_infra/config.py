@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     field_serializer,
@@ -175,7 +176,7 @@ class Platform(_Model):
         return endpoint
 
 
-#: How a service leaves its tenant: its data kept (every login revoked) or deleted.
+#: How a service leaves its tenant: its data kept (every credential revoked) or deleted.
 Removal = Literal["retain", "purge"]
 
 
@@ -189,9 +190,10 @@ class ServiceSpec(_Model):
     product: str
     isolation: IsolationMode
     #: Data untouched, every credential refused (``tenantctl suspend``).
-    suspended: bool = False
-    #: Set by ``deregister`` for the update that precedes the service's removal: it
-    #: lifts protection and marks what is retained, as offboarding does for a tenant.
+    suspended: StrictBool = False
+    #: ``retain``: only the data is left (the role NOLOGIN, its database or schema, the
+    #: vhost), still managed by the stack so that a later purge can delete it.
+    #: ``purge``: the same, unprotected, for the update before the service is removed.
     removal: Removal | None = None
 
     @field_validator("product")
@@ -223,8 +225,6 @@ class TenantConfig(_Model):
     services: tuple[ServiceSpec, ...] = ()
     limits: dict[str, StrictInt] = Field(default_factory=dict)
     protect_data: bool = True
-    #: Set by offboarding with retention: data stays, every credential is revoked.
-    retain_data: bool = False
     platform: Platform
 
     @field_validator("tenant")
@@ -268,12 +268,8 @@ class TenantConfig(_Model):
         return next((s for s in self.services if s.product == product), None)
 
     def protects(self, spec: ServiceSpec) -> bool:
-        """Whether the service's data resources are ``protect``ed."""
-        return self.protect_data and spec.removal is None
-
-    def retains(self, spec: ServiceSpec) -> bool:
-        """Whether the service's data resources are kept when deleted (``retainOnDelete``)."""
-        return self.retain_data or spec.removal == "retain"
+        """Whether the service's data resources are ``protect``ed (a purge lifts it)."""
+        return self.protect_data and spec.removal != "purge"
 
     def effective_limits(self) -> Limits:
         """Tier defaults with this tenant's overrides applied."""

@@ -9,6 +9,10 @@ class InvalidInput(ValueError):
     """Input refused before anything is created. The message names the rule broken."""
 
 
+class OperationFailed(RuntimeError):
+    """A lifecycle operation failed on the servers; running it again resumes it."""
+
+
 class BackendUnavailable(RuntimeError):
     """A platform service (PostgreSQL, RabbitMQ, Vault, MongoDB) could not be reached."""
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from tenant_infra.catalog import Store, load_catalog
 from tenant_infra.config import Removal, ServiceSpec, TenantConfig
-from tenant_infra.errors import InvalidInput, scrub
+from tenant_infra.errors import InvalidInput, OperationFailed, scrub
 from tenant_infra.workspace import InProgress, Workspace
 
 #: Resource type of the per-service migration marker (see components/migration.py).
@@ -58,7 +58,7 @@ class ServiceState(StrEnum):
 
 
 #: States a failed update leaves as they were: the update did not reach them.
-SETTLED = frozenset({ServiceState.READY, ServiceState.SUSPENDED})
+SETTLED = frozenset({ServiceState.READY, ServiceState.SUSPENDED, ServiceState.RETAINED})
 #: States only a running operation holds: found without one, it was interrupted.
 IN_FLIGHT = frozenset(
     {ServiceState.PROVISIONING, ServiceState.MIGRATING, ServiceState.DEPROVISIONING}
@@ -350,11 +350,13 @@ def deploy(
             status.revision = revisions.get(status.product)
             spec = specs[status.product]
             if spec.removal is not None or spec.suspended:
-                # Deprovisioning goes on in the caller; a suspended service is not
-                # verified (every login is refused by design).
-                status.state = (
-                    ServiceState.DEPROVISIONING if spec.removal else ServiceState.SUSPENDED
-                )
+                # A purge goes on in the caller; retained and suspended services are
+                # not verified (every login is refused by design).
+                status.state = {
+                    "retain": ServiceState.RETAINED,
+                    "purge": ServiceState.DEPROVISIONING,
+                    None: ServiceState.SUSPENDED,
+                }[spec.removal]
                 status.reason = ""
                 progress(tenant, status)
                 continue
@@ -374,9 +376,11 @@ def _starting_state(
     spec: ServiceSpec, previous: TenantConfig | None, tags: dict[str, str]
 ) -> ServiceState:
     """A service's state while its update runs: a settled one keeps its state."""
+    recorded = tags.get(_tag("state", spec.product))
+    if spec.removal == "retain" and recorded == ServiceState.RETAINED.value:
+        return ServiceState.RETAINED
     if spec.removal is not None:
         return ServiceState.DEPROVISIONING
-    recorded = tags.get(_tag("state", spec.product))
     if previous is not None and recorded in {s.value for s in SETTLED}:
         return ServiceState(recorded)
     return ServiceState.PROVISIONING
@@ -395,7 +399,7 @@ def _targets(config: TenantConfig, products: Sequence[str]) -> list[str]:
     for product in products:
         if product not in registered:
             raise InvalidInput(f"tenant {config.tenant!r} has no service {product!r}")
-    return list(products) or registered
+    return list(products) or [s.product for s in config.services if s.removal is None]
 
 
 def set_suspended(
@@ -418,6 +422,9 @@ def set_suspended(
     """
     config = known_config(workspace, tenant)
     targets = _targets(config, products)
+    for spec in config.services:
+        if spec.product in targets and spec.removal is not None:
+            raise InvalidInput(f"service {spec.product!r} of tenant {tenant!r} is retained")
     changed = config.with_services(
         [
             s.model_copy(update={"suspended": suspended}) if s.product in targets else s
@@ -441,10 +448,10 @@ def deregister(
 ) -> TenantStatus:
     """Remove one service; the tenant's other services are untouched.
 
-    Two updates, as offboarding does for a whole tenant: the first marks the service
-    (protection lifted; with retention, its data kept on delete and its role NOLOGIN),
-    the second removes it from the stack. Killed in between, running it again goes on
-    from the mark.
+    Retained, the service stays in the stack with its data only (role NOLOGIN, its
+    database or schema), every credential gone: ``retained``, and purgeable later.
+    Purged, a first update marks it (protection lifted, data only) and a second removes
+    it from the stack; killed in between, running it again goes on from the mark.
     """
     if retain_data == purge:
         raise InvalidInput("choose one of --retain-data and --purge")
@@ -455,13 +462,12 @@ def deregister(
     mode: Removal = "retain" if retain_data else "purge"
     marked = config.with_service(spec.model_copy(update={"removal": mode}))
     status = deploy(marked, backend, workspace, progress)
-    if status.error:
+    if status.error or retain_data:
         return status
     remaining = marked.with_services([s for s in marked.services if s.product != product])
     status = deploy(remaining, backend, workspace, progress)
     if not status.error:
-        final = ServiceState.RETAINED if retain_data else ServiceState.PURGED
-        gone = ServiceStatus(product, spec.isolation.value, final)
+        gone = ServiceStatus(product, spec.isolation.value, ServiceState.PURGED)
         _record(backend, tenant, [gone])
         progress(tenant, gone)
     return status
@@ -473,43 +479,47 @@ def offboard(
     workspace: Workspace,
     retain_data: bool = False,
     purge: bool = False,
+    progress: Progress = _no_progress,
 ) -> list[str]:
-    """Destroy the tenant's stack and remove it. Returns what was retained.
+    """Retain or purge every service of the tenant. Returns what was retained.
 
     Protected data is never destroyed implicitly: the caller must say whether it is
-    retained (kept, with every credential revoked) or purged.
+    retained (kept, with every credential revoked, in the stack so that a later purge
+    can delete it) or purged (the stack destroyed and removed, the stack file too).
+    Every step is an update of the stack, so a failed run is resumed by running it again.
     """
     if retain_data and purge:
         raise InvalidInput("choose one of --retain-data and --purge")
+    config = known_config(workspace, tenant)
+    if config.protect_data and not (retain_data or purge):
+        raise InvalidInput(
+            f"tenant {tenant!r} holds protected data: pass --retain-data to keep it or "
+            "--purge to delete it"
+        )
+    mode: Removal = "retain" if retain_data else "purge"
+    marked = config.with_services(
+        [s.model_copy(update={"removal": mode}) for s in config.services]
+    )
+    if not backend.exists(tenant):
+        if retain_data:
+            workspace.write_config(marked)
+        else:
+            workspace.stack_file(tenant).unlink(missing_ok=True)
+        return []
+    status = deploy(marked, backend, workspace, progress)
+    if status.error:
+        raise OperationFailed(f"offboarding tenant {tenant!r} failed: {status.error}")
+    if retain_data:
+        return retained_stores(config)
     with workspace.lock(tenant):
-        config = known_config(workspace, tenant)
-        if config.protect_data and not (retain_data or purge):
-            raise InvalidInput(
-                f"tenant {tenant!r} holds protected data: pass --retain-data to keep it or "
-                "--purge to delete it"
-            )
-        if backend.exists(tenant):
-            # Apply the new protection first: protect must be off before destroy, and
-            # retained resources must carry retainOnDelete when they are deleted.
-            path = workspace.stack_file(tenant)
-            original = path.read_text()
-            workspace.write_config(
-                config.model_copy(update={"protect_data": False, "retain_data": retain_data})
-            )
-            try:
-                with_retries(lambda: backend.up(tenant, lambda _e: None))
-                with_retries(lambda: backend.destroy(tenant, lambda _e: None))
-            except BaseException:
-                # Never leave a tenant unprotected because its offboarding failed.
-                path.write_text(original)
-                raise
-            backend.remove(tenant)
+        with_retries(lambda: backend.destroy(tenant, lambda _e: None))
+        backend.remove(tenant)
         workspace.stack_file(tenant).unlink(missing_ok=True)
-    return retained_stores(config) if retain_data else []
+    return []
 
 
 def retained_stores(config: TenantConfig) -> list[str]:
-    """What an offboarding with retention keeps, per store (the role keeps owning it)."""
+    """What a retention keeps, per store (the role keeps owning it, without login)."""
     catalog = load_catalog()
     kept = [f"{s.product}: PostgreSQL {s.isolation.value.lower()} store" for s in config.services]
     products = [catalog.product(s.product) for s in config.services]

@@ -26,7 +26,6 @@ CONFIG_KEYS = (
     "services",
     "limits",
     "protectData",
-    "retainData",
     "platform",
     "products",
 )

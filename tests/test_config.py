@@ -66,7 +66,14 @@ def test_limits_are_the_tier_defaults_with_overrides() -> None:
             {"tenant-infra:services": [{"product": "ledger", "isolation": "SCHEMA"}] * 2},
             "registered twice",
         ),
-        ({"tenant-infra:services": []}, "services"),
+        (
+            {"tenant-infra:services": [{"product": "ledger", "isolation": "SCHEMA", "removal": "keep"}]},
+            "services.0.removal",
+        ),
+        (
+            {"tenant-infra:services": [{"product": "ledger", "isolation": "SCHEMA", "suspended": "no"}]},
+            "services.0.suspended",
+        ),
         ({"tenant-infra:tier": "platinum"}, "unknown tier 'platinum'"),
         ({"tenant-infra:limits": {"pg_connection_limit": 0}}, "pg_connection_limit"),
         ({"tenant-infra:limits": {"max_rows": 5}}, "unknown limit 'max_rows'"),
@@ -80,6 +87,12 @@ def test_limits_are_the_tier_defaults_with_overrides() -> None:
 )
 def test_bad_tenant_settings_are_refused(change: dict[str, Any], rule: str) -> None:
     assert rule in refused(globex() | change)
+
+
+def test_a_tenant_may_exist_without_services() -> None:
+    """Seed 002, stage 1: the tenant exists as an identity only."""
+    config = TenantConfig.from_pulumi_values(globex() | {"tenant-infra:services": []})
+    assert config.services == ()
 
 
 @pytest.mark.parametrize(

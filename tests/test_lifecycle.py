@@ -306,7 +306,7 @@ def test_offboard_refuses_protected_data_without_a_decision(
     assert ("destroy", "newco") not in stacks.calls
 
 
-def test_offboard_with_retention_unprotects_then_destroys_and_removes(
+def test_offboard_with_retention_keeps_the_data_in_the_stack_then_purge_removes_it(
     root: Path, stacks: MemoryStacks
 ) -> None:
     commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
@@ -325,7 +325,15 @@ def test_offboard_with_retention_unprotects_then_destroys_and_removes(
         "MongoDB database newco",
     ]
     (config,) = seen_config
-    assert config.retain_data and not config.protect_data
+    (spec,) = config.services
+    assert spec.removal == "retain" and config.protects(spec)  # retained data stays protected
+    assert ("destroy", "newco") not in stacks.calls
+    status = commands.status("newco", backend=stacks, root=root)
+    assert [s.state for s in status.services] == [ServiceState.RETAINED]
+
+    commands.offboard("newco", purge=True, backend=stacks, root=root)
+    purging = seen_config[-1]
+    assert purging.services[0].removal == "purge" and not purging.protects(purging.services[0])
     assert stacks.calls[-3:] == [("up", "newco"), ("destroy", "newco"), ("remove", "newco")]
     assert not (root / "stacks" / "Pulumi.newco.yaml").exists()
 
@@ -400,7 +408,7 @@ def test_a_failed_offboarding_leaves_the_tenant_protected(root: Path, stacks: Me
     with pytest.raises(RuntimeError):
         commands.offboard("newco", retain_data=True, backend=stacks, root=root)
     config = Workspace(root).read_config("newco")
-    assert config is not None and config.protect_data and not config.retain_data
+    assert config is not None and all(config.protects(s) for s in config.services)
 
 
 def test_a_stack_file_naming_another_tenant_is_refused(root: Path) -> None:

@@ -141,28 +141,42 @@ def test_promotion_keeps_role_and_never_reuses_store_names(plan_for) -> None:
     assert store_s and store_d and not store_s & store_d
 
 
-def test_retained_offboarding_keeps_data_and_revokes_login(plan_for, tmp_path) -> None:
+def _with_removal(tmp_path: Path, removal: str) -> Path:
     import yaml
-
-    from tenant_infra import commands
 
     source = Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.acme.yaml"
     values = yaml.safe_load(source.read_text())
-    values["config"]["tenant-infra:retainData"] = True
-    values["config"]["tenant-infra:protectData"] = False
+    for service in values["config"]["tenant-infra:services"]:
+        service["removal"] = removal
     path = tmp_path / "Pulumi.acme.yaml"
     path.write_text(yaml.safe_dump(values))
-    plan = commands.plan("acme", (), path)
-    role = plan.by_name("acme-ledger-postgres-role")
-    assert role.inputs["login"] is False and role.retain_on_delete
+    return path
+
+
+def test_a_retained_service_keeps_only_its_protected_data_and_no_login(tmp_path) -> None:
+    from tenant_infra import commands
+
+    plan = commands.plan("acme", (), _with_removal(tmp_path, "retain"))
+    assert plan.by_name("acme-ledger-postgres-role").inputs["login"] is False
     for name in (
         "acme-ledger-postgres-dedicated-db",
         "acme-ledger-postgres-dedicated-schema",
         "acme-rabbitmq-vhost",
     ):
-        resource = plan.by_name(name)
-        assert resource.retain_on_delete and not resource.protect
-    assert not plan.by_name("acme-ledger-rabbitmq-user").retain_on_delete  # credentials go
+        assert plan.by_name(name).protect
+    declared = {r.name for r in plan.resources}
+    for credential in ("acme-ledger-rabbitmq-user", "acme-ledger-vault-secret", "acme-ledger-migration"):
+        assert credential not in declared  # credentials and migrations go
+
+
+def test_a_purge_lifts_protection_and_cascades_the_schema(tmp_path) -> None:
+    from tenant_infra import commands
+
+    plan = commands.plan("acme", (), _with_removal(tmp_path, "purge"))
+    schema = plan.by_name("acme-ledger-postgres-dedicated-schema")
+    assert schema.inputs["dropCascade"] is True and not schema.protect
+    assert not plan.by_name("acme-ledger-postgres-dedicated-db").protect
+    assert not plan.by_name("acme-rabbitmq-vhost").protect
 
 
 def test_a_dedicated_database_is_dropped_before_its_role(plan_for) -> None:
