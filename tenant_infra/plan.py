@@ -7,6 +7,7 @@ never leave this module in plain text; they are replaced by ``"[secret]"``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -210,6 +211,10 @@ def evaluate(
     ``resource_mocks`` decides each resource's outputs (default: inputs echoed, fake
     passwords); ``keep_values`` keeps the unmasked inputs in ``PlannedResource.values``.
     """
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:  # a worker thread: the mock runtime needs a loop of its own
+        asyncio.set_event_loop(asyncio.new_event_loop())
     monitor = _RecordingMonitor(resource_mocks, keep_values)
     pulumi.runtime.set_all_config(values, [])
     pulumi.runtime.set_mocks(

@@ -1,0 +1,413 @@
+"""Every lifecycle verb on the real PostgreSQL and RabbitMQ, through the replay backend.
+
+``commands.*`` drive the same program as ``pulumi up``; ``tests/support/replay.py``
+applies it with the statements the upstream providers issue. Each test's tenants have
+unique ids and are purged at the end; a final check asserts nothing of them is left
+in the catalogs or the management API.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import psycopg
+import pytest
+import requests
+from psycopg import sql
+
+from tenant_infra import commands
+from tenant_infra.lifecycle import ServiceState
+from tenant_infra.verify.command import verify_tenant
+from tenant_infra.verify.connections import AdminAccess, RabbitmqAdmin
+from tenant_infra.workspace import Workspace
+from tests.support.replay import ReplayBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_STACK = ROOT / "stacks" / "Pulumi.dev.yaml"
+ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+MANAGEMENT = "http://127.0.0.1:15672"
+GUEST = ("guest", "guest")
+MODES = ["SCHEMA", "DATABASE"]
+
+
+def admin_sql(query: str | sql.Composable, database: str = "postgres", params: Any = None) -> list[Any]:
+    with psycopg.connect(**(ADMIN | {"dbname": database}), autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def management(path: str) -> requests.Response:
+    return requests.get(f"{MANAGEMENT}/api/{path}", auth=GUEST, timeout=15)
+
+
+def leftovers(tenant: str) -> list[str]:
+    """Everything on the servers named after ``tenant``: roles, databases, schemas, vhost, users."""
+    key = tenant.replace("-", "_")
+    found = [f"role {r}" for (r,) in admin_sql("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", params=(f"%\\_{key}",))]
+    found += [f"database {d}" for (d,) in admin_sql("SELECT datname FROM pg_database WHERE datname LIKE %s", params=(f"%\\_{key}",))]
+    for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('ledger', 'tracer')"):
+        found += [f"schema {database}.{s}" for (s,) in admin_sql("SELECT nspname FROM pg_namespace WHERE nspname = %s", database, (f"tenant_{key}",))]
+    if management(f"vhosts/{tenant}").status_code == 200:
+        found.append(f"vhost {tenant}")
+    found += [f"user {u['name']}" for u in management("users").json() if u["name"].endswith(f"_{key}")]
+    return found
+
+
+def force_cleanup(tenant: str) -> None:
+    """What a failed test may leave, dropped with admin rights (never hides a leak: the
+    tests assert ``leftovers`` themselves before this runs)."""
+    key = tenant.replace("-", "_")
+    for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname LIKE %s", params=(f"%\\_{key}",)):
+        admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('ledger', 'tracer')"):
+        admin_sql(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"tenant_{key}")), database)
+    for (role,) in admin_sql("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", params=(f"%\\_{key}",)):
+        for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('postgres', 'ledger', 'tracer')"):
+            admin_sql(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)), database)
+        admin_sql(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    requests.delete(f"{MANAGEMENT}/api/vhosts/{tenant}", auth=GUEST, timeout=15)
+    for user in management("users").json():
+        if user["name"].endswith(f"_{key}"):
+            requests.delete(f"{MANAGEMENT}/api/users/{user['name']}", auth=GUEST, timeout=15)
+
+
+class World:
+    """A project folder, a replay backend and the tenants a test creates."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "stacks").mkdir()
+        shutil.copy(DEV_STACK, root / "stacks" / "Pulumi.dev.yaml")
+        self.backend = ReplayBackend(root / "state", root=root)
+        self.tenants: list[str] = []
+
+    def new_tenant(self, label: str) -> str:
+        tenant = f"lr{secrets.token_hex(3)}-{label}"
+        self.tenants.append(tenant)
+        return tenant
+
+    def verify(self, tenant: str, product: str) -> None:
+        """The post-deploy gate, on the documents the replay recorded for Vault."""
+        report = verify_tenant(
+            tenant,
+            services=[product],
+            connections=[self.backend.document(tenant, product)],
+            stack_config=Workspace(self.root).stack_file(tenant),
+            admin=AdminAccess(rabbitmq=RabbitmqAdmin(MANAGEMENT, *GUEST)),
+        )
+        failures = [f"{c.name}: {c.reason}" for s in report.services for c in s.failed()]
+        assert not failures, failures
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"backend": self.backend, "root": self.root}
+
+    def onboard(self, tenant: str, *services: str) -> Any:
+        status = commands.onboard(tenant, services, DEV_STACK, verify=self.verify, **self.kwargs())
+        assert status.ok, status.to_json()
+        return status
+
+    def pg(self, tenant: str, product: str, database: str | None = None) -> dict[str, Any]:
+        doc = self.backend.document(tenant, product)["postgresql"]
+        return {
+            "host": doc["host"],
+            "port": doc["port"],
+            "dbname": database or doc["database"],
+            "user": doc["user"],
+            "password": doc["password"],
+            "connect_timeout": 5,
+        }
+
+    def amqp(self, tenant: str, product: str) -> pika.BlockingConnection:
+        doc = self.backend.document(tenant, product)["rabbitmq"]
+        credentials = pika.PlainCredentials(doc["user"], doc["password"])
+        return pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", 5672, doc["vhost"], credentials, connection_attempts=1)
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    # The operator's process holds the platform's admin credentials (suspend uses them).
+    monkeypatch.setenv("TENANT_INFRA_RABBITMQ_PASSWORD", GUEST[1])
+    world = World(tmp_path)
+    try:
+        yield world
+    finally:
+        for tenant in world.tenants:
+            try:
+                if Workspace(world.root).read_config(tenant) is not None:
+                    commands.offboard(tenant, purge=True, **world.kwargs())
+            finally:
+                force_cleanup(tenant)
+
+
+def snapshot(world: World, tenant: str, product: str) -> dict[str, Any]:
+    """A service's objects as the catalogs hold them: tables and ACLs, role settings and
+    the content of every table (checksums)."""
+    doc = world.backend.document(tenant, product)["postgresql"]
+    schema, database = doc["schema"], doc["database"]
+    tables = admin_sql(
+        "SELECT c.relname, c.relkind, c.relacl::text, pg_get_userbyid(c.relowner) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s ORDER BY 1",
+        database,
+        (schema,),
+    )
+    checksums = {
+        name: admin_sql(
+            sql.SQL("SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {} t").format(
+                sql.Identifier(schema, name)
+            ),
+            database,
+        )[0][0]
+        for name, kind, _acl, _owner in tables
+        if kind == "r"
+    }
+    role = admin_sql(
+        "SELECT oid, rolcanlogin, rolconnlimit, rolconfig FROM pg_roles WHERE rolname = %s",
+        params=(doc["user"],),
+    )
+    namespace = admin_sql("SELECT nspacl::text, pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = %s", database, (schema,))
+    return {"tables": tables, "checksums": checksums, "role": role, "schema": namespace}
+
+
+def write_rows(world: World, tenant: str, product: str) -> None:
+    """Tenant data, written by the service's own role into a table its migrations made."""
+    doc = world.backend.document(tenant, product)["postgresql"]
+    with psycopg.connect(**world.pg(tenant, product), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, note text)").format(sql.Identifier(doc["schema"], "probe"))
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT g, md5(g::text) FROM generate_series(1, 50) g").format(
+                sql.Identifier(doc["schema"], "probe")
+            )
+        )
+
+
+def count_rows(world: World, tenant: str, product: str, document: dict[str, Any] | None = None) -> int:
+    """Rows of the probe table, read as the admin (``document``: the service's, kept
+    from before its credentials were deleted)."""
+    doc = (document or world.backend.document(tenant, product))["postgresql"]
+    return int(admin_sql(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(doc["schema"], "probe")), doc["database"])[0][0])
+
+
+def login_refused(params: dict[str, Any]) -> bool:
+    try:
+        with psycopg.connect(**params):
+            return False
+    except psycopg.OperationalError:
+        return True
+
+
+def amqp_refused(world: World, tenant: str, product: str) -> bool:
+    try:
+        world.amqp(tenant, product).close()
+        return False
+    except pika.exceptions.AMQPError:
+        return True
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_register_a_second_product_leaves_the_first_untouched(world: World, mode: str) -> None:
+    tenant = world.new_tenant("reg")
+    world.onboard(tenant, f"ledger:{mode}")
+    write_rows(world, tenant, "ledger")
+    before = snapshot(world, tenant, "ledger")
+    status = commands.register(tenant, [f"tracer:{mode}"], verify=world.verify, **world.kwargs())
+    assert status.ok, status.to_json()
+    assert [s.revision for s in status.services] == ["0003", "0003"]
+    assert snapshot(world, tenant, "ledger") == before
+    with psycopg.connect(**world.pg(tenant, "ledger")) as conn:  # its password is unchanged
+        assert conn.execute("SELECT count(*) FROM probe").fetchone() == (50,)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tier_change_updates_limits_in_place_and_keeps_the_data(world: World, mode: str) -> None:
+    tenant = world.new_tenant("tier")
+    world.onboard(tenant, f"ledger:{mode}")
+    write_rows(world, tenant, "ledger")
+    role = world.backend.document(tenant, "ledger")["postgresql"]["user"]
+    oid_before = admin_sql("SELECT oid FROM pg_roles WHERE rolname = %s", params=(role,))
+    workspace = Workspace(world.root)
+    config = workspace.read_config(tenant)
+    assert config is not None and config.tier == "standard"
+    workspace.write_config(config.model_copy(update={"tier": "enterprise"}))
+    (result,) = commands.up([tenant], verify=world.verify, **world.kwargs())
+    assert result.ok, result.error
+    assert admin_sql("SELECT oid, rolconnlimit FROM pg_roles WHERE rolname = %s", params=(role,)) == [
+        (oid_before[0][0], 100)
+    ]
+    config_rows = admin_sql("SELECT rolconfig FROM pg_roles WHERE rolname = %s", params=(role,))
+    assert "statement_timeout=60000" in config_rows[0][0]
+    if mode == "DATABASE":
+        assert admin_sql("SELECT datconnlimit FROM pg_database WHERE datname = %s", params=(role,)) == [(100,)]
+    limits = management(f"vhost-limits/{tenant}").json()[0]["value"]
+    assert limits == {"max-connections": 500, "max-queues": 1000}
+    policy = management(f"operator-policies/{tenant}/tenant-queue-limits").json()
+    assert policy["definition"]["max-length"] == 1000000
+    assert count_rows(world, tenant, "ledger") == 50
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_suspend_closes_every_session_and_resume_restores_exactly(world: World, mode: str) -> None:
+    tenant = world.new_tenant("susp")
+    world.onboard(tenant, f"ledger:{mode}")
+    write_rows(world, tenant, "ledger")
+    before = snapshot(world, tenant, "ledger")
+    session = psycopg.connect(**world.pg(tenant, "ledger"), autocommit=True)
+    amqp = world.amqp(tenant, "ledger")
+
+    status = commands.suspend(tenant, **world.kwargs())
+    assert [s.state for s in status.services] == [ServiceState.SUSPENDED], status.to_json()
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    assert login_refused(world.pg(tenant, "ledger"))
+    with pytest.raises(pika.exceptions.AMQPError):  # closed by the broker
+        amqp.process_data_events(time_limit=2)
+        amqp.channel()
+    assert amqp_refused(world, tenant, "ledger")
+    assert count_rows(world, tenant, "ledger") == 50  # the data is untouched
+    assert commands.status(tenant, **world.kwargs()).services[0].state is ServiceState.SUSPENDED
+
+    status = commands.resume(tenant, verify=world.verify, **world.kwargs())
+    assert status.ok and [s.state for s in status.services] == [ServiceState.READY]
+    assert snapshot(world, tenant, "ledger") == before
+    world.amqp(tenant, "ledger").close()
+
+
+def test_deregister_retains_one_service_and_purges_another(world: World) -> None:
+    tenant = world.new_tenant("dereg")
+    world.onboard(tenant, "ledger:SCHEMA", "tracer:DATABASE")
+    for product in ("ledger", "tracer"):
+        write_rows(world, tenant, product)
+    ledger = world.backend.document(tenant, "ledger")
+    tracer = world.backend.document(tenant, "tracer")
+
+    status = commands.deregister(tenant, "ledger", retain_data=True, **world.kwargs())
+    assert {s.product: s.state for s in status.services} == {
+        "ledger": ServiceState.RETAINED,
+        "tracer": ServiceState.READY,
+    }
+    assert count_rows(world, tenant, "ledger", ledger) == 50  # kept, by a role that cannot log in
+    assert admin_sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", params=(ledger["postgresql"]["user"],)) == [(False,)]
+    assert management(f"users/{ledger['rabbitmq']['user']}").status_code == 404
+    with psycopg.connect(**world.pg(tenant, "tracer")) as conn:  # the other service is untouched
+        assert conn.execute("SELECT count(*) FROM probe").fetchone() == (50,)
+    world.amqp(tenant, "tracer").close()
+
+    status = commands.deregister(tenant, "tracer", purge=True, **world.kwargs())
+    assert [s.product for s in status.services] == ["ledger"]
+    assert not admin_sql("SELECT 1 FROM pg_database WHERE datname = %s", params=(tracer["postgresql"]["database"],))
+    assert not admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(tracer["postgresql"]["user"],))
+    assert management(f"users/{tracer['rabbitmq']['user']}").status_code == 404
+    assert management(f"vhosts/{tenant}").status_code == 200  # the retained ledger keeps it
+
+    commands.deregister(tenant, "ledger", purge=True, **world.kwargs())
+    assert leftovers(tenant) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_offboard_retains_with_every_login_refused_then_purges_everything(world: World, mode: str) -> None:
+    tenant = world.new_tenant("off")
+    world.onboard(tenant, f"ledger:{mode}")
+    write_rows(world, tenant, "ledger")
+    params = world.pg(tenant, "ledger")
+    doc = world.backend.document(tenant, "ledger")
+
+    retained = commands.offboard(tenant, retain_data=True, **world.kwargs())
+    assert "ledger: PostgreSQL " + mode.lower() + " store" in retained
+    assert count_rows(world, tenant, "ledger", doc) == 50
+    assert login_refused(params)
+    assert management(f"users/{doc['rabbitmq']['user']}").status_code == 404
+
+    commands.offboard(tenant, purge=True, **world.kwargs())
+    assert leftovers(tenant) == []
+    assert not (world.root / "stacks" / f"Pulumi.{tenant}.yaml").exists()
+
+
+def test_a_migrated_schema_tenant_purges_cleanly_beside_its_neighbours(world: World) -> None:
+    """DROP SCHEMA RESTRICT used to fail on the migrated tables (the provider's default)."""
+    tenant, neighbour = world.new_tenant("purge"), world.new_tenant("next")
+    world.onboard(tenant, "ledger:SCHEMA")
+    world.onboard(neighbour, "ledger:SCHEMA")
+    write_rows(world, neighbour, "ledger")
+    before = snapshot(world, neighbour, "ledger")
+    tables = snapshot(world, tenant, "ledger")["tables"]
+    assert len([t for t in tables if t[1] == "r"]) >= 7  # the ledger's migrated tables
+
+    commands.offboard(tenant, purge=True, **world.kwargs())
+    assert leftovers(tenant) == []
+    assert snapshot(world, neighbour, "ledger") == before
+    world.verify(neighbour, "ledger")
+
+
+def test_identity_only_tenant_then_register_then_offboard(world: World) -> None:
+    tenant = world.new_tenant("ident")
+    status = commands.onboard(
+        tenant, (), DEV_STACK, metadata={"name": "Newco Ltd"}, verify=None, **world.kwargs()
+    )
+    assert status.ok and status.services == []
+    assert world.backend.outputs(tenant)["metadata"] == {"name": "Newco Ltd"}
+    assert leftovers(tenant) == []  # an identity, no infrastructure
+    status = commands.register(tenant, ["tracer:SCHEMA"], verify=world.verify, **world.kwargs())
+    assert status.ok, status.to_json()
+    commands.offboard(tenant, purge=True, **world.kwargs())
+    assert leftovers(tenant) == []
+
+
+def test_a_killed_update_resumes_and_converges(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after a few steps, the next run finishes from the checkpoint."""
+    from tests.support import replay
+
+    tenant = world.new_tenant("kill")
+    calls: list[int] = []
+
+    def killed(*args: Any) -> None:
+        calls.append(1)
+        raise KeyboardInterrupt  # as if the process died here
+
+    permissions = replay.RMQ + "permissions:Permissions"
+    with monkeypatch.context() as patch:
+        patch.setitem(replay._OPS[permissions], "create", killed)
+        with pytest.raises(KeyboardInterrupt):
+            commands.onboard(tenant, ["ledger:SCHEMA"], DEV_STACK, verify=None, **world.kwargs())
+    assert calls and admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(f"ledger_{tenant.replace('-', '_')}",))
+    status = commands.onboard(tenant, ["ledger:SCHEMA"], DEV_STACK, verify=world.verify, **world.kwargs())
+    assert status.ok, status.to_json()
+
+
+def test_the_checkpoint_holds_no_secret(world: World) -> None:
+    tenant = world.new_tenant("sec")
+    world.onboard(tenant, "ledger:DATABASE")
+    doc = world.backend.document(tenant, "ledger")
+    text = "".join(p.read_text() for p in (world.root / "state").rglob("*.json"))
+    for password in (doc["postgresql"]["password"], doc["rabbitmq"]["password"], doc["mongodb"]["password"]):
+        assert password not in text
+    assert "@@replay-secret:" in text  # generated passwords are kept as sentinels
+
+
+def test_protected_data_cannot_be_deleted_by_the_engine(world: World) -> None:
+    """A protected resource refuses deletion, as the engine's would."""
+    tenant = world.new_tenant("prot")
+    stack = world.root / "stacks" / f"Pulumi.{tenant}.yaml"
+    world.onboard(tenant, "ledger:SCHEMA")
+    doc = world.backend.document(tenant, "ledger")
+    write_rows(world, tenant, "ledger")
+    workspace = Workspace(world.root)
+    config = workspace.read_config(tenant)
+    assert config is not None
+    workspace.write_config(config.model_copy(update={"protect_data": True}))
+    commands.up([tenant], verify=None, **world.kwargs())
+    with pytest.raises(Exception, match="protect"):
+        world.backend.destroy(tenant, lambda _e: None)
+    assert stack.exists() and count_rows(world, tenant, "ledger", doc) == 50
+
+
