@@ -11,8 +11,11 @@ Traps this module exists to avoid (see ../shared/notes/pulumi-and-providers.md):
   isolated.
 - ``set_all_config`` puts secret values in ``argv``: config is written to the stack
   file instead, and tenant config holds no secret anyway.
-- ``up`` shows secrets by default: always ``show_secrets=False``; outputs are read
-  from ``export_stack`` (secrets stay encrypted there), never ``stack.outputs()``.
+- ``up`` shows secrets by default: always ``show_secrets=False``. The SDK's
+  ``export_stack()`` and ``outputs()`` (which ``up()`` calls itself) run
+  ``--show-secrets`` and decrypt every secret of the stack into this process: the
+  workspace here reads outputs with ``pulumi stack output --json`` only, where secrets
+  print as ``[secret]``, and drops those.
 - Without the CLI, the Automation API raises a bare ``FileNotFoundError``: callers
   get :class:`PulumiUnavailable`, one line saying what to install.
 """
@@ -176,16 +179,17 @@ class PulumiBackend:
     def _open(self, tenant: str, create: bool) -> Any:
         from pulumi import automation as auto
 
-        opts = auto.LocalWorkspaceOptions(
-            work_dir=str(project_file(self.root, tenant).parent),
-            env_vars=self._env,
-            secrets_provider="passphrase" if "PULUMI_ACCESS_TOKEN" not in os.environ else None,
-        )
-        choose = auto.create_or_select_stack if create else auto.select_stack
         try:
-            # project_name + program + work_dir: the inline program with this folder's
-            # Pulumi.yaml (see the module docstring).
-            return choose(tenant, project_name=PROJECT, program=_inline_program, opts=opts)
+            # The inline program with this folder's Pulumi.yaml (see the module
+            # docstring), in a workspace that never asks for decrypted secrets.
+            workspace = _masked_workspace()(
+                work_dir=str(project_file(self.root, tenant).parent),
+                program=_inline_program,
+                env_vars=self._env,
+                secrets_provider="passphrase" if "PULUMI_ACCESS_TOKEN" not in os.environ else None,
+            )
+            choose = auto.Stack.create_or_select if create else auto.Stack.select
+            return choose(tenant, workspace)
         except FileNotFoundError:
             raise PulumiUnavailable("the Pulumi CLI is not on PATH") from None
 
@@ -274,14 +278,10 @@ class PulumiBackend:
                 self._run(lambda k=key, v=value: stack.set_tag(k, v))
 
     def outputs(self, tenant: str) -> dict[str, Any]:
-        """Non-secret stack outputs, from the checkpoint (secrets stay ciphertext there)."""
+        """Non-secret stack outputs; secrets are never decrypted into this process."""
         stack = self._stack(tenant, create=False)
-        deployment = self._run(stack.export_stack).deployment or {}
-        for resource in deployment.get("resources", []):
-            if resource.get("type") == "pulumi:pulumi:Stack":
-                outputs = resource.get("outputs") or {}
-                return {k: v for k, v in outputs.items() if not _is_secret(v)}
-        return {}
+        outputs = self._run(stack.outputs)
+        return {k: v.value for k, v in outputs.items() if not v.secret}
 
 
 def _inline_program() -> None:
@@ -291,8 +291,33 @@ def _inline_program() -> None:
     tenant_program()
 
 
-def _is_secret(value: Any) -> bool:
-    return isinstance(value, dict) and "ciphertext" in value
+def _masked_workspace() -> type[Any]:
+    """``LocalWorkspace`` whose stack outputs come from ``pulumi stack output --json``
+    alone: the SDK's version runs it a second time with ``--show-secrets``."""
+    import json
+
+    from pulumi import automation as auto
+
+    class MaskedWorkspace(auto.LocalWorkspace):
+        def stack_outputs(self, stack_name: str) -> Any:
+            result = self._run_pulumi_cmd_sync(["stack", "output", "--json", "--stack", stack_name])
+            masked = json.loads(result.stdout or "{}")
+            return {
+                key: auto.OutputValue(
+                    value=None if value == SECRET_SENTINEL else value,
+                    secret=value == SECRET_SENTINEL,
+                )
+                for key, value in masked.items()
+            }
+
+        def export_stack(self, stack_name: str) -> Any:
+            raise RuntimeError("export_stack decrypts every secret of the stack: not used")
+
+    return MaskedWorkspace
+
+
+#: What ``pulumi stack output --json`` prints in place of a secret.
+SECRET_SENTINEL = "[secret]"
 
 
 def _forward(sink: EventSink) -> Any:

@@ -123,3 +123,63 @@ def test_end_to_end_onboard_register_status_offboard(tmp_path: Path) -> None:  #
         assert commands.status(tenant, root=root).ok
     finally:
         commands.offboard(tenant, purge=True, root=root)
+
+
+RECORDING_CLI = r'''#!{python}
+"""A stand-in for the pulumi CLI: logs its argv, answers what the Automation API asks."""
+import json, os, sys
+args = [a for a in sys.argv[1:] if a != "--non-interactive"]
+with open(os.environ["FAKE_PULUMI_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+if args[:1] == ["version"]:
+    print("v3.272.0")
+elif args[:2] == ["stack", "output"]:
+    secret = "--show-secrets" in args
+    print(json.dumps({{"services": {{"ledger": {{"isolation": "SCHEMA"}}}},
+                      "credentials": "hunter2-decrypted" if secret else "[secret]"}}))
+elif args[:3] == ["stack", "tag", "ls"]:
+    print("{{}}")
+elif args[:2] == ["stack", "history"]:
+    print(json.dumps([{{"version": 1, "kind": "update", "startTime": "2026-12-02T00:00:00.000Z",
+        "message": "", "environment": {{}}, "config": {{}}, "result": "succeeded",
+        "endTime": "2026-12-02T00:00:01.000Z", "resourceChanges": {{}}}}]))
+elif args[:2] == ["stack", "export"]:
+    print(json.dumps({{"version": 3, "deployment": {{}}}}))
+'''
+
+
+def test_no_pulumi_command_decrypts_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every command the lifecycle runs, through a recording `pulumi` on PATH: none
+    carries --show-secrets, and a secret output never reaches the caller."""
+    import sys
+
+    from tenant_infra import commands
+    from tenant_infra.automation import PulumiBackend
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cli = bin_dir / "pulumi"
+    cli.write_text(RECORDING_CLI.format(python=sys.executable))
+    cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "argv.log"
+    root = tmp_path / "project"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "stacks", root / "stacks")
+    (root / "Pulumi.yaml").write_text("name: tenant-infra\nruntime: python\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PULUMI_LOG", str(log))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
+
+    backend = PulumiBackend(root)
+    backend.ensure("globex")
+    assert backend.up("globex", lambda _event: None) == {
+        "services": {"ledger": {"isolation": "SCHEMA"}}
+    }
+    backend.set_tags("globex", {"tenant-infra:state:ledger": "ready"})
+    assert "credentials" not in backend.outputs("globex")
+    status = commands.status("globex", backend=backend, root=root)  # tags and outputs
+    assert [s.product for s in status.services] == ["ledger"]
+    backend.destroy("globex", lambda _event: None)
+
+    argvs = [line for line in log.read_text().splitlines()]
+    assert any('"up"' in argv for argv in argvs) and any('"output"' in argv for argv in argvs)
+    assert not [argv for argv in argvs if "--show-secrets" in argv]
