@@ -177,7 +177,7 @@ def test_no_pulumi_command_decrypts_secrets(monkeypatch: pytest.MonkeyPatch, tmp
     backend.set_tags("globex", {"tenant-infra:state:ledger": "ready"})
     assert "credentials" not in backend.outputs("globex")
     status = commands.status("globex", backend=backend, root=root)  # tags and outputs
-    assert [s.product for s in status.services] == ["ledger"]
+    assert [s.product for s in status.services] == ["ledger", "tracer"]
     backend.destroy("globex", lambda _event: None)
 
     argvs = [line for line in log.read_text().splitlines()]
