@@ -406,14 +406,22 @@ def _default_privileges(values: Mapping[str, Any], verb: sql.Composable) -> sql.
     )
 
 
+def _revoke_default_privileges(conn: psycopg.Connection[Any], values: Mapping[str, Any]) -> None:
+    _lock_role(conn, values["owner"])
+    conn.execute(
+        _default_privileges(
+            values,
+            sql.SQL("REVOKE ALL ON {} FROM {}").format(
+                sql.SQL(_PLURAL[values["objectType"]]), ident(values["role"])
+            ),
+        )
+    )
+
+
 def default_privileges_create(provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
     """``resourcePostgreSQLDefaultPrivilegesCreate``: ``REVOKE ALL``, then ``GRANT``."""
-    plural, role = sql.SQL(_PLURAL[values["objectType"]]), ident(values["role"])
     with connect(provider, values["database"]) as conn:
-        _lock_role(conn, values["owner"])
-        conn.execute(
-            _default_privileges(values, sql.SQL("REVOKE ALL ON {} FROM {}").format(plural, role))
-        )
+        _revoke_default_privileges(conn, values)
         privileges = values.get("privileges") or []
         if privileges:
             conn.execute(
@@ -421,8 +429,8 @@ def default_privileges_create(provider: Mapping[str, Any], values: Mapping[str, 
                     values,
                     sql.SQL("GRANT {} ON {} TO {}{}").format(
                         sql.SQL(",").join(sql.SQL(p) for p in privileges),
-                        plural,
-                        role,
+                        sql.SQL(_PLURAL[values["objectType"]]),
+                        ident(values["role"]),
                         sql.SQL(" WITH GRANT OPTION" if values.get("withGrantOption") else ""),
                     ),
                 )
@@ -438,9 +446,5 @@ def default_privileges_update(
 
 def default_privileges_delete(provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
     """``resourcePostgreSQLDefaultPrivilegesDelete``: the ``REVOKE ALL`` alone."""
-    plural, role = sql.SQL(_PLURAL[values["objectType"]]), ident(values["role"])
     with connect(provider, values["database"]) as conn:
-        _lock_role(conn, values["owner"])
-        conn.execute(
-            _default_privileges(values, sql.SQL("REVOKE ALL ON {} FROM {}").format(plural, role))
-        )
+        _revoke_default_privileges(conn, values)

@@ -54,43 +54,36 @@ def _limit_value(value: Any) -> int:
     return int(value)
 
 
-def vhost_create(provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
-    """``CreateVhost``: ``PUT /api/vhosts/{name}``, then one ``PUT /api/vhost-limits``
-    per limit set (0 is never sent: upstream treats it as unset)."""
+def _put_vhost(provider: Mapping[str, Any], values: Mapping[str, Any]) -> str:
     name = _segment(values["name"])
     body: dict[str, Any] = {"description": values.get("description", ""), "tracing": False}
     if values.get("defaultQueueType"):
         body["default_queue_type"] = values["defaultQueueType"]
     call(provider, "PUT", f"vhosts/{name}", body)
+    return name
+
+
+def _put_limits(provider: Mapping[str, Any], name: str, values: Mapping[str, Any]) -> None:
+    """One ``PUT /api/vhost-limits`` per limit set (0 is never sent: upstream treats it
+    as unset)."""
     for key, limit in _LIMITS:
         if values.get(key) and _limit_value(values[key]):
-            call(
-                provider,
-                "PUT",
-                f"vhost-limits/{name}/{limit}",
-                {"value": _limit_value(values[key])},
-            )
+            call(provider, "PUT", f"vhost-limits/{name}/{limit}", {"value": _limit_value(values[key])})
+
+
+def vhost_create(provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """``CreateVhost``: ``PUT /api/vhosts/{name}``, then its limits."""
+    _put_limits(provider, _put_vhost(provider, values), values)
 
 
 def vhost_update(
     provider: Mapping[str, Any], _old: Mapping[str, Any], values: Mapping[str, Any]
 ) -> None:
     """``UpdateVhost``: the vhost again, then every limit deleted and re-set."""
-    name = _segment(values["name"])
-    body: dict[str, Any] = {"description": values.get("description", ""), "tracing": False}
-    if values.get("defaultQueueType"):
-        body["default_queue_type"] = values["defaultQueueType"]
-    call(provider, "PUT", f"vhosts/{name}", body)
+    name = _put_vhost(provider, values)
     for _key, limit in _LIMITS:
         call(provider, "DELETE", f"vhost-limits/{name}/{limit}")
-    for key, limit in _LIMITS:
-        if values.get(key) and _limit_value(values[key]):
-            call(
-                provider,
-                "PUT",
-                f"vhost-limits/{name}/{limit}",
-                {"value": _limit_value(values[key])},
-            )
+    _put_limits(provider, name, values)
 
 
 def vhost_delete(provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
