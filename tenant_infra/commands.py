@@ -98,14 +98,30 @@ ISOLATION: Final = "isolation"
 Gate = Verifier | Literal["isolation"] | None
 
 
-def _verifier(workspace: Workspace, verify: Gate) -> Verifier | None:
-    """What runs before a service is marked ready: isolation checks unless told otherwise."""
+def _verifier(
+    workspace: Workspace, verify: Gate, backend: StackBackend | None = None
+) -> Verifier | None:
+    """What runs before a service is marked ready: isolation checks unless told otherwise.
+
+    Documents come from Vault, or from a backend that records them itself (the replay
+    backend of the tests, which applies Vault only when ``VAULT_ADDR`` is set).
+    """
     if verify != ISOLATION:
         return verify
     from tenant_infra.verify.command import require_verified
 
+    recorded = getattr(backend, "document", None)
+    environ = getattr(backend, "environ", None)
+
     def check(tenant: str, product: str) -> None:
-        require_verified(tenant, product, stack_config=workspace.stack_file(tenant))
+        connections = [recorded(tenant, product)] if recorded is not None else []
+        require_verified(
+            tenant,
+            product,
+            stack_config=workspace.stack_file(tenant),
+            connections=connections,
+            environ=environ,
+        )
 
     return check
 
@@ -149,7 +165,7 @@ def onboard(
             )
         except ValidationError as exc:
             raise InvalidInput(one_line(exc, "--metadata")) from None
-    gate = _verifier(workspace, verify)
+    gate = _verifier(workspace, verify, stacks)
     return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events)
 
 
@@ -255,14 +271,15 @@ def resume(
     """Resume suspended services: exactly what was declared before, verified again."""
     validate_tenant_id(tenant)
     workspace = _workspace(root)
+    stacks = _backend(workspace, backend)
     return lifecycle.set_suspended(
         tenant,
         services,
         False,
-        _backend(workspace, backend),
+        stacks,
         workspace,
         progress or _quiet,
-        verify=_verifier(workspace, verify),
+        verify=_verifier(workspace, verify, stacks),
     )
 
 
@@ -334,8 +351,8 @@ def up(
 ) -> list[FleetResult]:
     """Apply the current program and config to many tenant stacks; failures don't stop others."""
     workspace = _workspace(root)
-    gate = _verifier(workspace, verify)
     stacks = _backend(workspace, backend)
+    gate = _verifier(workspace, verify, stacks)
     chosen = _fleet(tenants, all_tenants, workspace)
 
     def one(tenant: str) -> FleetResult:

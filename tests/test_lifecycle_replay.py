@@ -411,3 +411,10 @@ def test_protected_data_cannot_be_deleted_by_the_engine(world: World) -> None:
     assert stack.exists() and count_rows(world, tenant, "ledger", doc) == 50
 
 
+
+
+def test_the_default_isolation_gate_reads_the_documents_the_replay_recorded(world: World) -> None:
+    """``commands.onboard(..., backend=ReplayBackend(dir))`` as a pipeline would call it."""
+    tenant = world.new_tenant("gate")
+    status = commands.onboard(tenant, ["tracer:DATABASE"], DEV_STACK, **world.kwargs())
+    assert status.ok, status.to_json()

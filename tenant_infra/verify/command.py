@@ -199,12 +199,20 @@ def require_verified(
     *,
     stack_config: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    connections: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """The post-deploy gate (``lifecycle.deploy(verify=...)``): raise unless verified.
 
-    Reads the service's document from Vault, as the service itself would.
+    Reads the service's document from Vault, as the service itself would, unless the
+    caller holds it (``connections``).
     """
-    report = verify_tenant(tenant, services=[product], stack_config=stack_config, environ=environ)
+    report = verify_tenant(
+        tenant,
+        services=[product],
+        connections=connections,
+        stack_config=stack_config,
+        environ=environ,
+    )
     failures = [c for s in report.services for c in s.failed()]
     if failures:
         raise VerificationFailed("; ".join(f"{c.name}: {c.reason}" for c in failures))

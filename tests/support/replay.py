@@ -310,9 +310,12 @@ class ReplayBackend:
         self.workspace = Workspace(root or project_root())
         env = dict(os.environ if environ is None else environ)
         env.setdefault("TENANT_INFRA_RABBITMQ_PASSWORD", "guest")
+        #: The operator's environment (verify reads it too).
+        self.environ = dict(env)
         if not env.get("VAULT_ADDR"):
+            # The program asks for a token even when Vault is only recorded.
             env.setdefault("VAULT_TOKEN", "replay-records-vault")
-        self.environ = env
+        self._program_environ = env
         salt_file = self.state_dir / "salt"
         if not salt_file.is_file():
             salt_file.write_text(secrets.token_hex(16))
@@ -434,7 +437,7 @@ class ReplayBackend:
             yield
 
     def _credentials(self) -> PlatformCredentials:
-        return PlatformCredentials(environ=self.environ)
+        return PlatformCredentials(environ=self._program_environ)
 
     def _evaluate(
         self,
