@@ -96,7 +96,6 @@ class TenantService(pulumi.ComponentResource):
         }
         self.postgres = postgres
         if args.data_only:
-            info["state"] = "data-only"
             self.info = pulumi.Output.from_input(info)
             self.register_outputs({"info": self.info})
             return

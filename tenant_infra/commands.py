@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
@@ -111,7 +112,7 @@ def _verifier(
     from tenant_infra.verify.command import require_verified
 
     recorded = getattr(backend, "document", None)
-    environ = getattr(backend, "environ", None)
+    environ = _operator_environ(backend)
 
     def check(tenant: str, product: str) -> None:
         connections = [recorded(tenant, product)] if recorded is not None else []
@@ -124,6 +125,12 @@ def _verifier(
         )
 
     return check
+
+
+def _operator_environ(backend: StackBackend | None) -> Mapping[str, str] | None:
+    """The environment holding the platform's admin credentials: the backend's own
+    when it keeps one (the replay backend's defaults), else the process's."""
+    return getattr(backend, "environ", None)
 
 
 def onboard(
@@ -248,14 +255,15 @@ def suspend(
 
     validate_tenant_id(tenant)
     workspace = _workspace(root)
+    stacks = _backend(workspace, backend)
     return lifecycle.set_suspended(
         tenant,
         services,
         True,
-        _backend(workspace, backend),
+        stacks,
         workspace,
         progress or _quiet,
-        close_sessions=close_sessions,
+        close_sessions=partial(close_sessions, environ=_operator_environ(stacks)),
     )
 
 

@@ -45,27 +45,40 @@ class PlatformCredentials:
         """Credentials for the offline plan: every value is a placeholder secret."""
         return cls(environ={}, placeholder=True)
 
+    def _value(self, *names: str) -> str | None:
+        return next((self.environ[n] for n in names if self.environ.get(n)), None)
+
     def _get(self, *names: str, required: bool) -> pulumi.Output[str] | None:
         if self.placeholder:
             return pulumi.Output.secret(PLACEHOLDER)
-        for name in names:
-            value = self.environ.get(name)
-            if value:
-                return pulumi.Output.secret(value)
+        value = self._value(*names)
+        if value is not None:
+            return pulumi.Output.secret(value)
         if required:
             raise InvalidInput(f"environment variable {names[-1]} is not set")
         return None
 
+    @staticmethod
+    def _postgres_names(product: str) -> tuple[str, str]:
+        return f"TENANT_INFRA_PG_PASSWORD_{product.upper()}", "TENANT_INFRA_PG_PASSWORD"
+
     def postgres_password(self, product: str) -> pulumi.Output[str] | None:
-        return self._get(
-            f"TENANT_INFRA_PG_PASSWORD_{product.upper()}",
-            "TENANT_INFRA_PG_PASSWORD",
-            required=False,
-        )
+        return self._get(*self._postgres_names(product), required=False)
+
+    def postgres_password_value(self, product: str) -> str | None:
+        """The same password as a plain value, for the operator's own admin sessions
+        (closing a suspended service's sessions); ``None``: no password."""
+        return self._value(*self._postgres_names(product))
 
     def rabbitmq_password(self) -> pulumi.Output[str]:
         value = self._get("TENANT_INFRA_RABBITMQ_PASSWORD", required=True)
         assert value is not None
+        return value
+
+    def rabbitmq_password_value(self) -> str:
+        value = self._value("TENANT_INFRA_RABBITMQ_PASSWORD")
+        if value is None:
+            raise InvalidInput("environment variable TENANT_INFRA_RABBITMQ_PASSWORD is not set")
         return value
 
     def vault_token(self) -> pulumi.Output[str]:

@@ -18,6 +18,7 @@ import requests
 
 from tenant_infra.catalog import Store, load_catalog
 from tenant_infra.config import TenantConfig
+from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import BackendUnavailable, scrub
 
 REASON = "tenant-infra: service suspended"
@@ -30,15 +31,13 @@ def close_sessions(
 
     Returns what was closed, as ``<store>:<login>`` lines.
     """
-    env = os.environ if environ is None else environ
+    credentials = PlatformCredentials(os.environ if environ is None else environ)
     catalog = load_catalog()
     closed: list[str] = []
     for product in products:
         names = config.names.service(product)
         endpoint = config.platform.postgres_for(product)
-        password = env.get(f"TENANT_INFRA_PG_PASSWORD_{product.upper()}") or env.get(
-            "TENANT_INFRA_PG_PASSWORD"
-        )
+        password = credentials.postgres_password_value(product)
         try:
             with psycopg.connect(
                 host=endpoint.host,
@@ -60,7 +59,7 @@ def close_sessions(
         rabbit = config.platform.rabbitmq
         if rabbit is None or not catalog.product(product).needs(Store.RABBITMQ):
             continue
-        auth = (rabbit.admin_user, env.get("TENANT_INFRA_RABBITMQ_PASSWORD", ""))
+        auth = (rabbit.admin_user, credentials.rabbitmq_password_value())
         try:
             # Closes every connection of the user, straight from connection tracking
             # (per-connection DELETE goes through the stats database, which lags by

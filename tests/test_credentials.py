@@ -36,3 +36,15 @@ def test_providers_repr_never_shows_credentials(plan_for) -> None:
 def test_a_missing_required_credential_names_the_variable() -> None:
     with pytest.raises(InvalidInput, match="VAULT_TOKEN is not set"):
         PlatformCredentials(environ={}).vault_token()
+
+
+def test_plain_admin_passwords_follow_the_same_variables() -> None:
+    """The operator's own admin sessions (suspension) read the program's variables."""
+    credentials = PlatformCredentials(
+        environ={"TENANT_INFRA_PG_PASSWORD": "all", "TENANT_INFRA_PG_PASSWORD_LEDGER": "ledger"}
+    )
+    assert credentials.postgres_password_value("ledger") == "ledger"
+    assert credentials.postgres_password_value("tracer") == "all"
+    assert PlatformCredentials(environ={}).postgres_password_value("ledger") is None
+    with pytest.raises(InvalidInput, match="TENANT_INFRA_RABBITMQ_PASSWORD is not set"):
+        credentials.rabbitmq_password_value()

@@ -494,10 +494,7 @@ class ReplayBackend:
                 "port": endpoint.port,
                 "username": endpoint.admin_user,
                 "sslmode": endpoint.sslmode,
-                "password": self.environ.get(
-                    f"TENANT_INFRA_PG_PASSWORD_{spec.product.upper()}",
-                    self.environ.get("TENANT_INFRA_PG_PASSWORD", ""),
-                ),
+                "password": self._credentials().postgres_password_value(spec.product),
             }
             name = pg_shared_database(spec.product)
             with pg.connect(admin, "postgres", transaction=False) as conn:
