@@ -19,48 +19,58 @@ from typing import Any
 import pulumi
 import pulumi.dynamic
 
+from tenant_infra.migrate.sandbox import clean_text
+
 #: Inputs that locate the storage; a change means "migrate there", not "replace".
 _LOCATION = ("host", "port", "database", "schema", "user", "sslmode")
 _PUBLIC = ("tenant", "product", "isolation", *_LOCATION, "head")
 
 
 def head_revision(product: str) -> str | None:
-    """The product's head revision from its script directory (``None``: no migrations)."""
+    """The product's head revision (``None``: no migrations), read without importing
+    revision code into this process, which holds the platform's secrets."""
     from tenant_infra.catalog import load_catalog
-    from tenant_infra.migrate.engine import head_of, load_script
+    from tenant_infra.migrate.revisions import declared_head
 
     location = load_catalog().product(product).script_location
     if location is None:
         return None
-    return head_of(load_script(location)[1])
+    return declared_head(location)
 
 
 def _migrate(props: dict[str, Any]) -> str:
-    """Bring the service's schema to ``props['head']``; the revision reached, or raise."""
+    """Bring the service's schema to ``props['head']``; the revision reached, or raise.
+
+    The revisions run in a sandbox (:mod:`tenant_infra.migrate.sandbox`) that holds
+    only this service's connection, never this process's environment.
+    """
     from tenant_infra.catalog import load_catalog
-    from tenant_infra.migrate.engine import TenantMigrator
+    from tenant_infra.migrate.executors import Job, SandboxExecutor
     from tenant_infra.migrate.targets import MigrationTarget
 
     tenant, product, head = props["tenant"], props["product"], props["head"]
     location = load_catalog().product(product).script_location
     if location is None:
         raise RuntimeError(f"product {product} has no migrations (tenant {tenant})")
-    params = {
-        "host": str(props["host"]),
-        "port": str(int(props["port"])),
-        "dbname": str(props["database"]),
-        "user": str(props["user"]),
-        "password": str(props["password"]),
-        "sslmode": str(props.get("sslmode") or "prefer"),
-        "connect_timeout": "15",
-    }
-    target = MigrationTarget(schema=str(props["schema"]), tenant=tenant, product=product)
-    migrator = TenantMigrator(location, params, destination=head)
-    try:
-        result = migrator.upgrade(target)
-    finally:
-        migrator.close()
-        del params
+    target = MigrationTarget(
+        schema=str(props["schema"]),
+        database=str(props["database"]),
+        tenant=tenant,
+        product=product,
+        role=str(props["user"]),
+        params={
+            "host": str(props["host"]),
+            "port": str(int(props["port"])),
+            "dbname": str(props["database"]),
+            "user": str(props["user"]),
+            "password": str(props["password"]),
+            "sslmode": str(props.get("sslmode") or "prefer"),
+            "connect_timeout": "15",
+            "application_name": "tenant-infra-migrate",
+        },
+    )
+    with SandboxExecutor(Job(str(location), {}, "upgrade", head), 1) as executor:
+        (result,) = executor.map([(0, target)])
     if result.status == "failed":
         raise RuntimeError(
             f"migration of tenant {tenant} product {product} to revision {head} failed"
@@ -174,26 +184,35 @@ def mongo_client_options(props: dict[str, Any]) -> dict[str, Any]:
 
 
 def _migrate_mongo(props: dict[str, Any]) -> int:
-    from pymongo import MongoClient
-
+    """Apply the product's MongoDB versions as the service, in a sandbox that holds only
+    this service's connection (as :func:`_migrate` does)."""
     from tenant_infra.catalog import load_catalog
-    from tenant_infra.migrate.mongo import apply as apply_versions
-    from tenant_infra.migrate.mongo import load_spec
+    from tenant_infra.migrate.sandbox import Sandbox
+    from tenant_infra.migrate.worker import hello
 
     tenant, product = props["tenant"], props["product"]
     location = load_catalog().product(product).script_location
     assert location is not None
-    try:
-        with MongoClient(**mongo_client_options(props)) as client:
-            result = apply_versions(client[str(props["database"])], load_spec(location))
-    except Exception as exc:
-        # pymongo errors never carry the password; keep only their first line.
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    with Sandbox(location, mongo=True) as sandbox:
+        lane = sandbox.lane(hello({}, "heads"))
+        try:
+            reply = lane.request(
+                {
+                    "op": "mongo",
+                    "client": mongo_client_options(props),
+                    "database": str(props["database"]),
+                }
+            )
+        finally:
+            lane.close()
+    after = reply.get("after") if reply is not None else None
+    if not isinstance(after, int):
+        detail = reply.get("error") if reply is not None else "the migration process ended"
         raise RuntimeError(
             f"MongoDB migration of tenant {tenant} product {product} to version "
-            f"{props['head']} failed: {detail}"
-        ) from None
-    return int(result.after)
+            f"{props['head']} failed: {clean_text(detail)}"
+        )
+    return after
 
 
 _MONGO_PUBLIC = (

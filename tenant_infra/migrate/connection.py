@@ -74,6 +74,38 @@ def redact(params: Mapping[str, str]) -> str:
     return f"{user + '@' if user else ''}{host}:{port}/{db}"
 
 
+#: libpq's environment variables for what a connection needs (its documented names).
+_LIBPQ_ENVIRONMENT: Final = {
+    "PGHOST": "host",
+    "PGHOSTADDR": "hostaddr",
+    "PGPORT": "port",
+    "PGDATABASE": "dbname",
+    "PGUSER": "user",
+    "PGPASSWORD": "password",
+    "PGSSLMODE": "sslmode",
+    "PGSSLROOTCERT": "sslrootcert",
+    "PGSSLCERT": "sslcert",
+    "PGSSLKEY": "sslkey",
+    "PGCONNECT_TIMEOUT": "connect_timeout",
+}
+
+
+def with_libpq_environment(
+    params: Mapping[str, str], environ: Mapping[str, str] | None = None
+) -> ConnParams:
+    """``params`` completed from libpq's ``PG*`` variables, made explicit.
+
+    A sandbox starts without the operator's environment, so what libpq would have
+    read from it travels with the parameters instead.
+    """
+    env = os.environ if environ is None else environ
+    out = dict(params)
+    for variable, keyword in _LIBPQ_ENVIRONMENT.items():
+        if keyword not in out and env.get(variable):
+            out[keyword] = env[variable]
+    return out
+
+
 def with_database(params: Mapping[str, str], dbname: str | None) -> ConnParams:
     """The same server and credentials, another database (DATABASE-mode tenants)."""
     out = dict(params)

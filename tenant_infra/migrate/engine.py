@@ -127,12 +127,17 @@ class TenantMigrator:
 
     def __init__(
         self,
-        script_location: str | Path,
+        script_location: str | Path | None = None,
         params: Mapping[str, str] | None = None,
         *,
         destination: str = "heads",
+        loaded: tuple[Config, ScriptDirectory] | None = None,
     ) -> None:
-        self.config, self.script = load_script(script_location)
+        if loaded is None:
+            if script_location is None:
+                raise TypeError("give script_location or loaded")
+            loaded = load_script(script_location)
+        self.config, self.script = loaded
         self.params: ConnParams = dict(params or {})
         self.destination = destination
         self._conn: Connection | None = None

@@ -1,128 +1,67 @@
-"""How targets are spread over workers: ``serial`` (in process) or ``processes``.
+"""How targets are spread over sandboxed processes (:mod:`tenant_infra.migrate.sandbox`).
 
-Alembic installs ``op`` and ``context`` as module-global proxies, so two migrations
-in threads of one process can send DDL to each other's connection. Concurrency is
-therefore separate processes, never threads. Each worker loads the script directory
-once, then handles many targets: generic targets share one connection per worker;
-a tenant's target (``--product``) brings its own role's credentials inside the
-pickled target and gets a connection as that role. Targets stream in and results
-stream out, so memory does not grow with the number of tenants.
+Revision code never runs in this process. ``K`` threads here each drive one sandbox
+child at a time, so at most ``K`` migrations (and connections) run at once:
+
+- a tenant's target (``--product``: it carries its own role's credentials) gets a
+  fresh child, which ends with it: no process ever holds two tenants' parameters;
+- generic targets (``--dsn``: the DSN user's credentials are what their revisions run
+  with, by definition) share a child per thread, and its one connection per database.
+
+Alembic installs ``op`` and ``context`` as module-global proxies, so two migrations in
+threads of one process could send DDL to each other's connection: the threads here
+only pass messages; each migration runs alone in its own process. Targets stream in
+and results stream out, so memory does not grow with the number of tenants.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.pool
-import multiprocessing.util
+import queue
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Literal
 
-from tenant_infra.migrate.engine import TargetResult, TenantMigrator
+from tenant_infra.errors import BackendUnavailable
+from tenant_infra.migrate.engine import TargetResult
+from tenant_infra.migrate.sandbox import Lane, Sandbox
 from tenant_infra.migrate.targets import MigrationTarget
+from tenant_infra.migrate.worker import Mode, hello, result_of, target_request
 
-Mode = Literal["upgrade", "pending", "sql"]
+__all__ = ["Job", "Mode", "SandboxExecutor"]
 
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a worker needs, picklable. ``params`` (generic mode's connection;
-    empty in ``--product`` mode, where each target carries its tenant's own) may hold
-    a password: it is handed to the worker process by fork/pickle, never put in argv
-    or a message."""
+    """What a run does. ``params`` (generic mode's connection; empty in ``--product``
+    mode, where each target carries its tenant's own) may hold a password: it reaches
+    a sandbox child over a socket, never argv, the environment or a message."""
 
     script_location: str
     params: Mapping[str, str] = field(repr=False)
     mode: Mode = "upgrade"
     destination: str = "heads"
 
-    def migrator(self) -> TenantMigrator:
-        return TenantMigrator(Path(self.script_location), self.params, destination=self.destination)
 
-
-def run_one(
-    migrator: TenantMigrator, mode: Mode, index: int, target: MigrationTarget
-) -> TargetResult:
-    if mode == "upgrade":
-        return migrator.upgrade(target, index)
-    if mode == "pending":
-        return migrator.pending(target, index)
-    return migrator.render(target, index)
-
-
-class SerialExecutor:
-    """One connection in this process: the right choice for K=1 (no fork, no IPC)."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self._migrator: TenantMigrator | None = None
-
-    def __enter__(self) -> SerialExecutor:
-        self._migrator = self.job.migrator()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._migrator is not None:
-            self._migrator.close()
-            self._migrator = None
-
-    def map(self, targets: Iterable[tuple[int, MigrationTarget]]) -> Iterator[TargetResult]:
-        assert self._migrator is not None, "use as a context manager"
-        for index, target in targets:
-            yield run_one(self._migrator, self.job.mode, index, target)
-
-
-# -- process pool ------------------------------------------------------------------------
-
-_worker: TenantMigrator | None = None
-_worker_mode: Mode = "upgrade"
-
-
-def _init_worker(job: Job) -> None:
-    global _worker, _worker_mode
-    _worker = job.migrator()
-    _worker_mode = job.mode
-    # Pool workers leave through multiprocessing's exit hook: close the connection
-    # politely there instead of dropping the socket.
-    multiprocessing.util.Finalize(None, _close_worker, exitpriority=10)
-
-
-def _work(item: tuple[int, MigrationTarget]) -> TargetResult:
-    assert _worker is not None
-    return run_one(_worker, _worker_mode, item[0], item[1])
-
-
-def _close_worker() -> None:  # pragma: no cover - runs in the worker at exit
-    if _worker is not None:
-        _worker.close()
-
-
-class ProcessExecutor:
-    """K worker processes, each a :class:`TenantMigrator` with its own connection.
-
-    Uses ``fork`` where available: workers inherit the imported Alembic/SQLAlchemy and
-    the parsed script directory instead of importing them again (start-up is part of
-    what a user waits for). The parent must hold no open connection when forking.
-    """
+class SandboxExecutor:
+    """``K`` lanes over one sandbox server; ``map`` may be called for several waves
+    (canary, then the rest); results come in completion order."""
 
     def __init__(self, job: Job, processes: int) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.job = job
         self.processes = processes
-        self._pool: multiprocessing.pool.Pool | None = None
+        self._sandbox = Sandbox(job.script_location)
 
-    def __enter__(self) -> ProcessExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        self._pool = ctx.Pool(self.processes, initializer=_init_worker, initargs=(self.job,))
+    @property
+    def head(self) -> str | None:
+        """The script directory's head, as the sandbox loaded it."""
+        return self._sandbox.head
+
+    def __enter__(self) -> SandboxExecutor:
+        self._sandbox.__enter__()
         return self
 
     def __exit__(
@@ -131,26 +70,66 @@ class ProcessExecutor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._pool is not None:
-            if exc_type is None:
-                self._pool.close()
-            else:
-                self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        self._sandbox.__exit__(exc_type, exc, tb)
 
     def map(self, targets: Iterable[tuple[int, MigrationTarget]]) -> Iterator[TargetResult]:
-        assert self._pool is not None, "use as a context manager"
-        yield from self._pool.imap_unordered(_work, targets, chunksize=1)
+        source = iter(targets)
+        take = threading.Lock()
+        results: queue.Queue[TargetResult | None] = queue.Queue()
 
+        def lane_loop() -> None:
+            shared: Lane | None = None  # the child generic targets share
+            try:
+                while True:
+                    with take:
+                        item = next(source, None)
+                    if item is None:
+                        return
+                    shared = self._run(*item, shared, results)
+            finally:
+                if shared is not None:
+                    shared.close()
+                results.put(None)
 
-#: Both executors: context managers with ``map(targets) -> results`` usable for several
-#: waves (canary, then the rest); results come in completion order.
-Executor = SerialExecutor | ProcessExecutor
+        threads = [threading.Thread(target=lane_loop, daemon=True) for _ in range(self.processes)]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
+        while running:
+            result = results.get()
+            if result is None:
+                running -= 1
+            else:
+                yield result
+        for thread in threads:
+            thread.join()
 
+    def _run(
+        self,
+        index: int,
+        target: MigrationTarget,
+        shared: Lane | None,
+        results: queue.Queue[TargetResult | None],
+    ) -> Lane | None:
+        """Run one target; put its result; return the child generic targets share."""
+        started = time.perf_counter()
+        if target.unavailable:  # no credentials: nothing to fork for
+            results.put(
+                TargetResult.of(target, index, "failed", error=target.unavailable, started=started)
+            )
+            return shared
+        own = target.params is not None  # a tenant's own credentials: a child of its own
+        try:
+            lane = shared if shared is not None and not own else self._open()
+        except BackendUnavailable as exc:
+            results.put(TargetResult.of(target, index, "failed", error=str(exc), started=started))
+            return shared
+        reply = lane.request(target_request(self.job.mode, target))
+        results.put(result_of(reply, target, index, started, lane.pid))
+        if own or reply is None:
+            lane.close()
+            return None if lane is shared else shared
+        return lane
 
-def make_executor(job: Job, concurrency: int) -> Executor:
-    """``serial`` for K=1, ``processes`` otherwise."""
-    if concurrency <= 1:
-        return SerialExecutor(job)
-    return ProcessExecutor(job, concurrency)
+    def _open(self) -> Lane:
+        return self._sandbox.lane(hello(self.job.params, self.job.destination))

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tenant_infra.errors import InvalidInput
-from tenant_infra.migrate.engine import TargetResult, head_of, load_script
-from tenant_infra.migrate.executors import Job, Mode, make_executor
+from tenant_infra.migrate.connection import with_libpq_environment
+from tenant_infra.migrate.engine import TargetResult
+from tenant_infra.migrate.executors import Job, Mode, SandboxExecutor
 from tenant_infra.migrate.targets import MigrationTarget
+from tenant_infra.migrate.worker import script_exists
 
 OnResult = Callable[[TargetResult, int, int], None]
 """Progress callback: (result, number done so far, total)."""
@@ -72,15 +74,20 @@ def migrate_fleet(
     attach_credentials`) and pass ``{}`` here: a tenant schema is never migrated by
     another user (see :mod:`tenant_infra.migrate.engine`).
     ``canary`` > 0 migrates that many targets first and stops if any fails.
+
+    Revision code runs only in sandboxed processes (:mod:`~tenant_infra.migrate.
+    sandbox`): one per tenant target, holding only that tenant's parameters; ``params``
+    reach a sandbox only if some target needs them.
     """
     if concurrency < 1:
         raise InvalidInput("--concurrency must be at least 1")
     if canary < 0:
         raise InvalidInput("--canary must not be negative")
     started = time.perf_counter()
-    _config, script = load_script(script_location)
-    report = FleetReport(mode=mode, script_location=str(script_location), head=head_of(script))
-    job = Job(str(script_location), dict(params), mode, destination)
+    location = script_exists(script_location)
+    report = FleetReport(mode=mode, script_location=str(script_location), head=None)
+    generic = any(t.params is None and not t.unavailable for t in targets)
+    job = Job(str(location), with_libpq_environment(params) if generic else {}, mode, destination)
     indexed = list(enumerate(targets))
     total = len(indexed)
     done = 0
@@ -101,7 +108,8 @@ def migrate_fleet(
     if mode == "sql":
         workers = 1  # SQL is printed in tenant order; rendering is cheap
     waves = [indexed[:canary], indexed[canary:]] if canary and mode == "upgrade" else [indexed]
-    with make_executor(job, workers) as executor:
+    with SandboxExecutor(job, workers) as executor:
+        report.head = executor.head
         for wave_no, wave in enumerate(waves):
             if not wave:
                 continue

@@ -1,0 +1,242 @@
+"""Revision code never holds platform secrets (README "Security model").
+
+A hostile revision (``hostile.py``) runs through ``tenantctl migrate --product`` at
+concurrency 1 and 2, and through the ``ServiceMigration`` provider, on the real
+PostgreSQL. Tenants' credentials come from a stub Vault over loopback; the operator's
+environment carries marker secrets. The revision must find none of them, and no
+other tenant's password, anywhere it can look; it must find its own (the probe works).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import LEDGER, REPO, cli
+from hostile import hostile_script_dir
+from pgsandbox import ADMIN, PgSandbox, Service, version
+
+from tenant_infra.migrate.sandbox import (
+    MAX_MESSAGE,
+    Sandbox,
+    effective_capabilities,
+    recv_message,
+    sandbox_environ,
+)
+from tenant_infra.tenant import TenantNames
+from tests.support.vault_stub import StubVault, stub_vault
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+
+
+def _markers() -> dict[str, str]:
+    return {name: f"{name}-{secrets.token_hex(12)}" for name in ("admin", "vault", "pgpassword")}
+
+
+def _operator_env(markers: dict[str, str], vault: StubVault) -> dict[str, str]:
+    host, port = ADMIN.get("host", "127.0.0.1"), ADMIN.get("port", "5432")
+    return {
+        "TENANT_INFRA_ADMIN_DSN": f"postgresql://postgres:{markers['admin']}@{host}:{port}/postgres",
+        "VAULT_ADDR": vault.address,
+        "VAULT_TOKEN": markers["vault"],
+        "PGPASSWORD": markers["pgpassword"],
+        "PULUMI_CONFIG_PASSPHRASE": markers["admin"] + "-passphrase",
+    }
+
+
+def _reports(out: Path) -> dict[str, dict[str, object]]:
+    found = {}
+    for path in out.glob("*.json"):
+        report = json.loads(path.read_text())
+        found[str(report["user"])] = report
+    return found
+
+
+def _assert_nothing_leaked(
+    reports: dict[str, dict[str, object]], services: list[Service], secret_names: set[str]
+) -> None:
+    assert set(reports) == {s.role for s in services}  # the revision ran for each tenant
+    for svc in services:
+        report = reports[svc.role]
+        found = report["found"]
+        assert isinstance(found, dict)
+        # The probe works: the revision sees its own tenant's password in its memory.
+        assert svc.role in found.get("self memory", []), report
+        leaked = {where: names for where, names in found.items() if set(names) - {svc.role}}
+        assert not leaked, f"{svc.role} found {leaked}"
+        assert "self" in report["readable"]
+        assert not {"parent", "grandparent"} & set(report["readable"])  # type: ignore[arg-type]
+        assert not set(found.get("self memory", [])) & secret_names
+
+
+def _setup(
+    pg: PgSandbox, product: str, tmp_path: Path, vault: StubVault, markers: dict[str, str]
+) -> tuple[list[Service], Path, dict[str, str]]:
+    services = [pg.schema_tenant(product), pg.schema_tenant(product), pg.database_tenant(product)]
+    for svc in services:
+        vault.put("secret", TenantNames(svc.tenant).service(product).vault_secret, svc.document())
+    out = tmp_path / "found"
+    out.mkdir()
+    needles = {**markers, **{s.role: s.password for s in services}}
+    script = hostile_script_dir(LEDGER, tmp_path, needles, out)
+    return services, script, needles
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_hostile_revision_finds_no_secret_through_migrate(
+    pg: PgSandbox, product: str, tmp_path: Path, concurrency: str
+) -> None:
+    markers = _markers()
+    with stub_vault(markers["vault"]) as vault:
+        services, script, _ = _setup(pg, product, tmp_path, vault, markers)
+        run = cli(
+            "--product",
+            product,
+            "--script-location",
+            str(script),
+            "--concurrency",
+            concurrency,
+            "--format",
+            "json",
+            products=(product,),
+            env=_operator_env(markers, vault),
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert {t["status"] for t in json.loads(run.stdout)["tenants"]} == {"migrated"}
+    assert all(version(s) == "9999" for s in services)
+    assert vault.requests and all(ok for _, ok in vault.requests)  # Vault did serve them
+    reports = _reports(tmp_path / "found")
+    _assert_nothing_leaked(reports, services, set(markers))
+    ancestry = " ".join(a for r in reports.values() for a in r["ancestors"])  # type: ignore[union-attr]
+    assert "migrate" in ancestry  # the walk did reach the operator's process
+    for out in (run.stdout, run.stderr):
+        assert not any(v in out for v in markers.values())
+
+
+_PROVIDER = """
+import json, sys
+from pathlib import Path
+import tenant_infra.catalog as catalog
+from tenant_infra.catalog import Product, Store
+catalog.MIGRATIONS_ROOT = Path(sys.argv[1])
+catalog.load_catalog().products[sys.argv[2]] = Product(
+    name=sys.argv[2], stores=frozenset({Store.POSTGRESQL}), migrations="hostile"
+)
+from components.migration import ServiceMigrationProvider
+result = ServiceMigrationProvider().create(json.loads(sys.stdin.read()))
+print(result.outs["revision"])
+"""
+
+
+def test_hostile_revision_finds_no_secret_through_the_service_migration_provider(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    markers = _markers()
+    with stub_vault(markers["vault"]) as vault:
+        services, script, _ = _setup(pg, product, tmp_path, vault, markers)
+        svc = services[2]
+        props = {
+            "tenant": svc.tenant,
+            "product": product,
+            "isolation": svc.isolation,
+            "host": ADMIN.get("host", "127.0.0.1"),
+            "port": int(ADMIN.get("port", "5432")),
+            "database": svc.database,
+            "schema": svc.schema,
+            "user": svc.role,
+            "password": svc.password,
+            "sslmode": "disable",
+            "head": "9999",
+        }
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("VAULT_")},
+            **_operator_env(markers, vault),
+            "PYTHONPATH": str(REPO),
+        }
+        run = subprocess.run(
+            [sys.executable, "-c", _PROVIDER, str(script.parent), product],
+            input=json.dumps(props),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "9999"
+    _assert_nothing_leaked(_reports(tmp_path / "found"), [svc], set(markers))
+
+
+def test_the_sandbox_environment_is_allow_listed() -> None:
+    env = sandbox_environ(
+        {
+            "PATH": "/usr/bin",
+            "HOME": "/home/op",
+            "LC_ALL": "C.UTF-8",
+            "TZ": "UTC",
+            "VAULT_TOKEN": "t",
+            "PGPASSWORD": "p",
+            "TENANT_INFRA_ADMIN_DSN": "postgresql://a:b@h/d",
+            "PULUMI_CONFIG_PASSPHRASE": "x",
+            "AWS_SECRET_ACCESS_KEY": "k",
+            "LC_TOKEN": "looks like a locale, named like a credential",
+        }
+    )
+    assert set(env) == {"PATH", "HOME", "LC_ALL", "TZ", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE"}
+
+
+def test_a_child_runs_without_capabilities_and_ends_with_its_tenant(
+    pg: PgSandbox, product: str
+) -> None:
+    """One process per tenant target; none of them is this process."""
+    svc_a, svc_b = pg.schema_tenant(product), pg.schema_tenant(product)
+    from tenant_infra.migrate.executors import Job, SandboxExecutor
+
+    with SandboxExecutor(Job(str(LEDGER), {}), 1) as executor:
+        assert executor.head == "0003"
+        results = list(executor.map(enumerate([svc_a.own_target, svc_b.own_target])))
+    assert [r.status for r in results] == ["migrated", "migrated"]
+    workers = {r.worker for r in results}
+    assert len(workers) == 2 and os.getpid() not in workers
+    for pid in workers:  # each child has exited
+        assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+    if os.geteuid() == 0:
+        assert effective_capabilities() != 0  # the operator keeps its own
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_a_script_directory_that_cannot_load_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "versions" / "0001_x.py").write_text("revision = '0001'\nraise SystemExit(3)\n")
+    from tenant_infra.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="cannot load") as caught, Sandbox(tmp_path):
+        pass
+    assert "\n" not in str(caught.value)
+
+
+def test_oversized_or_malformed_messages_are_refused() -> None:
+    import socket
+    import struct
+
+    for payload in (
+        struct.pack("!I", MAX_MESSAGE + 1),
+        struct.pack("!I", 3) + b"[1]",
+        struct.pack("!I", 5) + b"nope!",
+    ):
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            theirs.sendall(payload)
+            theirs.shutdown(socket.SHUT_WR)
+            assert recv_message(ours) is None
