@@ -11,7 +11,6 @@ target, never from the reply.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
