@@ -81,7 +81,7 @@ class Providers:
             endpoint = self.platform.vault
             self._vault = vault.Provider(
                 f"{self.prefix}-vault-admin",
-                address=endpoint.address,
+                address=self.credentials.vault_address(str(endpoint.address)),
                 token=self.credentials.vault_token(),
                 # A child token would expire after max_lease_ttl (20 min by default),
                 # mid-way through a long fleet run.

@@ -351,6 +351,11 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
+    from tenant_infra.migrate.sandbox import make_undumpable
+
+    # Before any secret is read: no other process of this user may read our memory,
+    # environment or file descriptors (README "Security model").
+    make_undumpable()
     try:
         code = app(args=argv, standalone_mode=False)
     except typer.TyperException as exc:  # usage errors carry exit code 2

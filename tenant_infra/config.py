@@ -115,6 +115,17 @@ class VaultEndpoint(_Model):
     #: Use the token as given: a child token would expire (20 min) mid-way through long runs.
     skip_child_token: bool = True
 
+    @field_validator("address", mode="before")
+    @classmethod
+    def _token_may_go_there(cls, value: Any) -> Any:
+        """The Vault token is sent here: https (or loopback http), no userinfo."""
+        from tenant_infra.vaultclient import address_problem
+
+        problem = address_problem(value) if isinstance(value, str) else None
+        if problem:
+            raise ValueError(f"the Vault address {problem}")
+        return value
+
 
 class AtlasMongo(_Model):
     backend: Literal["atlas"]
@@ -346,3 +357,15 @@ def one_line(exc: ValidationError, where: str) -> str:
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}"
+
+
+def platform_from_stack_file(path: Path) -> Platform | None:
+    """The ``platform`` block of a stack file, or ``None`` if it has none."""
+    values = read_stack_file(path)
+    raw = values.get(f"{NAMESPACE}:platform")
+    if raw is None:
+        return None
+    try:
+        return Platform.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(one_line(exc, f"{path}: platform")) from None

@@ -81,6 +81,27 @@ class PlatformCredentials:
             raise InvalidInput("environment variable TENANT_INFRA_RABBITMQ_PASSWORD is not set")
         return value
 
+    def vault_address(self, declared: str) -> str:
+        """Where the program sends the Vault token: the operator's Vault
+        (:func:`tenant_infra.vaultclient.operator_address`), which the stack's
+        ``platform.vault.address`` must name. A stack file alone never decides it."""
+        if self.placeholder:
+            return declared
+        from tenant_infra.vaultclient import operator_address
+
+        operator, _mount = operator_address(self.environ)
+        if operator is None:
+            raise InvalidInput(
+                "set VAULT_ADDR to the operator's Vault (or TENANT_INFRA_PLATFORM_STACK): the "
+                "token is never sent to an address only a tenant's stack file names"
+            )
+        if operator != declared.rstrip("/"):
+            raise InvalidInput(
+                "this stack's platform.vault.address is not the operator's Vault (VAULT_ADDR): "
+                "the token is not sent there"
+            )
+        return operator
+
     def vault_token(self) -> pulumi.Output[str]:
         value = self._get("VAULT_TOKEN", required=True)
         assert value is not None

@@ -24,7 +24,7 @@ def test_providers_repr_never_shows_credentials(plan_for) -> None:
             "services": [{"product": "tracer", "isolation": "SCHEMA"}],
             "platform": {
                 "postgres": {"default": {"host": "db"}},
-                "vault": {"address": "http://v:8200"},
+                "vault": {"address": "https://v:8200"},
                 "rabbitmq": {"managementUrl": "http://mq:15672", "amqpHost": "mq"},
             },
         }
@@ -48,3 +48,16 @@ def test_plain_admin_passwords_follow_the_same_variables() -> None:
     assert PlatformCredentials(environ={}).postgres_password_value("ledger") is None
     with pytest.raises(InvalidInput, match="TENANT_INFRA_RABBITMQ_PASSWORD is not set"):
         credentials.rabbitmq_password_value()
+
+
+def test_the_program_sends_the_token_only_to_the_operators_vault() -> None:
+    """A stack file alone never decides where the Vault token goes."""
+    declared = "https://vault.internal:8200/"
+    with pytest.raises(InvalidInput, match="set VAULT_ADDR"):
+        PlatformCredentials(environ=SECRETS).vault_address(declared)
+    other = {**SECRETS, "VAULT_ADDR": "https://vault.ops.internal:8200"}
+    with pytest.raises(InvalidInput, match="not the operator's Vault"):
+        PlatformCredentials(environ=other).vault_address(declared)
+    same = {**SECRETS, "VAULT_ADDR": "https://vault.internal:8200"}
+    assert PlatformCredentials(environ=same).vault_address(declared) == same["VAULT_ADDR"]
+    assert PlatformCredentials.for_plan().vault_address(declared) == declared  # offline

@@ -22,6 +22,7 @@ from tenant_infra.migrate.fleet import migrate_fleet
 from tenant_infra.migrate.report import ProgressSink, render_table, to_json
 from tenant_infra.migrate.targets import (
     MigrationTarget,
+    connects_as_superuser,
     discover_databases_like,
     discover_product,
     discover_schemas_like,
@@ -56,8 +57,15 @@ def _resolve(
         location = script_location or spec.script_location
         if location is None:
             raise InvalidInput(f"product {product!r} has no migrations")
+        if sum(str(c) == "-" for c in connections) > 1:
+            raise InvalidInput("--connections - (standard input) can be given once")
         documents = load_documents(connections)  # bad files: exit 2 before any connection
         # The admin connection only lists schemas and databases (catalog reads).
+        if connects_as_superuser(params):
+            sys.stderr.write(
+                "warning: tenant discovery connects as a superuser; it needs only CONNECT "
+                "(README: Security model)\n"
+            )
         found = discover_product(params, product, tenants)
         return attach_credentials(found, documents), location, {}
     if tenants:
@@ -91,8 +99,8 @@ def migrate(
             "-c",
             metavar="FILE",
             help="With --product: connections documents holding each tenant's own "
-            "credentials (README: The connections document); repeatable. Tenants without "
-            "one are read from Vault (VAULT_ADDR, VAULT_TOKEN).",
+            "credentials (README: The connections document); repeatable; - reads standard "
+            "input. Tenants without one are read from Vault (VAULT_ADDR, VAULT_TOKEN).",
         ),
     ] = None,
     script_location: Annotated[
@@ -103,7 +111,8 @@ def migrate(
         str | None,
         typer.Option(
             help="Connection without a password (libpq or SQLAlchemy URL): --product"
-            f" discovers tenants with it; default ${ADMIN_DSN_ENV}, then the PG* variables."
+            " discovers tenants with it (catalog reads: give it a role with CONNECT only);"
+            f" default ${ADMIN_DSN_ENV}, then the PG* variables."
             " Passwords: the variable, PGPASSWORD or ~/.pgpass.",
             show_default=False,
         ),

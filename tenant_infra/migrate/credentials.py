@@ -7,9 +7,10 @@ connections document (README "The connections document"), read with
 
 1. ``--connections FILE`` (repeatable; one document or a JSON list): the document
    whose ``tenant`` and ``product`` match;
-2. Vault, ``<kvMount>/data/tenants/<tenant>/<product>``: address ``VAULT_ADDR``, else
-   the ``platform.vault`` of the tenant's stack file (``stacks/Pulumi.<tenant>.yaml``)
-   when it exists; token ``VAULT_TOKEN``.
+2. Vault, ``<kvMount>/data/tenants/<tenant>/<product>``, on the operator's Vault
+   (:func:`tenant_infra.vaultclient.operator_vault`: ``VAULT_ADDR`` or the platform
+   definition, never an address from a tenant's stack file; the mount may come from
+   that file); token ``VAULT_TOKEN``.
 
 A tenant with neither is not attempted: it is reported as failed with the reason,
 and the rest of the fleet goes on. The password goes into the target's ``params``
@@ -23,17 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from tenant_infra.config import platform_from_stack_file
 from tenant_infra.errors import BackendUnavailable, InvalidInput
 from tenant_infra.migrate.connection import ConnParams
 from tenant_infra.migrate.targets import MigrationTarget
-from tenant_infra.verify.connections import (
-    ConnectionsDocument,
-    VaultAccess,
-    load_connections,
-    platform_from_stack_file,
-    read_from_vault,
-    vault_access,
-)
+from tenant_infra.vaultclient import VaultAccess, operator_vault
+from tenant_infra.verify.connections import ConnectionsDocument, load_connections, read_from_vault
 from tenant_infra.workspace import Workspace, project_root
 
 Documents = dict[tuple[str, str], ConnectionsDocument]
@@ -72,22 +68,22 @@ def no_credentials(tenant: str, product: str) -> str:
 
 
 def vault_for(
-    tenant: str, environ: Mapping[str, str], workspace: Workspace | None
+    tenant: str, environ: Mapping[str, str], workspace: Workspace
 ) -> VaultAccess | None:
-    """Vault access for ``tenant``: ``VAULT_ADDR`` else its stack file's platform.vault."""
-    platform = None
-    if workspace is not None:
-        stack = workspace.stack_file(tenant)
-        if stack.is_file():
-            platform = platform_from_stack_file(stack)
-    return vault_access(platform, environ)
+    """The operator's Vault, with the mount the tenant's stack file names (if any)."""
+    mount = None
+    stack = workspace.stack_file(tenant)
+    if stack.is_file():
+        platform = platform_from_stack_file(stack)
+        mount = platform.vault.kv_mount if platform is not None else None
+    return operator_vault(environ, root=workspace.root, mount=mount)
 
 
 def _document(
     target: MigrationTarget,
     documents: Documents,
     environ: Mapping[str, str],
-    workspace: Workspace | None,
+    workspace: Workspace,
 ) -> ConnectionsDocument:
     tenant, product = target.tenant or "", target.product or ""
     found = documents.get((tenant, product))
@@ -127,6 +123,8 @@ def attach_credentials(
     env = os.environ if environ is None else environ
     if workspace is None:
         workspace = Workspace(project_root())
+    if any((t.tenant, t.product) not in documents for t in targets):
+        operator_vault(env, root=workspace.root)  # a bad VAULT_ADDR: exit 2, nothing run
     out: list[MigrationTarget] = []
     for target in targets:
         tenant, product = target.tenant or target.label, target.product or "?"

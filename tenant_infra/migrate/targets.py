@@ -115,6 +115,15 @@ def _databases_like(conn: Connection, pattern: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def connects_as_superuser(admin: ConnParams) -> bool:
+    """Whether the discovery connection is a superuser's (it needs only CONNECT)."""
+    with connect(admin) as conn:
+        row = conn.execute(
+            text("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
+        ).first()
+    return bool(row and row[0])
+
+
 def discover_product(
     admin: ConnParams, product: str, tenants: Sequence[str] = ()
 ) -> list[MigrationTarget]:

@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from tenant_infra.catalog import Limits, load_catalog
-from tenant_infra.config import Platform, TenantConfig, read_stack_file
+from tenant_infra.config import Platform, TenantConfig, platform_from_stack_file, read_stack_file
 from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import validate_tenant_id
+from tenant_infra.vaultclient import operator_vault
 from tenant_infra.verify.broker import BrokerVerifier
 from tenant_infra.verify.checks import CheckResult, PgVerifier
 from tenant_infra.verify.connections import (
     AdminAccess,
     ConnectionsDocument,
     load_connections,
-    platform_from_stack_file,
     read_from_vault,
-    vault_access,
 )
 from tenant_infra.verify.mongodb import mongodb_checks
 from tenant_infra.verify.vault import vault_checks
@@ -146,7 +145,7 @@ def verify_tenant(
     platform, config = _stack(tenant, stack_config)
     documents = [doc for source in connections for doc in load_connections(source)]
     if not documents:
-        vault = vault_access(platform, env)
+        vault = operator_vault(env, mount=platform.vault.kv_mount if platform else None)
         if vault is None:
             raise InvalidInput(
                 "no connections: pass --connections FILE, or set VAULT_ADDR and VAULT_TOKEN "

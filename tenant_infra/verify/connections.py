@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from tenant_infra.catalog import IsolationMode, Store, load_catalog
-from tenant_infra.config import Platform, one_line, read_stack_file
-from tenant_infra.errors import BackendUnavailable, InvalidInput
+from tenant_infra.config import Platform, one_line
+from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import TenantNames, pg_shared_database, validate_tenant_id
+from tenant_infra.vaultclient import VaultAccess, operator_vault, read_secret
+
+__all__ = ["VaultAccess"]  # re-exported: verify's callers name it from here
 
 Port = Field(ge=1, le=65535)
 
@@ -139,13 +142,15 @@ def parse_document(data: Any, where: str) -> ConnectionsDocument:
 
 
 def load_connections(source: Path | str | Mapping[str, Any]) -> list[ConnectionsDocument]:
-    """Documents from a file (one document or a JSON list of them) or from a dict."""
+    """Documents from a file (one document or a JSON list of them; ``-`` is standard
+    input) or from a dict."""
     if isinstance(source, Mapping):
         return [parse_document(source, "connections")]
     path = Path(source)
     where = str(path)
     try:
-        text = path.read_text()
+        # "-": standard input, so that no file holding every tenant's password need exist.
+        text = sys.stdin.read() if where == "-" else path.read_text()
     except OSError as exc:
         raise InvalidInput(f"cannot read connections file {where!r}: {exc.strerror}") from None
     try:
@@ -173,13 +178,6 @@ class RabbitmqAdmin:
     management_url: str
     user: str
     password: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class VaultAccess:
-    address: str
-    token: str = field(repr=False)
-    mount: str = "secret"
 
 
 @dataclass(frozen=True)
@@ -215,51 +213,18 @@ class AdminAccess:
             rabbit = RabbitmqAdmin(endpoint.management_url, endpoint.admin_user, rabbit_password)
         return cls(
             rabbitmq=rabbit,
-            vault=vault_access(platform, env),
+            vault=operator_vault(env, mount=platform.vault.kv_mount if platform else None),
         )
-
-
-def vault_access(platform: Platform | None, environ: Mapping[str, str]) -> VaultAccess | None:
-    """Vault at ``VAULT_ADDR``, else ``platform.vault.address``; needs ``VAULT_TOKEN``."""
-    address = environ.get("VAULT_ADDR") or (platform.vault.address if platform else None)
-    token = environ.get("VAULT_TOKEN")
-    if not (address and token):
-        return None
-    mount = platform.vault.kv_mount if platform else environ.get("TENANT_INFRA_VAULT_MOUNT")
-    return VaultAccess(address.rstrip("/"), token, mount or "secret")
-
-
-def platform_from_stack_file(path: Path) -> Platform | None:
-    """The ``platform`` block of a stack file, or ``None`` if it has none."""
-    values = read_stack_file(path)
-    raw = values.get("tenant-infra:platform")
-    if raw is None:
-        return None
-    try:
-        return Platform.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidInput(one_line(exc, f"{path}: platform")) from None
 
 
 def read_from_vault(
     vault: VaultAccess, tenant: str, products: Sequence[str], timeout: float = 10.0
 ) -> list[ConnectionsDocument]:
     """Each service's document from ``<mount>/data/tenants/<tenant>/<product>`` (KV v2)."""
-    documents = []
     names = TenantNames(tenant)
+    documents = []
     for product in products:
         secret = names.service(product).vault_secret
-        url = f"{vault.address}/v1/{vault.mount}/data/{secret}"
-        try:
-            response = requests.get(url, headers={"X-Vault-Token": vault.token}, timeout=timeout)
-        except requests.RequestException as exc:
-            raise BackendUnavailable(f"Vault at {vault.address}: {type(exc).__name__}") from None
-        if response.status_code == 404:
-            raise InvalidInput(f"no secret at {vault.mount}/{secret} in Vault")
-        if response.status_code != 200:
-            raise BackendUnavailable(
-                f"Vault refused reading {vault.mount}/{secret}: HTTP {response.status_code}"
-            )
-        data = response.json().get("data", {}).get("data")
+        data = read_secret(vault, secret, timeout)
         documents.append(parse_document(data, f"vault:{vault.mount}/{secret}"))
     return documents

@@ -14,8 +14,9 @@ import requests
 
 from tenant_infra.guardrails import parse_policy
 from tenant_infra.tenant import TenantNames
+from tenant_infra.vaultclient import VaultAccess
 from tenant_infra.verify.checks import MAX_PROBES, CheckResult, failed, passed, skipped
-from tenant_infra.verify.connections import ConnectionsDocument, VaultAccess
+from tenant_infra.verify.connections import ConnectionsDocument
 
 #: A tenant segment no tenant can have (``_`` is outside the id grammar).
 CANARY_TENANT: Final = "tenantctl_verify_canary"
@@ -51,6 +52,7 @@ class _Vault:
             headers={"X-Vault-Token": self.token},
             json=json,
             timeout=10,
+            allow_redirects=False,  # a redirect would carry the token to another host
         )
 
 

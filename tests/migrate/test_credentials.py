@@ -4,9 +4,7 @@ stand-in KV v2 server here), else a per-tenant failure. No database needed."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.migrate.credentials import attach_credentials, load_documents
 from tenant_infra.migrate.targets import MigrationTarget, database_mode_target, schema_mode_target
 from tenant_infra.workspace import Workspace
+from tests.support.vault_stub import StubVault, stub_vault
 
 PASSWORD = "pw-Zq81-never-shown"
 
@@ -38,52 +37,21 @@ def document(target: MigrationTarget, password: str = PASSWORD) -> dict[str, Any
     }
 
 
-class FakeVault:
-    """KV v2 reads: ``secrets[path]`` is the document; every request is recorded."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        vault = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                vault.requests.append((self.path, self.headers.get("X-Vault-Token")))
-                doc = vault.secrets.get(self.path)
-                body = json.dumps({"data": {"data": doc}} if doc else {"errors": []}).encode()
-                self.send_response(200 if doc else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def vault() -> Iterator[FakeVault]:
-    fake = FakeVault()
-    try:
-        yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
+def vault() -> Iterator[StubVault]:
+    with stub_vault("tok") as stub:
+        yield stub
 
 
 def test_file_first_then_vault_then_a_per_tenant_failure(
-    vault: FakeVault, product: str, tmp_path: Path
+    vault: StubVault, product: str, tmp_path: Path
 ) -> None:
     in_file = schema_mode_target("acme-a", product)
     in_vault = database_mode_target("acme-b", product)
     nowhere = schema_mode_target("acme-c", product)
     (tmp_path / "c.json").write_text(json.dumps([document(in_file)]))
-    vault.secrets[f"/v1/secret/data/tenants/acme-b/{product}"] = document(in_vault, "from-vault")
-    env = {"VAULT_ADDR": vault.url, "VAULT_TOKEN": "tok"}
+    vault.put("secret", f"tenants/acme-b/{product}", document(in_vault, "from-vault"))
+    env = {"VAULT_ADDR": vault.address, "VAULT_TOKEN": "tok"}
     got = attach_credentials(
         [in_file, in_vault, nowhere],
         load_documents([tmp_path / "c.json"]),
@@ -103,35 +71,66 @@ def test_file_first_then_vault_then_a_per_tenant_failure(
         f"/v1/secret/data/tenants/acme-b/{product}",
         f"/v1/secret/data/tenants/acme-c/{product}",
     ]
-    assert {t for _, t in vault.requests} == {"tok"}
+    assert all(authorized for _, authorized in vault.requests)
     for target in got:
         assert PASSWORD not in repr(target) and "from-vault" not in repr(target)
 
 
-def test_vault_address_from_the_tenants_stack_file(
-    vault: FakeVault, product: str, tmp_path: Path
+def test_a_tenant_stack_file_names_the_mount_never_where_the_token_goes(
+    vault: StubVault, product: str, tmp_path: Path
 ) -> None:
     target = schema_mode_target("globex-x", product)
     stacks = tmp_path / "stacks"
     stacks.mkdir()
     platform = {
         "postgres": {"default": {"host": "127.0.0.1", "port": 5432, "adminUser": "postgres"}},
-        "vault": {"address": vault.url, "kvMount": "kv"},
+        "vault": {"address": vault.address, "kvMount": "kv"},
     }
     config = {"tenant-infra:tenant": "globex-x", "tenant-infra:platform": platform}
     (stacks / "Pulumi.globex-x.yaml").write_text(yaml.safe_dump({"config": config}))
-    vault.secrets[f"/v1/kv/data/tenants/globex-x/{product}"] = document(target)
-    (got,) = attach_credentials(
+    vault.put("kv", f"tenants/globex-x/{product}", document(target))
+    # Without VAULT_ADDR (or a platform definition) the token goes nowhere.
+    (none,) = attach_credentials(
         [target], {}, environ={"VAULT_TOKEN": "tok"}, workspace=Workspace(tmp_path)
     )
-    assert got.unavailable is None and got.params is not None
-    assert got.params["user"] == target.role
-    # Without a token there is no Vault: the documented message.
-    (none,) = attach_credentials([target], {}, environ={}, workspace=Workspace(tmp_path))
     assert none.unavailable == (
         f"no credentials for tenant globex-x product {product}: pass --connections FILE "
         "or set VAULT_ADDR and VAULT_TOKEN"
     )
+    assert vault.requests == []
+    env = {"VAULT_ADDR": vault.address, "VAULT_TOKEN": "tok"}
+    (got,) = attach_credentials([target], {}, environ=env, workspace=Workspace(tmp_path))
+    assert got.unavailable is None and got.params is not None  # read at the file's kv/ mount
+    assert got.params["user"] == target.role
+
+
+@pytest.mark.parametrize(
+    ("address", "rule"),
+    [
+        ("http://vault.example.com:8200", "plain http"),
+        ("https://ops:s3cret@vault.example.com", "must not carry credentials"),
+    ],
+)
+def test_a_vault_addr_the_token_must_not_go_to_stops_the_run(
+    product: str, tmp_path: Path, address: str, rule: str
+) -> None:
+    target = schema_mode_target("acme-f", product)
+    env = {"VAULT_ADDR": address, "VAULT_TOKEN": "tok"}
+    with pytest.raises(InvalidInput, match=rule) as caught:
+        attach_credentials([target], {}, environ=env, workspace=Workspace(tmp_path))
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_garbage_vault_reply_fails_that_tenant_only(
+    vault: StubVault, product: str, tmp_path: Path
+) -> None:
+    bad, good = schema_mode_target("acme-g", product), schema_mode_target("acme-h", product)
+    vault.put("secret", f"tenants/acme-h/{product}", document(good))
+    vault.put("secret", f"tenants/acme-g/{product}", b"<html>proxy error</html>")
+    env = {"VAULT_ADDR": vault.address, "VAULT_TOKEN": "tok"}
+    got = attach_credentials([bad, good], {}, environ=env, workspace=Workspace(tmp_path))
+    assert got[0].unavailable is not None and "not JSON" in got[0].unavailable
+    assert got[1].unavailable is None and got[1].params is not None
 
 
 def test_unreachable_vault_fails_each_tenant_not_the_run(product: str, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from tenant_infra.migrate.connection import with_database
 from tenant_infra.migrate.credentials import attach_credentials, load_documents
 from tenant_infra.migrate.fleet import migrate_fleet
 from tenant_infra.migrate.report import progress_line, to_dict
-from tenant_infra.migrate.targets import MigrationTarget, discover_product
+from tenant_infra.migrate.targets import MigrationTarget, connects_as_superuser, discover_product
 
 
 def dsn(db: str) -> str:
@@ -418,3 +418,51 @@ def test_schemas_like_generic_mode_runs_as_the_dsn_user(
     assert r.returncode == 0, r.stderr
     assert [t["status"] for t in json.loads(r.stdout)["tenants"]] == ["migrated", "migrated"]
     assert admin_exec("SELECT u FROM g_2.t", db) == [(ADMIN["user"],)]
+
+
+def test_connections_from_standard_input_and_a_superuser_warning(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """No file holding every tenant's password has to exist: ``--connections -``."""
+    a, b = pg.schema_tenant(product), pg.database_tenant(product)
+    cmd, env = cli_command(
+        "--product", product, "--dsn", dsn("postgres"), "--connections", "-", "--format", "json",
+        products=(product,),
+    )
+    documents = json.dumps([a.document(), b.document()])
+    run = subprocess.run(
+        cmd, input=documents, capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert {t["status"] for t in json.loads(run.stdout)["tenants"]} == {"migrated"}
+    assert version(a) == version(b) == "0003"
+    # The test's admin is the postgres superuser: one line says discovery needs less.
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: tenant discovery connects as a superuser; it needs only CONNECT "
+        "(README: Security model)"
+    ]
+    twice = subprocess.run(
+        [*cmd, "--connections", "-"], input=documents, capture_output=True, text=True,
+        env=env, timeout=120, check=False,
+    )
+    assert twice.returncode == 2 and "can be given once" in twice.stderr
+
+
+def test_discovery_needs_nothing_but_connect(pg: PgSandbox, product: str) -> None:
+    a, b = pg.schema_tenant(product), pg.database_tenant(product)
+    role = f"disc_{product}"
+    admin_exec(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+    pg.roles.append(role)
+    admin_exec(f"GRANT CONNECT ON DATABASE {product} TO {role}")
+    admin_exec(f"GRANT CONNECT ON DATABASE postgres TO {role}")
+    try:
+        weak = {**ADMIN, "user": role}
+        assert not connects_as_superuser(weak)
+        found = discover_product(weak, product)
+        assert {(t.tenant, t.database) for t in found} == {
+            (a.tenant, a.database),
+            (b.tenant, b.database),
+        }
+    finally:
+        admin_exec(f"REVOKE CONNECT ON DATABASE postgres FROM {role}")

@@ -53,7 +53,7 @@ import requests
 from pulumi.runtime import mocks
 
 from tenant_infra.catalog import IsolationMode
-from tenant_infra.config import PlatformConfig, TenantConfig
+from tenant_infra.config import Platform, PlatformConfig, TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.lifecycle import EventSink, PreviewOutcome, ResourceEvent
 from tenant_infra.plan import PlannedResource, evaluate, pulumi_config_values
@@ -436,8 +436,12 @@ class ReplayBackend:
                 raise InProgress(f"stack {stack!r} is currently locked by another update") from None
             yield
 
-    def _credentials(self) -> PlatformCredentials:
-        return PlatformCredentials(environ=self._program_environ)
+    def _credentials(self, platform: Platform | None = None) -> PlatformCredentials:
+        env = self._program_environ
+        if platform is not None and not env.get("VAULT_ADDR"):
+            # Vault is only recorded: the stack's own address stands for the operator's.
+            env = {**env, "VAULT_ADDR": str(platform.vault.address)}
+        return PlatformCredentials(environ=env)
 
     def _evaluate(
         self,
@@ -470,7 +474,7 @@ class ReplayBackend:
     def _evaluate_tenant(
         self, config: TenantConfig, checkpoint: _Checkpoint
     ) -> tuple[list[_Node], dict[str, Any]]:
-        credentials = self._credentials()
+        credentials = self._credentials(config.platform)
 
         def program() -> dict[str, Any]:
             tenant = tenant_program(credentials)
@@ -507,7 +511,7 @@ class ReplayBackend:
             platform = PlatformConfig(
                 products=(spec.product,), protect_data=True, platform=config.platform
             )
-            credentials = self._credentials()
+            credentials = self._credentials(config.platform)
             nodes, _ = self._evaluate(
                 stack,
                 pulumi_config_values(platform),

@@ -9,7 +9,8 @@ import pytest
 
 from tenant_infra.config import Platform
 from tenant_infra.errors import InvalidInput
-from tenant_infra.verify.connections import AdminAccess, load_connections, vault_access
+from tenant_infra.vaultclient import operator_vault
+from tenant_infra.verify.connections import AdminAccess, load_connections
 
 SECRET = "s3cr3t-Pa55word-never-shown"
 
@@ -153,7 +154,7 @@ def test_admin_access_follows_the_platform_and_the_credential_variables() -> Non
     (doc,) = load_connections(DOC)
     env = {
         "TENANT_INFRA_RABBITMQ_PASSWORD": "mq-Secret-1",
-        "VAULT_ADDR": "http://v:8200/",
+        "VAULT_ADDR": "https://v:8200/",
         "VAULT_TOKEN": "vault-Secret-2",
     }
     access = AdminAccess.from_environment(doc, PLATFORM, env)
@@ -163,7 +164,7 @@ def test_admin_access_follows_the_platform_and_the_credential_variables() -> Non
         "provisioner",
     )
     assert access.vault is not None
-    assert (access.vault.address, access.vault.mount) == ("http://v:8200", "tenants-kv")
+    assert (access.vault.address, access.vault.mount) == ("https://v:8200", "tenants-kv")
     for secret in ("mq-Secret-1", "vault-Secret-2"):
         assert secret not in repr(access)
 
@@ -176,11 +177,14 @@ def test_without_a_platform_no_admin_password_is_sent_anywhere() -> None:
     assert access.vault is None
 
 
-def test_vault_address_falls_back_to_the_platform() -> None:
-    access = vault_access(PLATFORM, {"VAULT_TOKEN": "t"})
-    assert access is not None and access.address == "https://vault.internal:8200"
+def test_a_tenant_stack_file_never_chooses_where_the_token_goes() -> None:
+    """The tenant's platform block (PLATFORM) names a Vault; without VAULT_ADDR or a
+    platform definition, no token is sent anywhere."""
+    (doc,) = load_connections(DOC)
+    access = AdminAccess.from_environment(doc, PLATFORM, {"VAULT_TOKEN": "t"})
+    assert access.vault is None
 
 
-@pytest.mark.parametrize("env", [{}, {"VAULT_ADDR": "http://v"}, {"VAULT_TOKEN": "t"}])
+@pytest.mark.parametrize("env", [{}, {"VAULT_ADDR": "http://127.0.0.1:8200"}, {"VAULT_TOKEN": "t"}])
 def test_vault_is_used_only_with_both_address_and_token(env) -> None:
-    assert vault_access(None, env) is None
+    assert operator_vault(env) is None
