@@ -16,10 +16,11 @@ and results stream out, so memory does not grow with the number of tenants.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -78,17 +79,16 @@ class SandboxExecutor:
         results: queue.Queue[TargetResult | None] = queue.Queue()
 
         def lane_loop() -> None:
-            shared: Lane | None = None  # the child generic targets share
+            lanes = _Lanes(self._open)
             try:
                 while True:
                     with take:
                         item = next(source, None)
                     if item is None:
                         return
-                    shared = self._run(*item, shared, results)
+                    results.put(self._run(*item, lanes))
             finally:
-                if shared is not None:
-                    shared.close()
+                lanes.close()
                 results.put(None)
 
         threads = [threading.Thread(target=lane_loop, daemon=True) for _ in range(self.processes)]
@@ -104,32 +104,59 @@ class SandboxExecutor:
         for thread in threads:
             thread.join()
 
-    def _run(
-        self,
-        index: int,
-        target: MigrationTarget,
-        shared: Lane | None,
-        results: queue.Queue[TargetResult | None],
-    ) -> Lane | None:
-        """Run one target; put its result; return the child generic targets share."""
+    def _run(self, index: int, target: MigrationTarget, lanes: _Lanes) -> TargetResult:
         started = time.perf_counter()
         if target.unavailable:  # no credentials: nothing to fork for
-            results.put(
-                TargetResult.of(target, index, "failed", error=target.unavailable, started=started)
+            return TargetResult.of(
+                target, index, "failed", error=target.unavailable, started=started
             )
-            return shared
         own = target.params is not None  # a tenant's own credentials: a child of its own
         try:
-            lane = shared if shared is not None and not own else self._open()
+            lane = lanes.fresh() if own else lanes.shared()
         except BackendUnavailable as exc:
-            results.put(TargetResult.of(target, index, "failed", error=str(exc), started=started))
-            return shared
-        reply = lane.request(target_request(self.job.mode, target))
-        results.put(result_of(reply, target, index, started, lane.pid))
+            return TargetResult.of(target, index, "failed", error=str(exc), started=started)
+        sent = lane.send(target_request(self.job.mode, target))
+        if own:
+            lanes.prepare()  # the next tenant's child starts while this one migrates
+        reply = lane.receive() if sent else None
         if own or reply is None:
-            lane.close()
-            return None if lane is shared else shared
-        return lane
+            lanes.done(lane)
+        return result_of(reply, target, index, started, lane.pid)
 
     def _open(self) -> Lane:
         return self._sandbox.lane(hello(self.job.params, self.job.destination))
+
+
+class _Lanes:
+    """One thread's children: a spare forked ahead for the next tenant, and the one
+    generic targets share."""
+
+    def __init__(self, open_lane: Callable[[], Lane]) -> None:
+        self._open = open_lane
+        self._spare: Lane | None = None
+        self._shared: Lane | None = None
+
+    def fresh(self) -> Lane:
+        lane, self._spare = self._spare, None
+        return lane if lane is not None else self._open()
+
+    def prepare(self) -> None:
+        if self._spare is None:
+            with contextlib.suppress(BackendUnavailable):
+                self._spare = self._open()
+
+    def shared(self) -> Lane:
+        if self._shared is None:
+            self._shared = self._open()
+        return self._shared
+
+    def done(self, lane: Lane) -> None:
+        lane.close()
+        if lane is self._shared:
+            self._shared = None
+
+    def close(self) -> None:
+        for lane in (self._spare, self._shared):
+            if lane is not None:
+                lane.close()
+        self._spare = self._shared = None

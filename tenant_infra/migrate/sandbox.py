@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import gc
 import json
 import os
 import re
@@ -57,6 +59,7 @@ _PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 _CAPABILITY_VERSION_3: Final = 0x20080522
 
 
+@functools.cache
 def _libc() -> Any:
     if not sys.platform.startswith("linux"):
         return None
@@ -198,13 +201,23 @@ class Lane:
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock, self.pid = sock, pid
 
-    def request(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Send one request; the reply, or ``None`` if the child ended without one."""
+    def send(self, message: Mapping[str, Any]) -> bool:
         try:
             send_message(self.sock, message)
+        except OSError:
+            return False
+        return True
+
+    def receive(self) -> dict[str, Any] | None:
+        """The reply, or ``None`` if the child ended without one."""
+        try:
             return recv_message(self.sock)
         except OSError:
             return None
+
+    def request(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Send one request; the reply, or ``None`` if the child ended without one."""
+        return self.receive() if self.send(message) else None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -334,6 +347,16 @@ class _Loaded:
         from sqlalchemy import create_engine
 
         create_engine("postgresql+psycopg://").dialect  # noqa: B018
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Render every revision offline once, so that what Alembic and SQLAlchemy
+        import and compile lazily is done here, not again in every child."""
+        from tenant_infra.migrate.engine import render_sql
+        from tenant_infra.migrate.targets import MigrationTarget
+
+        with contextlib.suppress(Exception):
+            render_sql(self.config, self.script, MigrationTarget("warm_up"), starting=None)
 
 
 def serve(fd: int) -> None:
@@ -358,6 +381,7 @@ def serve(fd: int) -> None:
         {"head": loaded.head, "mongo_head": versions[-1].version if versions else None},
     )
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished children
+    gc.freeze()  # children share the loaded objects: no collector writes to their pages
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(control, 16, 1)
