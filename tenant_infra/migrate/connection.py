@@ -120,6 +120,11 @@ def make_engine(params: Mapping[str, str]) -> Engine:
     ``creator`` keeps the password out of the SQLAlchemy URL (and so out of its repr).
     """
     frozen = dict(params)
+    # A runner killed mid-statement must not leave its transaction (and the tenant's
+    # lock) open until the statement ends: the server checks every second that the
+    # client is still there (PostgreSQL 14+) and rolls back if not.
+    options = frozen.get("options", "")
+    frozen["options"] = f"{options} -c client_connection_check_interval=1000".strip()
 
     def creator() -> psycopg.Connection[tuple[object, ...]]:
         # Server-side prepares cost an extra Parse round trip per DDL text and buy

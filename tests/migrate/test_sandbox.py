@@ -240,3 +240,62 @@ def test_oversized_or_malformed_messages_are_refused() -> None:
             theirs.sendall(payload)
             theirs.shutdown(socket.SHUT_WR)
             assert recv_message(ours) is None
+
+
+def _sandbox_processes() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"tenant_infra.migrate.sandbox import serve" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_killing_the_operator_mid_run_leaves_no_partial_tenant_and_no_process(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """SIGKILL the operator while a tenant's revision runs: its sandbox goes with it,
+    the server rolls the tenant's transaction back, and a second run converges."""
+    import signal
+    import time
+
+    from conftest import cli_command, write_script_dir
+    from pgsandbox import admin_exec, tables, write_connections
+
+    svcs = [pg.schema_tenant(product) for _ in range(3)]
+    conn_file = write_connections(tmp_path / "c.json", svcs)
+    script = write_script_dir(tmp_path / "slow", ["CREATE TABLE t (id int);\nSELECT pg_sleep(30)"])
+    before = set(_sandbox_processes())
+    host, port = ADMIN.get("host", "127.0.0.1"), ADMIN.get("port", "5432")
+    args = ["--product", product, "--dsn", f"postgresql://postgres@{host}:{port}/postgres"]
+    args += ["--connections", str(conn_file), "--script-location", str(script)]
+    cmd, env = cli_command(*args, products=(product,))
+    operator = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    roles = ", ".join(f"'{s.role}'" for s in svcs)
+    busy = f"SELECT count(*) FROM pg_stat_activity WHERE usename IN ({roles})"
+    try:
+        deadline = time.monotonic() + 60
+        while admin_exec(busy + " AND query LIKE '%pg_sleep%'")[0][0] == 0:
+            assert time.monotonic() < deadline and operator.poll() is None
+            time.sleep(0.1)
+        operator.send_signal(signal.SIGKILL)
+        operator.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while set(_sandbox_processes()) - before:
+            assert time.monotonic() < deadline, "a sandbox process outlived the operator"
+            time.sleep(0.1)
+        while admin_exec(busy)[0][0]:  # the server notices within a second, rolls back
+            assert time.monotonic() < deadline, "a tenant's session outlived its runner"
+            time.sleep(0.1)
+    finally:
+        if operator.poll() is None:
+            operator.kill()
+    assert all(tables(s) == set() and version(s) is None for s in svcs)  # nothing partial
+    fast = write_script_dir(tmp_path / "fast", ["CREATE TABLE t (id int)"])
+    again = cli(*args[:-1], str(fast), "--concurrency", "2", products=(product,))
+    assert again.returncode == 0, again.stderr
+    assert all(version(s) == "0001" and tables(s) == {"t", "alembic_version"} for s in svcs)
