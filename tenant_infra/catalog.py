@@ -42,9 +42,19 @@ class Product(BaseModel):
     description: str = ""
     stores: frozenset[Store]
     migrations: str | None = None
+    #: The product's modules and the stores each reads its connections for (the seed
+    #: client's ``databases`` keys); none declared: one module named after the product.
+    modules: dict[str, frozenset[Store]] = Field(default_factory=dict)
+    #: The module key under which the product reads its RabbitMQ connection.
+    rabbitmq_module: str | None = None
 
     def needs(self, store: Store) -> bool:
         return store in self.stores
+
+    def module_stores(self) -> dict[str, frozenset[Store]]:
+        """Each module's data stores (PostgreSQL, MongoDB)."""
+        data = frozenset({Store.POSTGRESQL, Store.MONGODB}) & self.stores
+        return dict(self.modules) or {self.name: data}
 
     @property
     def script_location(self) -> Path | None:

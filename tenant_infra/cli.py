@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed
 from tenant_infra.lifecycle import (
@@ -229,21 +230,58 @@ def deregister(
 @app.command()
 def status(
     tenant: Annotated[str | None, typer.Argument(help="A tenant (default: all).")] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Also read the stack; report any drift.")
+    ] = False,
     format: FormatOption = Format.TABLE,
 ) -> None:
-    """Services, isolation modes, states and revisions, read from the stacks."""
+    """Services, isolation modes, states and revisions, read from the registry."""
     from tenant_infra import commands
 
-    results = [commands.status(tenant)] if tenant else commands.list_tenants()
+    if tenant is None and refresh:
+        raise InvalidInput("--refresh needs a tenant")
+    results = [commands.status(tenant, refresh=refresh)] if tenant else commands.list_tenants()
     _show_status(results, format)
+    _finish(not any(r.drift for r in results))
 
 
 @app.command("list")
-def list_(format: FormatOption = Format.TABLE) -> None:
-    """Every tenant and its services."""
+def list_(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only tenants or services in this state.")
+    ] = None,
+    product: Annotated[
+        str | None, typer.Option("--product", help="Only tenants with this service.")
+    ] = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Every tenant and its services, from the registry (one query)."""
     from tenant_infra import commands
 
-    _show_status(commands.list_tenants(), format)
+    _show_status(commands.list_tenants(state=state, product=product), format)
+
+
+@app.command()
+def history(
+    tenant: Annotated[str, typer.Argument(help="The tenant.")],
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Every recorded transition of a tenant: when, who, what, from which state to which."""
+    from tenant_infra import commands
+
+    entries = commands.history(tenant)
+    if format is Format.JSON:
+        print(json.dumps({"tenant": tenant, "history": entries}, default=str))
+        return
+    table = Table()
+    for column in ("at", "service", "operation", "from", "to", "reason", "actor"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            str(e["at"]), e["product"] or "-", e["operation"], e["old_state"] or "-",
+            e["new_state"], e["reason"], e["actor"],
+        )
+    _console().print(table)
 
 
 @app.command()
@@ -332,6 +370,9 @@ def _show_status(results: list[TenantStatus], format: Format) -> None:
         print(json.dumps({"tenants": [r.to_json() for r in results]}))
     else:
         render.status_table(results, _console())
+        for result in results:
+            for line in result.drift:
+                sys.stderr.write(f"drift: {result.tenant} {line}\n")
 
 
 def _console() -> Console:

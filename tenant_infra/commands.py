@@ -6,10 +6,9 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import ValidationError
 
@@ -20,6 +19,7 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
     EventSink,
     FleetResult,
+    Journal,
     Progress,
     ServiceState,
     ServiceStatus,
@@ -29,6 +29,9 @@ from tenant_infra.lifecycle import (
 )
 from tenant_infra.tenant import validate_tenant_id
 from tenant_infra.workspace import Workspace, project_root
+
+if TYPE_CHECKING:
+    from tenant_infra.registry import Registry
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
 #: another stack's file when planning a tenant that has none yet.
@@ -122,9 +125,24 @@ def _verifier(
             stack_config=workspace.stack_file(tenant),
             connections=connections,
             environ=environ,
+            root=workspace.root,
         )
 
     return check
+
+
+def registry(workspace: Workspace, backend: StackBackend | None = None) -> Registry:
+    """The platform's registry, reached and migrated: a lifecycle verb that cannot
+    record what it does refuses to start (one line, before anything is created)."""
+    from tenant_infra.registry import Registry
+
+    return Registry.from_platform(workspace.root, _operator_environ(backend)).open()
+
+
+def _journal(
+    workspace: Workspace, backend: StackBackend, operation: str, whole_tenant: bool = True
+) -> Journal:
+    return registry(workspace, backend).journal(operation, whole_tenant)
 
 
 def _operator_environ(backend: StackBackend | None) -> Mapping[str, str] | None:
@@ -144,6 +162,7 @@ def onboard(
     verify: Gate = ISOLATION,
     events: EventSink | None = None,
     metadata: Mapping[str, str] | None = None,
+    operation: str = "onboard",
 ) -> TenantStatus:
     """Create or update the tenant's stack with ``services`` added; returns each state.
 
@@ -172,8 +191,9 @@ def onboard(
             )
         except ValidationError as exc:
             raise InvalidInput(one_line(exc, "--metadata")) from None
+    journal = _journal(workspace, stacks, operation)
     gate = _verifier(workspace, verify, stacks)
-    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events)
+    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events, journal)
 
 
 def register(
@@ -201,30 +221,76 @@ def register(
         progress=progress,
         verify=verify,
         events=events,
+        operation="register",
     )
+
+
+def _read_registry(workspace: Workspace, backend: StackBackend | None) -> Registry:
+    """The registry for reading: reached, not migrated (reads never change it)."""
+    from tenant_infra.registry import Registry
+
+    return Registry.from_platform(workspace.root, _operator_environ(backend))
+
+
+def _recorded(row: Mapping[str, Any], workspace: Workspace) -> TenantStatus:
+    """A registry row as a status; an in-flight state nobody holds the tenant's lock
+    for was interrupted (the run was killed): it reads as failed."""
+    services = []
+    for s in row["services"]:
+        state, reason = ServiceState(s["state"]), str(s["reason"] or "")
+        if state in lifecycle.IN_FLIGHT and not workspace.is_locked(str(row["tenant"])):
+            state, reason = ServiceState.FAILED, f"interrupted while {state.value}; run it again"
+        services.append(
+            ServiceStatus(str(s["product"]), str(s["isolation"]), state, reason, s["revision"])
+        )
+    return TenantStatus(str(row["tenant"]), services, state=str(row["state"]))
 
 
 def status(
-    tenant: str, *, backend: StackBackend | None = None, root: Path | None = None
+    tenant: str,
+    *,
+    refresh: bool = False,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
 ) -> TenantStatus:
-    """The tenant's services, isolation modes, states and revisions (no deployment runs)."""
+    """The tenant's services, isolation modes, states and revisions, from the registry.
+
+    ``refresh`` also reads the stack (the truth for resources) and reports where the
+    two disagree as ``drift``; no deployment runs either way.
+    """
     workspace = _workspace(root)
-    return lifecycle.read_status(
-        _backend(workspace, backend), workspace, validate_tenant_id(tenant)
-    )
+    validate_tenant_id(tenant)
+    row = _read_registry(workspace, backend).tenant(tenant)
+    if row is None:
+        raise InvalidInput(f"unknown tenant {tenant!r}: not in the registry")
+    recorded = _recorded(row, workspace)
+    if refresh:
+        stack = lifecycle.read_status(_backend(workspace, backend), workspace, tenant)
+        recorded.drift = lifecycle.drift(stack, recorded)
+    return recorded
 
 
 def list_tenants(
-    *, backend: StackBackend | None = None, root: Path | None = None, concurrency: int = 8
+    *,
+    state: str | None = None,
+    product: str | None = None,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
 ) -> list[TenantStatus]:
-    """Every tenant with a stack file, with its status (read ``concurrency`` at a time:
-    each read is a few CLI processes, waiting mostly on the state backend)."""
+    """Every tenant in the registry (one query), optionally only those with a tenant or
+    service in ``state``, or a service of ``product``."""
     workspace = _workspace(root)
-    chosen = _backend(workspace, backend)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        return list(
-            pool.map(lambda t: lifecycle.read_status(chosen, workspace, t), workspace.tenants())
-        )
+    rows = _read_registry(workspace, backend).tenants(state=state, product=product)
+    return [_recorded(row, workspace) for row in rows]
+
+
+def history(
+    tenant: str, *, backend: StackBackend | None = None, root: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every recorded transition of the tenant, oldest first."""
+    workspace = _workspace(root)
+    validate_tenant_id(tenant)
+    return _read_registry(workspace, backend).history(tenant)
 
 
 def offboard(
@@ -238,7 +304,11 @@ def offboard(
     """Destroy the tenant's resources and remove its stack; returns what was retained."""
     workspace = _workspace(root)
     stacks = _backend(workspace, backend)
-    return lifecycle.offboard(validate_tenant_id(tenant), stacks, workspace, retain_data, purge)
+    validate_tenant_id(tenant)
+    journal = _journal(workspace, stacks, "offboard")
+    return lifecycle.offboard(
+        tenant, stacks, workspace, retain_data, purge, journal=journal
+    )
 
 
 def suspend(
@@ -264,6 +334,7 @@ def suspend(
         workspace,
         progress or _quiet,
         close_sessions=partial(close_sessions, environ=_operator_environ(stacks)),
+        journal=_journal(workspace, stacks, "suspend", whole_tenant=not services),
     )
 
 
@@ -288,6 +359,7 @@ def resume(
         workspace,
         progress or _quiet,
         verify=_verifier(workspace, verify, stacks),
+        journal=_journal(workspace, stacks, "resume", whole_tenant=not services),
     )
 
 
@@ -304,14 +376,16 @@ def deregister(
     """Remove one service of the tenant, keeping (``retain_data``) or deleting its data."""
     validate_tenant_id(tenant)
     workspace = _workspace(root)
+    stacks = _backend(workspace, backend)
     return lifecycle.deregister(
         tenant,
         service,
-        _backend(workspace, backend),
+        stacks,
         workspace,
         retain_data,
         purge,
         progress or _quiet,
+        journal=_journal(workspace, stacks, "deregister", whole_tenant=False),
     )
 
 
@@ -362,11 +436,14 @@ def up(
     stacks = _backend(workspace, backend)
     gate = _verifier(workspace, verify, stacks)
     chosen = _fleet(tenants, all_tenants, workspace)
+    journal = _journal(workspace, stacks, "up")
 
     def one(tenant: str) -> FleetResult:
         config = workspace.read_config(tenant)
         assert config is not None
-        result = lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate)
+        result = lifecycle.deploy(
+            config, stacks, workspace, progress or _quiet, gate, journal=journal
+        )
         failed = [s for s in result.services if s.state != ServiceState.READY]
         error = result.error or "; ".join(f"{s.product}: {s.reason}" for s in failed)
         return FleetResult(tenant, result.ok, error, status=result)

@@ -305,12 +305,50 @@ class TenantConfig(_Model):
     # ----------------------------------------------------------------- loading
 
 
+Identifier = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+
+class RegistrySettings(_Model):
+    """Where the control plane records tenants, services and their history.
+
+    Its own database on the platform's ``default`` PostgreSQL server; ``user`` is the
+    control plane's role (the only writer), ``reader`` the read-only role of the
+    multi-tenancy API. Passwords come from ``TENANT_INFRA_REGISTRY_PASSWORD`` and
+    ``TENANT_INFRA_REGISTRY_READER_PASSWORD``.
+    """
+
+    database: Identifier = "tenant_registry"
+    user: Identifier = "tenant_control"
+    reader: Identifier = "tenant_registry_reader"
+
+
+#: The environments the seed platform's products accept (``ENVIRONMENT_NAME``).
+SEED_ENVIRONMENTS = ("staging", "production")
+
+
+class EventsSettings(_Model):
+    """Redis Pub/Sub for lifecycle events, channel ``tenant-events:{environment}:``.
+
+    The password (of ``user``, a Redis ACL user) comes from ``TENANT_INFRA_REDIS_PASSWORD``.
+    """
+
+    host: Host
+    port: Port = 6379
+    db: int = Field(0, ge=0, le=15)
+    tls: bool = False
+    user: Login | None = None
+    environment: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
 class PlatformConfig(_Model):
-    """The platform stack: shared databases of the listed products and the Vault mount."""
+    """The platform stack: shared databases of the listed products, the Vault mount,
+    and the control plane's registry and events."""
 
     products: tuple[str, ...] = Field(min_length=1)
     protect_data: bool = True
     platform: Platform
+    registry: RegistrySettings | None = None
+    events: EventsSettings | None = None
 
     @field_validator("products")
     @classmethod
@@ -327,6 +365,8 @@ class PlatformConfig(_Model):
     def _endpoints(self) -> PlatformConfig:
         for product in self.products:
             self.platform.postgres_for(product)
+        if self.registry is not None and "default" not in self.platform.postgres:
+            raise ValueError("the registry lives on platform.postgres.default: declare it")
         return self
 
 

@@ -144,6 +144,10 @@ class TenantStatus:
     #: Why the last operation failed, when it did. Services already ready before a
     #: failed update stay ready (transactional migrations leave them as they were).
     error: str = ""
+    #: The tenant's own state in the registry (active, suspended, deleted).
+    state: str = ""
+    #: Where the stack and the registry disagree (``status --refresh``).
+    drift: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -158,11 +162,48 @@ class TenantStatus:
             "deployed": self.deployed,
             "ok": self.ok,
             "error": self.error or None,
+            "state": self.state or None,
+            "drift": self.drift,
             "services": [s.to_json() for s in self.services],
         }
 
 
+def drift(stack: TenantStatus, registry: TenantStatus) -> list[str]:
+    """Where the stack (tags and outputs) and the registry disagree, one line each."""
+    found: list[str] = []
+    recorded = {s.product: s for s in registry.services if s.state != ServiceState.PURGED}
+    for service in stack.services:
+        other = recorded.pop(service.product, None)
+        if other is None:
+            found.append(f"{service.product}: on the stack, not in the registry")
+            continue
+        for what in ("state", "isolation", "revision"):
+            ours, theirs = getattr(service, what), getattr(other, what)
+            if ours != theirs:
+                shown = [getattr(v, "value", v) for v in (ours, theirs)]
+                found.append(
+                    f"{service.product}: {what} is {shown[0]} on the stack, "
+                    f"{shown[1]} in the registry"
+                )
+    found += [f"{product}: in the registry, not on the stack" for product in sorted(recorded)]
+    return found
+
+
 Progress = Callable[[str, ServiceStatus], None]
+
+
+class Journal(Protocol):
+    """Where an operation records each transition (the registry, :mod:`tenant_infra.
+    registry`): called with the config in force and the services whose states it set;
+    ``tenant_state`` when the operation ends the tenant's life."""
+
+    def __call__(
+        self,
+        config: TenantConfig | None,
+        tenant: str,
+        statuses: Sequence[ServiceStatus],
+        tenant_state: str | None = None,
+    ) -> None: ...
 
 
 def _no_progress(_tenant: str, _status: ServiceStatus) -> None:
@@ -182,11 +223,22 @@ def _clean_reason(reason: str) -> str:
     return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
 
 
-def _record(backend: StackBackend, tenant: str, statuses: Sequence[ServiceStatus]) -> None:
+def _record(
+    backend: StackBackend,
+    tenant: str,
+    statuses: Sequence[ServiceStatus],
+    journal: Journal | None = None,
+    config: TenantConfig | None = None,
+) -> None:
+    """States on the stack (tags) and, first, in the registry with their history."""
+    for status in statuses:
+        status.reason = _clean_reason(status.reason)
+    if journal is not None:
+        journal(config, tenant, statuses)
     tags: dict[str, str] = {}
     for status in statuses:
         tags[_tag("state", status.product)] = status.state.value
-        tags[_tag("reason", status.product)] = _clean_reason(status.reason) or "-"
+        tags[_tag("reason", status.product)] = status.reason or "-"
     backend.set_tags(tenant, tags)
 
 
@@ -284,6 +336,7 @@ def deploy(
     progress: Progress = _no_progress,
     verify: Callable[[str, str], None] | None = None,
     events: EventSink | None = None,
+    journal: Journal | None = None,
 ) -> TenantStatus:
     """Write the tenant's config and bring its stack up; every service ends ready or failed.
 
@@ -303,7 +356,7 @@ def deploy(
             )
             for s in config.services
         }
-        _record(backend, tenant, list(statuses.values()))
+        _record(backend, tenant, list(statuses.values()), journal, config)
         for status in statuses.values():
             progress(tenant, status)
 
@@ -339,7 +392,7 @@ def deploy(
                 if status.state not in SETTLED or migration_failed:
                     status.state = ServiceState.FAILED
                     status.reason = status.reason if migration_failed else reason
-            _record(backend, tenant, list(statuses.values()))
+            _record(backend, tenant, list(statuses.values()), journal, config)
             for status in statuses.values():
                 progress(tenant, status)
             return TenantStatus(tenant, list(statuses.values()), error=reason)
@@ -368,7 +421,7 @@ def deploy(
             else:
                 status.state, status.reason = ServiceState.READY, ""
             progress(tenant, status)
-        _record(backend, tenant, list(statuses.values()))
+        _record(backend, tenant, list(statuses.values()), journal, config)
         return TenantStatus(tenant, list(statuses.values()))
 
 
@@ -411,6 +464,7 @@ def set_suspended(
     progress: Progress = _no_progress,
     verify: Callable[[str, str], None] | None = None,
     close_sessions: Callable[[TenantConfig, Sequence[str]], object] | None = None,
+    journal: Journal | None = None,
 ) -> TenantStatus:
     """Suspend (or resume) services: a config change, then an update of the stack.
 
@@ -431,7 +485,9 @@ def set_suspended(
             for s in config.services
         ]
     )
-    status = deploy(changed, backend, workspace, progress, None if suspended else verify)
+    status = deploy(
+        changed, backend, workspace, progress, None if suspended else verify, journal=journal
+    )
     if suspended and not status.error and close_sessions is not None:
         close_sessions(changed, targets)
     return status
@@ -445,6 +501,7 @@ def deregister(
     retain_data: bool = False,
     purge: bool = False,
     progress: Progress = _no_progress,
+    journal: Journal | None = None,
 ) -> TenantStatus:
     """Remove one service; the tenant's other services are untouched.
 
@@ -461,14 +518,14 @@ def deregister(
         raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
     mode: Removal = "retain" if retain_data else "purge"
     marked = config.with_service(spec.model_copy(update={"removal": mode}))
-    status = deploy(marked, backend, workspace, progress)
+    status = deploy(marked, backend, workspace, progress, journal=journal)
     if status.error or retain_data:
         return status
     remaining = marked.with_services([s for s in marked.services if s.product != product])
-    status = deploy(remaining, backend, workspace, progress)
+    status = deploy(remaining, backend, workspace, progress, journal=journal)
     if not status.error:
         gone = ServiceStatus(product, spec.isolation.value, ServiceState.PURGED)
-        _record(backend, tenant, [gone])
+        _record(backend, tenant, [gone], journal, marked)
         progress(tenant, gone)
     return status
 
@@ -480,6 +537,7 @@ def offboard(
     retain_data: bool = False,
     purge: bool = False,
     progress: Progress = _no_progress,
+    journal: Journal | None = None,
 ) -> list[str]:
     """Retain or purge every service of the tenant. Returns what was retained.
 
@@ -505,15 +563,25 @@ def offboard(
             workspace.write_config(marked)
         else:
             workspace.stack_file(tenant).unlink(missing_ok=True)
+        if journal is not None:
+            journal(config, tenant, [], tenant_state="deleted")
         return []
-    status = deploy(marked, backend, workspace, progress)
+    status = deploy(marked, backend, workspace, progress, journal=journal)
     if status.error:
         raise OperationFailed(f"offboarding tenant {tenant!r} failed: {status.error}")
     if retain_data:
+        if journal is not None:
+            journal(marked, tenant, [], tenant_state="deleted")
         return retained_stores(config)
     with workspace.lock(tenant):
         with_retries(lambda: backend.destroy(tenant, lambda _e: None))
         backend.remove(tenant)
+        if journal is not None:
+            purged = [
+                ServiceStatus(s.product, s.isolation.value, ServiceState.PURGED)
+                for s in config.services
+            ]
+            journal(marked, tenant, purged, tenant_state="deleted")
         workspace.stack_file(tenant).unlink(missing_ok=True)
     return []
 

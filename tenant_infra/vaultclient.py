@@ -90,14 +90,14 @@ def platform_definition(root: Path, environ: Mapping[str, str]) -> Path | None:
 def operator_address(
     environ: Mapping[str, str], root: Path | None = None
 ) -> tuple[str | None, str | None]:
-    """The operator's Vault address, checked, and the platform definition's mount:
-    ``VAULT_ADDR``, else the platform definition; ``(None, …)`` if neither names one."""
+    """The operator's Vault address, checked: ``VAULT_ADDR``, else the platform
+    definition (and then its mount too); ``(None, None)`` if neither names one."""
     from tenant_infra.config import platform_from_stack_file
     from tenant_infra.workspace import project_root
 
     address, where = environ.get("VAULT_ADDR"), "VAULT_ADDR"
     defined_mount = None
-    definition = platform_definition(root or project_root(), environ)
+    definition = None if address else platform_definition(root or project_root(), environ)
     if definition is not None:
         platform = platform_from_stack_file(definition)
         if platform is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from tenant_infra.lifecycle import (
     PreviewOutcome,
     ResourceEvent,
     ServiceState,
+    ServiceStatus,
     TransientConflict,
 )
 from tenant_infra.workspace import InProgress, Workspace
+from tests.support.registry import control_plane
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,12 +125,16 @@ class MemoryStacks:
 
 
 @pytest.fixture
-def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project copy with the example stacks; retries without real sleeping."""
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project copy with the example stacks and a registry of its own; retries
+    without real sleeping."""
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
     (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
     monkeypatch.setattr(lifecycle, "RETRY_BASE_DELAY", 0.0)
-    return tmp_path
+    with control_plane(tmp_path) as plane:
+        for key, value in plane.environ.items():
+            monkeypatch.setenv(key, value)
+        yield tmp_path
 
 
 @pytest.fixture
@@ -265,10 +272,26 @@ def test_the_same_tenant_twice_at_once_is_refused(root: Path, stacks: MemoryStac
 
 
 def test_an_interrupted_operation_reads_as_failed(root: Path, stacks: MemoryStacks) -> None:
+    """A run killed mid-migration left ``migrating`` in the registry and on the stack."""
     commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
     stacks.set_tags("newco", {"tenant-infra:state:ledger": "migrating"})
+    journal = commands.registry(Workspace(root), stacks).journal("up")
+    journal(None, "newco", [ServiceStatus("ledger", "SCHEMA", ServiceState.MIGRATING)])
     status = commands.status("newco", backend=stacks, root=root).service("ledger")
     assert status.state is ServiceState.FAILED and "interrupted" in status.reason
+    (listed,) = commands.list_tenants(backend=stacks, root=root)
+    assert listed.service("ledger").state is ServiceState.FAILED
+
+
+def test_status_refresh_reports_drift_between_stack_and_registry(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    commands.onboard("newco", ["ledger:SCHEMA"], backend=stacks, root=root, verify=None)
+    assert commands.status("newco", refresh=True, backend=stacks, root=root).drift == []
+    stacks.set_tags("newco", {"tenant-infra:state:ledger": "suspended"})
+    status = commands.status("newco", refresh=True, backend=stacks, root=root)
+    assert status.drift == ["ledger: state is suspended on the stack, ready in the registry"]
+    assert status.service("ledger").state is ServiceState.READY  # the registry's answer
 
 
 def test_stack_file_keeps_pulumi_keys(root: Path) -> None:
@@ -419,18 +442,19 @@ def test_a_stack_file_naming_another_tenant_is_refused(root: Path) -> None:
         Workspace(root).read_config("acme2")
 
 
-def test_list_reads_every_tenant_in_stack_file_order(root: Path, stacks: MemoryStacks) -> None:
+def test_list_reads_the_registry_with_filters(root: Path, stacks: MemoryStacks) -> None:
+    """Registered tenants only (a stack file alone is not a tenant), in id order."""
     for tenant in ("zeta", "alpha"):
         commands.onboard(tenant, ["tracer:SCHEMA"], backend=stacks, root=root, verify=None)
-    listed = [s.tenant for s in commands.list_tenants(backend=stacks, root=root)]
-    assert listed == ["acme", "alpha", "dev", "globex", "zeta"]
-    assert [s.deployed for s in commands.list_tenants(backend=stacks, root=root)] == [
-        False,
-        True,
-        False,
-        False,
-        True,
-    ]
+    commands.register("alpha", ["ledger:DATABASE"], backend=stacks, root=root, verify=None)
+    commands.deregister("zeta", "tracer", retain_data=True, backend=stacks, root=root)
+    listed = commands.list_tenants(backend=stacks, root=root)
+    assert [(s.tenant, s.state) for s in listed] == [("alpha", "active"), ("zeta", "active")]
+    assert [p.product for p in listed[0].services] == ["ledger", "tracer"]
+    only = commands.list_tenants(product="ledger", backend=stacks, root=root)
+    assert [s.tenant for s in only] == ["alpha"]
+    retained = commands.list_tenants(state="retained", backend=stacks, root=root)
+    assert [s.tenant for s in retained] == ["zeta"]
 
 
 def test_up_leaves_an_unchanged_stack_file_as_the_operator_wrote_it(

@@ -8,6 +8,7 @@ in the catalogs or the management API.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tenant_infra.lifecycle import ServiceState
 from tenant_infra.verify.command import verify_tenant
 from tenant_infra.verify.connections import AdminAccess, RabbitmqAdmin
 from tenant_infra.workspace import Workspace
+from tests.support.registry import ControlPlane, control_plane
 from tests.support.replay import ReplayBackend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,11 +81,14 @@ def force_cleanup(tenant: str) -> None:
 class World:
     """A project folder, a replay backend and the tenants a test creates."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, plane: ControlPlane) -> None:
         self.root = root
+        self.plane = plane
         (root / "stacks").mkdir()
         shutil.copy(DEV_STACK, root / "stacks" / "Pulumi.dev.yaml")
-        self.backend = ReplayBackend(root / "state", root=root)
+        self.backend = ReplayBackend(
+            root / "state", root=root, environ={**os.environ, **plane.environ}
+        )
         self.tenants: list[str] = []
 
     def new_tenant(self, label: str) -> str:
@@ -134,16 +139,17 @@ class World:
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     # The operator's process holds the platform's admin credentials (suspend uses them).
     monkeypatch.setenv("TENANT_INFRA_RABBITMQ_PASSWORD", GUEST[1])
-    world = World(tmp_path)
-    try:
-        yield world
-    finally:
-        for tenant in world.tenants:
-            try:
-                if Workspace(world.root).read_config(tenant) is not None:
-                    commands.offboard(tenant, purge=True, **world.kwargs())
-            finally:
-                force_cleanup(tenant)
+    with control_plane(tmp_path) as plane:
+        world = World(tmp_path, plane)
+        try:
+            yield world
+        finally:
+            for tenant in world.tenants:
+                try:
+                    if Workspace(world.root).read_config(tenant) is not None:
+                        commands.offboard(tenant, purge=True, **world.kwargs())
+                finally:
+                    force_cleanup(tenant)
 
 
 def snapshot(world: World, tenant: str, product: str) -> dict[str, Any]:

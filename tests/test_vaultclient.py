@@ -75,7 +75,7 @@ def test_the_platform_definition_names_the_vault_when_vault_addr_is_unset(tmp_pa
     assert (access.address, access.mount) == ("https://vault.prod.internal:8200", "tenants-kv")
     assert operator_vault(env, root=tmp_path).mount == "kv"  # type: ignore[union-attr]
     over = operator_vault({**env, "VAULT_ADDR": "https://other:8200"}, root=tmp_path)
-    assert over is not None and over.address == "https://other:8200"
+    assert over is not None and (over.address, over.mount) == ("https://other:8200", "secret")
     with pytest.raises(InvalidInput, match="no platform stack file"):
         operator_vault({**env, PLATFORM_STACK_ENV: "nope"}, root=tmp_path)
 

@@ -128,13 +128,15 @@ def verify_tenant(
     stack_config: Path | None = None,
     admin: AdminAccess | None = None,
     environ: Mapping[str, str] | None = None,
+    root: Path | None = None,
 ) -> VerifyReport:
     """Verify ``tenant``'s services (all, or those named in ``services``).
 
     Documents come from ``connections`` (files or dicts in the documented shape) or,
     without them, from Vault (``VAULT_ADDR``/``VAULT_TOKEN``) for the services of the
     tenant's stack config. The stack config, when there is one, also gives the
-    platform admin users and the expected limits.
+    platform admin users and the expected limits. ``root``: the project (default: the
+    checkout around the working directory), where the platform definition is.
     """
     import os
 
@@ -142,10 +144,13 @@ def verify_tenant(
     env = os.environ if environ is None else environ
     for product in services:
         load_catalog().product(product)
-    platform, config = _stack(tenant, stack_config)
+    root = root or project_root()
+    platform, config = _stack(tenant, stack_config, root)
     documents = [doc for source in connections for doc in load_connections(source)]
     if not documents:
-        vault = operator_vault(env, mount=platform.vault.kv_mount if platform else None)
+        vault = operator_vault(
+            env, root=root, mount=platform.vault.kv_mount if platform else None
+        )
         if vault is None:
             raise InvalidInput(
                 "no connections: pass --connections FILE, or set VAULT_ADDR and VAULT_TOKEN "
@@ -169,16 +174,20 @@ def verify_tenant(
         raise InvalidInput("two connections documents for the same service")
     expected = config.effective_limits() if config is not None else None
     reports = tuple(
-        verify_document(doc, admin or AdminAccess.from_environment(doc, platform, env), expected)
+        verify_document(
+            doc, admin or AdminAccess.from_environment(doc, platform, env, root), expected
+        )
         for doc in documents
     )
     return VerifyReport(tenant, reports)
 
 
-def _stack(tenant: str, path: Path | None) -> tuple[Platform | None, TenantConfig | None]:
+def _stack(
+    tenant: str, path: Path | None, root: Path
+) -> tuple[Platform | None, TenantConfig | None]:
     """The platform block and, if the file is the tenant's own, its config."""
     if path is None:
-        path = Workspace(project_root()).stack_file(tenant)
+        path = Workspace(root).stack_file(tenant)
         if not path.is_file():
             return None, None
     platform = platform_from_stack_file(path)
@@ -199,6 +208,7 @@ def require_verified(
     stack_config: Path | None = None,
     environ: Mapping[str, str] | None = None,
     connections: Sequence[Mapping[str, Any]] = (),
+    root: Path | None = None,
 ) -> None:
     """The post-deploy gate (``lifecycle.deploy(verify=...)``): raise unless verified.
 
@@ -211,6 +221,7 @@ def require_verified(
         connections=connections,
         stack_config=stack_config,
         environ=environ,
+        root=root,
     )
     failures = [c for s in report.services for c in s.failed()]
     if failures:

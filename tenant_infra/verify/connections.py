@@ -198,6 +198,7 @@ class AdminAccess:
         document: ConnectionsDocument,
         platform: Platform | None = None,
         environ: Mapping[str, str] | None = None,
+        root: Path | None = None,
     ) -> AdminAccess:
         """Admin access by the conventions of :mod:`tenant_infra.credentials`.
 
@@ -213,7 +214,9 @@ class AdminAccess:
             rabbit = RabbitmqAdmin(endpoint.management_url, endpoint.admin_user, rabbit_password)
         return cls(
             rabbitmq=rabbit,
-            vault=operator_vault(env, mount=platform.vault.kv_mount if platform else None),
+            vault=operator_vault(
+                env, root=root, mount=platform.vault.kv_mount if platform else None
+            ),
         )
 
 
