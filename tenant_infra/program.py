@@ -13,6 +13,7 @@ import pulumi
 
 from components.platform import CredentialsMount, ProductDatabase
 from components.providers import Providers
+from components.registry import RegistryDatabase
 from components.tenant import Tenant
 from tenant_infra.config import NAMESPACE, PlatformConfig, TenantConfig
 from tenant_infra.credentials import PlatformCredentials
@@ -28,6 +29,8 @@ CONFIG_KEYS = (
     "protectData",
     "platform",
     "products",
+    "registry",
+    "events",
 )
 SCALAR_KEYS = frozenset({"tenant", "tier"})
 
@@ -79,9 +82,16 @@ def platform_program(credentials: PlatformCredentials | None = None) -> dict[str
             for product in config.products
         }
         mount = CredentialsMount(config.platform.vault.kv_mount, providers, config.protect_data)
+        registry = (
+            RegistryDatabase(config.registry, providers, config.protect_data)
+            if config.registry is not None
+            else None
+        )
     except InvalidInput as exc:
         raise pulumi.RunError(str(exc)) from None
     outputs: dict[str, Any] = {"sharedDatabases": databases, "kvMount": mount.path}
+    if registry is not None:
+        outputs["registryDatabase"] = registry.database
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

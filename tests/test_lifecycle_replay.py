@@ -26,7 +26,7 @@ from tenant_infra.lifecycle import ServiceState
 from tenant_infra.verify.command import verify_tenant
 from tenant_infra.verify.connections import AdminAccess, RabbitmqAdmin
 from tenant_infra.workspace import Workspace
-from tests.support.registry import ControlPlane, control_plane
+from tests.support.registry import ControlPlane, Subscriber, control_plane
 from tests.support.replay import ReplayBackend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -424,3 +424,59 @@ def test_the_default_isolation_gate_reads_the_documents_the_replay_recorded(worl
     tenant = world.new_tenant("gate")
     status = commands.onboard(tenant, ["tracer:DATABASE"], DEV_STACK, **world.kwargs())
     assert status.ok, status.to_json()
+
+
+def test_every_transition_is_recorded_and_announced_in_the_seed_contract(world: World) -> None:
+    """A whole lifecycle, subscribed to the environment's channel: each event of the
+    seed client's contract in order, the history of every transition, no secret."""
+    sub = Subscriber(world.plane.channel)
+    elsewhere = Subscriber("tenant-events:production:")
+    tenant = world.new_tenant("events")
+    kw = world.kwargs()
+    passwords: set[str] = set()
+    try:
+        commands.onboard(tenant, (), DEV_STACK, metadata={"name": "Events Co"}, verify=None, **kw)
+        for service in ("ledger:SCHEMA", "tracer:DATABASE"):
+            assert commands.register(tenant, [service], verify=world.verify, **kw).ok
+            product = service.split(":")[0]
+            document = world.backend.document(tenant, product)
+            passwords |= {document[s]["password"] for s in ("postgresql", "rabbitmq")}
+        assert commands.suspend(tenant, ["tracer"], **kw).ok
+        assert commands.resume(tenant, ["tracer"], verify=world.verify, **kw).ok
+        assert commands.suspend(tenant, **kw).ok
+        assert commands.resume(tenant, verify=world.verify, **kw).ok
+        assert commands.deregister(tenant, "tracer", purge=True, **kw).ok
+        commands.offboard(tenant, purge=True, **kw)
+        events = sub.received()
+        assert elsewhere.received(settle=0.2) == []
+    finally:
+        sub.close()
+        elsewhere.close()
+    assert [(e["event_type"], e["payload"].get("service_name")) for e in events] == [
+        ("tenant.created", None),
+        ("tenant.service.associated", "ledger"),
+        ("tenant.service.associated", "tracer"),
+        ("tenant.service.suspended", "tracer"),
+        ("tenant.service.reactivated", "tracer"),
+        ("tenant.suspended", None),
+        ("tenant.activated", None),
+        ("tenant.service.purged", "tracer"),
+        ("tenant.deleted", None),
+    ]
+    assert {(e["tenant_id"], e["tenant_slug"]) for e in events} == {(tenant, tenant)}
+    assert events[2]["payload"]["isolation_mode"] == "database"
+    assert events[4]["payload"]["previous_status"] == "suspended"
+    history = commands.history(tenant, **kw)
+    operations = [h["operation"] for h in history]
+    for operation in ("onboard", "register", "suspend", "resume", "deregister", "offboard"):
+        assert operation in operations
+    assert [h["new_state"] for h in history if h["product"] is None] == [
+        "active", "suspended", "active", "deleted",
+    ]
+    assert [h["new_state"] for h in history if h["product"] == "tracer"][-1] == "purged"
+    # No secret in any row or event.
+    everything = str(events) + str(
+        [world.plane.rows(f"SELECT to_jsonb(t) AS r FROM registry.{table} t")
+         for table in ("tenants", "services", "history", "outbox")]
+    )
+    assert passwords and not any(p in everything for p in passwords)

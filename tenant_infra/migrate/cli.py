@@ -10,12 +10,15 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from tenant_infra.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from tenant_infra.registry import Registry
 from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn, refuse_password_in_argv
 from tenant_infra.migrate.executors import Mode
 from tenant_infra.migrate.fleet import migrate_fleet
@@ -82,6 +85,20 @@ def _resolve(
         return discover_schemas_like(params, schemas_like), script_location, params
     assert databases_like
     return discover_databases_like(params, databases_like, schema), script_location, params
+
+
+def _registry() -> Registry | None:
+    """The platform's registry when one is configured (each service's revision is
+    recorded there); configured but unreachable, nothing runs."""
+    import os
+
+    from tenant_infra.registry import Registry
+    from tenant_infra.registry.store import PLATFORM_STACK_ENV
+    from tenant_infra.workspace import project_root
+
+    if not os.environ.get(PLATFORM_STACK_ENV):
+        return None
+    return Registry.from_platform(project_root()).open()
 
 
 def migrate(
@@ -160,6 +177,7 @@ def migrate(
         params,
     )
     mode: Mode = "sql" if sql else "pending" if dry_run else "upgrade"
+    registry = _registry() if product and mode == "upgrade" else None
     targets = sort_for_reuse(targets)
     with ProgressSink(len(targets)) as progress:
         report = migrate_fleet(
@@ -170,6 +188,7 @@ def migrate(
             canary=canary,
             mode=mode,
             on_result=None if sql else progress,
+            registry=registry,
         )
     if sql:
         for result in report.results:

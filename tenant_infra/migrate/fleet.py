@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tenant_infra.errors import InvalidInput
 from tenant_infra.migrate.connection import with_libpq_environment
@@ -18,6 +19,9 @@ from tenant_infra.migrate.engine import TargetResult
 from tenant_infra.migrate.executors import Job, Mode, SandboxExecutor
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.migrate.worker import script_exists
+
+if TYPE_CHECKING:
+    from tenant_infra.registry import Registry
 
 OnResult = Callable[[TargetResult, int, int], None]
 """Progress callback: (result, number done so far, total)."""
@@ -64,6 +68,7 @@ def migrate_fleet(
     mode: Mode = "upgrade",
     destination: str = "heads",
     on_result: OnResult | None = None,
+    registry: Registry | None = None,
 ) -> FleetReport:
     """Bring every target to ``destination`` (``mode="upgrade"``), or only list
     (``"pending"``) or render (``"sql"``) what that would do.
@@ -74,6 +79,7 @@ def migrate_fleet(
     attach_credentials`) and pass ``{}`` here: a tenant schema is never migrated by
     another user (see :mod:`tenant_infra.migrate.engine`).
     ``canary`` > 0 migrates that many targets first and stops if any fails.
+    ``registry``: each tenant service's new revision is recorded there, with history.
 
     Revision code runs only in sandboxed processes (:mod:`~tenant_infra.migrate.
     sandbox`): one per tenant target, holding only that tenant's parameters; ``params``
@@ -98,6 +104,8 @@ def migrate_fleet(
         for result in results:
             done += 1
             report.results.append(result)
+            if registry is not None and result.status == "migrated" and result.product:
+                registry.record_revision(result.label, result.product, result.after)
             any_failed = any_failed or result.status == "failed"
             if on_result is not None:
                 on_result(result, done, total)

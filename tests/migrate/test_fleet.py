@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import LEDGER, cli, cli_command, write_script_dir
+from conftest import LEDGER, REPO, cli, cli_command, write_script_dir
 from pgsandbox import ADMIN, PgSandbox, admin_exec, tables, version, write_connections
 
 from tenant_infra.errors import InvalidInput
@@ -466,3 +466,38 @@ def test_discovery_needs_nothing_but_connect(pg: PgSandbox, product: str) -> Non
         }
     finally:
         admin_exec(f"REVOKE CONNECT ON DATABASE postgres FROM {role}")
+
+
+def test_each_migrated_service_revision_is_recorded_in_the_registry(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    from tenant_infra.config import TenantConfig
+    from tenant_infra.registry import Change, Registry, ServiceChange
+    from tests.support.registry import control_plane
+
+    svc = pg.schema_tenant(product)
+    conn_file = write_connections(tmp_path / "c.json", [svc])
+    dev = yaml.safe_load((REPO / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    config = TenantConfig.model_validate(
+        {
+            "tenant": svc.tenant,
+            "services": [{"product": product, "isolation": "SCHEMA"}],
+            "platform": dev["tenant-infra:platform"],
+        }
+    )
+    with control_plane(tmp_path) as plane:
+        registry = Registry.from_platform(plane.root, plane.environ).open()
+        registry.record(
+            Change(svc.tenant, "onboard", config, [ServiceChange(product, "SCHEMA", "ready")])
+        )
+        report = migrate_fleet(own_targets(product, conn_file), LEDGER, {}, registry=registry)
+        assert report.ok
+        again = migrate_fleet(own_targets(product, conn_file), LEDGER, {}, registry=registry)
+        assert [r.status for r in again.results] == ["current"]
+        history = registry.history(svc.tenant)
+        (service,) = registry.tenant(svc.tenant)["services"]  # type: ignore[index]
+    migrations = [(h["operation"], h["reason"]) for h in history if h["operation"] == "migrate"]
+    assert migrations == [("migrate", "base -> 0003")]  # once: the second run changed nothing
+    assert service["revision"] == "0003"

@@ -91,3 +91,33 @@ def control_plane(root: Path, environment: str | None = None) -> Iterator[Contro
                 sql.Identifier(plane.database)
             )
         )
+
+
+class Subscriber:
+    """A Redis Pub/Sub subscriber on one channel, collecting decoded envelopes."""
+
+    def __init__(self, channel: str, port: int = REDIS_PORT) -> None:
+        import redis
+
+        self.client = redis.Redis(host="127.0.0.1", port=port)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(channel)
+        self.pubsub.get_message(timeout=1)  # the subscription confirmation
+
+    def received(self, settle: float = 0.5) -> list[dict[str, Any]]:
+        """Everything published so far (waits ``settle`` seconds for stragglers)."""
+        import json
+        import time
+
+        events = []
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.1)
+            if message is not None:
+                events.append(json.loads(message["data"]))
+                deadline = time.monotonic() + settle
+        return events
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()

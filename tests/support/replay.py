@@ -395,6 +395,28 @@ class ReplayBackend:
             checkpoint.data["outputs"] = {}
             checkpoint.save()
 
+    def up_platform(self, config: PlatformConfig, stack: str, on_event: EventSink) -> None:
+        """``pulumi -C platform up`` for ``stack``: the platform program, applied."""
+        with self._locked(f"platform-{stack}"), _ENGINE:
+            checkpoint = self._checkpoint(stack, platform=True)
+            credentials = self._credentials(config.platform)
+            nodes, _ = self._evaluate(
+                stack,
+                pulumi_config_values(config),
+                lambda c=credentials: platform_program(c),
+                checkpoint,
+            )
+            self._apply(checkpoint, self._plan(checkpoint, nodes), on_event)
+
+    def destroy_platform(self, stack: str, on_event: EventSink) -> None:
+        with self._locked(f"platform-{stack}"), _ENGINE:
+            checkpoint = self._checkpoint(stack, platform=True)
+            steps = [
+                _Step("delete", r["name"], r["type"], old=r)
+                for r in _reverse_order(checkpoint.resources)
+            ]
+            self._apply(checkpoint, steps, on_event)
+
     # ------------------------------------------------------------ for tests
 
     def document(self, tenant: str, product: str) -> dict[str, Any]:
@@ -508,17 +530,11 @@ class ReplayBackend:
             stack = f"platform-{spec.product}"
             checkpoint = self._checkpoint(stack, platform=True)
             checkpoint.data["resources"] = []  # whatever it held is gone from the server
+            checkpoint.save()
             platform = PlatformConfig(
                 products=(spec.product,), protect_data=True, platform=config.platform
             )
-            credentials = self._credentials(config.platform)
-            nodes, _ = self._evaluate(
-                stack,
-                pulumi_config_values(platform),
-                lambda c=credentials: platform_program(c),
-                checkpoint,
-            )
-            self._apply(checkpoint, self._plan(checkpoint, nodes), on_event)
+            self.up_platform(platform, stack, on_event)
 
     # ------------------------------------------------------------ diff
 
