@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -241,8 +241,8 @@ def status(
     if tenant is None and refresh:
         raise InvalidInput("--refresh needs a tenant")
     results = [commands.status(tenant, refresh=refresh)] if tenant else commands.list_tenants()
-    _show_status(results, format)
-    _finish(not any(r.drift for r in results))
+    shown = _show_status(results, format)
+    _finish(not any(r.drift for r in shown))
 
 
 @app.command("list")
@@ -362,17 +362,26 @@ def _pairs(items: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def _show_status(results: list[TenantStatus], format: Format) -> None:
-    """Statuses as one JSON document or a table."""
-    from tenant_infra import render
-
+def _show_status(results: Iterable[TenantStatus], format: Format) -> list[TenantStatus]:
+    """Statuses as one JSON document (written as they stream in) or a table."""
     if format is Format.JSON:
-        print(json.dumps({"tenants": [r.to_json() for r in results]}))
-    else:
-        render.status_table(results, _console())
-        for result in results:
-            for line in result.drift:
-                sys.stderr.write(f"drift: {result.tenant} {line}\n")
+        shown: list[TenantStatus] = []
+        out = sys.stdout
+        out.write('{"tenants": [')
+        for i, result in enumerate(results):
+            out.write((", " if i else "") + json.dumps(result.to_json()))
+            if result.drift:
+                shown.append(result)
+        out.write("]}\n")
+        return shown
+    from tenant_infra import render  # the table's helpers import Pulumi
+
+    listed = list(results)
+    render.status_table(listed, _console())
+    for result in listed:
+        for line in result.drift:
+            sys.stderr.write(f"drift: {result.tenant} {line}\n")
+    return listed
 
 
 def _console() -> Console:

@@ -5,7 +5,7 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import ValidationError
 
 from tenant_infra import lifecycle
-from tenant_infra import plan as offline_plan
 from tenant_infra.config import ServiceSpec, TenantConfig, one_line, read_stack_file
 from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
@@ -31,6 +30,7 @@ from tenant_infra.tenant import validate_tenant_id
 from tenant_infra.workspace import Workspace, project_root
 
 if TYPE_CHECKING:
+    from tenant_infra import plan as offline_plan
     from tenant_infra.registry import Registry
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
@@ -78,6 +78,8 @@ def plan(
     stack_config: Path | None = None,
 ) -> offline_plan.Plan:
     """Every resource the tenant's stack would declare, without the Pulumi CLI."""
+    from tenant_infra import plan as offline_plan  # Pulumi: only the verbs that need it
+
     return offline_plan.plan(resolve_config(tenant, services, stack_config))
 
 
@@ -276,12 +278,12 @@ def list_tenants(
     product: str | None = None,
     backend: StackBackend | None = None,
     root: Path | None = None,
-) -> list[TenantStatus]:
-    """Every tenant in the registry (one query), optionally only those with a tenant or
-    service in ``state``, or a service of ``product``."""
+) -> Iterator[TenantStatus]:
+    """Every tenant in the registry (one query, streamed), optionally only those with a
+    tenant or service in ``state``, or a service of ``product``."""
     workspace = _workspace(root)
     rows = _read_registry(workspace, backend).tenants(state=state, product=product)
-    return [_recorded(row, workspace) for row in rows]
+    return (_recorded(row, workspace) for row in rows)
 
 
 def history(

@@ -448,7 +448,7 @@ def test_list_reads_the_registry_with_filters(root: Path, stacks: MemoryStacks) 
         commands.onboard(tenant, ["tracer:SCHEMA"], backend=stacks, root=root, verify=None)
     commands.register("alpha", ["ledger:DATABASE"], backend=stacks, root=root, verify=None)
     commands.deregister("zeta", "tracer", retain_data=True, backend=stacks, root=root)
-    listed = commands.list_tenants(backend=stacks, root=root)
+    listed = list(commands.list_tenants(backend=stacks, root=root))
     assert [(s.tenant, s.state) for s in listed] == [("alpha", "active"), ("zeta", "active")]
     assert [p.product for p in listed[0].services] == ["ledger", "tracer"]
     only = commands.list_tenants(product="ledger", backend=stacks, root=root)

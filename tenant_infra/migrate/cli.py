@@ -18,19 +18,10 @@ from rich.console import Console
 from tenant_infra.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from tenant_infra.migrate.executors import Mode
+    from tenant_infra.migrate.targets import MigrationTarget
     from tenant_infra.registry import Registry
 from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn, refuse_password_in_argv
-from tenant_infra.migrate.executors import Mode
-from tenant_infra.migrate.fleet import migrate_fleet
-from tenant_infra.migrate.report import ProgressSink, render_table, to_json
-from tenant_infra.migrate.targets import (
-    MigrationTarget,
-    connects_as_superuser,
-    discover_databases_like,
-    discover_product,
-    discover_schemas_like,
-    sort_for_reuse,
-)
 
 
 class OutputFormat(StrEnum):
@@ -50,6 +41,13 @@ def _resolve(
 ) -> tuple[list[MigrationTarget], Path, dict[str, str]]:
     """Targets, script directory, and the connection parameters of targets without
     their own (``{}`` for ``--product``: each tenant connects as its own role)."""
+    from tenant_infra.migrate.targets import (
+        connects_as_superuser,
+        discover_databases_like,
+        discover_product,
+        discover_schemas_like,
+    )
+
     if product and (schemas_like or databases_like):
         raise InvalidInput("--product discovers its tenants; do not combine it with --*-like")
     if product:
@@ -176,6 +174,10 @@ def migrate(
         schema,
         params,
     )
+    from tenant_infra.migrate.fleet import migrate_fleet
+    from tenant_infra.migrate.report import ProgressSink, render_table, to_json
+    from tenant_infra.migrate.targets import sort_for_reuse
+
     mode: Mode = "sql" if sql else "pending" if dry_run else "upgrade"
     registry = _registry() if product and mode == "upgrade" else None
     targets = sort_for_reuse(targets)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 from tenant_infra.errors import BackendUnavailable, InvalidInput
 
@@ -119,6 +120,9 @@ def make_engine(params: Mapping[str, str]) -> Engine:
 
     ``creator`` keeps the password out of the SQLAlchemy URL (and so out of its repr).
     """
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     frozen = dict(params)
     # A runner killed mid-statement must not leave its transaction (and the tenant's
     # lock) open until the statement ends: the server checks every second that the

@@ -15,7 +15,7 @@ import functools
 import getpass
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -291,10 +291,15 @@ class Registry:
 
     # ------------------------------------------------------------------- reading
 
-    def tenants(self, state: str | None = None, product: str | None = None) -> list[dict[str, Any]]:
-        """Every tenant with its services, in one query (``list``)."""
-        with self.connect() as conn:
-            return conn.execute(
+    def tenants(
+        self, state: str | None = None, product: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every tenant with its services: one query, streamed through a server-side
+        cursor so that memory stays flat in the number of tenants (``list``)."""
+        with self.connect() as conn, conn.transaction():
+            cursor = conn.cursor(name="registry_tenants")
+            cursor.itersize = 1000
+            cursor.execute(
                 f"""
                 SELECT t.id AS tenant, t.tier, t.state, t.metadata,
                        t.created_at, t.updated_at,
@@ -314,7 +319,8 @@ class Registry:
                 GROUP BY t.id ORDER BY t.id
                 """,
                 {"state": state, "product": product},
-            ).fetchall()
+            )
+            yield from cursor
 
     def tenant(self, tenant: str) -> dict[str, Any] | None:
         with self.connect() as conn:
