@@ -40,6 +40,7 @@ def setup(root: Path, database: str, n: int) -> dict[str, str]:
     (root / "stacks").mkdir(parents=True)
     shutil.copy(REPO / "Pulumi.yaml", root / "Pulumi.yaml")
     dev = yaml.safe_load((REPO / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    server = {"host": ADMIN["host"], "port": ADMIN["port"], "adminUser": ADMIN["user"]}
     (root / "platform").mkdir()
     (root / "platform" / "Pulumi.bench.yaml").write_text(
         yaml.safe_dump(
@@ -47,8 +48,7 @@ def setup(root: Path, database: str, n: int) -> dict[str, str]:
                 "config": {
                     "tenant-infra:products": ["ledger"],
                     "tenant-infra:platform": dev["tenant-infra:platform"]
-                    | {"postgres": {"default": {"host": ADMIN["host"], "port": ADMIN["port"],
-                                                 "adminUser": ADMIN["user"], "sslmode": "disable"}}},
+                    | {"postgres": {"default": server | {"sslmode": "disable"}}},
                     "tenant-infra:registry": {"database": database, "user": ADMIN["user"]},
                 }
             }
