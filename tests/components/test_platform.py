@@ -21,8 +21,10 @@ def dev_plan(**overrides: object) -> Plan:
 def test_each_product_gets_a_shared_database_closed_to_public() -> None:
     plan = dev_plan()
     databases = {r.inputs["name"] for r in plan.of_type("postgresql:index/database:Database")}
-    assert databases == {"ledger", "tracer", "reporter"}
-    grants = plan.of_type("postgresql:index/grant:Grant")
+    assert databases == {"ledger", "tracer", "reporter", "tenant_registry"}
+    grants = [
+        g for g in plan.of_type("postgresql:index/grant:Grant") if g.inputs["role"] == "public"
+    ]
     revoked = {
         (g.inputs["database"], g.inputs["objectType"], g.inputs.get("schema")) for g in grants
     }
@@ -46,7 +48,11 @@ def test_credentials_mount_is_kv_v2() -> None:
 def test_protect_follows_config() -> None:
     assert not any(r.protect for r in dev_plan().resources)
     protected = {r.type for r in dev_plan(protectData=True).resources if r.protect}
-    assert protected == {"postgresql:index/database:Database", "vault:index/mount:Mount"}
+    assert protected == {
+        "postgresql:index/database:Database",
+        "postgresql:index/schema:Schema",  # the registry's
+        "vault:index/mount:Mount",
+    }
 
 
 @pytest.mark.parametrize(
