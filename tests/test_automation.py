@@ -153,8 +153,9 @@ def test_no_pulumi_command_decrypts_secrets(monkeypatch: pytest.MonkeyPatch, tmp
     carries --show-secrets, and a secret output never reaches the caller."""
     import sys
 
-    from tenant_infra import commands
+    from tenant_infra import lifecycle
     from tenant_infra.automation import PulumiBackend
+    from tenant_infra.workspace import Workspace
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -176,7 +177,7 @@ def test_no_pulumi_command_decrypts_secrets(monkeypatch: pytest.MonkeyPatch, tmp
     }
     backend.set_tags("globex", {"tenant-infra:state:ledger": "ready"})
     assert "credentials" not in backend.outputs("globex")
-    status = commands.status("globex", backend=backend, root=root)  # tags and outputs
+    status = lifecycle.read_status(backend, Workspace(root), "globex")  # tags and outputs
     assert [s.product for s in status.services] == ["ledger", "tracer"]
     backend.destroy("globex", lambda _event: None)
 

@@ -518,6 +518,7 @@ def shared_database() -> Iterator[str]:
     """The product's shared database from the platform plan; dropped only if ours."""
     values = read_stack_file(ROOT / "platform" / "Pulumi.dev.yaml")
     values["tenant-infra:products"] = [PRODUCT]
+    values.pop("tenant-infra:registry", None)  # only the product's shared database
     plan = plan_platform(PlatformConfig.from_pulumi_values(values), "dev")
     (database,) = plan.of_type(PG + "database:Database")
     name = database.inputs["name"]
