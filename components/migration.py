@@ -193,9 +193,11 @@ def _migrate_mongo(props: dict[str, Any]) -> int:
     tenant, product = props["tenant"], props["product"]
     location = load_catalog().product(product).script_location
     assert location is not None
+    port = 27017 if props.get("srv") else int(props["port"])
     with Sandbox(location, mongo=True) as sandbox:
-        lane = sandbox.lane(hello({}, "heads"))
+        lane = sandbox.lane()
         try:
+            lane.send(hello({}, "heads", ports=[port]))
             reply = lane.request(
                 {
                     "op": "mongo",

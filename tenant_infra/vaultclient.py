@@ -9,6 +9,7 @@ Rules (README "Security model"), for every reader (migrate, verify, lifecycle):
 - Never over plain http, except to a loopback address.
 - An address with credentials in it (``https://user:pw@vault…``) is refused with one
   line that does not repeat it.
+- Straight there: no proxy from the environment, no redirect followed.
 - A reply that is not the expected JSON fails that one read (that tenant), with one
   line; the caller's fleet goes on.
 """
@@ -126,6 +127,14 @@ def operator_vault(
     return VaultAccess(address, token, mount or env.get(MOUNT_ENV) or defined_mount or "secret")
 
 
+def session() -> requests.Session:
+    """HTTP for Vault: the environment's proxies and netrc are ignored, so the token
+    goes straight to the address checked above, never to a proxy in between."""
+    http = requests.Session()
+    http.trust_env = False
+    return http
+
+
 def read_secret(vault: VaultAccess, path: str, timeout: float = 10.0) -> dict[str, Any]:
     """The data of KV v2 secret ``<mount>/data/<path>``.
 
@@ -136,7 +145,7 @@ def read_secret(vault: VaultAccess, path: str, timeout: float = 10.0) -> dict[st
     where = f"{vault.mount}/{path}"
     url = f"{vault.address}/v1/{vault.mount}/data/{path}"
     try:
-        response = requests.get(
+        response = session().get(
             url, headers={"X-Vault-Token": vault.token}, timeout=timeout, allow_redirects=False
         )
     except requests.RequestException as exc:

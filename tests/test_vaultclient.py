@@ -95,3 +95,16 @@ def test_a_reply_that_is_not_kv_json_fails_that_read_in_one_line() -> None:
         assert read_secret(access, "tenants/c/ledger") == {"ok": True}
         with pytest.raises(BackendUnavailable, match="HTTP 403"):
             read_secret(VaultAccess(vault.address, "wrong"), "tenants/c/ledger")
+
+
+def test_the_token_never_goes_through_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY would carry a loopback http request, token and all, to the proxy."""
+    with stub_vault(TOKEN) as vault, stub_vault("proxy") as proxy:
+        vault.put("secret", "tenants/a/ledger", {"ok": True})
+        monkeypatch.setenv("HTTP_PROXY", proxy.address)
+        monkeypatch.setenv("http_proxy", proxy.address)
+        monkeypatch.setenv("NO_PROXY", "")
+        assert read_secret(VaultAccess(vault.address, TOKEN), "tenants/a/ledger") == {"ok": True}
+    assert proxy.requests == []

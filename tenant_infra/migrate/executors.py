@@ -79,7 +79,7 @@ class SandboxExecutor:
         results: queue.Queue[TargetResult | None] = queue.Queue()
 
         def lane_loop() -> None:
-            lanes = _Lanes(self._open)
+            lanes = _Lanes(self._open, self._greeted)
             try:
                 while True:
                     with take:
@@ -106,33 +106,56 @@ class SandboxExecutor:
 
     def _run(self, index: int, target: MigrationTarget, lanes: _Lanes) -> TargetResult:
         started = time.perf_counter()
+        try:
+            return self._attempt(index, target, lanes, started)
+        except Exception as exc:  # whatever a child did, this target fails, not the run
+            return TargetResult.of(
+                target, index, "failed", error=f"{type(exc).__name__}: {exc}", started=started
+            )
+
+    def _attempt(
+        self, index: int, target: MigrationTarget, lanes: _Lanes, started: float
+    ) -> TargetResult:
         if target.unavailable:  # no credentials: nothing to fork for
             return TargetResult.of(
                 target, index, "failed", error=target.unavailable, started=started
             )
         own = target.params is not None  # a tenant's own credentials: a child of its own
         try:
-            lane = lanes.fresh() if own else lanes.shared()
+            if own:
+                lane = lanes.fresh()
+                greeting = hello({}, self.job.destination, reach=[target.params or {}])
+                if not lane.send(greeting):
+                    lane.close()
+                    return result_of(None, target, index, started, lane.pid)
+            else:
+                lane = lanes.shared()
         except BackendUnavailable as exc:
             return TargetResult.of(target, index, "failed", error=str(exc), started=started)
-        sent = lane.send(target_request(self.job.mode, target))
         if own:
-            lanes.prepare()  # the next tenant's child starts while this one migrates
-        reply = lane.receive() if sent else None
+            lanes.prepare()  # the next tenant's child is forked and confined meanwhile
+        reply = lane.request(target_request(self.job.mode, target))
         if own or reply is None:
             lanes.done(lane)
         return result_of(reply, target, index, started, lane.pid)
 
     def _open(self) -> Lane:
-        return self._sandbox.lane(hello(self.job.params, self.job.destination))
+        return self._sandbox.lane()
+
+    def _greeted(self) -> Lane:
+        lane = self._sandbox.lane()
+        if not lane.send(hello(self.job.params, self.job.destination)):
+            lane.close()
+            raise BackendUnavailable("a sandbox child exited before its greeting")
+        return lane
 
 
 class _Lanes:
-    """One thread's children: a spare forked ahead for the next tenant, and the one
-    generic targets share."""
+    """One thread's children: a spare forked ahead for the next tenant (greeted only
+    when it gets one), and the greeted child generic targets share."""
 
-    def __init__(self, open_lane: Callable[[], Lane]) -> None:
-        self._open = open_lane
+    def __init__(self, open_lane: Callable[[], Lane], greeted: Callable[[], Lane]) -> None:
+        self._open, self._greeted = open_lane, greeted
         self._spare: Lane | None = None
         self._shared: Lane | None = None
 
@@ -147,7 +170,7 @@ class _Lanes:
 
     def shared(self) -> Lane:
         if self._shared is None:
-            self._shared = self._open()
+            self._shared = self._greeted()
         return self._shared
 
     def done(self, lane: Lane) -> None:

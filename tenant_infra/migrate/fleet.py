@@ -126,6 +126,12 @@ def migrate_fleet(
                 for index, target in waves[1]:
                     report.results.append(_skipped(index, target))
                 break
+    seen = {r.index for r in report.results}
+    for index, target in indexed:  # a target nobody answered for failed, never vanished
+        if index not in seen:
+            report.results.append(
+                TargetResult.of(target, index, "failed", error="no result from the runner")
+            )
     report.results.sort(key=lambda r: r.index)
     report.seconds = time.perf_counter() - started
     return report

@@ -31,6 +31,34 @@ def _identifiers(path: Path) -> dict[str, Any]:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"cannot read revision file {path}: {exc}") from None
     found: dict[str, Any] = {}
+    top = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        names = (
+            [
+                t.id
+                for t in ast.walk(node)
+                if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store) and t.id in _FIELDS
+            ]
+            if isinstance(
+                node,
+                (
+                    ast.Assign,
+                    ast.AnnAssign,
+                    ast.AugAssign,
+                    ast.For,
+                    ast.With,
+                    ast.NamedExpr,
+                    ast.Import,
+                    ast.ImportFrom,
+                ),
+            )
+            else []
+        )
+        if names and id(node) not in top:
+            raise InvalidInput(
+                f"{path}: {names[0]} is assigned inside a block; tenant-infra reads revision "
+                "identifiers only from literal, top-level assignments"
+            )
     for node in tree.body:
         targets: list[ast.expr] = []
         value: ast.expr | None = None

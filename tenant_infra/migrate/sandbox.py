@@ -1,4 +1,4 @@
-"""Where revision code runs: in a process that never held a platform secret.
+"""Where revision code runs: in a confined process that never held a platform secret.
 
 Revision code is product code (README "Security model"). It may do anything, as the
 tenant's role, to that tenant's storage, during that tenant's migration; it must
@@ -7,123 +7,48 @@ Pulumi passphrase) nor another tenant's credentials. The operator's process hold
 those, so revision code never runs there. Processes, like a zygote::
 
     operator (holds secrets; non-dumpable)
-      └─ sandbox server: exec'd fresh, environment allow-listed, told nothing secret;
-         │ imports Alembic, SQLAlchemy, psycopg and the script directory (the revision
-         │ modules' top level runs here, holding nothing), then waits on a socket
-         └─ one child per task: forked on request, stripped of capabilities and made
-            non-dumpable BEFORE it reads its tenant's parameters; runs; answers; exits
+      └─ sandbox server: exec'd fresh, environment allow-listed, a session of its own,
+         │ stdio on /dev/null; imports the libraries (never the product's revisions),
+         │ then waits on a socket; reaps every orphan and kills it at the end
+         └─ one child per tenant, forked on request: closes every inherited fd, gets
+            its own IPC namespace, drops every capability, then waits for its greeting;
+            with it, Landlock confines it for good (read-only files beneath the Python
+            prefixes, the script directory and system paths; TCP only to its
+            database's port; nothing outside the sandbox signalled, traced or read in
+            /proc); only then are the revisions imported, the tenant's parameters read,
+            the migration run, the answer sent. Then it exits.
 
-The server never reads a tenant's parameters: it receives a socket over SCM_RIGHTS
-and forks, and only the child reads from that socket. So no child's memory can hold
-another tenant's password, and a revision cannot keep one tenant's parameters in
-memory for the next tenant's run. Messages are length-prefixed JSON both ways: the
-operator never unpickles what product code could have written.
-
-``prctl(PR_SET_DUMPABLE, 0)`` (as ssh-agent and gpg-agent do) closes ``/proc/<pid>/
-{environ,mem,fd}`` and ``ptrace`` of a process to others of the same user; a process
-without ``CAP_SYS_PTRACE`` cannot override it. So children run without capabilities
-even when the operator is root. Linux only; elsewhere these calls do nothing and the
-README's residuals apply in full.
+The server never reads a tenant's parameters and never runs product code: it receives
+a socket over SCM_RIGHTS and forks. So no process can hold two tenants' parameters,
+and nothing product code does in one child is inherited by the next. Messages are
+length-prefixed JSON both ways, each reply echoing its request's id: the operator never
+unpickles what product code could have written, and reads replies as untrusted data.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import gc
 import json
 import os
 import re
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from tenant_infra.errors import BackendUnavailable, InvalidInput
+from tenant_infra.migrate import confine
+from tenant_infra.migrate.confine import make_undumpable
 
-# -- process hardening ------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG: Final = 1
-_PR_SET_DUMPABLE: Final = 4
-_PR_CAPBSET_DROP: Final = 24
-_PR_SET_NO_NEW_PRIVS: Final = 38
-_PR_CAP_AMBIENT: Final = 47
-_PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
-_CAPABILITY_VERSION_3: Final = 0x20080522
-
-
-@functools.cache
-def _libc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, arg: int, arg3: int = 0) -> int:
-    libc = _libc()
-    if libc is None:
-        return 0
-    return int(libc.prctl(option, arg, arg3, 0, 0))
-
-
-def make_undumpable() -> None:
-    """Close this process's memory, environment and fds to other same-user processes."""
-    _prctl(_PR_SET_DUMPABLE, 0)
-
-
-def die_with_parent() -> None:
-    """SIGKILL when the parent goes: a killed run leaves no migration behind (its
-    transaction rolls back on the server) and no server waiting for work."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def effective_capabilities() -> int:
-    """This process's effective capability mask (0 off Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
-def drop_privileges() -> None:
-    """No capabilities now or after any exec, so a root operator's child is as weak as
-    an ordinary user's: it cannot read a non-dumpable process. Raises if it failed."""
-    libc = _libc()
-    if libc is None:
-        return
-    if effective_capabilities():
-        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-        for cap in range(last + 1):
-            _prctl(_PR_CAPBSET_DROP, cap)
-        _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
-        header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-        data = (_CapData * 2)()
-        if libc.capset(ctypes.byref(header), data) != 0:
-            raise OSError(ctypes.get_errno(), "capset failed")
-    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
-    if effective_capabilities():
-        raise PermissionError("could not drop capabilities")
-
+__all__ = ["Lane", "Sandbox", "make_undumpable", "sandbox_environ"]
 
 # -- the environment a sandbox starts with ----------------------------------------------
 
@@ -158,9 +83,16 @@ _LENGTH: Final = struct.Struct("!I")
 MAX_MESSAGE: Final = 32 * 1024 * 1024
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+def _recv_exact(sock: socket.socket, size: int, watch: int | None = None) -> bytes | None:
+    """``size`` bytes, or ``None`` at end of stream, or once process ``watch`` (a
+    pidfd) has exited with nothing more to read: a grandchild holding the socket open
+    cannot keep the operator waiting."""
     chunks, got = [], 0
     while got < size:
+        if watch is not None:
+            ready, _, _ = select.select([sock.fileno(), watch], [], [])
+            if sock.fileno() not in ready:
+                return None  # the child is gone and sent nothing more
         chunk = sock.recv(min(size - got, 1 << 20))
         if not chunk:
             return None
@@ -174,20 +106,20 @@ def send_message(sock: socket.socket, message: Mapping[str, Any]) -> None:
     sock.sendall(_LENGTH.pack(len(data)) + data)
 
 
-def recv_message(sock: socket.socket) -> dict[str, Any] | None:
+def recv_message(sock: socket.socket, watch: int | None = None) -> dict[str, Any] | None:
     """The next message, or ``None`` at end of stream or on anything malformed."""
-    header = _recv_exact(sock, _LENGTH.size)
+    header = _recv_exact(sock, _LENGTH.size, watch)
     if header is None:
         return None
     (size,) = _LENGTH.unpack(header)
     if size > MAX_MESSAGE:
         return None
-    body = _recv_exact(sock, size)
+    body = _recv_exact(sock, size, watch)
     if body is None:
         return None
     try:
         value = json.loads(body)
-    except ValueError:
+    except Exception:  # not JSON, or nested deep enough to exhaust the parser
         return None
     return value if isinstance(value, dict) else None
 
@@ -200,6 +132,10 @@ class Lane:
 
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock, self.pid = sock, pid
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            self._pidfd = None  # already gone, or no pidfd here: socket EOF only
 
     def send(self, message: Mapping[str, Any]) -> bool:
         try:
@@ -208,33 +144,43 @@ class Lane:
             return False
         return True
 
-    def receive(self) -> dict[str, Any] | None:
-        """The reply, or ``None`` if the child ended without one."""
+    def request(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Send one request; its reply, or ``None`` if the child ended without one or
+        answered something else (a reply must echo the request's id)."""
+        ident = uuid.uuid4().hex
+        if not self.send({**message, "id": ident}):
+            return None
         try:
-            return recv_message(self.sock)
+            reply = recv_message(self.sock, self._pidfd)
         except OSError:
             return None
-
-    def request(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Send one request; the reply, or ``None`` if the child ended without one."""
-        return self.receive() if self.send(message) else None
+        if reply is None or reply.get("id") != ident:
+            return None
+        return reply
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
 
 
 _SERVER: Final = (
     "import sys; from tenant_infra.migrate.sandbox import serve; serve(int(sys.argv[1]))"
 )
+#: How long the server may take to start and load the libraries.
+STARTUP_TIMEOUT: Final = 120.0
 
 
 class Sandbox:
     """A sandbox server for one script directory: the operator's handle on it.
 
-    ``with Sandbox(path) as box``: starts the server and loads the script directory
-    there (``box.head`` is its head); ``box.lane(hello)`` forks a child. Thread-safe:
-    lanes may be opened from several threads.
+    ``with Sandbox(path) as box``: starts the server (``box.head``: the script
+    directory's head, read statically); ``box.lane()`` forks a child, which
+    ``lane.send(hello)`` then greets. Thread-safe: lanes may be opened from several
+    threads.
     """
 
     def __init__(self, script_location: str | Path, *, mongo: bool = False) -> None:
@@ -255,17 +201,25 @@ class Sandbox:
                 env=sandbox_environ(),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 cwd="/",
                 close_fds=True,
+                start_new_session=True,  # no controlling terminal: no TIOCSTI, no SIGINT
             )
         finally:
             theirs.close()
         self._control = ours
-        send_message(ours, {"script_location": self.script_location, "mongo": self.mongo})
-        reply = recv_message(ours)
+        ours.settimeout(STARTUP_TIMEOUT)
+        try:
+            send_message(ours, {"script_location": self.script_location, "mongo": self.mongo})
+            reply = recv_message(ours)
+        except OSError:
+            reply = None
+        ours.settimeout(None)
         if reply is None or "error" in reply:
             self.__exit__(None, None, None)
-            detail = reply["error"] if reply else "the sandbox server exited"
+            detail = reply["error"] if reply else "the sandbox server did not start"
             raise InvalidInput(f"cannot load {self.script_location}: {clean_text(detail)}")
         head = reply.get("head")
         self.head = head if isinstance(head, str) else None
@@ -284,14 +238,14 @@ class Sandbox:
             self._control = None
         if self._process is not None:
             try:
-                self._process.wait(timeout=5)
+                self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
             self._process = None
 
-    def lane(self, hello: Mapping[str, Any]) -> Lane:
-        """A fresh child, greeted with ``hello`` (its connection defaults)."""
+    def lane(self) -> Lane:
+        """A fresh child, waiting for its greeting."""
         if self._control is None:
             raise BackendUnavailable("the sandbox server is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -306,16 +260,11 @@ class Sandbox:
         if reply is None or not isinstance(reply.get("pid"), int):
             ours.close()
             raise BackendUnavailable("the sandbox server exited")
-        lane = Lane(ours, reply["pid"])
-        try:
-            send_message(ours, hello)
-        except OSError:
-            lane.close()
-            raise BackendUnavailable("a sandbox child exited before its first request") from None
-        return lane
+        return Lane(ours, reply["pid"])
 
 
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def clean_text(value: object, limit: int = 500) -> str:
@@ -325,102 +274,120 @@ def clean_text(value: object, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def clean_lines(value: str) -> str:
+    """A child's multi-line text (rendered SQL): lines kept, no other control character."""
+    return _CONTROL_BUT_LINES.sub("?", value)
+
+
 # -- the sandbox's side -----------------------------------------------------------------
 
 
-class _Loaded:
-    """What the server loads once and every child inherits."""
+def _preload(mongo: bool) -> None:
+    """Import what a migration uses, once, before any fork; never the product's code."""
+    import alembic.ddl.postgresql
+    import alembic.operations.toimpl
+    import alembic.runtime.environment
+    import alembic.runtime.migration  # noqa: F401
+    import psycopg.pq  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+    from sqlalchemy import create_engine
 
-    def __init__(self, script_location: str, mongo: bool) -> None:
-        from tenant_infra.migrate.engine import head_of, load_script
-        from tenant_infra.migrate.mongo import load_spec
+    import tenant_infra.migrate.worker  # noqa: F401
 
-        self.config, self.script = load_script(script_location)
-        self.head = head_of(self.script)
-        self.mongo_versions = load_spec(Path(script_location))
-        if mongo:
-            import pymongo  # noqa: F401 - imported once, before any fork
-
-        # Imported lazily by SQLAlchemy and psycopg on first use: do it here, once.
-        import psycopg.pq  # noqa: F401
-        import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
-        from sqlalchemy import create_engine
-
-        create_engine("postgresql+psycopg://").dialect  # noqa: B018
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Render every revision offline once, so that what Alembic and SQLAlchemy
-        import and compile lazily is done here, not again in every child."""
-        from tenant_infra.migrate.engine import render_sql
-        from tenant_infra.migrate.targets import MigrationTarget
-
-        with contextlib.suppress(Exception):
-            render_sql(self.config, self.script, MigrationTarget("warm_up"), starting=None)
+    create_engine("postgresql+psycopg://").dialect  # noqa: B018
+    if mongo:
+        import pymongo  # noqa: F401
 
 
 def serve(fd: int) -> None:
     """The sandbox server's loop, in a process started by :class:`Sandbox`."""
-    make_undumpable()
-    die_with_parent()
-    os.dup2(2, 1)  # what revision code prints never mixes with the operator's stdout
+    confine.die_with_parent()
+    confine.make_undumpable()
+    confine.reap_orphans()
     control = socket.socket(fileno=fd)
     init = recv_message(control)
     if init is None:
         return
+    location = str(init.get("script_location"))
     try:
-        loaded = _Loaded(str(init["script_location"]), bool(init.get("mongo")))
-    except Exception as exc:
-        from tenant_infra.migrate.connection import first_line
+        from tenant_infra.migrate.mongo import load_spec  # a TOML file: data, not code
+        from tenant_infra.migrate.revisions import declared_head
 
-        send_message(control, {"error": first_line(exc)})
+        _preload(bool(init.get("mongo")))
+        head = declared_head(location)  # read, not imported
+        versions = load_spec(Path(location))
+    except Exception as exc:
+        send_message(control, {"error": str(exc) or type(exc).__name__})
         return
-    versions = loaded.mongo_versions
     send_message(
-        control,
-        {"head": loaded.head, "mongo_head": versions[-1].version if versions else None},
+        control, {"head": head, "mongo_head": versions[-1].version if versions else None}
     )
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished children
-    gc.freeze()  # children share the loaded objects: no collector writes to their pages
-    while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(control, 16, 1)
-        except OSError:
-            return
-        if not data:
-            return
-        if len(fds) != 1:
-            for extra in fds:
-                os.close(extra)
-            continue
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            code = 1
+    try:
+        while True:
             try:
-                control.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                code = _child(fds[0], loaded)
-            finally:
-                os._exit(code)
-        os.close(fds[0])
-        send_message(control, {"pid": pid})
+                data, fds, _flags, _addr = socket.recv_fds(control, 16, 1)
+            except OSError:
+                return
+            if not data:
+                return
+            if len(fds) != 1:
+                for extra in fds:
+                    os.close(extra)
+                continue
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                code = 1
+                try:
+                    control.close()
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    code = _child(fds[0], location, bool(init.get("mongo")))
+                finally:
+                    os._exit(code)
+            os.close(fds[0])
+            send_message(control, {"pid": pid})
+    finally:
+        _kill_descendants()
 
 
-def _child(fd: int, loaded: _Loaded) -> int:  # pragma: no cover - runs in the child
-    """Harden, then serve requests on this task's socket until it closes."""
-    drop_privileges()
-    make_undumpable()
-    die_with_parent()
-    from tenant_infra.migrate.worker import Worker
+def _kill_descendants() -> None:
+    """Every process left under the server (a child, or an orphan a revision started
+    and this subreaper inherited) is killed when the run ends."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
+
+def _child(fd: int, location: str, mongo: bool) -> int:  # pragma: no cover - in the child
+    """Confine this process, then serve one lane's requests until its socket closes."""
+    os.closerange(3, fd)
+    os.closerange(fd + 1, 1 << 16)
+    confine.die_with_parent()
+    confine.own_ipc_namespace()
+    confine.drop_privileges()
+    confine.make_undumpable()
     sock = socket.socket(fileno=fd)
     hello = recv_message(sock)
     if hello is None:
         return 1
-    worker = Worker(loaded.config, loaded.script, loaded.mongo_versions, hello)
+    from tenant_infra.migrate.worker import Worker, confinement
+
+    readable, ports = confinement(hello, location)
+    confine.landlock(readable, ports)
+    worker = Worker.load(location, hello, mongo)  # the product's code runs from here on
     try:
         while (request := recv_message(sock)) is not None:
-            send_message(sock, worker.handle(request))
+            reply = worker.handle(request)
+            send_message(sock, {**reply, "id": request.get("id")})
     finally:
         worker.close()
     return 0

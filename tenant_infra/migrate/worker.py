@@ -1,25 +1,28 @@
 """What a sandbox child runs, and the messages to and from it.
 
-The operator sends a child a greeting (``hello``: the connection parameters of
-targets that bring none, and the destination revision), then requests: one per
-target (``upgrade``, ``pending``, ``sql``) or one MongoDB apply (``mongo``). The
-child answers each with plain JSON. Replies come from product code's process, so the
-operator treats them as untrusted data: only known fields, of the right types,
-printable text (:func:`result_of`); the labels shown come from the operator's own
-target, never from the reply.
+The operator greets a fresh child (``hello``): the connection parameters of targets
+that bring none, the destination revision, and what its confinement lets it reach
+(the TCP ports of its database, the TLS files named in its parameters). Then it sends
+requests: one per target (``upgrade``, ``pending``, ``sql``) or one MongoDB apply
+(``mongo``). The child answers each with plain JSON. Replies come from product code's
+process, so the operator treats them as untrusted data: only known fields, of the
+right types, printable text (:func:`result_of`); the labels shown come from the
+operator's own target, never from the reply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tenant_infra.migrate.engine import TargetResult, TenantMigrator
-from tenant_infra.migrate.mongo import MongoVersion
+from tenant_infra.migrate.engine import TargetResult, TenantMigrator, head_of, load_script
+from tenant_infra.migrate.mongo import MongoVersion, load_spec
+from tenant_infra.migrate.sandbox import clean_lines, clean_text
 from tenant_infra.migrate.targets import MigrationTarget
 
 Mode = Literal["upgrade", "pending", "sql"]
@@ -30,8 +33,52 @@ _STATUSES: Final = frozenset({"migrated", "current", "pending", "failed", "skipp
 # -- the operator's side ----------------------------------------------------------------
 
 
-def hello(params: Mapping[str, str], destination: str) -> dict[str, Any]:
-    return {"params": dict(params), "destination": destination}
+#: libpq parameters naming files a connection reads (TLS material).
+_FILE_PARAMS: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir")
+#: DNS over TCP, which resolvers fall back to (SRV lookups for Atlas, large answers).
+_DNS_PORT: Final = 53
+
+
+def _ports(params: Mapping[str, str]) -> list[int]:
+    """Every port libpq may connect to (``port`` may list one per host)."""
+    raw = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    return [int(p) for p in raw.split(",") if p.strip().isdigit()]
+
+
+def hello(
+    params: Mapping[str, str],
+    destination: str,
+    *,
+    reach: Iterable[Mapping[str, str]] = (),
+    ports: Iterable[int] = (),
+) -> dict[str, Any]:
+    """A child's greeting. ``reach``: the parameters of every connection it will make
+    (its ports and TLS files are all its confinement lets it reach); ``ports``: more."""
+    allowed = [*ports, _DNS_PORT]
+    files: list[str] = []
+    for each in (params, *reach):
+        if each:
+            allowed += _ports(each)
+            files += [str(each[k]) for k in _FILE_PARAMS if each.get(k)]
+    return {
+        "params": dict(params),
+        "destination": destination,
+        "ports": sorted(set(allowed)),
+        "files": files,
+    }
+
+
+def confinement(greeting: Mapping[str, Any], location: str) -> tuple[list[str], list[int]]:
+    """What a child may read (beneath) and the TCP ports it may connect to."""
+    from tenant_infra.migrate.confine import SYSTEM_PATHS, python_paths
+
+    readable = [*SYSTEM_PATHS, *map(str, python_paths()), location]
+    home = os.environ.get("HOME")
+    if home:
+        readable.append(os.path.join(home, ".postgresql"))  # libpq's default TLS files
+    readable += [str(f) for f in greeting.get("files") or [] if isinstance(f, str)]
+    ports = [int(p) for p in greeting.get("ports") or [] if isinstance(p, int)]
+    return readable, ports
 
 
 def target_request(mode: Mode, target: MigrationTarget) -> dict[str, Any]:
@@ -50,9 +97,11 @@ def target_request(mode: Mode, target: MigrationTarget) -> dict[str, Any]:
 
 
 def _text(value: object) -> str | None:
-    from tenant_infra.migrate.sandbox import clean_text
-
     return clean_text(value) if isinstance(value, str) else None
+
+
+def _status(value: object) -> str:
+    return value if isinstance(value, str) and value in _STATUSES else "failed"
 
 
 def result_of(
@@ -65,20 +114,23 @@ def result_of(
     """The child's reply as a :class:`TargetResult`, or ``failed`` if it gave none."""
     if reply is None:
         return _ended(target, index, started, worker)
-    status = reply.get("status")
+    status = _status(reply.get("status"))
     revisions = reply.get("revisions")
     sql = reply.get("sql")
+    error = _text(reply.get("error"))
+    if status == "failed" and not error:
+        error = "malformed reply from the migration process"
     result = TargetResult.of(
         target,
         index,
-        status if isinstance(status, str) and status in _STATUSES else "failed",  # type: ignore[arg-type]
+        status,  # type: ignore[arg-type]
         before=_text(reply.get("before")),
         after=_text(reply.get("after")),
         revisions=tuple(_text(r) or "?" for r in revisions) if isinstance(revisions, list) else (),
-        error=_text(reply.get("error")) or (None if status in _STATUSES else "malformed reply"),
+        error=error,
         started=started,
     )
-    result.sql = sql if isinstance(sql, str) else None
+    result.sql = clean_lines(sql) if isinstance(sql, str) else None
     result.worker = worker
     return result
 
@@ -119,6 +171,7 @@ class Worker:
         script: ScriptDirectory,
         mongo_versions: list[MongoVersion],
         greeting: Mapping[str, Any],
+        refusal: str | None = None,
     ) -> None:
         self.migrator = TenantMigrator(
             params={str(k): str(v) for k, v in dict(greeting.get("params") or {}).items()},
@@ -126,8 +179,31 @@ class Worker:
             loaded=(config, script),
         )
         self.mongo_versions = mongo_versions
+        self.refusal = refusal
+
+    @classmethod
+    def load(cls, location: str, greeting: Mapping[str, Any], mongo: bool) -> Worker:
+        """Import the script directory (the product's code runs from here on) and
+        check that Alembic agrees with the head the operator read statically."""
+        from tenant_infra.migrate.revisions import declared_head
+
+        config, script = load_script(location)
+        refusal = None
+        try:
+            static = declared_head(location)
+        except Exception as exc:
+            static = f"unreadable ({exc})"
+        if static != head_of(script):
+            refusal = (
+                f"the script directory's head is {head_of(script)} to Alembic but "
+                f"{static} read statically: revision identifiers must be literal, "
+                "top-level assignments"
+            )
+        return cls(config, script, load_spec(Path(location)) if mongo else [], greeting, refusal)
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        if self.refusal:
+            return {"status": "failed", "error": self.refusal}
         op = request.get("op")
         if op == "mongo":
             return self._mongo(request)

@@ -14,7 +14,7 @@ import requests
 
 from tenant_infra.guardrails import parse_policy
 from tenant_infra.tenant import TenantNames
-from tenant_infra.vaultclient import VaultAccess
+from tenant_infra.vaultclient import VaultAccess, session
 from tenant_infra.verify.checks import MAX_PROBES, CheckResult, failed, passed, skipped
 from tenant_infra.verify.connections import ConnectionsDocument
 
@@ -46,7 +46,7 @@ class _Vault:
         self.access, self.token = access, token or access.token
 
     def call(self, method: str, path: str, json: dict[str, Any] | None = None) -> requests.Response:
-        return requests.request(
+        return session().request(
             method,
             f"{self.access.address}/v1/{path}",
             headers={"X-Vault-Token": self.token},

@@ -1,18 +1,19 @@
-"""A hostile revision: what product code could find while it migrates one tenant.
+"""A hostile revision: what product code could find or do while it migrates one tenant.
 
 ``hostile_script_dir`` copies a product's script directory and adds a head revision
-that looks for secrets everywhere a revision can reach, and writes what it found
-to ``<out>/<current_user>-<pid>.json``:
+``9999`` that looks for secrets everywhere a revision can reach, tries every channel to
+another tenant's run, and stores what it found in its own tenant's schema (table
+``probe``), the one place it may write:
 
-- its environment and ``/proc/self/environ``;
-- every ancestor's ``/proc/<pid>/environ`` and ``cmdline``, and the files named there;
-- the memory (``/proc/<pid>/mem``) of itself, its parent, its grandparent and its
-  siblings (the processes it could most plausibly share secrets with).
+- its environment and ``/proc/self/environ``; its ancestors' ``environ`` and
+  ``cmdline`` and the files named there; files it is told about (a connections file);
+- memory: ``/proc/<pid>/mem`` of itself, its parent and grandparent, and every string
+  its own interpreter holds (the positive control: its own password is there);
+- channels: writing a file, TCP to Redis, System V shared memory (what an earlier
+  tenant's run left there), signalling its parent, the terminal.
 
-Secrets are looked for as "needles", each stored in the revision as two halves so
-that the whole never exists in memory unless it leaked there. ``found`` maps each
-place to the needle names seen there; ``readable`` lists which processes' memory the
-revision could read at all (a positive control with its own password).
+Secrets are "needles", each stored as two halves so that the whole never exists in
+memory unless it leaked there.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from pathlib import Path
 
 _REVISION = '''
 """Hostile: records every secret it can find (a test's probe, not a migration)."""
+import ctypes
+import gc
 import json
 import os
+import socket
 
 from alembic import op
 
@@ -34,7 +38,9 @@ branch_labels = None
 depends_on = None
 
 NEEDLES = {needles!r}
-OUT = {out!r}
+FILES = {files!r}
+SHM_KEY = 0x7E57
+IPC_CREAT = 0o1000
 
 
 def _hits(blob):
@@ -74,65 +80,111 @@ def _memory(pid):
         mem = open(f"/proc/{{pid}}/mem", "rb")
     except OSError:
         return None
-    readable = False
     with mem:
         for line in maps.decode().splitlines():
             fields = line.split()
             if len(fields) < 2 or not fields[1].startswith("r"):
                 continue
-            if len(fields) >= 6 and fields[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]"):
-                continue
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             try:
                 mem.seek(lo)
-                blob = mem.read(hi - lo)
+                found |= _hits(mem.read(hi - lo))
             except (OSError, OverflowError, ValueError):
                 continue
-            readable = True
-            found |= _hits(blob)
-    return found if readable else None
+    return found
+
+
+def _interpreter_strings():
+    """Every str and bytes reachable from the collector's objects (untracked dicts of
+    plain strings included, through their referrers' referents)."""
+    found, seen = set(), set()
+    stack = list(gc.get_objects())
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            found |= _hits(obj.encode(errors="ignore"))
+        elif isinstance(obj, (bytes, bytearray)):
+            found |= _hits(bytes(obj))
+        else:
+            stack.extend(gc.get_referents(obj))
+    return found
+
+
+def _shared_memory(me):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(SHM_KEY, 4096, IPC_CREAT | 0o666)
+    if shmid < 0:
+        return "refused"
+    address = libc.shmat(shmid, None, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        return "refused"
+    before = ctypes.string_at(address, 64).split(b"\\0", 1)[0].decode(errors="replace")
+    ctypes.memmove(address, me.encode() + b"\\0", len(me) + 1)
+    return before
 
 
 def upgrade() -> None:
     me = os.getpid()
-    parent = _ppid(me)
-    grandparent = _ppid(parent)
-    report = {{"pid": me, "found": {{}}, "readable": [], "ancestors": []}}
+    report = {{"found": {{}}, "readable": [], "ancestors": [], "channels": {{}}}}
 
     def note(where, hits):
         if hits:
-            report["found"].setdefault(where, [])
-            report["found"][where] = sorted(set(report["found"][where]) | set(hits))
+            report["found"][where] = sorted(set(report["found"].get(where, [])) | set(hits))
 
     note("environ", _hits("\\n".join(f"{{k}}={{v}}" for k, v in os.environ.items()).encode()))
     note("/proc/self/environ", _hits(_read("/proc/self/environ") or b""))
-    pid = parent
+    pid = os.getppid()
     while pid > 1:
         cmdline = _read(f"/proc/{{pid}}/cmdline") or b""
         report["ancestors"].append(cmdline.replace(b"\\0", b" ").decode(errors="replace"))
-        note(f"ancestor environ", _hits(_read(f"/proc/{{pid}}/environ") or b""))
-        note(f"ancestor cmdline", _hits(cmdline))
+        note("ancestor environ", _hits(_read(f"/proc/{{pid}}/environ") or b""))
+        note("ancestor cmdline", _hits(cmdline))
         for arg in cmdline.split(b"\\0"):
             if arg.startswith(b"/") and os.path.isfile(arg):
                 note("files named by an ancestor", _hits(_read(arg) or b""))
         pid = _ppid(pid)
-    siblings = [
-        int(p) for p in os.listdir("/proc")
-        if p.isdigit() and int(p) != me and _ppid(int(p)) == parent
-    ]
-    for who, pids in (("self", [me]), ("parent", [parent]), ("grandparent", [grandparent]),
-                      ("sibling", siblings)):
-        for pid in pids:
-            hits = _memory(pid)
-            if hits is not None:
-                report["readable"].append(who)
-                note(f"{{who}} memory", hits)
+    for path in FILES:
+        note("files", _hits(_read(path) or b""))
+    parent = os.getppid()
+    for who, pid in (("self", me), ("parent", parent), ("grandparent", _ppid(parent))):
+        hits = _memory(pid) if pid else None
+        if hits is not None:
+            report["readable"].append(who)
+            note(f"{{who}} memory", hits)
+    note("interpreter", _interpreter_strings())
+    channels = report["channels"]
+    try:
+        with open(f"/tmp/hostile-{{me}}", "w") as handle:
+            handle.write("written")
+        channels["write_tmp"] = True
+    except OSError:
+        channels["write_tmp"] = False
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+        channels["redis"] = True
+    except OSError:
+        channels["redis"] = False
+    try:
+        os.kill(parent, 0)
+        channels["signal_parent"] = True
+    except OSError:
+        channels["signal_parent"] = False
+    try:
+        os.open("/dev/tty", os.O_RDWR)
+        channels["tty"] = True
+    except OSError:
+        channels["tty"] = False
     with op.get_bind().connection.cursor() as cur:
         cur.execute("SELECT current_user")
         user = cur.fetchone()[0]
-    report["user"] = user
-    with open(os.path.join(OUT, f"{{user}}-{{me}}.json"), "w") as handle:
-        json.dump(report, handle)
+        channels["shm_before"] = _shared_memory(user)
+        report["user"] = user
+        cur.execute("CREATE TABLE probe (report text)")
+        cur.execute("INSERT INTO probe VALUES (%s)", (json.dumps(report),))
 
 
 def downgrade() -> None:
@@ -140,19 +192,25 @@ def downgrade() -> None:
 '''
 
 
-def halves(value: str) -> tuple[str, str]:
+def halves(value: str) -> tuple[bytes, bytes]:
     middle = len(value) // 2
-    return value[:middle], value[middle:]
+    return value[:middle].encode(), value[middle:].encode()
 
 
 def hostile_script_dir(
-    source: Path, root: Path, needles: dict[str, str], out: Path, down: str = "0003"
+    source: Path,
+    root: Path,
+    needles: dict[str, str],
+    files: list[str] | None = None,
+    down: str = "0003",
 ) -> Path:
     """A copy of ``source`` with the hostile revision ``9999`` on top of ``down``."""
     target = root / "hostile"
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
     text = _REVISION.format(
-        down=down, needles={k: tuple(h.encode() for h in halves(v)) for k, v in needles.items()}, out=str(out)
+        down=down,
+        needles={k: halves(v) for k, v in needles.items()},
+        files=list(files or []),
     )
     (target / "versions" / "9999_hostile.py").write_text(textwrap.dedent(text))
     return target

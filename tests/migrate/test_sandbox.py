@@ -2,9 +2,11 @@
 
 A hostile revision (``hostile.py``) runs through ``tenantctl migrate --product`` at
 concurrency 1 and 2, and through the ``ServiceMigration`` provider, on the real
-PostgreSQL. Tenants' credentials come from a stub Vault over loopback; the operator's
-environment carries marker secrets. The revision must find none of them, and no
-other tenant's password, anywhere it can look; it must find its own (the probe works).
+PostgreSQL. Tenants' credentials come from a stub Vault over loopback, or from a
+connections file the revision is told about; the operator's environment carries
+marker secrets. The revision must find none of them and no other tenant's password,
+anywhere it can look, and no channel to another tenant's run; it must find its own
+password (the probe works).
 """
 
 from __future__ import annotations
@@ -15,23 +17,20 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LEDGER, REPO, cli
 from hostile import hostile_script_dir
-from pgsandbox import ADMIN, PgSandbox, Service, version
+from pgsandbox import ADMIN, PgSandbox, Service, version, write_connections
 
-from tenant_infra.migrate.sandbox import (
-    MAX_MESSAGE,
-    Sandbox,
-    effective_capabilities,
-    recv_message,
-    sandbox_environ,
-)
+from tenant_infra.migrate.confine import capabilities, landlock_abi
+from tenant_infra.migrate.sandbox import MAX_MESSAGE, Sandbox, recv_message, sandbox_environ
 from tenant_infra.tenant import TenantNames
 from tests.support.vault_stub import StubVault, stub_vault
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+CONFINED = landlock_abi() >= 6  # Landlock with scoping: the full confinement
 
 
 def _markers() -> dict[str, str]:
@@ -49,42 +48,47 @@ def _operator_env(markers: dict[str, str], vault: StubVault) -> dict[str, str]:
     }
 
 
-def _reports(out: Path) -> dict[str, dict[str, object]]:
+def _reports(services: list[Service]) -> dict[str, dict[str, Any]]:
     found = {}
-    for path in out.glob("*.json"):
-        report = json.loads(path.read_text())
-        found[str(report["user"])] = report
+    for svc in services:
+        rows = svc.sql(f"SELECT report FROM {svc.schema}.probe")
+        found[svc.role] = json.loads(str(rows[0][0]))
     return found
 
 
-def _assert_nothing_leaked(
-    reports: dict[str, dict[str, object]], services: list[Service], secret_names: set[str]
-) -> None:
-    assert set(reports) == {s.role for s in services}  # the revision ran for each tenant
+def _assert_nothing_leaked(reports: dict[str, dict[str, Any]], services: list[Service]) -> None:
     for svc in services:
         report = reports[svc.role]
         found = report["found"]
-        assert isinstance(found, dict)
-        # The probe works: the revision sees its own tenant's password in its memory.
-        assert svc.role in found.get("self memory", []), report
+        # The probe works: its own tenant's password is in its interpreter.
+        assert svc.role in found.get("interpreter", []), report
         leaked = {where: names for where, names in found.items() if set(names) - {svc.role}}
         assert not leaked, f"{svc.role} found {leaked}"
-        assert "self" in report["readable"]
-        assert not {"parent", "grandparent"} & set(report["readable"])  # type: ignore[arg-type]
-        assert not set(found.get("self memory", [])) & secret_names
+        assert not {"parent", "grandparent"} & set(report["readable"])
+        channels = report["channels"]
+        assert channels["shm_before"] in ("", "refused"), channels  # no earlier run's data
+        if CONFINED:
+            assert report["readable"] == [] and not any(report["ancestors"])  # no /proc at all
+            assert channels == {
+                "write_tmp": False,
+                "redis": False,
+                "signal_parent": False,
+                "tty": False,
+                "shm_before": channels["shm_before"],
+            }
 
 
 def _setup(
     pg: PgSandbox, product: str, tmp_path: Path, vault: StubVault, markers: dict[str, str]
-) -> tuple[list[Service], Path, dict[str, str]]:
+) -> tuple[list[Service], Path, Path]:
     services = [pg.schema_tenant(product), pg.schema_tenant(product), pg.database_tenant(product)]
     for svc in services:
         vault.put("secret", TenantNames(svc.tenant).service(product).vault_secret, svc.document())
-    out = tmp_path / "found"
-    out.mkdir()
     needles = {**markers, **{s.role: s.password for s in services}}
-    script = hostile_script_dir(LEDGER, tmp_path, needles, out)
-    return services, script, needles
+    # Every tenant's password in a file the operator keeps (0600, as it should be).
+    connections = write_connections(tmp_path / "all-tenants.json", services)
+    script = hostile_script_dir(LEDGER, tmp_path, needles, files=[str(connections)])
+    return services, script, connections
 
 
 @pytest.mark.parametrize("concurrency", ["1", "2"])
@@ -110,12 +114,25 @@ def test_hostile_revision_finds_no_secret_through_migrate(
     assert {t["status"] for t in json.loads(run.stdout)["tenants"]} == {"migrated"}
     assert all(version(s) == "9999" for s in services)
     assert vault.requests and all(ok for _, ok in vault.requests)  # Vault did serve them
-    reports = _reports(tmp_path / "found")
-    _assert_nothing_leaked(reports, services, set(markers))
-    ancestry = " ".join(a for r in reports.values() for a in r["ancestors"])  # type: ignore[union-attr]
-    assert "migrate" in ancestry  # the walk did reach the operator's process
+    _assert_nothing_leaked(_reports(services), services)
     for out in (run.stdout, run.stderr):
         assert not any(v in out for v in markers.values())
+
+
+def test_a_connections_file_named_on_the_command_line_stays_out_of_reach(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """The operator's argv names the file holding every tenant's password."""
+    markers = _markers()
+    with stub_vault(markers["vault"]) as vault:
+        services, script, connections = _setup(pg, product, tmp_path, vault, markers)
+        env = {k: v for k, v in _operator_env(markers, vault).items() if k != "VAULT_ADDR"}
+        run = cli(
+            "--product", product, "--script-location", str(script),
+            "--connections", str(connections), products=(product,), env=env,
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    _assert_nothing_leaked(_reports(services), services)
 
 
 _PROVIDER = """
@@ -169,7 +186,7 @@ def test_hostile_revision_finds_no_secret_through_the_service_migration_provider
         )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "9999"
-    _assert_nothing_leaked(_reports(tmp_path / "found"), [svc], set(markers))
+    _assert_nothing_leaked(_reports([svc]), [svc])
 
 
 def test_the_sandbox_environment_is_allow_listed() -> None:
@@ -190,10 +207,9 @@ def test_the_sandbox_environment_is_allow_listed() -> None:
     assert set(env) == {"PATH", "HOME", "LC_ALL", "TZ", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE"}
 
 
-def test_a_child_runs_without_capabilities_and_ends_with_its_tenant(
+def test_each_tenant_gets_a_process_of_its_own_that_ends_with_it(
     pg: PgSandbox, product: str
 ) -> None:
-    """One process per tenant target; none of them is this process."""
     svc_a, svc_b = pg.schema_tenant(product), pg.schema_tenant(product)
     from tenant_infra.migrate.executors import Job, SandboxExecutor
 
@@ -206,7 +222,7 @@ def test_a_child_runs_without_capabilities_and_ends_with_its_tenant(
     for pid in workers:  # each child has exited
         assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
     if os.geteuid() == 0:
-        assert effective_capabilities() != 0  # the operator keeps its own
+        assert capabilities().get("CapEff")  # the operator keeps its own
 
 
 def _state(pid: int) -> str:
@@ -218,7 +234,7 @@ def _state(pid: int) -> str:
 
 def test_a_script_directory_that_cannot_load_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "versions").mkdir()
-    (tmp_path / "versions" / "0001_x.py").write_text("revision = '0001'\nraise SystemExit(3)\n")
+    (tmp_path / "versions" / "0001_x.py").write_text("revision = make_id()\n")
     from tenant_infra.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="cannot load") as caught, Sandbox(tmp_path):
@@ -230,7 +246,9 @@ def test_oversized_or_malformed_messages_are_refused() -> None:
     import socket
     import struct
 
+    deep = b"[" * 100_000
     for payload in (
+        struct.pack("!I", len(deep)) + deep,  # exhausts a recursive parser
         struct.pack("!I", MAX_MESSAGE + 1),
         struct.pack("!I", 3) + b"[1]",
         struct.pack("!I", 5) + b"nope!",
@@ -299,3 +317,45 @@ def test_killing_the_operator_mid_run_leaves_no_partial_tenant_and_no_process(
     again = cli(*args[:-1], str(fast), "--concurrency", "2", products=(product,))
     assert again.returncode == 0, again.stderr
     assert all(version(s) == "0001" and tables(s) == {"t", "alembic_version"} for s in svcs)
+
+
+_MISBEHAVING = {
+    # exits without an answer
+    "exit": "import os; os._exit(0)",
+    # exits, leaving a grandchild that holds the lane open for a long time
+    "linger": "import os, time\nif os.fork() == 0:\n    time.sleep(60)\nos._exit(0)",
+    # writes a frame that is not JSON (deeply nested) on every socket it can find, then exits
+    "garbage": (
+        "import os\nfor fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, (200000).to_bytes(4, 'big') + b'[' * 200000)\n"
+        "    except OSError:\n        pass\nos._exit(0)"
+    ),
+}
+
+
+@pytest.mark.parametrize("behaviour", sorted(_MISBEHAVING))
+def test_a_misbehaving_revision_fails_its_tenant_quickly_and_the_run_goes_on(
+    pg: PgSandbox, product: str, tmp_path: Path, behaviour: str
+) -> None:
+    import time
+
+    from conftest import write_script_dir
+
+    from tenant_infra.migrate.credentials import attach_credentials, load_documents
+    from tenant_infra.migrate.fleet import migrate_fleet
+    from tenant_infra.migrate.targets import discover_product
+
+    services = [pg.schema_tenant(product) for _ in range(2)]
+    script = write_script_dir(tmp_path / behaviour, ["CREATE TABLE t (id int)"])
+    revision = script / "versions" / "0001_r.py"
+    body = _MISBEHAVING[behaviour].replace("\n", "\n    ")
+    revision.write_text(revision.read_text().replace("def upgrade() -> None:", f"def upgrade() -> None:\n    {body}"))
+    documents = load_documents([write_connections(tmp_path / "c.json", services)])
+    targets = attach_credentials(discover_product(ADMIN, product), documents, environ={})
+    started = time.monotonic()
+    report = migrate_fleet(targets, script, {}, concurrency=1)
+    assert time.monotonic() - started < 30  # a lingering grandchild holds nobody up
+    assert [r.status for r in report.results] == ["failed", "failed"]
+    for result in report.results:
+        assert "ended without a result" in (result.error or "")
+    assert all(version(s) is None for s in services)
