@@ -47,6 +47,7 @@ def _migrate(props: dict[str, Any]) -> str:
     from tenant_infra.catalog import load_catalog
     from tenant_infra.migrate.executors import Job, SandboxExecutor
     from tenant_infra.migrate.targets import MigrationTarget
+    from tenant_infra.migrate.worker import reach
 
     tenant, product, head = props["tenant"], props["product"], props["head"]
     location = load_catalog().product(product).script_location
@@ -69,7 +70,9 @@ def _migrate(props: dict[str, Any]) -> str:
             "application_name": "tenant-infra-migrate",
         },
     )
-    with SandboxExecutor(Job(str(location), {}, "upgrade", head), 1) as executor:
+    ports, files = reach([target.params or {}])
+    job = Job(str(location), {}, "upgrade", head, ports, files)
+    with SandboxExecutor(job, 1) as executor:
         (result,) = executor.map([(0, target)])
     if result.status == "failed":
         raise RuntimeError(
@@ -197,7 +200,7 @@ def _migrate_mongo(props: dict[str, Any]) -> int:
     with Sandbox(location, mongo=True) as sandbox:
         lane = sandbox.lane()
         try:
-            lane.send(hello({}, "heads", ports=[port]))
+            lane.send(hello({}, "heads", head=sandbox.head, ports=[port, 53]))
             reply = lane.request(
                 {
                     "op": "mongo",

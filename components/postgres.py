@@ -21,7 +21,7 @@ PUBLIC's default CONNECT/TEMP on a dedicated database is revoked.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import pulumi
 import pulumi_postgresql as postgresql
@@ -52,6 +52,31 @@ def revoke_public(
         object_type="schema" if schema else "database",
         privileges=[],
         opts=opts,
+    )
+
+
+def unprivileged_role(
+    name: str,
+    role: str,
+    password: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+    login: bool = True,
+    **settings: Any,
+) -> postgresql.Role:
+    """A role with no attribute beyond LOGIN: every privilege it has is granted."""
+    return postgresql.Role(
+        name,
+        name=role,
+        login=login,
+        password=password,
+        superuser=False,
+        create_database=False,
+        create_role=False,
+        replication=False,
+        bypass_row_level_security=False,
+        inherit=False,
+        opts=opts,
+        **settings,
     )
 
 
@@ -97,21 +122,15 @@ class ServicePostgres(pulumi.ComponentResource):
             else providers.postgres(names.product, pg_shared_database(names.product), "shared")
         )
         self.password = generated_password(f"{name}-password", self)
-        role = postgresql.Role(
+        role = unprivileged_role(
             f"{name}-role",
-            name=names.pg_role,
+            names.pg_role,
+            self.password,
+            pulumi.ResourceOptions(parent=self, provider=role_provider),
             login=args.login,
-            password=self.password,
-            superuser=False,
-            create_database=False,
-            create_role=False,
-            replication=False,
-            bypass_row_level_security=False,
-            inherit=False,
             connection_limit=args.limits.pg_connection_limit,
             statement_timeout=args.limits.pg_statement_timeout_ms,
             search_paths=[names.pg_schema],
-            opts=pulumi.ResourceOptions(parent=self, provider=role_provider),
         )
         self.role = role.name
         self.database, self.schema = (

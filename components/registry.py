@@ -19,7 +19,7 @@ import pulumi
 import pulumi_postgresql as postgresql
 
 from components import PACKAGE
-from components.postgres import revoke_public
+from components.postgres import revoke_public, unprivileged_role
 from components.providers import Providers
 from tenant_infra.config import RegistrySettings
 from tenant_infra.registry.store import SCHEMA
@@ -43,23 +43,12 @@ class RegistryDatabase(pulumi.ComponentResource):
         admin = providers.postgres("default", "postgres", "admin")
         here = pulumi.ResourceOptions(parent=self, provider=admin)
 
-        def login(key: str, role: str, password: pulumi.Output[str]) -> postgresql.Role:
-            return postgresql.Role(
-                f"{name}-{key}",
-                name=role,
-                login=True,
-                password=password,
-                superuser=False,
-                create_database=False,
-                create_role=False,
-                replication=False,
-                bypass_row_level_security=False,
-                inherit=False,
-                opts=here,
-            )
-
-        writer = login("writer", settings.user, credentials.registry_password())
-        reader = login("reader", settings.reader, credentials.registry_password(reader=True))
+        writer = unprivileged_role(
+            f"{name}-writer", settings.user, credentials.registry_password(), here
+        )
+        reader = unprivileged_role(
+            f"{name}-reader", settings.reader, credentials.registry_password(reader=True), here
+        )
         database = postgresql.Database(
             f"{name}-db",
             name=settings.database,

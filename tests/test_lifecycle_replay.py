@@ -480,3 +480,34 @@ def test_every_transition_is_recorded_and_announced_in_the_seed_contract(world: 
          for table in ("tenants", "services", "history", "outbox")]
     )
     assert passwords and not any(p in everything for p in passwords)
+
+
+def test_events_survive_redis_being_down_mid_lifecycle(world: World) -> None:
+    """Point the platform at a closed port, run operations, point it back: every event
+    arrives once, in order, after the next operation."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    sub = Subscriber(world.plane.channel)
+    tenant = world.new_tenant("outage")
+    kw = world.kwargs()
+    try:
+        world.plane.write(redis_port=closed)
+        commands.onboard(tenant, (), DEV_STACK, verify=None, **kw)
+        assert commands.register(tenant, ["tracer:SCHEMA"], verify=world.verify, **kw).ok
+        assert sub.received(settle=0.3) == []  # nothing reached Redis
+        world.plane.write()
+        assert commands.suspend(tenant, **kw).ok
+        events = sub.received()
+    finally:
+        sub.close()
+    assert [e["event_type"] for e in events] == [
+        "tenant.created",
+        "tenant.service.associated",
+        "tenant.suspended",
+    ]
+    assert len({e["event_id"] for e in events}) == 3
+    pending = world.plane.rows("SELECT count(*) AS n FROM registry.outbox WHERE published_at IS NULL")
+    assert pending == [{"n": 0}]

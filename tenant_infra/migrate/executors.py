@@ -28,7 +28,7 @@ from tenant_infra.errors import BackendUnavailable
 from tenant_infra.migrate.engine import TargetResult
 from tenant_infra.migrate.sandbox import Lane, Sandbox
 from tenant_infra.migrate.targets import MigrationTarget
-from tenant_infra.migrate.worker import Mode, hello, result_of, target_request
+from tenant_infra.migrate.worker import Mode, hello, reach, result_of, target_request
 
 __all__ = ["Job", "Mode", "SandboxExecutor"]
 
@@ -43,6 +43,10 @@ class Job:
     params: Mapping[str, str] = field(repr=False)
     mode: Mode = "upgrade"
     destination: str = "heads"
+    #: What children may reach: the TCP ports and TLS files of the run's connections
+    #: (:func:`tenant_infra.migrate.worker.reach`); ``params``' own are added.
+    ports: tuple[int, ...] = ()
+    files: tuple[str, ...] = ()
 
 
 class SandboxExecutor:
@@ -79,7 +83,7 @@ class SandboxExecutor:
         results: queue.Queue[TargetResult | None] = queue.Queue()
 
         def lane_loop() -> None:
-            lanes = _Lanes(self._open, self._greeted)
+            lanes = _Lanes(self._open)
             try:
                 while True:
                     with take:
@@ -122,40 +126,41 @@ class SandboxExecutor:
             )
         own = target.params is not None  # a tenant's own credentials: a child of its own
         try:
-            if own:
-                lane = lanes.fresh()
-                greeting = hello({}, self.job.destination, reach=[target.params or {}])
-                if not lane.send(greeting):
-                    lane.close()
-                    return result_of(None, target, index, started, lane.pid)
-            else:
-                lane = lanes.shared()
+            lane = lanes.fresh() if own else lanes.shared()
         except BackendUnavailable as exc:
             return TargetResult.of(target, index, "failed", error=str(exc), started=started)
         if own:
-            lanes.prepare()  # the next tenant's child is forked and confined meanwhile
+            lanes.prepare()  # the next tenant's child is forked, confined and warmed meanwhile
         reply = lane.request(target_request(self.job.mode, target))
         if own or reply is None:
             lanes.done(lane)
         return result_of(reply, target, index, started, lane.pid)
 
     def _open(self) -> Lane:
-        return self._sandbox.lane()
-
-    def _greeted(self) -> Lane:
+        """A fresh child, greeted at once: it confines itself and loads the script
+        directory before any tenant is assigned to it."""
+        job = self.job
+        ports, files = reach([job.params])
         lane = self._sandbox.lane()
-        if not lane.send(hello(self.job.params, self.job.destination)):
+        greeting = hello(
+            job.params,
+            job.destination,
+            head=self._sandbox.head,
+            ports=(*job.ports, *ports),
+            files=(*job.files, *files),
+        )
+        if not lane.send(greeting):
             lane.close()
             raise BackendUnavailable("a sandbox child exited before its greeting")
         return lane
 
 
 class _Lanes:
-    """One thread's children: a spare forked ahead for the next tenant (greeted only
-    when it gets one), and the greeted child generic targets share."""
+    """One thread's children: a spare forked ahead for the next tenant, and the one
+    generic targets share."""
 
-    def __init__(self, open_lane: Callable[[], Lane], greeted: Callable[[], Lane]) -> None:
-        self._open, self._greeted = open_lane, greeted
+    def __init__(self, open_lane: Callable[[], Lane]) -> None:
+        self._open = open_lane
         self._spare: Lane | None = None
         self._shared: Lane | None = None
 
@@ -170,7 +175,7 @@ class _Lanes:
 
     def shared(self) -> Lane:
         if self._shared is None:
-            self._shared = self._greeted()
+            self._shared = self._open()
         return self._shared
 
     def done(self, lane: Lane) -> None:

@@ -18,7 +18,7 @@ from tenant_infra.migrate.connection import with_libpq_environment
 from tenant_infra.migrate.engine import TargetResult
 from tenant_infra.migrate.executors import Job, Mode, SandboxExecutor
 from tenant_infra.migrate.targets import MigrationTarget
-from tenant_infra.migrate.worker import script_exists
+from tenant_infra.migrate.worker import reach, script_exists
 
 if TYPE_CHECKING:
     from tenant_infra.registry import Registry
@@ -93,7 +93,15 @@ def migrate_fleet(
     location = script_exists(script_location)
     report = FleetReport(mode=mode, script_location=str(script_location), head=None)
     generic = any(t.params is None and not t.unavailable for t in targets)
-    job = Job(str(location), with_libpq_environment(params) if generic else {}, mode, destination)
+    ports, files = reach(t.params for t in targets if t.params is not None)
+    job = Job(
+        str(location),
+        with_libpq_environment(params) if generic else {},
+        mode,
+        destination,
+        ports,
+        files,
+    )
     indexed = list(enumerate(targets))
     total = len(indexed)
     done = 0

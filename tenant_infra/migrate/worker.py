@@ -12,6 +12,7 @@ operator's own target, never from the reply.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,26 +46,33 @@ def _ports(params: Mapping[str, str]) -> list[int]:
     return [int(p) for p in raw.split(",") if p.strip().isdigit()]
 
 
+def reach(connections: Iterable[Mapping[str, str]]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The TCP ports and TLS files of every connection a run's children will make:
+    all their confinement lets them reach (DNS included)."""
+    ports, files = {_DNS_PORT}, []
+    for each in connections:
+        ports.update(_ports(each))  # none given: libpq's default, PGPORT or 5432
+        files += [str(each[k]) for k in _FILE_PARAMS if each.get(k)]
+    return tuple(sorted(ports)), tuple(dict.fromkeys(files))
+
+
 def hello(
     params: Mapping[str, str],
     destination: str,
     *,
-    reach: Iterable[Mapping[str, str]] = (),
+    head: str | None = None,
     ports: Iterable[int] = (),
+    files: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """A child's greeting. ``reach``: the parameters of every connection it will make
-    (its ports and TLS files are all its confinement lets it reach); ``ports``: more."""
-    allowed = [*ports, _DNS_PORT]
-    files: list[str] = []
-    for each in (params, *reach):
-        if each:
-            allowed += _ports(each)
-            files += [str(each[k]) for k in _FILE_PARAMS if each.get(k)]
+    """A child's greeting, the same for every child of a run: the parameters of
+    targets that bring none, the destination, the head the operator read statically,
+    and what the child's confinement lets it reach."""
     return {
         "params": dict(params),
         "destination": destination,
-        "ports": sorted(set(allowed)),
-        "files": files,
+        "head": head,
+        "ports": sorted(set(ports)),
+        "files": list(files),
     }
 
 
@@ -183,23 +191,33 @@ class Worker:
 
     @classmethod
     def load(cls, location: str, greeting: Mapping[str, Any], mongo: bool) -> Worker:
-        """Import the script directory (the product's code runs from here on) and
-        check that Alembic agrees with the head the operator read statically."""
-        from tenant_infra.migrate.revisions import declared_head
-
+        """Import the script directory (the product's code runs from here on), check
+        that Alembic agrees with the head the operator read statically, and warm up."""
         config, script = load_script(location)
         refusal = None
-        try:
-            static = declared_head(location)
-        except Exception as exc:
-            static = f"unreadable ({exc})"
-        if static != head_of(script):
+        static, real = greeting.get("head"), head_of(script)
+        if static != real:
             refusal = (
-                f"the script directory's head is {head_of(script)} to Alembic but "
-                f"{static} read statically: revision identifiers must be literal, "
-                "top-level assignments"
+                f"the script directory's head is {real} to Alembic but {static} read "
+                "statically: revision identifiers must be literal, top-level assignments"
             )
-        return cls(config, script, load_spec(Path(location)) if mongo else [], greeting, refusal)
+        worker = cls(config, script, load_spec(Path(location)) if mongo else [], greeting, refusal)
+        worker.warm_up()
+        return worker
+
+    def warm_up(self) -> None:
+        """Render the revisions offline once, before any tenant's request: what Alembic
+        and SQLAlchemy build lazily is built while this child waits for its tenant."""
+        from tenant_infra.migrate.engine import render_sql
+
+        # A revision that cannot render offline simply gets no warm-up.
+        with contextlib.suppress(Exception):
+            render_sql(
+                self.migrator.config,
+                self.migrator.script,
+                MigrationTarget("warm_up"),
+                starting=None,
+            )
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         if self.refusal:
