@@ -214,6 +214,28 @@ def python_paths() -> list[Path]:
     return paths
 
 
-#: System paths every confined process may read: shared libraries, certificates, host
-#: and resolver files, zoneinfo, and the devices nothing works without.
-SYSTEM_PATHS: Final = ("/usr", "/lib", "/lib64", "/etc", "/dev/null", "/dev/urandom")
+#: System paths every confined process may read: shared libraries, certificates, the
+#: resolver's and the user database's files, zoneinfo, and the devices nothing works
+#: without. Never all of ``/etc``: a capability-less root still owns ``/etc/shadow``.
+SYSTEM_PATHS: Final = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/localtime",
+    "/etc/ssl",
+    "/etc/pki",
+    "/etc/ca-certificates",
+    "/etc/postgresql-common/pg_service.conf",
+    "/dev/null",
+    "/dev/urandom",
+)

@@ -70,6 +70,7 @@ def _assert_nothing_leaked(reports: dict[str, dict[str, Any]], services: list[Se
         if CONFINED:
             assert report["readable"] == [] and not any(report["ancestors"])  # no /proc at all
             assert channels == {
+                "shadow": False,
                 "write_tmp": False,
                 "redis": False,
                 "signal_parent": False,
