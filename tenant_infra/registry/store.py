@@ -45,6 +45,9 @@ SCRIPT_LOCATION: Final = Path(__file__).resolve().parents[2] / "migrations" / "r
 PLATFORM_STACK_ENV: Final = "TENANT_INFRA_PLATFORM_STACK"
 ACTOR_ENV: Final = "TENANT_INFRA_ACTOR"
 
+#: How long published events stay in the outbox.
+OUTBOX_RETENTION: Final = "7 days"
+
 #: Tenant states (services have :class:`tenant_infra.lifecycle.ServiceState`).
 ACTIVE, SUSPENDED, DELETED = "active", "suspended", "deleted"
 
@@ -160,6 +163,12 @@ class Registry:
         if result.status == "failed":
             raise BackendUnavailable(f"registry schema: {result.error}")
         self.drain()  # what an earlier run could not publish
+        with self.connect() as conn:
+            # Published events are kept a while (for an operator's questions), not forever.
+            conn.execute(
+                f"DELETE FROM {SCHEMA}.outbox WHERE published_at < now() - %s::interval",
+                (OUTBOX_RETENTION,),
+            )
         return self
 
     # ----------------------------------------------------------------- recording
