@@ -200,7 +200,7 @@ def _migrate_mongo(props: dict[str, Any]) -> int:
     with Sandbox(location, mongo=True) as sandbox:
         lane = sandbox.lane()
         try:
-            lane.send(hello({}, "heads", head=sandbox.head, ports=[port, 53]))
+            lane.send(hello({}, "heads", head=sandbox.head, ports=[port, 53]))  # 53: SRV
             reply = lane.request(
                 {
                     "op": "mongo",

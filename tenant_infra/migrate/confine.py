@@ -2,8 +2,8 @@
 
 - :func:`make_undumpable`: other processes of the same user can no longer read this
   one's ``/proc/<pid>/{environ,mem,fd}`` nor ptrace it (as ssh-agent and gpg-agent do).
-- :func:`own_ipc_namespace`: System V shared memory, semaphores and message queues of
-  its own, so two tenants' runs cannot meet there.
+- :func:`own_namespaces`: PID and System V IPC namespaces of its own: whatever product
+  code starts dies with its tenant's run, and two runs cannot meet in shared memory.
 - :func:`drop_privileges`: no capability (effective, permitted, inheritable, ambient,
   bounding) and ``no_new_privs``.
 - :func:`landlock`: the kernel's unprivileged sandbox. Files: read-only beneath the
@@ -11,6 +11,8 @@
   only to the ports given, bind none. Scope: no signal to, and no abstract Unix socket
   of, any process outside the sandbox; ptrace and ``/proc`` of processes outside it are
   refused by Landlock itself.
+- :func:`seccomp`: what Landlock does not cover: the kernel keyring, Unix-domain and
+  datagram sockets, file metadata (chmod, chown, utime, xattrs), io_uring.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _PR_CAP_AMBIENT: Final = 47
 _PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 _CAPABILITY_VERSION_3: Final = 0x20080522
 _CLONE_NEWIPC: Final = 0x08000000
+_CLONE_NEWPID: Final = 0x20000000
 _CLONE_NEWUSER: Final = 0x10000000
 
 # Landlock (include/uapi/linux/landlock.h); syscall numbers are the same on every arch.
@@ -77,15 +80,17 @@ def reap_orphans() -> None:
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def own_ipc_namespace() -> bool:
-    """A System V IPC namespace of its own (as root; else in a user namespace when the
-    kernel allows it). False: it could not, and the README's residual applies."""
+def own_namespaces() -> bool:
+    """New PID and System V IPC namespaces for what this process forks next (as root;
+    else inside a user namespace when the kernel allows it). The first child forked is
+    PID 1 there: when it exits, the kernel kills everything it left behind. False: it
+    could not, and the README's residual applies."""
     libc = _libc()
     if libc is None:
         return False
-    if libc.unshare(_CLONE_NEWIPC) == 0:
+    if libc.unshare(_CLONE_NEWPID | _CLONE_NEWIPC) == 0:
         return True
-    return bool(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWIPC) == 0)
+    return bool(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWIPC) == 0)
 
 
 class _CapHeader(ctypes.Structure):
@@ -232,10 +237,100 @@ SYSTEM_PATHS: Final = (
     "/etc/passwd",
     "/etc/group",
     "/etc/localtime",
-    "/etc/ssl",
-    "/etc/pki",
+    "/etc/ssl/certs",
+    "/etc/pki/tls/certs",
+    "/etc/pki/ca-trust/extracted",
     "/etc/ca-certificates",
     "/etc/postgresql-common/pg_service.conf",
     "/dev/null",
     "/dev/urandom",
 )
+
+
+# -- seccomp: what Landlock does not cover ----------------------------------------------
+
+_SCMP_ACT_ALLOW: Final = 0x7FFF0000
+_SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 4, 7
+_AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
+_SOCK_DGRAM, _SOCK_RAW, _SOCK_TYPE_MASK = 2, 3, 0xF
+#: Refused outright: the kernel keyring (shared by every process of the user), file
+#: metadata (a capability-less root still owns almost every file, and Landlock does
+#: not guard chmod, chown, utime or xattrs), io_uring (it bypasses these filters), and
+#: reaching into other processes.
+DENIED_SYSCALLS: Final = (
+    "add_key", "keyctl", "request_key",
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "utimensat", "futimesat",
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
+    "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd",
+)  # fmt: skip
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+@functools.cache
+def _libseccomp() -> Any:
+    """libseccomp, loaded once (call it before confinement: finding it runs ldconfig)."""
+    import ctypes.util
+
+    for name in ("libseccomp.so.2", ctypes.util.find_library("seccomp")):
+        if name:
+            try:
+                return ctypes.CDLL(name, use_errno=True)
+            except OSError:
+                continue
+    return None
+
+
+def seccomp(*, datagrams: bool = False) -> bool:
+    """Refuse :data:`DENIED_SYSCALLS`, Unix-domain sockets (services that trust the
+    caller's uid), and unless ``datagrams``, UDP and raw sockets (TCP is Landlock's,
+    by port). False: no libseccomp here, nothing done."""
+    lib = _libseccomp()
+    if lib is None or not sys.platform.startswith("linux"):
+        return False
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp)
+    ]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    deny = 0x00050000 | 1  # SCMP_ACT_ERRNO(EPERM)
+    ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
+    if not ctx:
+        raise OSError("seccomp_init failed")
+
+    def rule(name: str, *conditions: tuple[int, int, int, int]) -> None:
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number < 0:
+            return  # not on this architecture or kernel
+        args = (_ArgCmp * max(1, len(conditions)))(*[_ArgCmp(*c) for c in conditions])
+        if lib.seccomp_rule_add_array(ctx, deny, number, len(conditions), args) != 0:
+            raise OSError(f"seccomp rule for {name} refused")
+
+    try:
+        for name in DENIED_SYSCALLS:
+            rule(name)
+        rule("socket", (0, _SCMP_CMP_EQ, _AF_UNIX, 0))
+        if not datagrams:
+            for family in (_AF_INET, _AF_INET6):
+                for kind in (_SOCK_DGRAM, _SOCK_RAW):
+                    rule(
+                        "socket",
+                        (0, _SCMP_CMP_EQ, family, 0),
+                        (1, _SCMP_CMP_MASKED_EQ, _SOCK_TYPE_MASK, kind),
+                    )
+        if lib.seccomp_load(ctx) != 0:
+            raise OSError("seccomp_load failed")
+    finally:
+        lib.seccomp_release(ctx)
+    return True

@@ -29,7 +29,7 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -44,6 +44,8 @@ from tenant_infra.tenant import quote_ident
 Status = Literal["migrated", "current", "pending", "failed", "skipped"]
 
 _LOCK_SQL = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+#: How long a tenant's migration waits for its lock before failing that tenant.
+LOCK_WAIT_SECONDS: Final = 60
 
 
 @dataclass(slots=True)
@@ -189,7 +191,19 @@ class TenantMigrator:
             self._conn_key = None
 
     def _pin(self, conn: Connection, target: MigrationTarget) -> None:
-        conn.execute(_LOCK_SQL, {"key": target.lock_key})
+        # Bounded: any session can take any advisory key, so a holder that never lets go
+        # must fail this tenant in a while, not hold the run forever.
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
+        try:
+            conn.execute(_LOCK_SQL, {"key": target.lock_key})
+        except Exception as exc:
+            if "lock timeout" not in str(exc):
+                raise
+            raise RuntimeError(
+                f"another session has held the migration lock of {target.where} for "
+                f"{LOCK_WAIT_SECONDS} s; nothing was changed"
+            ) from None
+        conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
         conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
 
     # -- upgrade ----------------------------------------------------------------------

@@ -70,12 +70,20 @@ def _identifiers(path: Path) -> dict[str, Any]:
             if isinstance(target, ast.Name) and target.id in _FIELDS and value is not None:
                 try:
                     found[target.id] = ast.literal_eval(value)
-                except ValueError:
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                     raise InvalidInput(
                         f"{path}: {target.id} must be a literal for tenant-infra to read it"
                     ) from None
     if not isinstance(found.get("revision"), str):
         raise InvalidInput(f"{path}: no literal revision identifier")
+    for key in ("down_revision", "depends_on", "branch_labels"):
+        value = found.get(key)
+        if not (
+            value is None
+            or isinstance(value, str)
+            or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+        ):
+            raise InvalidInput(f"{path}: {key} must be None, a string or a list of strings")
     return found
 
 
@@ -107,5 +115,8 @@ def declared_revisions(script_location: str | Path) -> list[Revision]:
 def declared_head(script_location: str | Path) -> str | None:
     """The heads, comma-joined as :func:`~tenant_infra.migrate.engine.head_of` does."""
     revisions = declared_revisions(script_location)
-    heads = RevisionMap(lambda: revisions).heads
+    try:
+        heads = RevisionMap(lambda: revisions).heads
+    except Exception as exc:  # an unknown down_revision, a cycle: Alembic's own words
+        raise InvalidInput(f"{script_location}: {str(exc).splitlines()[0]}") from None
     return ",".join(sorted(heads)) or None

@@ -10,13 +10,15 @@ those, so revision code never runs there. Processes, like a zygote::
       └─ sandbox server: exec'd fresh, environment allow-listed, a session of its own,
          │ stdio on /dev/null; imports the libraries (never the product's revisions),
          │ then waits on a socket; reaps every orphan and kills it at the end
-         └─ one child per tenant, forked on request: closes every inherited fd, gets
-            its own IPC namespace, drops every capability, then waits for its greeting;
-            with it, Landlock confines it for good (read-only files beneath the Python
-            prefixes, the script directory and system paths; TCP only to its
-            database's port; nothing outside the sandbox signalled, traced or read in
-            /proc); only then are the revisions imported, the tenant's parameters read,
-            the migration run, the answer sent. Then it exits.
+         └─ one child per tenant, forked on request: closes every inherited fd, opens
+            PID and IPC namespaces (its worker is PID 1 there: whatever a revision
+            starts dies with it), drops every capability; with its greeting, Landlock
+            confines it for good (read-only files beneath the Python prefixes, the
+            script directory and system paths; TCP only to the run's database ports;
+            nothing outside the sandbox signalled, traced or read in /proc), and
+            seccomp closes what Landlock leaves (keyring, Unix and UDP sockets, file
+            metadata, io_uring); only then are the revisions imported, the tenant's
+            parameters read, the migration run, the answer sent. Then it exits.
 
 The server never reads a tenant's parameters and never runs product code: it receives
 a socket over SCM_RIGHTS and forks. So no process can hold two tenants' parameters,
@@ -295,6 +297,8 @@ def _preload(mongo: bool) -> None:
     import tenant_infra.migrate.worker  # noqa: F401
 
     create_engine("postgresql+psycopg://").dialect  # noqa: B018
+    confine._libseccomp()  # loaded before any child is confined
+    confine.landlock_abi()
     if mongo:
         import pymongo  # noqa: F401
 
@@ -372,7 +376,13 @@ def _child(fd: int, location: str, mongo: bool) -> int:  # pragma: no cover - in
     os.closerange(3, fd)
     os.closerange(fd + 1, 1 << 16)
     confine.die_with_parent()
-    confine.own_ipc_namespace()
+    if confine.own_namespaces():
+        pid = os.fork()  # PID 1 of the new namespaces does the work
+        if pid != 0:
+            os.close(fd)  # the lane is the namespace's alone
+            _pid, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) & 0xFF
+        confine.die_with_parent()
     confine.drop_privileges()
     confine.make_undumpable()
     sock = socket.socket(fileno=fd)
@@ -383,6 +393,7 @@ def _child(fd: int, location: str, mongo: bool) -> int:  # pragma: no cover - in
 
     readable, ports = confinement(hello, location)
     confine.landlock(readable, ports)
+    confine.seccomp(datagrams=mongo)  # MongoDB on Atlas resolves SRV records itself
     worker = Worker.load(location, hello, mongo)  # the product's code runs from here on
     try:
         while (request := recv_message(sock)) is not None:

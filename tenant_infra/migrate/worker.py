@@ -36,8 +36,6 @@ _STATUSES: Final = frozenset({"migrated", "current", "pending", "failed", "skipp
 
 #: libpq parameters naming files a connection reads (TLS material).
 _FILE_PARAMS: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir")
-#: DNS over TCP, which resolvers fall back to (SRV lookups for Atlas, large answers).
-_DNS_PORT: Final = 53
 
 
 def _ports(params: Mapping[str, str]) -> list[int]:
@@ -48,8 +46,8 @@ def _ports(params: Mapping[str, str]) -> list[int]:
 
 def reach(connections: Iterable[Mapping[str, str]]) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """The TCP ports and TLS files of every connection a run's children will make:
-    all their confinement lets them reach (DNS included)."""
-    ports, files = {_DNS_PORT}, []
+    all their confinement lets them reach (host names are resolved by the operator)."""
+    ports, files = set(), []
     for each in connections:
         ports.update(_ports(each))  # none given: libpq's default, PGPORT or 5432
         files += [str(each[k]) for k in _FILE_PARAMS if each.get(k)]
@@ -68,7 +66,7 @@ def hello(
     targets that bring none, the destination, the head the operator read statically,
     and what the child's confinement lets it reach."""
     return {
-        "params": dict(params),
+        "params": with_host_address(params),
         "destination": destination,
         "head": head,
         "ports": sorted(set(ports)),
@@ -82,11 +80,34 @@ def confinement(greeting: Mapping[str, Any], location: str) -> tuple[list[str], 
 
     readable = [*SYSTEM_PATHS, *map(str, python_paths()), location]
     home = os.environ.get("HOME")
-    if home:
-        readable.append(os.path.join(home, ".postgresql"))  # libpq's default TLS files
+    if home:  # libpq's default CA files, never the client key beside them
+        readable += [os.path.join(home, ".postgresql", f) for f in ("root.crt", "root.crl")]
     readable += [str(f) for f in greeting.get("files") or [] if isinstance(f, str)]
     ports = [int(p) for p in greeting.get("ports") or [] if isinstance(p, int)]
     return readable, ports
+
+
+def with_host_address(params: Mapping[str, str]) -> dict[str, str]:
+    """``params`` with the host resolved here (``hostaddr``): a confined child has no
+    DNS (no datagram sockets); ``host`` stays, for TLS verification."""
+    import ipaddress
+    import socket
+
+    out = dict(params)
+    host = out.get("host", "")
+    if not host or out.get("hostaddr") or host.startswith("/") or "," in host:
+        return out
+    try:
+        ipaddress.ip_address(host)
+        return out
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, out.get("port") or 5432, type=socket.SOCK_STREAM)
+    except OSError:
+        return out  # the child's connection attempt reports it, for that tenant alone
+    out["hostaddr"] = str(infos[0][4][0])
+    return out
 
 
 def target_request(mode: Mode, target: MigrationTarget) -> dict[str, Any]:
@@ -99,7 +120,7 @@ def target_request(mode: Mode, target: MigrationTarget) -> dict[str, Any]:
             "tenant": target.tenant,
             "product": target.product,
             "role": target.role,
-            "params": dict(target.params) if target.params is not None else None,
+            "params": with_host_address(target.params) if target.params is not None else None,
         },
     }
 

@@ -169,8 +169,8 @@ def upgrade() -> None:
         channels["redis"] = True
     except OSError:
         channels["redis"] = False
-    try:
-        os.kill(parent, 0)
+    try:  # in a PID namespace of its own its parent is invisible (0): nothing to signal
+        os.kill(parent, 0) if parent > 0 else (_ for _ in ()).throw(OSError())
         channels["signal_parent"] = True
     except OSError:
         channels["signal_parent"] = False
@@ -179,6 +179,31 @@ def upgrade() -> None:
         channels["tty"] = True
     except OSError:
         channels["tty"] = False
+    libc = ctypes.CDLL(None, use_errno=True)
+    add_key = {{"x86_64": 248, "aarch64": 217}}.get(os.uname().machine)
+    channels["keyring"] = bool(
+        add_key and libc.syscall(add_key, b"user", b"hostile-probe", b"x", 1, -4) > 0
+    )
+    for name, family, kind in (("udp", socket.AF_INET, socket.SOCK_DGRAM),
+                               ("unix", socket.AF_UNIX, socket.SOCK_STREAM)):
+        try:
+            socket.socket(family, kind).close()
+            channels[name] = True
+        except OSError:
+            channels[name] = False
+    mode = os.stat(__file__).st_mode
+    try:
+        os.chmod(__file__, 0o4777)
+        os.chmod(__file__, mode)
+        channels["chmod"] = True
+    except OSError:
+        channels["chmod"] = False
+    if os.fork() == 0:  # a process left behind, to outlive the run if it can
+        os.setsid()
+        if os.fork() == 0:
+            import time
+            time.sleep(30)
+        os._exit(0)
     with op.get_bind().connection.cursor() as cur:
         cur.execute("SELECT current_user")
         user = cur.fetchone()[0]

@@ -70,6 +70,10 @@ def _assert_nothing_leaked(reports: dict[str, dict[str, Any]], services: list[Se
         if CONFINED:
             assert report["readable"] == [] and not any(report["ancestors"])  # no /proc at all
             assert channels == {
+                "keyring": False,
+                "udp": False,
+                "unix": False,
+                "chmod": False,
                 "shadow": False,
                 "write_tmp": False,
                 "redis": False,
@@ -114,6 +118,8 @@ def test_hostile_revision_finds_no_secret_through_migrate(
     assert run.returncode == 0, run.stdout + run.stderr
     assert {t["status"] for t in json.loads(run.stdout)["tenants"]} == {"migrated"}
     assert all(version(s) == "9999" for s in services)
+    if CONFINED:  # what each revision left behind died with its tenant's run
+        assert _sandbox_processes() == [] or _settled_empty()
     assert vault.requests and all(ok for _, ok in vault.requests)  # Vault did serve them
     _assert_nothing_leaked(_reports(services), services)
     for out in (run.stdout, run.stderr):
@@ -259,6 +265,15 @@ def test_oversized_or_malformed_messages_are_refused() -> None:
             theirs.sendall(payload)
             theirs.shutdown(socket.SHUT_WR)
             assert recv_message(ours) is None
+
+
+def _settled_empty(seconds: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _sandbox_processes()
 
 
 def _sandbox_processes() -> list[int]:
