@@ -261,6 +261,17 @@ def list_(
     _show_status(commands.list_tenants(state=state, product=product), format)
 
 
+@app.command("drain-events")
+def drain_events() -> None:
+    """Publish lifecycle events still waiting in the registry's outbox (after Redis
+    was unreachable); exit 1 if some still wait."""
+    from tenant_infra import commands
+
+    published, waiting = commands.drain_events()
+    print(f"{published} published, {waiting} waiting")
+    _finish(waiting == 0)
+
+
 @app.command()
 def history(
     tenant: Annotated[str, typer.Argument(help="The tenant.")],
@@ -365,10 +376,14 @@ def _pairs(items: Sequence[str]) -> dict[str, str]:
 def _show_status(results: Iterable[TenantStatus], format: Format) -> list[TenantStatus]:
     """Statuses as one JSON document (written as they stream in) or a table."""
     if format is Format.JSON:
+        import itertools
+
         shown: list[TenantStatus] = []
         out = sys.stdout
+        stream = iter(results)
+        first = next(stream, None)  # an unreachable registry fails before any output
         out.write('{"tenants": [')
-        for i, result in enumerate(results):
+        for i, result in enumerate(itertools.chain([first] if first else [], stream)):
             out.write((", " if i else "") + json.dumps(result.to_json()))
             if result.drift:
                 shown.append(result)

@@ -267,6 +267,10 @@ def status(
         raise InvalidInput(f"unknown tenant {tenant!r}: not in the registry")
     recorded = _recorded(row, workspace)
     if refresh:
+        if workspace.read_config(tenant) is None:
+            if recorded.state != "deleted":
+                recorded.drift = ["the registry has the tenant, but there is no stack file"]
+            return recorded
         stack = lifecycle.read_status(_backend(workspace, backend), workspace, tenant)
         recorded.drift = lifecycle.drift(stack, recorded)
     return recorded
@@ -284,6 +288,16 @@ def list_tenants(
     workspace = _workspace(root)
     rows = _read_registry(workspace, backend).tenants(state=state, product=product)
     return (_recorded(row, workspace) for row in rows)
+
+
+def drain_events(
+    *, backend: StackBackend | None = None, root: Path | None = None
+) -> tuple[int, int]:
+    """Publish the events still waiting in the outbox (after a Redis outage, without
+    waiting for the next operation); returns (published now, still waiting)."""
+    reached = registry(_workspace(root), backend)  # opening drains once already
+    published = reached.drain()
+    return published, reached.pending_events()
 
 
 def history(

@@ -177,7 +177,9 @@ def drift(stack: TenantStatus, registry: TenantStatus) -> list[str]:
         if other is None:
             found.append(f"{service.product}: on the stack, not in the registry")
             continue
-        for what in ("state", "isolation", "revision"):
+        # Not the revision: `migrate` moves it in the registry, the stack's marker
+        # catches up at the next update; that is lag, not drift.
+        for what in ("state", "isolation"):
             ours, theirs = getattr(service, what), getattr(other, what)
             if ours != theirs:
                 shown = [getattr(v, "value", v) for v in (ours, theirs)]
@@ -203,6 +205,7 @@ class Journal(Protocol):
         tenant: str,
         statuses: Sequence[ServiceStatus],
         tenant_state: str | None = None,
+        final: bool = True,
     ) -> None: ...
 
 
@@ -229,17 +232,32 @@ def _record(
     statuses: Sequence[ServiceStatus],
     journal: Journal | None = None,
     config: TenantConfig | None = None,
+    final: bool = False,
 ) -> None:
-    """States on the stack (tags) and, first, in the registry with their history."""
+    """States in the registry, with their history, and on the stack (tags).
+
+    The stack's tags are written even when the registry cannot record the transition;
+    the operation then fails saying so, and running it again records it.
+    """
     for status in statuses:
         status.reason = _clean_reason(status.reason)
+    failure: Exception | None = None
     if journal is not None:
-        journal(config, tenant, statuses)
+        try:
+            journal(config, tenant, statuses, final=final)
+        except Exception as exc:
+            failure = exc
     tags: dict[str, str] = {}
     for status in statuses:
         tags[_tag("state", status.product)] = status.state.value
         tags[_tag("reason", status.product)] = status.reason or "-"
     backend.set_tags(tenant, tags)
+    if failure is not None:
+        raise OperationFailed(
+            f"tenant {tenant!r}: the stack was updated but the registry could not record it "
+            f"({_clean_reason(str(failure)) or type(failure).__name__}); run the same "
+            "operation again"
+        ) from None
 
 
 def _revisions(outputs: dict[str, Any]) -> dict[str, str | None]:
@@ -421,7 +439,7 @@ def deploy(
             else:
                 status.state, status.reason = ServiceState.READY, ""
             progress(tenant, status)
-        _record(backend, tenant, list(statuses.values()), journal, config)
+        _record(backend, tenant, list(statuses.values()), journal, config, final=True)
         return TenantStatus(tenant, list(statuses.values()))
 
 
@@ -485,9 +503,16 @@ def set_suspended(
             for s in config.services
         ]
     )
-    status = deploy(
-        changed, backend, workspace, progress, None if suspended else verify, journal=journal
-    )
+    try:
+        status = deploy(
+            changed, backend, workspace, progress, None if suspended else verify, journal=journal
+        )
+    except OperationFailed:
+        # The update went through but was not recorded: the logins are refused
+        # already, so the open sessions are closed all the same.
+        if suspended and close_sessions is not None:
+            close_sessions(changed, targets)
+        raise
     if suspended and not status.error and close_sessions is not None:
         close_sessions(changed, targets)
     return status
@@ -564,7 +589,13 @@ def offboard(
         else:
             workspace.stack_file(tenant).unlink(missing_ok=True)
         if journal is not None:
-            journal(config, tenant, [], tenant_state="deleted")
+            gone = ServiceState.RETAINED if retain_data else ServiceState.PURGED
+            journal(
+                config,
+                tenant,
+                [ServiceStatus(s.product, s.isolation.value, gone) for s in config.services],
+                tenant_state="deleted",
+            )
         return []
     status = deploy(marked, backend, workspace, progress, journal=journal)
     if status.error:

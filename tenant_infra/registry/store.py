@@ -15,6 +15,7 @@ import functools
 import getpass
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ SCRIPT_LOCATION: Final = Path(__file__).resolve().parents[2] / "migrations" / "r
 #: Names the platform stack (``platform/Pulumi.<stack>.yaml``) the control plane uses.
 PLATFORM_STACK_ENV: Final = "TENANT_INFRA_PLATFORM_STACK"
 ACTOR_ENV: Final = "TENANT_INFRA_ACTOR"
+
+#: After Redis failed, how long this process leaves it alone (events wait in the outbox).
+REDIS_BACKOFF_SECONDS: Final = 30.0
+_REDIS_DOWN: dict[tuple[str, int], float] = {}
 
 #: How long published events stay in the outbox.
 OUTBOX_RETENTION: Final = "7 days"
@@ -75,6 +80,9 @@ class Change:
     services: Sequence[ServiceChange] = ()
     whole_tenant: bool = True
     tenant_state: str | None = None
+    #: The operation's last record, after its update succeeded: only then do the
+    #: tenant's tier and metadata change (and products hear of new connection settings).
+    final: bool = True
 
 
 @dataclass
@@ -84,7 +92,7 @@ class Registry:
     password: str | None = field(default=None, repr=False)
     events: EventsSettings | None = None
     redis_password: str | None = field(default=None, repr=False)
-    actor: str = field(default_factory=lambda: os.environ.get(ACTOR_ENV) or getpass.getuser())
+    actor: str = field(default_factory=lambda: _actor())
 
     # ------------------------------------------------------------------- opening
 
@@ -151,8 +159,13 @@ class Registry:
         from tenant_infra.migrate.engine import TenantMigrator
         from tenant_infra.migrate.targets import MigrationTarget
 
-        with self.connect() as conn:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        try:
+            with self.connect() as conn:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        except psycopg.errors.UniqueViolation:
+            pass  # a concurrent first open created it
+        except psycopg.Error as exc:
+            raise _reported("creating its schema", exc) from None
         # The registry's revisions are the platform's own code: they run here.
         params = {k: str(v) for k, v in self.params().items()}
         migrator = TenantMigrator(SCRIPT_LOCATION, params)
@@ -176,6 +189,13 @@ class Registry:
     def record(self, change: Change) -> None:
         """Write one transition: rows, history and outbox in one transaction; then
         publish. A no-op when nothing changed."""
+        try:
+            self._record(change)
+        except psycopg.Error as exc:
+            raise _reported(f"recording {change.operation} of {change.tenant}", exc) from None
+        self.drain()
+
+    def _record(self, change: Change) -> None:
         with self.connect() as conn, conn.transaction():
             events = _Transition(conn, change, self.actor).apply()
             environment = self.events.environment if self.events else None
@@ -192,13 +212,18 @@ class Registry:
                         encode(event.envelope(environment or "", event_id, at)),
                     ),
                 )
-        self.drain()
 
     def journal(self, operation: str, whole_tenant: bool = True) -> _Journal:
         """A :class:`tenant_infra.lifecycle.Journal` recording ``operation``'s transitions."""
         return _Journal(self, operation, whole_tenant)
 
     def record_revision(self, tenant: str, product: str, revision: str | None) -> None:
+        try:
+            return self._record_revision(tenant, product, revision)
+        except psycopg.Error as exc:
+            raise _reported("recording a revision", exc) from None
+
+    def _record_revision(self, tenant: str, product: str, revision: str | None) -> None:
         """``migrate`` reached ``revision`` for a service: its row and a history entry."""
         with self.connect() as conn, conn.transaction():
             row = conn.execute(
@@ -227,17 +252,30 @@ class Registry:
     # ------------------------------------------------------------------ events
 
     def drain(self) -> int:
+        try:
+            return self._drain()
+        except psycopg.Error as exc:
+            raise _reported("publishing events", exc) from None
+
+    def _drain(self) -> int:
         """Publish every pending event in order; what Redis refuses stays for later.
 
-        One drainer at a time (an advisory lock), so events leave in outbox order.
+        One drainer at a time (an advisory lock; a second one leaves it to the first),
+        so events leave in outbox order. Redis is given 2 s and no retry, and after a
+        failure this process leaves it alone for :data:`REDIS_BACKOFF_SECONDS`.
         A crash between PUBLISH and the commit publishes an event again, with the same
         ``event_id``: consumers deduplicate on it.
         """
         if self.events is None:
             return 0
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         settings = self.events
+        where = (settings.host, settings.port)
+        if _REDIS_DOWN.get(where, 0.0) > time.monotonic():
+            return 0  # failed a moment ago: this process does not wait on it again
         client = redis.Redis(
             host=settings.host,
             port=settings.port,
@@ -245,18 +283,22 @@ class Registry:
             username=settings.user,
             password=self.redis_password,
             ssl=settings.tls,
-            socket_timeout=3,
-            socket_connect_timeout=3,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),
         )
         published = 0
         try:
             with self.connect() as conn:
                 while True:
                     with conn.transaction():
-                        conn.execute(
-                            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                        busy = conn.execute(
+                            "SELECT NOT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
+                            " AS busy",
                             ("tenant-infra:registry:outbox",),
-                        )
+                        ).fetchone()
+                        if busy and busy["busy"]:
+                            return published  # another drainer is at it, in order
                         rows = conn.execute(
                             f"SELECT id, channel, body FROM {SCHEMA}.outbox"
                             " WHERE published_at IS NULL ORDER BY id LIMIT 200"
@@ -278,6 +320,7 @@ class Registry:
                             )
                         published += len(done)
                     if failed is not None:
+                        _REDIS_DOWN[where] = time.monotonic() + REDIS_BACKOFF_SECONDS
                         log.warning(
                             "events not published yet (Redis at %s:%s: %s); the next operation "
                             "publishes them",
@@ -292,6 +335,12 @@ class Registry:
             client.close()
 
     def pending_events(self) -> int:
+        try:
+            return self._pending_events()
+        except psycopg.Error as exc:
+            raise _reported("counting pending events", exc) from None
+
+    def _pending_events(self) -> int:
         with self.connect() as conn:
             row = conn.execute(
                 f"SELECT count(*) AS n FROM {SCHEMA}.outbox WHERE published_at IS NULL"
@@ -301,6 +350,15 @@ class Registry:
     # ------------------------------------------------------------------- reading
 
     def tenants(
+        self, state: str | None = None, product: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every tenant with its services, streamed (:meth:`_tenants`)."""
+        try:
+            yield from self._tenants(state, product)
+        except psycopg.Error as exc:
+            raise _reported("listing tenants", exc) from None
+
+    def _tenants(
         self, state: str | None = None, product: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every tenant with its services: one query, streamed through a server-side
@@ -332,6 +390,12 @@ class Registry:
             yield from cursor
 
     def tenant(self, tenant: str) -> dict[str, Any] | None:
+        try:
+            return self._tenant(tenant)
+        except psycopg.Error as exc:
+            raise _reported("reading a tenant", exc) from None
+
+    def _tenant(self, tenant: str) -> dict[str, Any] | None:
         with self.connect() as conn:
             row = conn.execute(
                 f"SELECT id AS tenant, tier, state, metadata FROM {SCHEMA}.tenants WHERE id = %s",
@@ -348,6 +412,12 @@ class Registry:
             return row
 
     def history(self, tenant: str) -> list[dict[str, Any]]:
+        try:
+            return self._history(tenant)
+        except psycopg.Error as exc:
+            raise _reported("reading history", exc) from None
+
+    def _history(self, tenant: str) -> list[dict[str, Any]]:
         with self.connect() as conn:
             return conn.execute(
                 f"SELECT at, product, operation, old_state, new_state, reason, actor"
@@ -368,14 +438,36 @@ class _Journal:
         tenant: str,
         statuses: Sequence[Any],
         tenant_state: str | None = None,
+        final: bool = True,
     ) -> None:
         """Statuses are :class:`tenant_infra.lifecycle.ServiceStatus` (read by field)."""
         services = [
             ServiceChange(s.product, s.isolation, str(s.state.value), s.reason, s.revision)
             for s in statuses
         ]
-        change = Change(tenant, self.operation, config, services, self.whole_tenant, tenant_state)
+        change = Change(
+            tenant, self.operation, config, services, self.whole_tenant, tenant_state, final
+        )
         self.registry.record(change)
+
+
+def _actor() -> str:
+    """``TENANT_INFRA_ACTOR`` (a pipeline's identity), else the OS user, else the uid."""
+    try:
+        return os.environ.get(ACTOR_ENV) or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _reported(what: str, exc: psycopg.Error) -> BackendUnavailable:
+    """A registry error as one line (never a traceback, never a value)."""
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return BackendUnavailable(
+            f"registry: {what}: it has no tables yet; run a lifecycle verb (or "
+            "tenantctl drain-events) once to create them"
+        )
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BackendUnavailable(f"registry: {what}: {detail}")
 
 
 @functools.cache
@@ -415,26 +507,40 @@ class _Transition:
 
     def apply(self) -> list[Event]:
         change = self.change
+        config = change.config
+        if config is not None:  # two runners onboarding one new tenant: one row
+            self.conn.execute(
+                f"INSERT INTO {SCHEMA}.tenants (id, metadata, tier, state)"
+                " VALUES (%s, %s, %s, 'new') ON CONFLICT (id) DO NOTHING",
+                (change.tenant, Jsonb(dict(config.metadata)), config.tier),
+            )
         tenant_row = self.conn.execute(
             f"SELECT tier, state FROM {SCHEMA}.tenants WHERE id = %s FOR UPDATE",
             (change.tenant,),
         ).fetchone()
-        config = change.config
-        old_tier = tenant_row["tier"] if tenant_row else None
         if tenant_row is None:
-            if config is None:
-                return []
+            return []
+        old_tier, old_state = tenant_row["tier"], tenant_row["state"]
+        reborn = old_state == DELETED and change.operation in ("onboard", "register")
+        if old_state == "new" or reborn:  # created, or an offboarded id onboarded again
             self.conn.execute(
-                f"INSERT INTO {SCHEMA}.tenants (id, metadata, tier, state) VALUES (%s, %s, %s, %s)",
-                (change.tenant, Jsonb(dict(config.metadata)), config.tier, ACTIVE),
+                f"UPDATE {SCHEMA}.tenants SET state = %s, updated_at = now() WHERE id = %s",
+                (ACTIVE, change.tenant),
             )
-            self._history(None, None, ACTIVE, "")
+            self._history(None, None if old_state == "new" else old_state, ACTIVE, "")
             self.events.append(Event("tenant.created", change.tenant, {}))
-        elif config is not None:
+            old_state = ACTIVE
+        if config is not None and change.final:
             self.conn.execute(
                 f"UPDATE {SCHEMA}.tenants SET metadata = %s, tier = %s, updated_at = now()"
-                " WHERE id = %s",
-                (Jsonb(dict(config.metadata)), config.tier, change.tenant),
+                " WHERE id = %s AND (metadata, tier) IS DISTINCT FROM (%s, %s)",
+                (
+                    Jsonb(dict(config.metadata)),
+                    config.tier,
+                    change.tenant,
+                    Jsonb(dict(config.metadata)),
+                    config.tier,
+                ),
             )
         old_services = {
             row["product"]: row
@@ -446,8 +552,9 @@ class _Transition:
         }
         for service in change.services:
             self._service(service, old_services.get(service.product))
-        self._tenant_state(tenant_row["state"] if tenant_row else ACTIVE)
-        if config is not None and old_tier is not None and old_tier != config.tier:
+        self._tenant_state(old_state)
+        if config is not None and change.final and old_tier != config.tier:
+            self._history(None, old_state, old_state, f"tier {old_tier} -> {config.tier}")
             self._tier_changed(config)
         return self.events
 
@@ -459,17 +566,20 @@ class _Transition:
 
     def _service(self, service: ServiceChange, old: Mapping[str, Any] | None) -> None:
         change, config = self.change, self.change.config
-        if old is not None and (old["state"], old["reason"], old["revision"]) == (
+        spec = config.service(service.product) if config is not None else None
+        unchanged = old is not None and (old["state"], old["reason"], old["revision"]) == (
             service.state,
             service.reason,
             service.revision,
-        ):
-            return
-        spec = config.service(service.product) if config is not None else None
-        if old is None and spec is None:
-            return  # nothing to describe it with (a purge of an unknown service)
-        announce = service.state == "ready" and not (old and old["announced"])
+        )
+        if (unchanged and spec is None) or (old is None and spec is None):
+            return  # nothing new to say, or nothing to describe it with
+        # A service that left (retained, purged) and comes back is announced again.
+        known = bool(old and old["announced"] and old["state"] not in ("retained", "purged"))
+        announce = service.state == "ready" and not known
         if spec is not None and config is not None:
+            # Descriptive columns follow the config even when the state stays: a moved
+            # host or a new tier must reach what products read.
             self.conn.execute(
                 f"""
                 INSERT INTO {SCHEMA}.services (tenant_id, product, isolation, state, reason,
@@ -482,7 +592,7 @@ class _Transition:
                     vault_path = excluded.vault_path, connection = excluded.connection,
                     modules = excluded.modules,
                     connection_settings = excluded.connection_settings,
-                    announced = {SCHEMA}.services.announced OR excluded.announced,
+                    announced = excluded.announced,
                     updated_at = now()
                 """,
                 (
@@ -496,7 +606,7 @@ class _Transition:
                     Jsonb(records.connection_info(config, spec)),
                     Jsonb(records.modules(service.product)),
                     Jsonb(records.connection_settings(config)),
-                    announce,
+                    announce or (known and service.state not in ("retained", "purged")),
                 ),
             )
         else:
@@ -505,6 +615,8 @@ class _Transition:
                 " WHERE tenant_id = %s AND product = %s",
                 (service.state, service.reason, change.tenant, service.product),
             )
+        if unchanged:
+            return
         old_state = old["state"] if old else None
         if old_state != service.state or (old and old["reason"] != service.reason):
             self._history(service.product, old_state, service.state, service.reason)

@@ -244,3 +244,69 @@ def test_without_a_reachable_registry_nothing_starts(plane: ControlPlane, tmp_pa
     with pytest.raises(BackendUnavailable, match=r"registry at 127\.0\.0\.1") as caught:
         broken.open()
     assert "\n" not in str(caught.value)
+
+
+def test_service_rows_follow_the_config_even_when_the_state_stays(
+    plane: ControlPlane, registry: Registry
+) -> None:
+    registry.record(change("acme", "onboard", config("acme", "tracer:SCHEMA"), ("tracer", "ready")))
+    bigger = config("acme", "tracer:SCHEMA", tier="enterprise")
+    registry.record(change("acme", "up", bigger, ("tracer", "ready"), final=False))
+    (service,) = registry.tenant("acme")["services"]  # type: ignore[index]
+    assert service["connection_settings"]["max_open_conns"] == 100
+    assert registry.tenant("acme")["tier"] == "standard"  # type: ignore[index]  # not final yet
+    registry.record(change("acme", "up", bigger, ("tracer", "ready")))
+    assert registry.tenant("acme")["tier"] == "enterprise"  # type: ignore[index]
+    assert any("tier standard -> enterprise" in h["reason"] for h in registry.history("acme"))
+
+
+def test_an_offboarded_id_or_a_purged_product_coming_back_is_announced_again(
+    plane: ControlPlane, registry: Registry
+) -> None:
+    sub = Subscriber(plane.channel)
+    try:
+        acme = config("acme", "tracer:SCHEMA")
+        registry.record(change("acme", "onboard", acme, ("tracer", "ready")))
+        registry.record(
+            change("acme", "deregister", acme, ("tracer", "purged"), whole_tenant=False)
+        )
+        registry.record(change("acme", "register", acme, ("tracer", "ready")))
+        registry.record(
+            change("acme", "offboard", acme, ("tracer", "purged"), tenant_state="deleted")
+        )
+        registry.record(change("acme", "onboard", acme, ("tracer", "ready")))
+        events = [e["event_type"] for e in sub.received()]
+    finally:
+        sub.close()
+    assert events == [
+        "tenant.created",
+        "tenant.service.associated",
+        "tenant.service.purged",
+        "tenant.service.associated",
+        "tenant.deleted",
+        "tenant.created",
+        "tenant.service.associated",
+    ]
+    assert registry.tenant("acme")["state"] == "active"  # type: ignore[index]
+
+
+def test_a_redis_that_never_answers_costs_seconds_not_minutes(
+    plane: ControlPlane,
+) -> None:
+    """A black hole (accepts, never answers): one short timeout, no retry, then this
+    process leaves Redis alone while events wait in the outbox."""
+    import time
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    try:
+        plane.write(redis_port=hole.getsockname()[1])
+        registry = Registry.from_platform(plane.root, plane.environ).open()
+        started = time.monotonic()
+        for tenant in ("acme", "globex", "initech"):
+            registry.record(change(tenant, "onboard", config(tenant)))
+        assert time.monotonic() - started < 10
+        assert registry.pending_events() == 3
+    finally:
+        hole.close()
