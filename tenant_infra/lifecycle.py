@@ -14,6 +14,7 @@ everything here is the orchestration around it and is tested without the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -398,7 +399,24 @@ def deploy(
             outputs = with_retries(lambda: backend.up(tenant, on_event))
         except InProgress:
             # Another runner (elsewhere, on a shared backend) holds the stack: its
-            # states are its own to record; put back the ones this run overwrote.
+            # states are its own to record; put back the ones this run overwrote, in
+            # the registry too (its history then shows the attempt and its undoing).
+            if journal is not None:
+                undone = []
+                for status in statuses.values():
+                    raw = old_tags.get(_tag("state", status.product), "")
+                    if raw in {state.value for state in ServiceState}:
+                        reason = old_tags.get(_tag("reason", status.product), "")
+                        undone.append(
+                            ServiceStatus(
+                                status.product,
+                                status.isolation,
+                                ServiceState(raw),
+                                "" if reason == "-" else reason,
+                            )
+                        )
+                with contextlib.suppress(Exception):
+                    journal(config, tenant, undone, final=False)
             backend.set_tags(
                 tenant, {k: v for k, v in old_tags.items() if k.startswith(TAG_PREFIX)}
             )

@@ -423,6 +423,15 @@ def test_a_concurrent_update_elsewhere_is_not_recorded_as_a_failure(
     with pytest.raises(InProgress):
         commands.onboard("newco", [], backend=stacks, root=root, verify=None)
     assert stacks.tags("newco") == before
+    # A transition that started (ready -> deprovisioning) is undone in the registry too.
+    stacks.fail_up["newco"] = [InProgress("another update of this stack is in progress")]
+    with pytest.raises(InProgress):
+        commands.deregister("newco", "ledger", retain_data=True, backend=stacks, root=root)
+    assert stacks.tags("newco") == before
+    status = commands.status("newco", backend=stacks, root=root)
+    assert status.service("ledger").state is ServiceState.READY
+    states = [h["new_state"] for h in commands.history("newco", backend=stacks, root=root)]
+    assert states[-2:] == ["deprovisioning", "ready"]
 
 
 def test_a_failed_offboarding_leaves_the_tenant_protected(root: Path, stacks: MemoryStacks) -> None:
