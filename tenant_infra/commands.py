@@ -193,7 +193,13 @@ def onboard(
             )
         except ValidationError as exc:
             raise InvalidInput(one_line(exc, "--metadata")) from None
-    journal = _journal(workspace, stacks, operation)
+    reached = registry(workspace, stacks)
+    other = reached.same_tenant(tenant)
+    if other is not None:
+        raise InvalidInput(
+            f"tenant {tenant!r} is tenant {other!r} spelled otherwise (one UUID): use {other!r}"
+        )
+    journal = reached.journal(operation)
     gate = _verifier(workspace, verify, stacks)
     return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events, journal)
 

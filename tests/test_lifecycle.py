@@ -474,3 +474,12 @@ def test_up_leaves_an_unchanged_stack_file_as_the_operator_wrote_it(
     assert before.startswith("#")  # the example file opens with a comment
     results = commands.up(["globex"], backend=stacks, root=root, verify=None)
     assert results[0].ok and path.read_text() == before
+
+
+def test_one_uuid_spelled_two_ways_is_one_tenant(root: Path, stacks: MemoryStacks) -> None:
+    """Events carry UUIDs dashless: a second spelling would be the same tenant on the wire."""
+    dashed = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    commands.onboard(dashed, ["tracer:SCHEMA"], backend=stacks, root=root, verify=None)
+    with pytest.raises(InvalidInput, match=f"use '{dashed}'"):
+        commands.onboard(dashed.replace("-", ""), ["tracer:SCHEMA"], backend=stacks, root=root)
+    assert not (root / "stacks" / f"Pulumi.{dashed.replace('-', '')}.yaml").exists()

@@ -36,7 +36,7 @@ from tenant_infra.config import (
 )
 from tenant_infra.errors import BackendUnavailable, InvalidInput
 from tenant_infra.registry import records
-from tenant_infra.registry.events import Event, channel, encode, new_event_id, now
+from tenant_infra.registry.events import Event, channel, encode, new_event_id, now, tenant_id
 
 log = logging.getLogger("tenant_infra.registry")
 
@@ -213,6 +213,18 @@ class Registry:
                     ),
                 )
 
+    def same_tenant(self, tenant: str) -> str | None:
+        """Another registered spelling of ``tenant`` (a UUID dashed or not), if any."""
+        try:
+            with self.connect() as conn:
+                row = conn.execute(
+                    f"SELECT id FROM {SCHEMA}.tenants WHERE canonical = %s AND id <> %s",
+                    (tenant_id(tenant), tenant),
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise _reported("reading a tenant", exc) from None
+        return str(row["id"]) if row else None
+
     def journal(self, operation: str, whole_tenant: bool = True) -> _Journal:
         """A :class:`tenant_infra.lifecycle.Journal` recording ``operation``'s transitions."""
         return _Journal(self, operation, whole_tenant)
@@ -293,8 +305,7 @@ class Registry:
                 while True:
                     with conn.transaction():
                         busy = conn.execute(
-                            "SELECT NOT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
-                            " AS busy",
+                            "SELECT NOT pg_try_advisory_xact_lock(hashtextextended(%s, 0)) AS busy",
                             ("tenant-infra:registry:outbox",),
                         ).fetchone()
                         if busy and busy["busy"]:
@@ -510,9 +521,14 @@ class _Transition:
         config = change.config
         if config is not None:  # two runners onboarding one new tenant: one row
             self.conn.execute(
-                f"INSERT INTO {SCHEMA}.tenants (id, metadata, tier, state)"
-                " VALUES (%s, %s, %s, 'new') ON CONFLICT (id) DO NOTHING",
-                (change.tenant, Jsonb(dict(config.metadata)), config.tier),
+                f"INSERT INTO {SCHEMA}.tenants (id, canonical, metadata, tier, state)"
+                " VALUES (%s, %s, %s, %s, 'new') ON CONFLICT (id) DO NOTHING",
+                (
+                    change.tenant,
+                    tenant_id(change.tenant),
+                    Jsonb(dict(config.metadata)),
+                    config.tier,
+                ),
             )
         tenant_row = self.conn.execute(
             f"SELECT tier, state FROM {SCHEMA}.tenants WHERE id = %s FOR UPDATE",
@@ -560,7 +576,13 @@ class _Transition:
 
     def _history(self, product: str | None, old: str | None, new: str, reason: str) -> None:
         _history(
-            self.conn, self.change.tenant, product, self.change.operation, old, new, reason,
+            self.conn,
+            self.change.tenant,
+            product,
+            self.change.operation,
+            old,
+            new,
+            reason,
             self.actor,
         )
 
