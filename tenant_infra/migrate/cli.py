@@ -147,6 +147,14 @@ def migrate(
     canary: Annotated[
         int, typer.Option(min=0, help="Migrate N tenants first; stop if any of them fails.")
     ] = 0,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds one tenant may take; past it, its migration is killed and "
+            "rolled back, and it fails alone.",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="List pending revisions per tenant.")] = False,
     sql: Annotated[bool, typer.Option(help="Print the SQL per tenant without running it.")] = False,
     output: Annotated[
@@ -191,6 +199,7 @@ def migrate(
             mode=mode,
             on_result=None if sql else progress,
             registry=registry,
+            timeout=timeout,
         )
     if sql:
         for result in report.results:

@@ -26,7 +26,7 @@ from types import TracebackType
 
 from tenant_infra.errors import BackendUnavailable
 from tenant_infra.migrate.engine import TargetResult
-from tenant_infra.migrate.sandbox import Lane, Sandbox
+from tenant_infra.migrate.sandbox import Lane, Sandbox, TimedOut
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.migrate.worker import Mode, hello, reach, result_of, target_request
 
@@ -47,6 +47,9 @@ class Job:
     #: (:func:`tenant_infra.migrate.worker.reach`); ``params``' own are added.
     ports: tuple[int, ...] = ()
     files: tuple[str, ...] = ()
+    #: Seconds one target may take before its child is killed and it fails (None: no
+    #: limit). Its transaction is rolled back by the server.
+    timeout: float | None = None
 
 
 class SandboxExecutor:
@@ -131,7 +134,18 @@ class SandboxExecutor:
             return TargetResult.of(target, index, "failed", error=str(exc), started=started)
         if own:
             lanes.prepare()  # the next tenant's child is forked, confined and warmed meanwhile
-        reply = lane.request(target_request(self.job.mode, target))
+        try:
+            reply = lane.request(target_request(self.job.mode, target), self.job.timeout)
+        except TimedOut:
+            lanes.done(lane)
+            return TargetResult.of(
+                target,
+                index,
+                "failed",
+                error=f"timed out after {self.job.timeout:g} s; its process was killed and "
+                "its transaction rolled back",
+                started=started,
+            )
         if own or reply is None:
             lanes.done(lane)
         return result_of(reply, target, index, started, lane.pid)

@@ -69,6 +69,7 @@ def migrate_fleet(
     destination: str = "heads",
     on_result: OnResult | None = None,
     registry: Registry | None = None,
+    timeout: float | None = None,
 ) -> FleetReport:
     """Bring every target to ``destination`` (``mode="upgrade"``), or only list
     (``"pending"``) or render (``"sql"``) what that would do.
@@ -80,6 +81,7 @@ def migrate_fleet(
     another user (see :mod:`tenant_infra.migrate.engine`).
     ``canary`` > 0 migrates that many targets first and stops if any fails.
     ``registry``: each tenant service's new revision is recorded there, with history.
+    ``timeout``: seconds one tenant may take; past it, its process is killed and it fails.
 
     Revision code runs only in sandboxed processes (:mod:`~tenant_infra.migrate.
     sandbox`): one per tenant target, holding only that tenant's parameters; ``params``
@@ -89,6 +91,8 @@ def migrate_fleet(
         raise InvalidInput("--concurrency must be at least 1")
     if canary < 0:
         raise InvalidInput("--canary must not be negative")
+    if timeout is not None and timeout <= 0:
+        raise InvalidInput("--timeout must be positive")
     started = time.perf_counter()
     location = script_exists(script_location)
     report = FleetReport(mode=mode, script_location=str(script_location), head=None)
@@ -101,6 +105,7 @@ def migrate_fleet(
         destination,
         ports,
         files,
+        timeout,
     )
     indexed = list(enumerate(targets))
     total = len(indexed)

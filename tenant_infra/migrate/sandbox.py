@@ -40,6 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,14 +86,24 @@ _LENGTH: Final = struct.Struct("!I")
 MAX_MESSAGE: Final = 32 * 1024 * 1024
 
 
-def _recv_exact(sock: socket.socket, size: int, watch: int | None = None) -> bytes | None:
+class TimedOut(Exception):
+    """No complete answer before the deadline."""
+
+
+def _recv_exact(
+    sock: socket.socket, size: int, watch: int | None = None, deadline: float | None = None
+) -> bytes | None:
     """``size`` bytes, or ``None`` at end of stream, or once process ``watch`` (a
     pidfd) has exited with nothing more to read: a grandchild holding the socket open
-    cannot keep the operator waiting."""
+    cannot keep the operator waiting. Past ``deadline`` (monotonic): :class:`TimedOut`."""
     chunks, got = [], 0
     while got < size:
-        if watch is not None:
-            ready, _, _ = select.select([sock.fileno(), watch], [], [])
+        if watch is not None or deadline is not None:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            waited = [sock.fileno()] + ([watch] if watch is not None else [])
+            ready, _, _ = select.select(waited, [], [], wait)
+            if not ready:
+                raise TimedOut
             if sock.fileno() not in ready:
                 return None  # the child is gone and sent nothing more
         chunk = sock.recv(min(size - got, 1 << 20))
@@ -108,15 +119,17 @@ def send_message(sock: socket.socket, message: Mapping[str, Any]) -> None:
     sock.sendall(_LENGTH.pack(len(data)) + data)
 
 
-def recv_message(sock: socket.socket, watch: int | None = None) -> dict[str, Any] | None:
+def recv_message(
+    sock: socket.socket, watch: int | None = None, deadline: float | None = None
+) -> dict[str, Any] | None:
     """The next message, or ``None`` at end of stream or on anything malformed."""
-    header = _recv_exact(sock, _LENGTH.size, watch)
+    header = _recv_exact(sock, _LENGTH.size, watch, deadline)
     if header is None:
         return None
     (size,) = _LENGTH.unpack(header)
     if size > MAX_MESSAGE:
         return None
-    body = _recv_exact(sock, size, watch)
+    body = _recv_exact(sock, size, watch, deadline)
     if body is None:
         return None
     try:
@@ -146,14 +159,23 @@ class Lane:
             return False
         return True
 
-    def request(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
+    def request(
+        self, message: Mapping[str, Any], timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """Send one request; its reply, or ``None`` if the child ended without one or
-        answered something else (a reply must echo the request's id)."""
+        answered something else (a reply must echo the request's id). Past
+        ``timeout`` seconds the child is killed (and with it, its PID namespace) and
+        :class:`TimedOut` raised."""
         ident = uuid.uuid4().hex
         if not self.send({**message, "id": ident}):
             return None
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            reply = recv_message(self.sock, self._pidfd)
+            reply = recv_message(self.sock, self._pidfd, deadline)
+        except TimedOut:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            raise
         except OSError:
             return None
         if reply is None or reply.get("id") != ident:

@@ -375,3 +375,38 @@ def test_a_misbehaving_revision_fails_its_tenant_quickly_and_the_run_goes_on(
     for result in report.results:
         assert "ended without a result" in (result.error or "")
     assert all(version(s) is None for s in services)
+
+
+def test_a_revision_that_never_returns_is_killed_at_the_timeout(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    import time
+
+    from conftest import write_script_dir
+
+    from tenant_infra.migrate.credentials import attach_credentials, load_documents
+    from tenant_infra.migrate.fleet import migrate_fleet
+    from tenant_infra.migrate.targets import discover_product
+
+    services = [pg.schema_tenant(product) for _ in range(2)]
+    script = write_script_dir(tmp_path / "hang", ["CREATE TABLE t (id int)"])
+    revision = script / "versions" / "0001_r.py"
+    revision.write_text(
+        revision.read_text().replace(
+            "def upgrade() -> None:",
+            "def upgrade() -> None:\n    op.execute('CREATE TABLE before_hang (id int)')\n"
+            "    import time\n    time.sleep(600)",
+        )
+    )
+    documents = load_documents([write_connections(tmp_path / "c.json", services)])
+    targets = attach_credentials(discover_product(ADMIN, product), documents, environ={})
+    started = time.monotonic()
+    report = migrate_fleet(targets, script, {}, concurrency=2, timeout=3)
+    assert time.monotonic() - started < 30
+    assert [r.status for r in report.results] == ["failed", "failed"]
+    assert all("timed out after 3 s" in (r.error or "") for r in report.results)
+    for svc in services:  # rolled back: nothing of the revision is left
+        assert "before_hang" not in {str(t) for (t,) in svc.sql(
+            f"SELECT tablename FROM pg_tables WHERE schemaname = '{svc.schema}'"
+        )}
+    assert _settled_empty()
