@@ -61,8 +61,9 @@ def setup(root: Path, database: str, n: int) -> dict[str, str]:
     Registry.from_platform(root, env).open()  # the schema, by the tool's own migrations
     with psycopg.connect(**(ADMIN | {"dbname": database}), autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO registry.tenants (id, metadata, tier, state)"
-            " SELECT 'tenant-' || i, jsonb_build_object('name', 'Tenant ' || i), 'standard',"
+            "INSERT INTO registry.tenants (id, canonical, metadata, tier, state)"
+            " SELECT 'tenant-' || i, 'tenant-' || i,"
+            " jsonb_build_object('name', 'Tenant ' || i), 'standard',"
             " 'active' FROM generate_series(1, %s) i",
             (n,),
         )

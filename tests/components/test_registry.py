@@ -104,7 +104,10 @@ def test_applied_the_reader_reads_and_nothing_else(tmp_path: Path, names: dict[s
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()  # type: ignore[misc]
         assert superuser is False
-        conn.execute("INSERT INTO registry.tenants (id, tier, state) VALUES ('acme', 'standard', 'active')")
+        conn.execute(
+            "INSERT INTO registry.tenants (id, canonical, tier, state)"
+            " VALUES ('acme', 'acme', 'standard', 'active')"
+        )
     with psycopg.connect(**(target | {"user": names["reader"]}), autocommit=True) as conn:
         assert conn.execute("SELECT id FROM registry.tenants").fetchall() == [("acme",)]
         for statement in (
