@@ -594,14 +594,16 @@ class _Transition:
             service.reason,
             service.revision,
         )
-        if (unchanged and spec is None) or (old is None and spec is None):
+        describe = spec is not None and (change.final or old is None)
+        if (unchanged and not describe) or (old is None and spec is None):
             return  # nothing new to say, or nothing to describe it with
         # A service that left (retained, purged) and comes back is announced again.
         known = bool(old and old["announced"] and old["state"] not in ("retained", "purged"))
         announce = service.state == "ready" and not known
-        if spec is not None and config is not None:
-            # Descriptive columns follow the config even when the state stays: a moved
-            # host or a new tier must reach what products read.
+        if describe and spec is not None and config is not None:
+            # Descriptive columns follow the config even when the state stays (a moved
+            # host or a new tier must reach what products read), once the operation's
+            # update went through: its final record (or a service's first).
             self.conn.execute(
                 f"""
                 INSERT INTO {SCHEMA}.services (tenant_id, product, isolation, state, reason,

@@ -253,9 +253,11 @@ def test_service_rows_follow_the_config_even_when_the_state_stays(
     bigger = config("acme", "tracer:SCHEMA", tier="enterprise")
     registry.record(change("acme", "up", bigger, ("tracer", "ready"), final=False))
     (service,) = registry.tenant("acme")["services"]  # type: ignore[index]
-    assert service["connection_settings"]["max_open_conns"] == 100
-    assert registry.tenant("acme")["tier"] == "standard"  # type: ignore[index]  # not final yet
+    assert service["connection_settings"]["max_open_conns"] == 25  # the update runs yet
+    assert registry.tenant("acme")["tier"] == "standard"  # type: ignore[index]
     registry.record(change("acme", "up", bigger, ("tracer", "ready")))
+    (service,) = registry.tenant("acme")["services"]  # type: ignore[index]
+    assert service["connection_settings"]["max_open_conns"] == 100  # it went through
     assert registry.tenant("acme")["tier"] == "enterprise"  # type: ignore[index]
     assert any("tier standard -> enterprise" in h["reason"] for h in registry.history("acme"))
 
