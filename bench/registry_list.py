@@ -49,7 +49,9 @@ def setup(root: Path, database: str, n: int) -> dict[str, str]:
                     "tenant-infra:products": ["ledger"],
                     "tenant-infra:platform": dev["tenant-infra:platform"]
                     | {"postgres": {"default": server | {"sslmode": "disable"}}},
-                    "tenant-infra:registry": {"database": database, "user": ADMIN["user"]},
+                    "tenant-infra:registry": {
+                        "database": database, "owner": ADMIN["user"], "user": ADMIN["user"]
+                    },
                 }
             }
         )

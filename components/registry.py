@@ -1,16 +1,17 @@
 """The control plane's registry, declared by the platform program with least privilege.
 
-- Its own database on the platform's ``default`` PostgreSQL server, owned by the
-  control plane's role, closed to PUBLIC (CONNECT and the ``public`` schema).
-- The control plane's role (``registry.user``): owns the database and its
-  ``registry`` schema, so it is the only writer; nothing else (no superuser, no
-  CREATEDB, no CREATEROLE).
-- The read-only role (``registry.reader``) of the multi-tenancy API: CONNECT, USAGE
-  on ``registry``, and SELECT on every table the control plane creates there
-  (default privileges: the registry's migrations create its tables later).
+- Its own database on the platform's ``default`` PostgreSQL server, closed to PUBLIC
+  (CONNECT and the ``public`` schema).
+- ``registry.owner`` owns the database, its ``registry`` schema and every table, and
+  runs the registry's migrations: the only role that can alter a table or the
+  trigger that keeps the history append-only.
+- ``registry.user``, the control plane's role: CONNECT, USAGE, and SELECT, INSERT,
+  UPDATE, DELETE on the tables the owner creates (the history's trigger refuses the
+  last two there); no DDL.
+- ``registry.reader``, the multi-tenancy API's: CONNECT, USAGE and SELECT.
 
-Passwords come from the environment (``TENANT_INFRA_REGISTRY_PASSWORD``,
-``TENANT_INFRA_REGISTRY_READER_PASSWORD``), like every platform secret.
+None has an attribute beyond LOGIN. Passwords come from the environment
+(``TENANT_INFRA_REGISTRY_{OWNER_,,READER_}PASSWORD``), like every platform secret.
 """
 
 from __future__ import annotations
@@ -43,20 +44,23 @@ class RegistryDatabase(pulumi.ComponentResource):
         admin = providers.postgres("default", "postgres", "admin")
         here = pulumi.ResourceOptions(parent=self, provider=admin)
 
+        owner = unprivileged_role(
+            f"{name}-owner", settings.owner, credentials.registry_password("owner"), here
+        )
         writer = unprivileged_role(
-            f"{name}-writer", settings.user, credentials.registry_password(), here
+            f"{name}-writer", settings.user, credentials.registry_password("user"), here
         )
         reader = unprivileged_role(
-            f"{name}-reader", settings.reader, credentials.registry_password(reader=True), here
+            f"{name}-reader", settings.reader, credentials.registry_password("reader"), here
         )
         database = postgresql.Database(
             f"{name}-db",
             name=settings.database,
-            owner=writer.name,
+            owner=owner.name,
             template="template0",
             encoding="UTF8",
             opts=pulumi.ResourceOptions.merge(
-                here, pulumi.ResourceOptions(protect=protect_data, depends_on=[writer])
+                here, pulumi.ResourceOptions(protect=protect_data, depends_on=[owner])
             ),
         )
         revoke_public(
@@ -74,36 +78,40 @@ class RegistryDatabase(pulumi.ComponentResource):
             f"{name}-schema",
             name=SCHEMA,
             database=database.name,
-            owner=writer.name,
+            owner=owner.name,
             drop_cascade=not protect_data,
             opts=pulumi.ResourceOptions.merge(inside, pulumi.ResourceOptions(protect=protect_data)),
         )
-        postgresql.Grant(
-            f"{name}-reader-connect",
-            role=reader.name,
-            database=database.name,
-            object_type="database",
-            privileges=["CONNECT"],
-            opts=inside,
-        )
-        postgresql.Grant(
-            f"{name}-reader-usage",
-            role=reader.name,
-            database=database.name,
-            schema=schema.name,
-            object_type="schema",
-            privileges=["USAGE"],
-            opts=inside,
-        )
-        postgresql.DefaultPrivileges(
-            f"{name}-reader-select",
-            role=reader.name,
-            owner=writer.name,
-            database=database.name,
-            schema=schema.name,
-            object_type="table",
-            privileges=["SELECT"],
-            opts=inside,
-        )
+        for key, role, privileges in (
+            ("writer", writer, ["SELECT", "INSERT", "UPDATE", "DELETE"]),
+            ("reader", reader, ["SELECT"]),
+        ):
+            postgresql.Grant(
+                f"{name}-{key}-connect",
+                role=role.name,
+                database=database.name,
+                object_type="database",
+                privileges=["CONNECT"],
+                opts=inside,
+            )
+            postgresql.Grant(
+                f"{name}-{key}-usage",
+                role=role.name,
+                database=database.name,
+                schema=schema.name,
+                object_type="schema",
+                privileges=["USAGE"],
+                opts=inside,
+            )
+            postgresql.DefaultPrivileges(
+                f"{name}-{key}-tables",
+                role=role.name,
+                owner=owner.name,
+                database=database.name,
+                schema=schema.name,
+                object_type="table",
+                privileges=privileges,
+                opts=inside,
+            )
         self.database = database.name
         self.register_outputs({"database": self.database})

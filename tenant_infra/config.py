@@ -311,13 +311,16 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
 class RegistrySettings(_Model):
     """Where the control plane records tenants, services and their history.
 
-    Its own database on the platform's ``default`` PostgreSQL server; ``user`` is the
-    control plane's role (the only writer), ``reader`` the read-only role of the
-    multi-tenancy API. Passwords come from ``TENANT_INFRA_REGISTRY_PASSWORD`` and
+    Its own database on the platform's ``default`` PostgreSQL server. ``owner`` owns
+    it and its tables and runs its migrations; ``user`` is the control plane's role,
+    which reads and writes rows but cannot alter a table or the history's guard;
+    ``reader`` is the read-only role of the multi-tenancy API. Passwords come from
+    ``TENANT_INFRA_REGISTRY_OWNER_PASSWORD``, ``TENANT_INFRA_REGISTRY_PASSWORD`` and
     ``TENANT_INFRA_REGISTRY_READER_PASSWORD``.
     """
 
     database: Identifier = "tenant_registry"
+    owner: Identifier = "tenant_registry_owner"
     user: Identifier = "tenant_control"
     reader: Identifier = "tenant_registry_reader"
 

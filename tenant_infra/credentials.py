@@ -12,7 +12,8 @@ variable                           used for
 ``TENANT_INFRA_RABBITMQ_PASSWORD`` RabbitMQ management password
 ``VAULT_TOKEN``                    Vault token (the Vault CLI's own variable)
 ``TENANT_INFRA_MONGODB_PASSWORD``  self-hosted MongoDB admin password
-``TENANT_INFRA_REGISTRY_PASSWORD`` the registry's control-plane role (and ``…_READER_…``)
+``TENANT_INFRA_REGISTRY_PASSWORD`` the registry's control-plane role (``…_OWNER_…``,
+                                   ``…_READER_…``: its owner and reader)
 ``TENANT_INFRA_REDIS_PASSWORD``    the Redis user that publishes lifecycle events
 ``MONGODB_ATLAS_PUBLIC_KEY`` /     Atlas API keys (the Atlas provider's own
 ``MONGODB_ATLAS_PRIVATE_KEY``      variables)
@@ -83,10 +84,11 @@ class PlatformCredentials:
             raise InvalidInput("environment variable TENANT_INFRA_RABBITMQ_PASSWORD is not set")
         return value
 
-    def registry_password(self, reader: bool = False) -> pulumi.Output[str]:
-        """The registry's writer (control plane) or reader (multi-tenancy API) password."""
-        which = "READER_PASSWORD" if reader else "PASSWORD"
-        value = self._get(f"TENANT_INFRA_REGISTRY_{which}", required=True)
+    def registry_password(self, role: str = "user") -> pulumi.Output[str]:
+        """A registry role's password: ``owner``, ``user`` (the control plane) or
+        ``reader`` (the multi-tenancy API)."""
+        which = {"owner": "OWNER_PASSWORD", "user": "PASSWORD", "reader": "READER_PASSWORD"}
+        value = self._get(f"TENANT_INFRA_REGISTRY_{which[role]}", required=True)
         assert value is not None
         return value
 

@@ -93,6 +93,7 @@ class Registry:
     events: EventsSettings | None = None
     redis_password: str | None = field(default=None, repr=False)
     actor: str = field(default_factory=lambda: _actor())
+    owner_password: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------- opening
 
@@ -127,6 +128,7 @@ class Registry:
         )
         if env.get(ACTOR_ENV):
             registry.actor = env[ACTOR_ENV]
+        registry.owner_password = env.get("TENANT_INFRA_REGISTRY_OWNER_PASSWORD")
         return registry
 
     def params(self) -> dict[str, Any]:
@@ -154,27 +156,57 @@ class Registry:
                 f" unreachable: {detail}"
             ) from None
 
-    def open(self) -> Registry:
-        """Reach the registry and bring its schema to head; raises before anything runs."""
-        from tenant_infra.migrate.engine import TenantMigrator
-        from tenant_infra.migrate.targets import MigrationTarget
-
+    def revision(self) -> str | None:
+        """The registry schema's revision (``None``: not created yet)."""
         try:
             with self.connect() as conn:
-                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        except psycopg.errors.UniqueViolation:
-            pass  # a concurrent first open created it
+                row = conn.execute(
+                    f"SELECT string_agg(version_num, ',' ORDER BY version_num) AS v"
+                    f" FROM {SCHEMA}.alembic_version"
+                ).fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return None
         except psycopg.Error as exc:
-            raise _reported("creating its schema", exc) from None
-        # The registry's revisions are the platform's own code: they run here.
-        params = {k: str(v) for k, v in self.params().items()}
-        migrator = TenantMigrator(SCRIPT_LOCATION, params)
-        try:
-            result = migrator.upgrade(MigrationTarget(schema=SCHEMA))
-        finally:
-            migrator.close()
-        if result.status == "failed":
-            raise BackendUnavailable(f"registry schema: {result.error}")
+            raise _reported("reading its revision", exc) from None
+        return row["v"] if row else None
+
+    def open(self) -> Registry:
+        """Reach the registry and bring its schema to head; raises before anything runs.
+
+        The schema is migrated by the registry's owner, never by the control plane's
+        role: that one cannot alter a table or the history's guard. Already at head,
+        the owner's login is not needed.
+        """
+        from tenant_infra.migrate.engine import TenantMigrator
+        from tenant_infra.migrate.revisions import declared_head
+        from tenant_infra.migrate.targets import MigrationTarget
+
+        head = declared_head(SCRIPT_LOCATION)
+        current = self.revision()
+        if current != head:
+            owner = {**self.params(), "user": self.settings.owner}
+            owner.pop("password", None)
+            if self.owner_password:
+                owner["password"] = self.owner_password
+            try:
+                with psycopg.connect(**owner) as conn:
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            except psycopg.errors.UniqueViolation:
+                pass  # a concurrent first open created it
+            except psycopg.Error as exc:
+                raise BackendUnavailable(
+                    f"registry schema at {current or 'nothing'}, needs {head}: migrating it "
+                    f"takes its owner {self.settings.owner!r} (TENANT_INFRA_REGISTRY_OWNER_"
+                    f"PASSWORD): {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                ) from None
+            # The registry's revisions are the platform's own code: they run here.
+            migrator = TenantMigrator(SCRIPT_LOCATION, {k: str(v) for k, v in owner.items()})
+            try:
+                result = migrator.upgrade(MigrationTarget(schema=SCHEMA))
+            finally:
+                migrator.close()
+            if result.status == "failed":
+                raise BackendUnavailable(f"registry schema: {result.error}")
         self.drain()  # what an earlier run could not publish
         with self.connect() as conn:
             # Published events are kept a while (for an operator's questions), not forever.

@@ -46,6 +46,7 @@ class ControlPlane:
             "tenant-infra:platform": dev["tenant-infra:platform"],
             "tenant-infra:registry": {
                 "database": self.database,
+                "owner": "postgres",
                 "user": "postgres",
                 "reader": "tenant_registry_reader",
             },
