@@ -291,7 +291,18 @@ def list_tenants(
 ) -> Iterator[TenantStatus]:
     """Every tenant in the registry (one query, streamed), optionally only those with a
     tenant or service in ``state``, or a service of ``product``."""
+    known = {s.value for s in ServiceState} | {"active", "deleted"}
+    if state is not None and state not in known:
+        raise InvalidInput(f"--state must be one of {', '.join(sorted(known))}, not {state!r}")
     workspace = _workspace(root)
+    if state == ServiceState.FAILED.value:
+        # Interrupted runs read as failed but are recorded in flight: filter here.
+        rows = _read_registry(workspace, backend).tenants(product=product)
+        return (
+            status
+            for status in (_recorded(row, workspace) for row in rows)
+            if any(s.state is ServiceState.FAILED for s in status.services)
+        )
     rows = _read_registry(workspace, backend).tenants(state=state, product=product)
     return (_recorded(row, workspace) for row in rows)
 

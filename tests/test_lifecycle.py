@@ -281,6 +281,10 @@ def test_an_interrupted_operation_reads_as_failed(root: Path, stacks: MemoryStac
     assert status.state is ServiceState.FAILED and "interrupted" in status.reason
     (listed,) = commands.list_tenants(backend=stacks, root=root)
     assert listed.service("ledger").state is ServiceState.FAILED
+    (failed,) = commands.list_tenants(state="failed", backend=stacks, root=root)
+    assert failed.tenant == "newco"
+    with pytest.raises(InvalidInput, match="--state must be one of"):
+        commands.list_tenants(state="broken", backend=stacks, root=root)
 
 
 def test_status_refresh_reports_drift_between_stack_and_registry(
