@@ -568,7 +568,7 @@ def deregister(
     status = deploy(remaining, backend, workspace, progress, journal=journal)
     if not status.error:
         gone = ServiceStatus(product, spec.isolation.value, ServiceState.PURGED)
-        _record(backend, tenant, [gone], journal, marked)
+        _record(backend, tenant, [gone], journal, marked, final=True)
         progress(tenant, gone)
     return status
 

@@ -211,7 +211,6 @@ class Sandbox:
         self.script_location = str(Path(script_location).resolve())
         self.mongo = mongo
         self.head: str | None = None
-        self.mongo_head: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
@@ -247,8 +246,6 @@ class Sandbox:
             raise InvalidInput(f"cannot load {self.script_location}: {clean_text(detail)}")
         head = reply.get("head")
         self.head = head if isinstance(head, str) else None
-        mongo_head = reply.get("mongo_head")
-        self.mongo_head = mongo_head if isinstance(mongo_head, int) else None
         return self
 
     def __exit__(
@@ -336,18 +333,14 @@ def serve(fd: int) -> None:
         return
     location = str(init.get("script_location"))
     try:
-        from tenant_infra.migrate.mongo import load_spec  # a TOML file: data, not code
         from tenant_infra.migrate.revisions import declared_head
 
         _preload(bool(init.get("mongo")))
         head = declared_head(location)  # read, not imported
-        versions = load_spec(Path(location))
     except Exception as exc:
         send_message(control, {"error": str(exc) or type(exc).__name__})
         return
-    send_message(
-        control, {"head": head, "mongo_head": versions[-1].version if versions else None}
-    )
+    send_message(control, {"head": head})
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished children
     try:
         while True:
