@@ -399,6 +399,97 @@ def _show_status(results: Iterable[TenantStatus], format: Format) -> list[Tenant
     return listed
 
 
+@app.command()
+def serve(
+    listen: Annotated[
+        str, typer.Option("--listen", metavar="HOST:PORT", help="Where to listen.")
+    ] = "127.0.0.1:8080",
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", metavar="FILE", help="TLS certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", metavar="FILE", help="Its private key (PEM).")
+    ] = None,
+    connections: Annotated[
+        str | None,
+        typer.Option(
+            "--connections",
+            metavar="-",
+            help="Read connections documents from standard input instead of Vault.",
+        ),
+    ] = None,
+    writes: Annotated[
+        bool, typer.Option("--writes", help="Enable the write calls (operator keys only).")
+    ] = False,
+) -> None:
+    """Serve the seed platform's multi-tenancy API from the registry: plain HTTP on a
+    loopback address only, TLS anywhere else."""
+    from tenant_infra import commands
+    from tenant_infra.api.documents import StaticDocuments
+
+    documents = None
+    if connections is not None:
+        if connections != "-":
+            raise InvalidInput("--connections takes '-' (standard input): no file holds secrets")
+        documents = StaticDocuments.parse(sys.stdin.read())
+    commands.serve(listen, tls_cert=tls_cert, tls_key=tls_key, documents=documents, writes=writes)
+
+
+api_key_app = typer.Typer(help="API keys of the multi-tenancy API.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+@api_key_app.command("create")
+def api_key_create(
+    service: Annotated[
+        str | None,
+        typer.Option("--service", metavar="PRODUCT", help="The product the key serves."),
+    ] = None,
+    operator: Annotated[
+        bool, typer.Option("--operator", help="An operator key, for the write calls.")
+    ] = False,
+    note: Annotated[str, typer.Option("--note", help="Who or what holds the key.")] = "",
+) -> None:
+    """Make a key and print it, alone on stdout, this once: only its hash is kept."""
+    from tenant_infra import commands
+
+    if operator == (service is not None):
+        raise InvalidInput("pass either --service PRODUCT or --operator")
+    print(commands.create_api_key("operator" if operator else "product", service, note=note))
+
+
+@api_key_app.command("list")
+def api_key_list(format: FormatOption = Format.TABLE) -> None:
+    """Every key: id, scope, product, note, who made or revoked it, and when."""
+    from tenant_infra import commands
+
+    listed = commands.api_keys()
+    if format is Format.JSON:
+        print(json.dumps(listed, default=str))
+        return
+    table = Table()
+    for column in ("id", "scope", "product", "note", "created", "by", "revoked"):
+        table.add_column(column, overflow="fold")
+    for k in listed:
+        revoked = f"{k['revoked_at']} by {k['revoked_by']}" if k["revoked_at"] else "-"
+        table.add_row(
+            k["id"], k["scope"], k["product"] or "*", k["note"], str(k["created_at"]),
+            k["created_by"], revoked,
+        )
+    _console().print(table)
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id (from api-key list).")],
+) -> None:
+    """Revoke a key: the API refuses it from its next request on."""
+    from tenant_infra import commands
+
+    commands.revoke_api_key(key)
+    print(f"revoked {key[:20]}")
+
+
 def _console() -> Console:
     """A terminal's own width; a wide page when piped, so names are never cut."""
     console = Console()

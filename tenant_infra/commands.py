@@ -5,6 +5,7 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,11 @@ from tenant_infra.tenant import validate_tenant_id
 from tenant_infra.workspace import Workspace, project_root
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from tenant_infra import plan as offline_plan
+    from tenant_infra.api.documents import DocumentSource
+    from tenant_infra.api.keys import Scope
     from tenant_infra.registry import Registry
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
@@ -339,9 +344,7 @@ def offboard(
     stacks = _backend(workspace, backend)
     validate_tenant_id(tenant)
     journal = _journal(workspace, stacks, "offboard")
-    return lifecycle.offboard(
-        tenant, stacks, workspace, retain_data, purge, journal=journal
-    )
+    return lifecycle.offboard(tenant, stacks, workspace, retain_data, purge, journal=journal)
 
 
 def suspend(
@@ -486,3 +489,109 @@ def up(
 
 def _quiet(_tenant: str, _status: ServiceStatus) -> None:
     return None
+
+
+# ------------------------------------------------------------ the multi-tenancy API
+
+
+def api(
+    *,
+    documents: DocumentSource | None = None,
+    writes: bool = False,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    verify: Gate = ISOLATION,
+) -> Starlette:
+    """The seed platform's multi-tenancy API over the registry (``tenantctl serve``).
+
+    It reads the registry as its read-only role (``TENANT_INFRA_REGISTRY_READER_
+    PASSWORD``) and credentials from ``documents``, else the operator's Vault.
+    ``writes`` mounts the write calls, which run the commands above (and so need what
+    they need: the registry's control-plane role, the platform's credentials).
+    """
+    from tenant_infra.api.app import Api, create_app
+    from tenant_infra.api.documents import VaultDocuments
+    from tenant_infra.api.reader import RegistryReader
+    from tenant_infra.api.writes import Writes
+    from tenant_infra.migrate.revisions import declared_head
+    from tenant_infra.registry.store import SCRIPT_LOCATION
+    from tenant_infra.vaultclient import operator_vault
+
+    workspace = _workspace(root)
+    environ = _operator_environ(backend)
+    env = os.environ if environ is None else environ
+    found = _read_registry(workspace, backend)
+    params = {**found.params(), "user": found.settings.reader}
+    params.pop("password", None)
+    if env.get("TENANT_INFRA_REGISTRY_READER_PASSWORD"):
+        params["password"] = env["TENANT_INFRA_REGISTRY_READER_PASSWORD"]
+    head, current = declared_head(SCRIPT_LOCATION), found.revision()
+    if current != head:
+        raise InvalidInput(
+            f"the registry is at {current or 'nothing'}, the API needs {head}: run any "
+            "lifecycle verb (or tenantctl drain-events) once to migrate it"
+        )
+    if documents is None:
+        vault = operator_vault(environ, root=workspace.root)
+        if vault is None:
+            raise InvalidInput(
+                "no credential source: set VAULT_ADDR and VAULT_TOKEN (a token that reads "
+                "<kvMount>/data/tenants/*), or pass --connections -"
+            )
+        documents = VaultDocuments(vault)
+    reader = RegistryReader(params)
+    mounted = (
+        Writes(reader, root=workspace.root, backend=backend, verify=verify) if writes else None
+    )
+    return create_app(Api(reader, documents, mounted))
+
+
+def serve(
+    listen: str,
+    *,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    documents: DocumentSource | None = None,
+    writes: bool = False,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+) -> None:
+    """Serve :func:`api` on ``listen`` (``HOST:PORT``): plain HTTP on loopback only."""
+    from tenant_infra.api import server
+
+    where = server.listen(listen, tls_cert, tls_key)
+    app = api(documents=documents, writes=writes, backend=backend, root=root)
+    server.run(app, where)
+
+
+def create_api_key(
+    scope: Scope,
+    product: str | None = None,
+    *,
+    note: str = "",
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+) -> str:
+    """A new API key (returned once; only its hash is stored): a product's, or an
+    operator's for the write calls."""
+    from tenant_infra.api import keys
+
+    return keys.create(registry(_workspace(root), backend), scope, product, note)
+
+
+def api_keys(
+    *, backend: StackBackend | None = None, root: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every API key: id, scope, product, note, made and revoked by whom and when."""
+    from tenant_infra.api import keys
+
+    return keys.listed(_read_registry(_workspace(root), backend))
+
+
+def revoke_api_key(
+    key: str, *, backend: StackBackend | None = None, root: Path | None = None
+) -> None:
+    """Revoke an API key by its id: the API refuses it from its next request on."""
+    from tenant_infra.api import keys
+
+    keys.revoke(registry(_workspace(root), backend), key)

@@ -12,6 +12,11 @@ Grammar (also in README.md)::
     tenant-id = 2..40 of [a-z0-9-], starting and ending with [a-z0-9], no "--"
 
 Lowercase slugs (``acme``, ``globex-eu``) and lowercase UUIDs both fit.
+
+A UUID names one tenant however it is spelled: dashed or dashless, in any case. The
+spelling a tenant was onboarded with names its resources; its *canonical* id (the
+UUID dashless and lowercase, as the seed platform's clients and events send it; a
+slug as it is) is what the registry keys it by, so a second spelling is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ PG_IDENTIFIER_MAX: Final = 63
 
 _TENANT_ID_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _PRODUCT_RE: Final = re.compile(r"[a-z][a-z0-9]*")
+#: A UUID dashed (in the standard places) or dashless; the case is checked by callers.
+_UUID_RE: Final = re.compile(
+    r"([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{12})", re.IGNORECASE
+)
+#: The seed client's tenant-id grammar (a UUID, or this), at most 256 characters.
+_CLIENT_SLUG_RE: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,255}")
 
 #: Ids refused outright: names the backends reserve (MongoDB's system databases are
 #: used verbatim as tenant databases) plus PostgreSQL's, so an operator never sees a
@@ -55,6 +66,27 @@ def validate_tenant_id(value: str) -> str:
     if value in RESERVED_TENANT_IDS:
         raise InvalidInput(f"tenant id {shown} is a reserved name")
     return value
+
+
+def canonical_id(tenant: str) -> str:
+    """The tenant's one spelling on the wire and in the registry: a UUID dashless and
+    lowercase, anything else unchanged."""
+    match = _UUID_RE.fullmatch(tenant)
+    return "".join(match.groups()).lower() if match else tenant
+
+
+def requested_id(value: str) -> str | None:
+    """The canonical id a client's ``tenantId`` names, or ``None`` if no tenant can have
+    it (not a UUID, not a valid slug). Unlike :func:`validate_tenant_id`, a UUID may be
+    in any case: v5 clients send the JWT claim verbatim."""
+    if _UUID_RE.fullmatch(value):
+        return canonical_id(value)
+    if not _CLIENT_SLUG_RE.fullmatch(value):
+        return None
+    try:
+        return validate_tenant_id(value)
+    except InvalidInput:
+        return None
 
 
 def validate_product(value: str) -> str:

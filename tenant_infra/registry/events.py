@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from tenant_infra.tenant import canonical_id
+
 #: Each type and the payload fields it carries (the client's ``event/`` package).
 EVENT_TYPES: Final[Mapping[str, tuple[str, ...]]] = {
     "tenant.created": (),
@@ -72,10 +74,7 @@ def channel(environment: str) -> str:
 def tenant_id(tenant: str) -> str:
     """The id events carry: a UUID dashless and lowercase (clients from v6.3 on),
     anything else as it is."""
-    try:
-        return uuid.UUID(tenant).hex
-    except ValueError:
-        return tenant
+    return canonical_id(tenant)
 
 
 @dataclass(frozen=True)

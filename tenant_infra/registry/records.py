@@ -64,7 +64,10 @@ def connection_info(config: TenantConfig, spec: ServiceSpec) -> dict[str, Any]:
             "port": mongo.port if isinstance(mongo, SelfHostedMongo) else None,
             "database": config.names.mongo_database,
             "username": names.mongo_user,
-            "authSource": mongo.auth_source if isinstance(mongo, SelfHostedMongo) else "admin",
+            # Self-hosted users live in the tenant's database (components/mongodb.py).
+            "authSource": config.names.mongo_database
+            if isinstance(mongo, SelfHostedMongo)
+            else "admin",
             "tls": True if isinstance(mongo, AtlasMongo) else mongo.tls,
         }
     return info

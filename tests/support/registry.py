@@ -27,6 +27,8 @@ class ControlPlane:
     database: str
     environment: str
     path: Path
+    #: A read-only login of its own, as the platform program declares the reader.
+    reader: str = "tenant_registry_reader"
 
     @property
     def environ(self) -> dict[str, str]:
@@ -48,7 +50,7 @@ class ControlPlane:
                 "database": self.database,
                 "owner": "postgres",
                 "user": "postgres",
-                "reader": "tenant_registry_reader",
+                "reader": self.reader,
             },
             "tenant-infra:events": {
                 "host": "127.0.0.1",
@@ -81,17 +83,27 @@ def control_plane(root: Path, environment: str | None = None) -> Iterator[Contro
         database=f"tenant_registry_{token}",
         environment=environment or f"test-{token}",
         path=root / "platform" / f"Pulumi.test-{token}.yaml",
+        reader=f"tenant_registry_reader_{token}",
     )
-    _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(plane.database)))
+    database, reader = sql.Identifier(plane.database), sql.Identifier(plane.reader)
+    _admin(sql.SQL("CREATE DATABASE {}").format(database))
+    _admin(sql.SQL("CREATE ROLE {} LOGIN").format(reader))
     try:
+        # What components/registry.py grants the reader: CONNECT, USAGE, SELECT.
+        _admin(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, reader))
+        with psycopg.connect(**(ADMIN | {"dbname": plane.database}), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA registry")
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA registry TO {}").format(reader))
+            conn.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA registry GRANT SELECT ON TABLES TO {}"
+                ).format(reader)
+            )
         plane.write()
         yield plane
     finally:
-        _admin(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(plane.database)
-            )
-        )
+        _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
+        _admin(sql.SQL("DROP ROLE IF EXISTS {}").format(reader))
 
 
 class Subscriber:

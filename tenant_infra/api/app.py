@@ -1,0 +1,191 @@
+"""The multi-tenancy API's routes: the seed platform client's paths and answers.
+
+Reads come from the registry (read-only role, one query a request) and each
+service's connections document; write calls, when enabled, hand over to the same
+command functions as ``tenantctl`` (:mod:`tenant_infra.api.writes`). Every answer
+carries ``Cache-Control: no-store``; no credential is ever logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+from anyio import to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tenant_infra.api import contract, keys
+from tenant_infra.api.documents import Cached, DocumentSource
+from tenant_infra.api.reader import ACTIVE_SQL, CONNECTIONS_SQL, TENANT_SQL, RegistryReader
+from tenant_infra.catalog import load_catalog
+from tenant_infra.errors import BackendUnavailable
+from tenant_infra.tenant import requested_id
+
+if TYPE_CHECKING:
+    from tenant_infra.api.writes import Writes
+
+log = logging.getLogger("tenant_infra.api")
+
+HEADERS: Final = {"Cache-Control": "no-store"}
+
+
+def answer(status: int, body: Any) -> Response:
+    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    return Response(text, status, HEADERS, "application/json")
+
+
+def error(status: int, code: str, message: str, state: str | None = None) -> Response:
+    return answer(status, contract.denied(state, message, code))
+
+
+UNAUTHORIZED: Final = (401, "UNAUTHORIZED", "a valid X-API-Key is required")
+NOT_FOUND: Final = (404, "NOT_FOUND", "tenant or association not found")
+
+
+class Api:
+    """The handlers, over a registry reader and a source of connections documents."""
+
+    def __init__(
+        self,
+        reader: RegistryReader,
+        documents: DocumentSource,
+        writes: Writes | None = None,
+    ) -> None:
+        self.reader, self.documents, self.writes = reader, Cached(documents), writes
+        #: A source that blocks (Vault over HTTP) is read off the event loop.
+        self.blocking = bool(getattr(documents, "blocking", True))
+
+    # ------------------------------------------------------------- the routes
+
+    async def connections(self, request: Request) -> Response:
+        """``GET /v1/tenants/{tenantID}/associations/{service}/connections``."""
+        presented = request.headers.get("x-api-key", "")
+        key_id = keys.key_id(presented)
+        if key_id is None:
+            return error(*UNAUTHORIZED)
+        product = request.path_params["service"]
+        tenant = requested_id(request.path_params["tenant"])
+        row = await self.reader.one(
+            CONNECTIONS_SQL, {"key": key_id, "tenant": tenant, "product": product}
+        )
+        if row["hash"] is None or not keys.matches(presented, row["hash"]):
+            return error(*UNAUTHORIZED)
+        if row["scope"] != "product" or row["key_product"] != product:
+            return error(403, "FORBIDDEN", "this API key does not serve that product")
+        if tenant is None or row["id"] is None or row["product"] is None:
+            return error(*NOT_FOUND)
+        state = row["state"]
+        if state == contract.SUSPENDED:
+            return error(403, "SERVICE_SUSPENDED", "the service is suspended", "suspended")
+        if state in contract.PURGED:
+            return error(403, "SERVICE_PURGED", "the service was removed", "purged")
+        if state != contract.SERVED:
+            return error(404, "NOT_READY", f"the service is {state}, not ready")
+        document = await self._document(row["id"], product, row["version"])
+        if document is None:
+            log.error("no connections document for %s/%s", row["id"], product)
+            return error(*NOT_FOUND)
+        try:
+            body = contract.connections(row, row, document)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Only a mismatch's message is logged: it names fields, never values.
+            why = exc if isinstance(exc, contract.DocumentMismatch) else type(exc).__name__
+            log.error("connections document of %s/%s refused: %s", row["id"], product, why)
+            return error(*NOT_FOUND)
+        return answer(200, body)
+
+    async def active(self, request: Request) -> Response:
+        """``GET /v1/tenants/active?service=PRODUCT``: a bare array, ready services only."""
+        presented = request.headers.get("x-api-key", "")
+        key_id = keys.key_id(presented)
+        if key_id is None:
+            return error(*UNAUTHORIZED)
+        product = request.query_params.get("service", "")
+        row = await self.reader.one(ACTIVE_SQL, {"key": key_id, "product": product})
+        if row["hash"] is None or not keys.matches(presented, row["hash"]):
+            return error(*UNAUTHORIZED)
+        if row["scope"] == "product" and row["key_product"] != product:
+            return error(403, "FORBIDDEN", "this API key does not serve that product")
+        if product not in load_catalog().products:
+            return error(400, "UNKNOWN_SERVICE", "service must name a product of the catalog")
+        return answer(200, row["tenants"])
+
+    async def tenant(self, request: Request) -> Response:
+        """``GET /v1/tenants/{id}``: the tenant's metadata (no credential)."""
+        presented = request.headers.get("x-api-key", "")
+        key_id = keys.key_id(presented)
+        if key_id is None:
+            return error(*UNAUTHORIZED)
+        tenant = requested_id(request.path_params["tenant"])
+        row = await self.reader.one(TENANT_SQL, {"key": key_id, "tenant": tenant})
+        if row["hash"] is None or not keys.matches(presented, row["hash"]):
+            return error(*UNAUTHORIZED)
+        if tenant is None or row["id"] is None:
+            return error(*NOT_FOUND)
+        return answer(200, describe(row))
+
+    # ------------------------------------------------------------ internals
+
+    async def _document(self, tenant: str, product: str, version: str) -> Mapping[str, Any] | None:
+        document = self.documents.cached(tenant, product, version)
+        if document is not None:
+            return document
+        if not self.blocking:
+            return self.documents.read(tenant, product, version)
+        return await to_thread.run_sync(self.documents.read, tenant, product, version)
+
+
+def describe(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A tenant as ``GET /v1/tenants/{id}`` answers it."""
+    metadata = {str(k): str(v) for k, v in dict(row["metadata"] or {}).items()}
+    return {
+        "id": row["canonical"],
+        "slug": row["id"],
+        "name": contract.tenant_name(row),
+        "status": row["tenant_state"],
+        "metadata": metadata,
+        "services": dict(row.get("services") or {}),
+    }
+
+
+def create_app(api: Api) -> Starlette:
+    """The ASGI application; the registry pool opens and closes with it."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await api.reader.open()
+        try:
+            yield
+        finally:
+            await api.reader.close()
+
+    routes = [
+        Route("/v1/tenants/active", api.active, methods=["GET"]),
+        Route(
+            "/v1/tenants/{tenant}/associations/{service}/connections",
+            api.connections,
+            methods=["GET"],
+        ),
+        Route("/v1/tenants/{tenant}", api.tenant, methods=["GET"]),
+    ]
+    if api.writes is not None:
+        routes += api.writes.routes()
+    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def unavailable(_request: Request, exc: Exception) -> Response:
+        log.warning("%s", exc)
+        return error(503, "UNAVAILABLE", "the registry or Vault is unavailable; try again")
+
+    async def failed(_request: Request, exc: Exception) -> Response:
+        log.error("request failed: %s", type(exc).__name__)  # a message may hold a value
+        return error(500, "INTERNAL", "internal error")
+
+    app.add_exception_handler(BackendUnavailable, unavailable)
+    app.add_exception_handler(Exception, failed)
+    return app

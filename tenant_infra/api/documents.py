@@ -1,0 +1,105 @@
+"""Where the API finds a service's credentials: its connections document.
+
+A source is any ``(tenant, product) -> document | None``. In production it is Vault
+(the operator's, read-only token); without Vault (this project's tests) the documents
+the replay backend records, or documents read once from standard input.
+
+:class:`Cached` keeps documents in memory keyed by the registry row's version: every
+change a lifecycle operation records (a rotation, a promotion, a restore) changes
+that version in the transaction that queues its event, so a product that re-fetches
+after the event is never served the old credentials. The TTL bounds what an
+out-of-band change to Vault could leave stale.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from tenant_infra.errors import InvalidInput
+from tenant_infra.tenant import TenantNames
+from tenant_infra.vaultclient import VaultAccess, read_secret
+
+Document = Mapping[str, Any]
+DocumentSource = Callable[[str, str], Document | None]
+
+#: How long a document is served without reading it again, at most.
+DOCUMENT_TTL: Final = 30.0
+#: Documents kept at most (services), the least recently used leaving first.
+DOCUMENT_CACHE_SIZE: Final = 100_000
+
+
+class VaultDocuments:
+    """``<mount>/data/tenants/<tenant>/<product>`` on the operator's Vault."""
+
+    def __init__(self, vault: VaultAccess) -> None:
+        self.vault = vault
+
+    def __call__(self, tenant: str, product: str) -> Document | None:
+        try:
+            return read_secret(self.vault, TenantNames(tenant).service(product).vault_secret)
+        except InvalidInput:
+            return None  # no such secret
+
+
+class StaticDocuments:
+    """Documents given once (``tenantctl serve --connections -``): for a Vault-less
+    deployment, or what the replay backend recorded."""
+
+    def __init__(self, documents: Iterable[Document]) -> None:
+        self.documents: dict[tuple[str, str], Document] = {}
+        for document in documents:
+            if not isinstance(document, Mapping) or not {"tenant", "product"} <= set(document):
+                raise InvalidInput("each connections document needs 'tenant' and 'product'")
+            self.documents[(str(document["tenant"]), str(document["product"]))] = document
+
+    @classmethod
+    def parse(cls, text: str) -> StaticDocuments:
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"connections documents: not JSON ({exc.msg})") from None
+        return cls(loaded if isinstance(loaded, list) else [loaded])
+
+    def __call__(self, tenant: str, product: str) -> Document | None:
+        return self.documents.get((tenant, product))
+
+
+class Cached:
+    """A source's documents, kept per (tenant, product, registry version)."""
+
+    def __init__(
+        self,
+        source: DocumentSource,
+        ttl: float = DOCUMENT_TTL,
+        size: int = DOCUMENT_CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source, self.ttl, self.size, self.clock = source, ttl, size, clock
+        self._entries: OrderedDict[tuple[str, str], tuple[str, float, Document]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, tenant: str, product: str, version: str) -> Document | None:
+        """The document if it was read for this very version, recently enough."""
+        with self._lock:
+            entry = self._entries.get((tenant, product))
+            if entry is None or entry[0] != version or entry[1] < self.clock():
+                return None
+            self._entries.move_to_end((tenant, product))
+            return entry[2]
+
+    def read(self, tenant: str, product: str, version: str) -> Document | None:
+        """Read from the source (blocking: call it off the event loop) and keep it."""
+        document = self.source(tenant, product)
+        if document is None:
+            return None
+        with self._lock:
+            self._entries[(tenant, product)] = (version, self.clock() + self.ttl, document)
+            self._entries.move_to_end((tenant, product))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return document

@@ -1,0 +1,293 @@
+"""The newer clients' write calls, mapped onto the command functions ``tenantctl`` uses.
+
+Only an operator key (``Authorization: Bearer``), which no product is given, may call
+them, and only when ``tenantctl serve --writes`` enables them. Each runs the command
+in a worker thread and answers once the registry has recorded its transition (a new
+tenant, a service ``provisioning``), or once it is done: a deployment may take
+minutes, and the client waits 30 s. What follows is in the registry and the events.
+
+- ``POST /v1/tenants``: ``onboard``, identity only. 201 ``{id, slug, status}``, or
+  200 if it exists.
+- ``POST …/associations/{service}``: ``register``. 201 ``{serviceName, status}``, 200
+  if registered in that mode, 409 in another.
+- ``PUT …/associations/{service}/suspend``: ``suspend``. 200 (202 while it runs), 409
+  if already suspended.
+- ``PUT /v1/tenants/{id}/reactivate``: ``resume``. 200 (202 while it runs), 409 if
+  nothing is suspended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tenant_infra import commands
+from tenant_infra.api import keys
+from tenant_infra.api.app import NOT_FOUND, UNAUTHORIZED, answer, error
+from tenant_infra.api.reader import CONNECTIONS_SQL, TENANT_SQL, RegistryReader
+from tenant_infra.catalog import IsolationMode, load_catalog
+from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed
+from tenant_infra.tenant import canonical_id, requested_id, validate_tenant_id
+from tenant_infra.workspace import InProgress
+
+if TYPE_CHECKING:
+    from tenant_infra.lifecycle import StackBackend
+
+log = logging.getLogger("tenant_infra.api")
+
+#: How long a call waits for its transition to be recorded (the client waits 30 s).
+ANSWER_WITHIN: Final = 20.0
+#: Request bodies are small JSON objects.
+MAX_BODY: Final = 64 * 1024
+_MODES: Final = {
+    "schema": IsolationMode.SCHEMA,
+    "isolated": IsolationMode.DATABASE,
+    "database": IsolationMode.DATABASE,
+    "": IsolationMode.DATABASE,
+}
+
+
+class Writes:
+    """Write calls over the lifecycle commands (``backend``: as for the commands)."""
+
+    def __init__(
+        self,
+        reader: RegistryReader,
+        *,
+        root: Path | None = None,
+        backend: StackBackend | None = None,
+        verify: commands.Gate = commands.ISOLATION,
+        answer_within: float = ANSWER_WITHIN,
+    ) -> None:
+        self.reader, self.root, self.backend, self.verify = reader, root, backend, verify
+        self.answer_within = answer_within
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tenant-write")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/tenants", self.create_tenant, methods=["POST"]),
+            Route("/v1/tenants/{tenant}/associations/{service}", self.associate, methods=["POST"]),
+            Route(
+                "/v1/tenants/{tenant}/associations/{service}/suspend",
+                self.suspend,
+                methods=["PUT"],
+            ),
+            Route("/v1/tenants/{tenant}/reactivate", self.reactivate, methods=["PUT"]),
+        ]
+
+    # ------------------------------------------------------------- the calls
+
+    async def create_tenant(self, request: Request) -> Response:
+        denied = await self._operator(request)
+        if denied is not None:
+            return denied
+        body = await _body(request)
+        if isinstance(body, Response):
+            return body
+        name, slug, metadata = body.get("name", ""), body.get("slug") or "", body.get("metadata")
+        if not isinstance(name, str) or not isinstance(slug, str):
+            return error(400, "INVALID", "name and slug must be strings")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+        ):
+            return error(400, "INVALID", "metadata must be an object of strings")
+        tenant = slug or uuid.uuid4().hex
+        try:
+            validate_tenant_id(tenant)
+        except InvalidInput as exc:
+            return error(400, "INVALID", str(exc))
+        row = await self._tenant(canonical_id(tenant))
+        if row["id"] is not None:
+            return answer(200, {"id": row["canonical"], "slug": row["id"], "status": "active"})
+        labels = {**(metadata or {}), **({"name": name} if name else {})}
+
+        def onboard() -> Any:
+            return commands.onboard(
+                tenant, (), metadata=labels, **self._command_options(), verify=self.verify
+            )
+
+        async def recorded() -> bool:
+            return (await self._tenant(canonical_id(tenant)))["id"] is not None
+
+        outcome = await self._run(onboard, recorded)
+        if isinstance(outcome, Response):
+            return outcome
+        return answer(201, {"id": canonical_id(tenant), "slug": tenant, "status": "active"})
+
+    async def associate(self, request: Request) -> Response:
+        denied = await self._operator(request)
+        if denied is not None:
+            return denied
+        body = await _body(request)
+        if isinstance(body, Response):
+            return body
+        product = request.path_params["service"]
+        mode = _MODES.get(str(body.get("isolationMode", "")).lower())
+        if mode is None:
+            return error(400, "INVALID", "isolationMode must be schema or isolated")
+        if product not in load_catalog().products:
+            return error(404, "NOT_FOUND", "no such service in the catalog")
+        row = await self._service(request, product)
+        if row is None or row["id"] is None:
+            return error(*NOT_FOUND)
+        tenant = str(row["id"])
+        if row["product"] is not None and row["state"] not in ("retained", "purged"):
+            if row["isolation"] != mode.value:
+                return error(409, "CONFLICT", f"{product} is registered in another mode")
+            return answer(200, {"serviceName": product, "status": row["state"]})
+
+        def register() -> Any:
+            return commands.register(
+                tenant, [f"{product}:{mode.value}"], **self._command_options(), verify=self.verify
+            )
+
+        async def recorded() -> bool:
+            again = await self.reader.one(
+                CONNECTIONS_SQL, {"key": "", "tenant": row["canonical"], "product": product}
+            )
+            return again["state"] not in (None, "retained", "purged")
+
+        outcome = await self._run(register, recorded)
+        if isinstance(outcome, Response):
+            return outcome
+        return answer(201, {"serviceName": product, "status": "provisioning"})
+
+    async def suspend(self, request: Request) -> Response:
+        denied = await self._operator(request)
+        if denied is not None:
+            return denied
+        product = request.path_params["service"]
+        row = await self._service(request, product)
+        if row is None or row["id"] is None or row["product"] is None:
+            return error(*NOT_FOUND)
+        if row["state"] == "suspended":
+            return error(409, "CONFLICT", "the service is already suspended")
+        if row["state"] != "ready":
+            return error(409, "CONFLICT", f"the service is {row['state']}, not ready")
+        tenant = str(row["id"])
+
+        def suspend() -> Any:
+            return commands.suspend(tenant, [product], **self._command_options())
+
+        outcome = await self._run(suspend, None)
+        if isinstance(outcome, Response):
+            return outcome
+        status = 200 if outcome is not None else 202
+        return answer(status, {"serviceName": product, "status": "suspended"})
+
+    async def reactivate(self, request: Request) -> Response:
+        denied = await self._operator(request)
+        if denied is not None:
+            return denied
+        tenant_id = requested_id(request.path_params["tenant"])
+        row = await self._tenant(tenant_id)
+        if tenant_id is None or row["id"] is None:
+            return error(*NOT_FOUND)
+        if "suspended" not in dict(row["services"] or {}).values():
+            return error(409, "CONFLICT", "no service of the tenant is suspended")
+        tenant = str(row["id"])
+
+        def resume() -> Any:
+            return commands.resume(tenant, **self._command_options(), verify=self.verify)
+
+        outcome = await self._run(resume, None)
+        if isinstance(outcome, Response):
+            return outcome
+        status = 200 if outcome is not None else 202
+        return answer(status, {"id": row["canonical"], "status": "active"})
+
+    # ------------------------------------------------------------ internals
+
+    def _command_options(self) -> dict[str, Any]:
+        return {"backend": self.backend, "root": self.root}
+
+    async def _operator(self, request: Request) -> Response | None:
+        """``None`` for an operator key in ``Authorization: Bearer``, else the refusal."""
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        key_id = keys.key_id(presented.strip()) if scheme.lower() == "bearer" else None
+        if key_id is None:
+            return error(*UNAUTHORIZED)
+        row = await self.reader.one(TENANT_SQL, {"key": key_id, "tenant": None})
+        if row["hash"] is None or not keys.matches(presented.strip(), row["hash"]):
+            return error(*UNAUTHORIZED)
+        if row["scope"] != "operator":
+            return error(403, "FORBIDDEN", "write calls take an operator key")
+        return None
+
+    async def _tenant(self, canonical: str | None) -> dict[str, Any]:
+        return await self.reader.one(TENANT_SQL, {"key": "", "tenant": canonical})
+
+    async def _service(self, request: Request, product: str) -> dict[str, Any] | None:
+        tenant = requested_id(request.path_params["tenant"])
+        if tenant is None:
+            return None
+        return await self.reader.one(
+            CONNECTIONS_SQL, {"key": "", "tenant": tenant, "product": product}
+        )
+
+    async def _run(
+        self, command: Callable[[], Any], recorded: Callable[[], Awaitable[bool]] | None
+    ) -> Any:
+        """Start ``command``; its result once done, ``None`` once ``recorded()`` (or
+        the wait) ends first, or the refusal its error maps to."""
+        future: Future[Any] = self.pool.submit(command)
+        future.add_done_callback(_log_failure)
+        deadline = time.monotonic() + self.answer_within
+        while time.monotonic() < deadline:
+            if future.done():
+                exc = future.exception()
+                return _refusal(exc) if exc is not None else future.result()
+            if recorded is not None and await recorded():
+                return None
+            await asyncio.sleep(0.1)
+        return None
+
+
+async def _body(request: Request) -> dict[str, Any] | Response:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            return error(413, "TOO_LARGE", f"request bodies are at most {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return error(400, "INVALID", "the body is not JSON")
+    if not isinstance(body, dict):
+        return error(400, "INVALID", "the body must be a JSON object")
+    return body
+
+
+def _refusal(exc: BaseException) -> Response:
+    """A command's error as the client's status codes (one line, no value)."""
+    if isinstance(exc, InvalidInput):
+        return error(409 if "spelled otherwise" in str(exc) else 400, "INVALID", str(exc))
+    if isinstance(exc, InProgress):
+        return error(409, "CONFLICT", "another operation holds the tenant; try again")
+    if isinstance(exc, BackendUnavailable):
+        return error(503, "UNAVAILABLE", str(exc))
+    if isinstance(exc, OperationFailed):
+        return error(500, "FAILED", str(exc))
+    return error(500, "INTERNAL", type(exc).__name__)
+
+
+def _log_failure(future: Future[Any]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning(
+            "write call failed: %s",
+            str(exc)
+            if isinstance(exc, InvalidInput | InProgress | BackendUnavailable | OperationFailed)
+            else type(exc).__name__,
+        )
