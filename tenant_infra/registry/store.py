@@ -229,21 +229,59 @@ class Registry:
 
     def _record(self, change: Change) -> None:
         with self.connect() as conn, conn.transaction():
-            events = _Transition(conn, change, self.actor).apply()
-            environment = self.events.environment if self.events else None
-            for event in events if environment else []:
-                event_id, at = new_event_id(), now()
-                conn.execute(
-                    f"INSERT INTO {SCHEMA}.outbox (event_id, tenant_id, event_type, channel, body)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (
-                        event_id,
-                        change.tenant,
-                        event.event_type,
-                        channel(environment or ""),
-                        encode(event.envelope(environment or "", event_id, at)),
-                    ),
+            self._queue(conn, change.tenant, _Transition(conn, change, self.actor).apply())
+
+    def _queue(
+        self, conn: psycopg.Connection[dict[str, Any]], tenant: str, events: Sequence[Event]
+    ) -> None:
+        """Put ``events`` in the outbox, in the caller's transaction."""
+        environment = self.events.environment if self.events else None
+        for event in events if environment else []:
+            event_id, at = new_event_id(), now()
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.outbox (event_id, tenant_id, event_type, channel, body)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (
+                    event_id,
+                    tenant,
+                    event.event_type,
+                    channel(environment or ""),
+                    encode(event.envelope(environment or "", event_id, at)),
+                ),
+            )
+
+    def record_rotation(self, tenant: str, product: str, credential_type: str) -> None:
+        """A service's credentials were replaced (the new ones already in Vault): its row
+        changes version, so the API serves the new ones before
+        ``tenant.credentials.rotated`` is published."""
+        try:
+            with self.connect() as conn, conn.transaction():
+                row = conn.execute(
+                    f"UPDATE {SCHEMA}.services SET updated_at = now()"
+                    " WHERE tenant_id = %s AND product = %s RETURNING state, vault_path",
+                    (tenant, product),
+                ).fetchone()
+                if row is None:
+                    raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
+                _history(
+                    conn,
+                    tenant,
+                    product,
+                    "rotate",
+                    row["state"],
+                    row["state"],
+                    f"{credential_type} credentials replaced",
+                    self.actor,
                 )
+                payload = {
+                    "service_name": product,
+                    "credential_type": credential_type,
+                    "new_secret_path": row["vault_path"],
+                }
+                self._queue(conn, tenant, [Event("tenant.credentials.rotated", tenant, payload)])
+        except psycopg.Error as exc:
+            raise _reported(f"recording a rotation of {tenant}", exc) from None
+        self.drain()
 
     def same_tenant(self, tenant: str) -> str | None:
         """Another registered spelling of ``tenant`` (a UUID dashed or not), if any."""

@@ -1,0 +1,79 @@
+"""The write calls, with an operator key, mapped onto the lifecycle commands (replay)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+from tests.api.conftest import Served
+from tests.support.api import decode_connections, decode_denied
+
+
+def call(served: Served, method: str, path: str, key: str | None, body: Any = None) -> requests.Response:
+    headers = {"X-API-Key": served.key("ledger")} if key is None else {"Authorization": f"Bearer {key}"}
+    return requests.request(method, served.url + path, json=body, headers=headers, timeout=30)
+
+
+def until(check: Any, seconds: float = 90) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_write_calls_onboard_register_suspend_and_reactivate(served: Served) -> None:
+    operator, ledger = served.key(), served.key("ledger")
+    tenant = served.world.new_tenant("w")
+
+    # Only an operator key, as a Bearer token, may write.
+    body = {"name": "Write Co", "slug": tenant, "environment": "staging", "isolation": "schema", "metadata": {"plan": "gold"}}
+    assert call(served, "POST", "/v1/tenants", None, body).status_code == 401
+    assert call(served, "POST", "/v1/tenants", ledger, body).status_code == 403
+    created = call(served, "POST", "/v1/tenants", operator, body)
+    assert created.status_code == 201, created.text
+    assert created.json() == {"id": tenant, "slug": tenant, "status": "active"}
+    assert call(served, "POST", "/v1/tenants", operator, body).status_code == 200  # idempotent
+    described = served.get(f"/v1/tenants/{tenant}", ledger)
+    assert described.status_code == 200
+    assert described.json()["metadata"] == {"name": "Write Co", "plan": "gold"}
+
+    path = f"/v1/tenants/{tenant}/associations/ledger"
+    associated = call(served, "POST", path, operator, {"isolationMode": "schema"})
+    assert associated.status_code == 201, associated.text
+    assert associated.json() == {"serviceName": "ledger", "status": "provisioning"}
+    ready = until(lambda: served.connections(tenant, "ledger", ledger).status_code == 200)
+    assert ready
+    repeat = call(served, "POST", path, operator, {"isolationMode": "schema"})
+    assert repeat.status_code == 200 and repeat.json()["status"] == "ready"
+    assert call(served, "POST", path, operator, {"isolationMode": "isolated"}).status_code == 409
+    assert call(served, "POST", path, operator, {"isolationMode": "sideways"}).status_code == 400
+
+    suspended = call(served, "PUT", f"{path}/suspend", operator)
+    assert suspended.status_code == 200, suspended.text
+    assert decode_denied(served.connections(tenant, "ledger", ledger)) == "suspended"
+    assert call(served, "PUT", f"{path}/suspend", operator).status_code == 409  # already
+
+    reactivated = call(served, "PUT", f"/v1/tenants/{tenant}/reactivate", operator)
+    assert reactivated.status_code == 200, reactivated.text
+    decode_connections(served.connections(tenant, "ledger", ledger).json())
+    assert call(served, "PUT", f"/v1/tenants/{tenant}/reactivate", operator).status_code == 409
+
+
+def test_write_calls_refuse_bad_input_before_anything_runs(served: Served) -> None:
+    operator = served.key()
+    for body in ({"slug": "Bad_Slug"}, {"slug": 7}, {"metadata": {"k": 1}}, [1, 2]):
+        assert call(served, "POST", "/v1/tenants", operator, body).status_code == 400, body
+    response = requests.post(
+        served.url + "/v1/tenants", data=b"{" * 70_000, timeout=30,
+        headers={"Authorization": f"Bearer {operator}"},
+    )
+    assert response.status_code == 413
+    missing = "/v1/tenants/nobody-here/associations/ledger"
+    assert call(served, "POST", missing, operator, {"isolationMode": "schema"}).status_code == 404
+    assert call(served, "PUT", f"{missing}/suspend", operator).status_code == 404
+    assert served.world.plane.rows("SELECT id FROM registry.tenants") == []
