@@ -421,6 +421,9 @@ def serve(
     writes: Annotated[
         bool, typer.Option("--writes", help="Enable the write calls (operator keys only).")
     ] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log each request's line.")
+    ] = True,
 ) -> None:
     """Serve the seed platform's multi-tenancy API from the registry: plain HTTP on a
     loopback address only, TLS anywhere else."""
@@ -432,7 +435,14 @@ def serve(
         if connections != "-":
             raise InvalidInput("--connections takes '-' (standard input): no file holds secrets")
         documents = StaticDocuments.parse(sys.stdin.read())
-    commands.serve(listen, tls_cert=tls_cert, tls_key=tls_key, documents=documents, writes=writes)
+    commands.serve(
+        listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        documents=documents,
+        writes=writes,
+        access_log=access_log,
+    )
 
 
 api_key_app = typer.Typer(help="API keys of the multi-tenancy API.", no_args_is_help=True)

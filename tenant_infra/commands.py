@@ -553,6 +553,7 @@ def serve(
     tls_key: Path | None = None,
     documents: DocumentSource | None = None,
     writes: bool = False,
+    access_log: bool = True,
     backend: StackBackend | None = None,
     root: Path | None = None,
 ) -> None:
@@ -561,7 +562,7 @@ def serve(
 
     where = server.listen(listen, tls_cert, tls_key)
     app = api(documents=documents, writes=writes, backend=backend, root=root)
-    server.run(app, where)
+    server.run(app, where, access_log)
 
 
 def create_api_key(

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tenant_infra.api import contract, keys
-from tenant_infra.api.documents import Cached, DocumentSource
+from tenant_infra.api.documents import Cached, DocumentSource, Entry
 from tenant_infra.api.reader import ACTIVE_SQL, CONNECTIONS_SQL, TENANT_SQL, RegistryReader
 from tenant_infra.catalog import load_catalog
 from tenant_infra.errors import BackendUnavailable
@@ -87,18 +87,21 @@ class Api:
             return error(403, "SERVICE_PURGED", "the service was removed", "purged")
         if state != contract.SERVED:
             return error(404, "NOT_READY", f"the service is {state}, not ready")
-        document = await self._document(row["id"], product, row["version"])
-        if document is None:
+        entry = await self._document(row["id"], product, row["version"])
+        if entry is None:
             log.error("no connections document for %s/%s", row["id"], product)
             return error(*NOT_FOUND)
-        try:
-            body = contract.connections(row, row, document)
-        except (KeyError, TypeError, ValueError) as exc:
-            # Only a mismatch's message is logged: it names fields, never values.
-            why = exc if isinstance(exc, contract.DocumentMismatch) else type(exc).__name__
-            log.error("connections document of %s/%s refused: %s", row["id"], product, why)
-            return error(*NOT_FOUND)
-        return answer(200, body)
+        if entry.body is None:
+            try:
+                decoded = _decoded(row)
+                body = contract.connections(decoded, decoded, entry.document)
+            except (KeyError, TypeError, ValueError) as exc:
+                # Only a mismatch's message is logged: it names fields, never values.
+                why = exc if isinstance(exc, contract.DocumentMismatch) else type(exc).__name__
+                log.error("connections document of %s/%s refused: %s", row["id"], product, why)
+                return error(*NOT_FOUND)
+            entry.body = json.dumps(body, separators=(",", ":")).encode()
+        return Response(entry.body, 200, HEADERS, "application/json")
 
     async def active(self, request: Request) -> Response:
         """``GET /v1/tenants/active?service=PRODUCT``: a bare array, ready services only."""
@@ -132,13 +135,21 @@ class Api:
 
     # ------------------------------------------------------------ internals
 
-    async def _document(self, tenant: str, product: str, version: str) -> Mapping[str, Any] | None:
-        document = self.documents.cached(tenant, product, version)
-        if document is not None:
-            return document
+    async def _document(self, tenant: str, product: str, version: str) -> Entry | None:
+        entry = self.documents.cached(tenant, product, version)
+        if entry is not None:
+            return entry
         if not self.blocking:
             return self.documents.read(tenant, product, version)
         return await to_thread.run_sync(self.documents.read, tenant, product, version)
+
+
+def _decoded(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The connections row with its JSON columns (fetched as text) decoded."""
+    return {
+        **row,
+        **{k: json.loads(row[k]) for k in ("metadata", "modules", "connection_settings")},
+    }
 
 
 def describe(row: Mapping[str, Any]) -> dict[str, Any]:

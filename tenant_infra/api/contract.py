@@ -64,7 +64,7 @@ def connections(
 ) -> dict[str, Any]:
     """The 200 answer of ``GET /v1/tenants/{id}/associations/{service}/connections``.
 
-    ``tenant`` and ``service`` are registry rows; ``document`` is the service's
+    ``tenant`` and ``service`` are registry rows (JSON decoded); ``document`` is the service's
     connections document (Vault): where and as whom to connect comes from it, so
     the user and password served always belong together.
     """

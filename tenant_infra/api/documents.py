@@ -4,7 +4,7 @@ A source is any ``(tenant, product) -> document | None``. In production it is Va
 (the operator's, read-only token); without Vault (this project's tests) the documents
 the replay backend records, or documents read once from standard input.
 
-:class:`Cached` keeps documents in memory keyed by the registry row's version: every
+:class:`Cached` keeps documents in memory keyed by the registry rows' version: every
 change a lifecycle operation records (a rotation, a promotion, a restore) changes
 that version in the transaction that queues its event, so a product that re-fetches
 after the event is never served the old credentials. The TTL bounds what an
@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from tenant_infra.errors import InvalidInput
@@ -27,8 +28,9 @@ from tenant_infra.vaultclient import VaultAccess, read_secret
 Document = Mapping[str, Any]
 DocumentSource = Callable[[str, str], Document | None]
 
-#: How long a document is served without reading it again, at most.
-DOCUMENT_TTL: Final = 30.0
+#: How long a document is served without reading it again, at most: what a change
+#: made behind the registry's back (by hand, in Vault) may take to be served.
+DOCUMENT_TTL: Final = 300.0
 #: Documents kept at most (services), the least recently used leaving first.
 DOCUMENT_CACHE_SIZE: Final = 100_000
 
@@ -50,6 +52,9 @@ class StaticDocuments:
     """Documents given once (``tenantctl serve --connections -``): for a Vault-less
     deployment, or what the replay backend recorded."""
 
+    #: A dictionary lookup: read on the event loop, no thread hop.
+    blocking = False
+
     def __init__(self, documents: Iterable[Document]) -> None:
         self.documents: dict[tuple[str, str], Document] = {}
         for document in documents:
@@ -69,6 +74,17 @@ class StaticDocuments:
         return self.documents.get((tenant, product))
 
 
+@dataclass
+class Entry:
+    """A document read for one registry version, and the answer rendered from it."""
+
+    version: str
+    expires: float
+    document: Document
+    #: Filled in by the API on first use: the same version always renders the same.
+    body: bytes | None = None
+
+
 class Cached:
     """A source's documents, kept per (tenant, product, registry version)."""
 
@@ -80,26 +96,27 @@ class Cached:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source, self.ttl, self.size, self.clock = source, ttl, size, clock
-        self._entries: OrderedDict[tuple[str, str], tuple[str, float, Document]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def cached(self, tenant: str, product: str, version: str) -> Document | None:
-        """The document if it was read for this very version, recently enough."""
+    def cached(self, tenant: str, product: str, version: str) -> Entry | None:
+        """The entry if it was read for this very version, recently enough."""
         with self._lock:
             entry = self._entries.get((tenant, product))
-            if entry is None or entry[0] != version or entry[1] < self.clock():
+            if entry is None or entry.version != version or entry.expires < self.clock():
                 return None
             self._entries.move_to_end((tenant, product))
-            return entry[2]
+            return entry
 
-    def read(self, tenant: str, product: str, version: str) -> Document | None:
+    def read(self, tenant: str, product: str, version: str) -> Entry | None:
         """Read from the source (blocking: call it off the event loop) and keep it."""
         document = self.source(tenant, product)
         if document is None:
             return None
+        entry = Entry(version, self.clock() + self.ttl, document)
         with self._lock:
-            self._entries[(tenant, product)] = (version, self.clock() + self.ttl, document)
+            self._entries[(tenant, product)] = entry
             self._entries.move_to_end((tenant, product))
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
-        return document
+        return entry

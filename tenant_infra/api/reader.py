@@ -1,8 +1,11 @@
 """The API's reads of the registry: one query per request, as its read-only role.
 
 Each query also fetches the presented key's row, so authenticating costs no round
-trip of its own. Statements are prepared per pooled connection (psycopg does so
-after a few executions), and the active-tenants list is built as JSON by PostgreSQL.
+trip of its own. The connections query returns the rows' *version* (their tuple
+versions and the service's time): anything an answer depends on changes it. Its JSON
+columns come as text, decoded only when an answer is rendered anew. Statements are
+prepared per pooled connection (psycopg does so after a few executions), and the
+active-tenants list is built as JSON by PostgreSQL.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ _KEY: Final = f"LEFT JOIN {SCHEMA}.api_keys k ON k.id = %(key)s AND k.revoked_at
 
 CONNECTIONS_SQL: Final = f"""
 SELECT k.scope, k.product AS key_product, k.hash,
-       t.id, t.canonical, t.metadata, t.state AS tenant_state,
-       s.product, s.isolation, s.state, s.modules, s.connection_settings,
-       s.created_at, s.updated_at, s.xmin::text || '@' || s.updated_at::text AS version
+       t.id, t.canonical, t.metadata::text, t.state AS tenant_state,
+       s.product, s.isolation, s.state, s.modules::text, s.connection_settings::text,
+       s.created_at, s.updated_at,
+       s.xmin::text || ':' || t.xmin::text || '@' || s.updated_at::text AS version
 FROM (VALUES (1)) AS one (x)
 {_KEY}
 LEFT JOIN {SCHEMA}.tenants t ON t.canonical = %(tenant)s
@@ -62,11 +66,11 @@ class RegistryReader:
         self.where = f"{params.get('host')}:{params.get('port')}/{params.get('dbname')}"
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = (
             AsyncConnectionPool(
-            kwargs={**params, "row_factory": dict_row, "autocommit": True},
-            min_size=1,
-            max_size=size,
-            open=False,
-            timeout=10,
+                kwargs={**params, "row_factory": dict_row, "autocommit": True},
+                min_size=1,
+                max_size=size,
+                open=False,
+                timeout=10,
             )
         )
 
