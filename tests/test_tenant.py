@@ -16,6 +16,8 @@ from tenant_infra.tenant import (
     RESERVED_TENANT_IDS,
     TENANT_ID_MAX,
     TenantNames,
+    canonical_id,
+    requested_id,
     tenant_from_database,
     tenant_from_schema,
     validate_tenant_id,
@@ -139,3 +141,36 @@ def test_anything_accepted_matches_the_documented_grammar(text: str) -> None:
     assert 2 <= len(text) <= TENANT_ID_MAX
     assert "--" not in text and text[0] != "-" and text[-1] != "-"
     assert text not in RESERVED_TENANT_IDS
+
+
+@given(st.uuids(), st.booleans(), st.booleans())
+def test_a_uuid_names_one_tenant_dashed_or_not_in_any_case(value: uuid.UUID, dashed: bool, upper: bool) -> None:
+    spelling = str(value) if dashed else value.hex
+    spelling = spelling.upper() if upper else spelling
+    assert requested_id(spelling) == canonical_id(spelling) == value.hex
+    assert canonical_id(str(value)) == canonical_id(value.hex)
+
+
+@pytest.mark.parametrize(
+    ("claim", "expected"),
+    [
+        ("acme", "acme"),
+        ("globex-eu", "globex-eu"),
+        ("Acme", None),  # a valid claim, but no tenant can have it: ids are lowercase
+        ("acme_eu", None),
+        ("-acme", None),
+        ("a" * 41, None),
+        ("../etc", None),
+        ("acme\n", None),
+        ("0f8fad5b-d9cb469f-a165-70867728950e", "0f8fad5bd9cb469fa16570867728950e"),
+        ("0f8fad5bd9cb469fa16570867728950e0", "0f8fad5bd9cb469fa16570867728950e0"),  # a slug
+        ("{0f8fad5b-d9cb-469f-a165-70867728950e}", None),
+    ],
+)
+def test_a_claim_maps_to_the_tenant_it_can_name(claim: str, expected: str | None) -> None:
+    assert requested_id(claim) == expected
+
+
+def test_slugs_are_their_own_canonical_id() -> None:
+    assert canonical_id("acme") == "acme"
+    assert canonical_id("0f8fad5b-d9cb-469f") == "0f8fad5b-d9cb-469f"
