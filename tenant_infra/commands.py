@@ -5,6 +5,7 @@ Onboarding pipelines import these; ``tenant_infra.cli`` turns arguments into cal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -521,10 +522,13 @@ def api(
     environ = _operator_environ(backend)
     env = os.environ if environ is None else environ
     found = _read_registry(workspace, backend)
-    params = {**found.params(), "user": found.settings.reader}
-    params.pop("password", None)
-    if env.get("TENANT_INFRA_REGISTRY_READER_PASSWORD"):
-        params["password"] = env["TENANT_INFRA_REGISTRY_READER_PASSWORD"]
+    # Everything below reads as the registry's read-only role, never as the writer.
+    found = dataclasses.replace(
+        found,
+        settings=found.settings.model_copy(update={"user": found.settings.reader}),
+        password=env.get("TENANT_INFRA_REGISTRY_READER_PASSWORD"),
+        owner_password=None,
+    )
     head, current = declared_head(SCRIPT_LOCATION), found.revision()
     if current != head:
         raise InvalidInput(
@@ -539,7 +543,7 @@ def api(
                 "<kvMount>/data/tenants/*), or pass --connections -"
             )
         documents = VaultDocuments(vault)
-    reader = RegistryReader(params)
+    reader = RegistryReader(found.params())
     mounted = (
         Writes(reader, root=workspace.root, backend=backend, verify=verify) if writes else None
     )

@@ -196,3 +196,22 @@ def test_after_a_rotation_the_new_credentials_are_served_before_the_event(served
     pg = after["databases"]["tracer"]["postgresql"]
     assert pg["password"] == new_password != before["databases"]["tracer"]["postgresql"]["password"]
     connect_postgres(pg, True)
+
+
+def test_the_api_reads_the_registry_as_its_read_only_role(served: Served) -> None:
+    key = served.key("ledger")
+    assert served.get("/v1/tenants/active?service=ledger", key).status_code == 200
+    plane = served.world.plane
+    users = {
+        row["usename"]
+        for row in plane.rows(
+            "SELECT usename FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'tenant-infra-registry'"
+        )
+    }
+    assert users == {plane.reader}
+    privileges = plane.rows(
+        "SELECT DISTINCT privilege_type FROM information_schema.role_table_grants"
+        " WHERE grantee = %s", (plane.reader,),
+    )
+    assert privileges == [{"privilege_type": "SELECT"}]
