@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import secrets
 import shutil
@@ -35,15 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
+from registry_root import ADMIN, REPO, registry_root
 
-REPO = Path(__file__).resolve().parents[1]
-ADMIN = {
-    "host": os.environ.get("PGHOST", "127.0.0.1"),
-    "port": int(os.environ.get("PGPORT", "5432")),
-    "user": os.environ.get("PGUSER", "postgres"),
-    "dbname": "postgres",
-}
 WRK_SCRIPT = """
 local n, key, counter = {n}, "{key}", 0
 request = function()
@@ -56,33 +48,7 @@ CONNECTIONS_PATH = "/v1/tenants/tenant-%d/associations/ledger/connections"
 
 
 def setup(root: Path, database: str, reader: str, n: int) -> dict[str, str]:
-    (root / "stacks").mkdir(parents=True)
-    shutil.copy(REPO / "Pulumi.yaml", root / "Pulumi.yaml")
-    dev = yaml.safe_load((REPO / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
-    server = {"host": ADMIN["host"], "port": ADMIN["port"], "adminUser": ADMIN["user"]}
-    (root / "platform").mkdir()
-    (root / "platform" / "Pulumi.bench.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "config": {
-                    "tenant-infra:products": ["ledger"],
-                    "tenant-infra:platform": dev["tenant-infra:platform"]
-                    | {"postgres": {"default": server | {"sslmode": "disable"}}},
-                    "tenant-infra:registry": {
-                        "database": database,
-                        "owner": ADMIN["user"],
-                        "user": ADMIN["user"],
-                        "reader": reader,
-                    },
-                }
-            }
-        )
-    )
-    env = {**os.environ, "TENANT_INFRA_PLATFORM_STACK": "bench"}
-    sys.path.insert(0, str(REPO))
-    from tenant_infra.registry import Registry
-
-    Registry.from_platform(root, env).open()  # the schema, by the tool's own migrations
+    env = registry_root(root, database, reader)
     with psycopg.connect(**(ADMIN | {"dbname": database}), autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {reader} LOGIN")
         conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {reader}")

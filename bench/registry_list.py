@@ -13,54 +13,21 @@ interleaved; the registry database is dropped at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-ADMIN = {
-    "host": os.environ.get("PGHOST", "127.0.0.1"),
-    "port": int(os.environ.get("PGPORT", "5432")),
-    "user": os.environ.get("PGUSER", "postgres"),
-    "dbname": "postgres",
-}
+from registry_root import ADMIN, REPO, registry_root
 
 
 def setup(root: Path, database: str, n: int) -> dict[str, str]:
-    (root / "stacks").mkdir(parents=True)
-    shutil.copy(REPO / "Pulumi.yaml", root / "Pulumi.yaml")
-    dev = yaml.safe_load((REPO / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
-    server = {"host": ADMIN["host"], "port": ADMIN["port"], "adminUser": ADMIN["user"]}
-    (root / "platform").mkdir()
-    (root / "platform" / "Pulumi.bench.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "config": {
-                    "tenant-infra:products": ["ledger"],
-                    "tenant-infra:platform": dev["tenant-infra:platform"]
-                    | {"postgres": {"default": server | {"sslmode": "disable"}}},
-                    "tenant-infra:registry": {
-                        "database": database, "owner": ADMIN["user"], "user": ADMIN["user"]
-                    },
-                }
-            }
-        )
-    )
-    env = {**os.environ, "TENANT_INFRA_PLATFORM_STACK": "bench"}
-    sys.path.insert(0, str(REPO))
-    from tenant_infra.registry import Registry
-
-    Registry.from_platform(root, env).open()  # the schema, by the tool's own migrations
+    env = registry_root(root, database)
     with psycopg.connect(**(ADMIN | {"dbname": database}), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO registry.tenants (id, canonical, metadata, tier, state)"

@@ -111,6 +111,15 @@ class World:
     def kwargs(self) -> dict[str, Any]:
         return {"backend": self.backend, "root": self.root}
 
+    def close(self) -> None:
+        """Offboard every tenant the test made, then drop whatever a failure left."""
+        for tenant in self.tenants:
+            try:
+                if Workspace(self.root).read_config(tenant) is not None:
+                    commands.offboard(tenant, purge=True, **self.kwargs())
+            finally:
+                force_cleanup(tenant)
+
     def onboard(self, tenant: str, *services: str) -> Any:
         status = commands.onboard(tenant, services, DEV_STACK, verify=self.verify, **self.kwargs())
         assert status.ok, status.to_json()
@@ -144,12 +153,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         try:
             yield world
         finally:
-            for tenant in world.tenants:
-                try:
-                    if Workspace(world.root).read_config(tenant) is not None:
-                        commands.offboard(tenant, purge=True, **world.kwargs())
-                finally:
-                    force_cleanup(tenant)
+            world.close()
 
 
 def snapshot(world: World, tenant: str, product: str) -> dict[str, Any]:

@@ -89,10 +89,7 @@ class Writes:
     # ------------------------------------------------------------- the calls
 
     async def create_tenant(self, request: Request) -> Response:
-        denied = await self._operator(request)
-        if denied is not None:
-            return denied
-        body = await _body(request)
+        body = await self._operator_body(request)
         if isinstance(body, Response):
             return body
         name, slug, metadata = body.get("name", ""), body.get("slug") or "", body.get("metadata")
@@ -126,10 +123,7 @@ class Writes:
         return answer(201, {"id": canonical_id(tenant), "slug": tenant, "status": "active"})
 
     async def associate(self, request: Request) -> Response:
-        denied = await self._operator(request)
-        if denied is not None:
-            return denied
-        body = await _body(request)
+        body = await self._operator_body(request)
         if isinstance(body, Response):
             return body
         product = request.path_params["service"]
@@ -224,6 +218,11 @@ class Writes:
         if row["scope"] != "operator":
             return error(403, "FORBIDDEN", "write calls take an operator key")
         return None
+
+    async def _operator_body(self, request: Request) -> dict[str, Any] | Response:
+        """The JSON object an operator sent, or the refusal."""
+        denied = await self._operator(request)
+        return denied if denied is not None else await _body(request)
 
     async def _tenant(self, canonical: str | None) -> dict[str, Any]:
         return await self.reader.one(TENANT_SQL, {"key": "", "tenant": canonical})

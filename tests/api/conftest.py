@@ -12,10 +12,9 @@ import requests
 
 from tenant_infra import commands
 from tenant_infra.api.documents import Document
-from tenant_infra.workspace import Workspace
 from tests.support.api import running
 from tests.support.registry import control_plane
-from tests.test_lifecycle_replay import GUEST, World, force_cleanup
+from tests.test_lifecycle_replay import GUEST, World
 
 
 @dataclass
@@ -66,9 +65,4 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
                 holder.append(Served(world, url))
                 yield holder[0]
         finally:
-            for tenant in world.tenants:
-                try:
-                    if Workspace(world.root).read_config(tenant) is not None:
-                        commands.offboard(tenant, purge=True, **world.kwargs())
-                finally:
-                    force_cleanup(tenant)
+            world.close()
