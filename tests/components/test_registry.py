@@ -107,7 +107,7 @@ def test_applied_each_role_can_do_its_part_and_nothing_else(
     backend.up_platform(config, "test", lambda _event: None)
     assert config.registry is not None
     registry = Registry(config.registry, config.platform.postgres_for("default")).open()
-    assert registry.revision() == "0002"  # migrated by the owner
+    assert registry.revision() == "0003"  # migrated by the owner
     target = ADMIN | {"dbname": names["database"]}
     with psycopg.connect(**(target | {"user": names["user"]}), autocommit=True) as conn:
         (superuser,) = conn.execute(
@@ -122,6 +122,10 @@ def test_applied_each_role_can_do_its_part_and_nothing_else(
             "INSERT INTO registry.history (tenant_id, operation, new_state, actor)"
             " VALUES ('acme', 'onboard', 'active', 'test')"
         )
+        conn.execute(  # API keys are made by the control plane
+            "INSERT INTO registry.api_keys (id, scope, product, hash, created_by)"
+            " VALUES ('00000000000000aa', 'product', 'ledger', sha256('k'), 'test')"
+        )
         for statement in (  # the writer writes rows; it cannot lift the history's guard
             "ALTER TABLE registry.history DISABLE TRIGGER history_append_only",
             "DROP TRIGGER history_append_only ON registry.history",
@@ -133,7 +137,9 @@ def test_applied_each_role_can_do_its_part_and_nothing_else(
                 conn.execute(statement)
     with psycopg.connect(**(target | {"user": names["reader"]}), autocommit=True) as conn:
         assert conn.execute("SELECT id FROM registry.tenants").fetchall() == [("acme",)]
+        assert conn.execute("SELECT id FROM registry.api_keys").fetchall() == [("00000000000000aa",)]
         for statement in (
+            "UPDATE registry.api_keys SET revoked_at = NULL",
             "INSERT INTO registry.tenants (id, tier, state) VALUES ('x', 'standard', 'active')",
             "UPDATE registry.services SET state = 'ready'",
             "DELETE FROM registry.outbox",
