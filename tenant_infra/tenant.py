@@ -33,9 +33,10 @@ PG_IDENTIFIER_MAX: Final = 63
 
 _TENANT_ID_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _PRODUCT_RE: Final = re.compile(r"[a-z][a-z0-9]*")
-#: A UUID dashed (in the standard places) or dashless; the case is checked by callers.
+#: A UUID as the seed client's ``uuid.Parse`` reads one: dashed in the standard places,
+#: or 32 hex digits; any case.
 _UUID_RE: Final = re.compile(
-    r"([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{12})", re.IGNORECASE
+    r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
 )
 #: The seed client's tenant-id grammar (a UUID, or this), at most 256 characters.
 _CLIENT_SLUG_RE: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,255}")
@@ -71,8 +72,7 @@ def validate_tenant_id(value: str) -> str:
 def canonical_id(tenant: str) -> str:
     """The tenant's one spelling on the wire and in the registry: a UUID dashless and
     lowercase, anything else unchanged."""
-    match = _UUID_RE.fullmatch(tenant)
-    return "".join(match.groups()).lower() if match else tenant
+    return tenant.replace("-", "").lower() if _UUID_RE.fullmatch(tenant) else tenant
 
 
 def requested_id(value: str) -> str | None:

@@ -463,6 +463,9 @@ def test_every_transition_is_recorded_and_announced_in_the_seed_contract(world: 
         ("tenant.service.suspended", "tracer"),
         ("tenant.service.reactivated", "tracer"),
         ("tenant.suspended", None),
+        # Products re-add a tenant on a service's reactivation, not the tenant's.
+        ("tenant.service.reactivated", "ledger"),
+        ("tenant.service.reactivated", "tracer"),
         ("tenant.activated", None),
         ("tenant.service.purged", "tracer"),
         ("tenant.deleted", None),

@@ -162,7 +162,7 @@ def test_a_uuid_names_one_tenant_dashed_or_not_in_any_case(value: uuid.UUID, das
         ("a" * 41, None),
         ("../etc", None),
         ("acme\n", None),
-        ("0f8fad5b-d9cb469f-a165-70867728950e", "0f8fad5bd9cb469fa16570867728950e"),
+        ("0f8fad5b-d9cb469f-a165-70867728950e", "0f8fad5b-d9cb469f-a165-70867728950e"),  # not a UUID: a slug
         ("0f8fad5bd9cb469fa16570867728950e0", "0f8fad5bd9cb469fa16570867728950e0"),  # a slug
         ("{0f8fad5b-d9cb-469f-a165-70867728950e}", None),
     ],

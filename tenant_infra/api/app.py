@@ -8,14 +8,16 @@ carries ``Cache-Control: no-store``; no credential is ever logged.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 from anyio import to_thread
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -95,7 +97,7 @@ class Api:
             try:
                 decoded = _decoded(row)
                 body = contract.connections(decoded, decoded, entry.document)
-            except (KeyError, TypeError, ValueError) as exc:
+            except Exception as exc:  # a malformed document: this tenant's problem alone
                 # Only a mismatch's message is logged: it names fields, never values.
                 why = exc if isinstance(exc, contract.DocumentMismatch) else type(exc).__name__
                 log.error("connections document of %s/%s refused: %s", row["id"], product, why)
@@ -120,7 +122,8 @@ class Api:
         return answer(200, row["tenants"])
 
     async def tenant(self, request: Request) -> Response:
-        """``GET /v1/tenants/{id}``: the tenant's metadata (no credential)."""
+        """``GET /v1/tenants/{id}``: the tenant's metadata (no credential), for an operator
+        key or the key of a product the tenant has."""
         presented = request.headers.get("x-api-key", "")
         key_id = keys.key_id(presented)
         if key_id is None:
@@ -131,6 +134,8 @@ class Api:
             return error(*UNAUTHORIZED)
         if tenant is None or row["id"] is None:
             return error(*NOT_FOUND)
+        if row["scope"] == "product" and row["key_product"] not in (row["services"] or {}):
+            return error(*NOT_FOUND)  # a product sees only its own tenants
         return answer(200, describe(row))
 
     # ------------------------------------------------------------ internals
@@ -139,9 +144,14 @@ class Api:
         entry = self.documents.cached(tenant, product, version)
         if entry is not None:
             return entry
-        if not self.blocking:
-            return self.documents.read(tenant, product, version)
-        return await to_thread.run_sync(self.documents.read, tenant, product, version)
+        try:
+            if not self.blocking:
+                return self.documents.read(tenant, product, version)
+            return await to_thread.run_sync(self.documents.read, tenant, product, version)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # the source's outage, not a defect of ours
+            raise BackendUnavailable(f"credential source: {type(exc).__name__}") from None
 
 
 def _decoded(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,7 +171,6 @@ def describe(row: Mapping[str, Any]) -> dict[str, Any]:
         "name": contract.tenant_name(row),
         "status": row["tenant_state"],
         "metadata": metadata,
-        "services": dict(row.get("services") or {}),
     }
 
 
@@ -176,27 +185,48 @@ def create_app(api: Api) -> Starlette:
         finally:
             await api.reader.close()
 
-    routes = [
-        Route("/v1/tenants/active", api.active, methods=["GET"]),
-        Route(
-            "/v1/tenants/{tenant}/associations/{service}/connections",
-            api.connections,
-            methods=["GET"],
-        ),
-        Route("/v1/tenants/{tenant}", api.tenant, methods=["GET"]),
+    reads: list[Endpoint] = [
+        ("/v1/tenants/active", api.active, "GET"),
+        ("/v1/tenants/{tenant}/associations/{service}/connections", api.connections, "GET"),
+        ("/v1/tenants/{tenant}", api.tenant, "GET"),
     ]
-    if api.writes is not None:
-        routes += api.writes.routes()
-    app = Starlette(routes=routes, lifespan=lifespan)
+    endpoints = reads + (api.writes.endpoints() if api.writes is not None else [])
+    routes = [
+        Route(path, guarded(handler), methods=[method]) for path, handler, method in endpoints
+    ]
 
-    async def unavailable(_request: Request, exc: Exception) -> Response:
-        log.warning("%s", exc)
-        return error(503, "UNAVAILABLE", "the registry or Vault is unavailable; try again")
+    async def refused(_request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods, in JSON like every other answer."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return error(status, "NOT_FOUND" if status == 404 else "REFUSED", "no such call")
 
-    async def failed(_request: Request, exc: Exception) -> Response:
-        log.error("request failed: %s", type(exc).__name__)  # a message may hold a value
-        return error(500, "INTERNAL", "internal error")
-
-    app.add_exception_handler(BackendUnavailable, unavailable)
-    app.add_exception_handler(Exception, failed)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: refused})
+    # A redirect would be built from the request's Host header, and clients resend
+    # X-API-Key to wherever it points: no redirects at all.
+    app.router.redirect_slashes = False
     return app
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+#: A route: path, handler, method.
+Endpoint = tuple[str, Handler, str]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Every failure answered in one line: 503 when the registry or the credential
+    source is unreachable (a real outage, which products' breakers should see), else
+    500 naming the error's type only (its message may hold a value). Starlette would
+    log a traceback with the message."""
+
+    @functools.wraps(handler)
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BackendUnavailable as exc:
+            log.warning("%s", exc)
+            return error(503, "UNAVAILABLE", "the registry or Vault is unavailable; try again")
+        except Exception as exc:
+            log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+            return error(500, "INTERNAL", "internal error")
+
+    return run

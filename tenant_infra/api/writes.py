@@ -10,10 +10,14 @@ minutes, and the client waits 30 s. What follows is in the registry and the even
   200 if it exists.
 - ``POST …/associations/{service}``: ``register``. 201 ``{serviceName, status}``, 200
   if registered in that mode, 409 in another.
-- ``PUT …/associations/{service}/suspend``: ``suspend``. 200 (202 while it runs), 409
-  if already suspended.
-- ``PUT /v1/tenants/{id}/reactivate``: ``resume``. 200 (202 while it runs), 409 if
-  nothing is suspended.
+- ``PUT …/associations/{service}/suspend``: ``suspend``. 200 once done, 409 if already
+  suspended.
+- ``PUT /v1/tenants/{id}/reactivate``: ``resume`` of the suspended services. 200 once
+  done, 409 if nothing is suspended.
+
+A command that fails answers 500 with its one-line reason; one still running and not
+yet recorded after :data:`ANSWER_WITHIN` answers 503 with ``Retry-After`` (the call is
+idempotent: repeated, it answers 200 or 409 once the work is done).
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from tenant_infra import commands
 from tenant_infra.api import keys
-from tenant_infra.api.app import NOT_FOUND, UNAUTHORIZED, answer, error
+from tenant_infra.api.app import NOT_FOUND, Endpoint, answer, error
 from tenant_infra.api.reader import CONNECTIONS_SQL, TENANT_SQL, RegistryReader
 from tenant_infra.catalog import IsolationMode, load_catalog
 from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed
+from tenant_infra.lifecycle import ServiceState, TenantStatus
 from tenant_infra.tenant import canonical_id, requested_id, validate_tenant_id
 from tenant_infra.workspace import InProgress
 
@@ -48,6 +52,7 @@ log = logging.getLogger("tenant_infra.api")
 
 #: How long a call waits for its transition to be recorded (the client waits 30 s).
 ANSWER_WITHIN: Final = 20.0
+OPERATOR_KEY: Final = (401, "UNAUTHORIZED", "write calls need Authorization: Bearer <operator key>")
 #: Request bodies are small JSON objects.
 MAX_BODY: Final = 64 * 1024
 _MODES: Final = {
@@ -74,16 +79,12 @@ class Writes:
         self.answer_within = answer_within
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tenant-write")
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
         return [
-            Route("/v1/tenants", self.create_tenant, methods=["POST"]),
-            Route("/v1/tenants/{tenant}/associations/{service}", self.associate, methods=["POST"]),
-            Route(
-                "/v1/tenants/{tenant}/associations/{service}/suspend",
-                self.suspend,
-                methods=["PUT"],
-            ),
-            Route("/v1/tenants/{tenant}/reactivate", self.reactivate, methods=["PUT"]),
+            ("/v1/tenants", self.create_tenant, "POST"),
+            ("/v1/tenants/{tenant}/associations/{service}", self.associate, "POST"),
+            ("/v1/tenants/{tenant}/associations/{service}/suspend", self.suspend, "PUT"),
+            ("/v1/tenants/{tenant}/reactivate", self.reactivate, "PUT"),
         ]
 
     # ------------------------------------------------------------- the calls
@@ -117,9 +118,9 @@ class Writes:
         async def recorded() -> bool:
             return (await self._tenant(canonical_id(tenant)))["id"] is not None
 
-        outcome = await self._run(onboard, recorded)
-        if isinstance(outcome, Response):
-            return outcome
+        refused = _failed(await self._run(onboard, recorded))
+        if refused is not None:
+            return refused
         return answer(201, {"id": canonical_id(tenant), "slug": tenant, "status": "active"})
 
     async def associate(self, request: Request) -> Response:
@@ -136,7 +137,9 @@ class Writes:
         if row is None or row["id"] is None:
             return error(*NOT_FOUND)
         tenant = str(row["id"])
-        if row["product"] is not None and row["state"] not in ("retained", "purged"):
+        if row["state"] == "retained":
+            return error(409, "CONFLICT", f"{product} was removed with its data kept")
+        if row["product"] is not None and row["state"] != "purged":
             if row["isolation"] != mode.value:
                 return error(409, "CONFLICT", f"{product} is registered in another mode")
             return answer(200, {"serviceName": product, "status": row["state"]})
@@ -153,9 +156,11 @@ class Writes:
             return again["state"] not in (None, "retained", "purged")
 
         outcome = await self._run(register, recorded)
-        if isinstance(outcome, Response):
-            return outcome
-        return answer(201, {"serviceName": product, "status": "provisioning"})
+        refused = _failed(outcome, product, ServiceState.READY)
+        if refused is not None:
+            return refused
+        status = "provisioning" if outcome is RECORDED else ServiceState.READY.value
+        return answer(201, {"serviceName": product, "status": status})
 
     async def suspend(self, request: Request) -> Response:
         denied = await self._operator(request)
@@ -174,11 +179,10 @@ class Writes:
         def suspend() -> Any:
             return commands.suspend(tenant, [product], **self._command_options())
 
-        outcome = await self._run(suspend, None)
-        if isinstance(outcome, Response):
-            return outcome
-        status = 200 if outcome is not None else 202
-        return answer(status, {"serviceName": product, "status": "suspended"})
+        refused = _failed(await self._run(suspend, None), product, ServiceState.SUSPENDED)
+        if refused is not None:
+            return refused
+        return answer(200, {"serviceName": product, "status": "suspended"})
 
     async def reactivate(self, request: Request) -> Response:
         denied = await self._operator(request)
@@ -188,18 +192,22 @@ class Writes:
         row = await self._tenant(tenant_id)
         if tenant_id is None or row["id"] is None:
             return error(*NOT_FOUND)
-        if "suspended" not in dict(row["services"] or {}).values():
+        suspended = sorted(p for p, s in dict(row["services"] or {}).items() if s == "suspended")
+        if not suspended:
             return error(409, "CONFLICT", "no service of the tenant is suspended")
         tenant = str(row["id"])
 
         def resume() -> Any:
-            return commands.resume(tenant, **self._command_options(), verify=self.verify)
+            # By name: each service is announced reactivated (what makes products
+            # re-add the tenant), not only the tenant activated.
+            return commands.resume(tenant, suspended, **self._command_options(), verify=self.verify)
 
         outcome = await self._run(resume, None)
-        if isinstance(outcome, Response):
-            return outcome
-        status = 200 if outcome is not None else 202
-        return answer(status, {"id": row["canonical"], "status": "active"})
+        for product in suspended:
+            refused = _failed(outcome, product, ServiceState.READY)
+            if refused is not None:
+                return refused
+        return answer(200, {"id": row["canonical"], "status": "active"})
 
     # ------------------------------------------------------------ internals
 
@@ -211,10 +219,10 @@ class Writes:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         key_id = keys.key_id(presented.strip()) if scheme.lower() == "bearer" else None
         if key_id is None:
-            return error(*UNAUTHORIZED)
+            return error(*OPERATOR_KEY)
         row = await self.reader.one(TENANT_SQL, {"key": key_id, "tenant": None})
         if row["hash"] is None or not keys.matches(presented.strip(), row["hash"]):
-            return error(*UNAUTHORIZED)
+            return error(*OPERATOR_KEY)
         if row["scope"] != "operator":
             return error(403, "FORBIDDEN", "write calls take an operator key")
         return None
@@ -238,8 +246,9 @@ class Writes:
     async def _run(
         self, command: Callable[[], Any], recorded: Callable[[], Awaitable[bool]] | None
     ) -> Any:
-        """Start ``command``; its result once done, ``None`` once ``recorded()`` (or
-        the wait) ends first, or the refusal its error maps to."""
+        """Start ``command``; its result once done, :data:`RECORDED` once ``recorded()``
+        holds first, :data:`PENDING` if neither within :attr:`answer_within`, or the
+        refusal its error maps to."""
         future: Future[Any] = self.pool.submit(command)
         future.add_done_callback(_log_failure)
         deadline = time.monotonic() + self.answer_within
@@ -248,9 +257,35 @@ class Writes:
                 exc = future.exception()
                 return _refusal(exc) if exc is not None else future.result()
             if recorded is not None and await recorded():
-                return None
+                return RECORDED
             await asyncio.sleep(0.1)
+        return PENDING
+
+
+#: What :meth:`Writes._run` answers while the command goes on.
+RECORDED, PENDING = object(), object()
+
+
+def _failed(
+    outcome: Any, product: str | None = None, wanted: ServiceState | None = None
+) -> Response | None:
+    """The refusal an outcome calls for: an error, a command that reports failure, a
+    service that did not reach ``wanted``, or one still running unrecorded."""
+    if isinstance(outcome, Response):
+        return outcome
+    if outcome is PENDING:
+        response = error(503, "IN_PROGRESS", "still running and not yet recorded; call again")
+        response.headers["Retry-After"] = "10"
+        return response
+    if outcome is RECORDED or not isinstance(outcome, TenantStatus):
         return None
+    service = next((s for s in outcome.services if s.product == product), None)
+    reached = service is None or wanted is None or service.state is wanted
+    if outcome.error or not reached:
+        reason = outcome.error or (service.reason if service else "") or "failed"
+        log.warning("write call on %s failed: %s", outcome.tenant, reason)
+        return error(500, "FAILED", reason)
+    return None
 
 
 async def _body(request: Request) -> dict[str, Any] | Response:
@@ -261,8 +296,8 @@ async def _body(request: Request) -> dict[str, Any] | Response:
             return error(413, "TOO_LARGE", f"request bodies are at most {MAX_BODY} bytes")
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
-        return error(400, "INVALID", "the body is not JSON")
+    except (ValueError, RecursionError):
+        return error(400, "INVALID", "the body is not JSON (or nested too deep)")
     if not isinstance(body, dict):
         return error(400, "INVALID", "the body must be a JSON object")
     return body

@@ -721,7 +721,10 @@ class _Transition:
         change, config, product = self.change, self.change.config, service.product
         whole = change.whole_tenant or change.operation == "offboard"
         new = service.state
-        if new == "ready" and old == "suspended" and not whole and config is not None:
+        # A reactivated service is announced even when the whole tenant resumes:
+        # ``tenant.activated`` only refreshes a product's cache, and only this event
+        # makes it re-add the tenant it dropped (pools, consumers).
+        if new == "ready" and old == "suspended" and config is not None:
             self.events.append(
                 Event(
                     "tenant.service.reactivated",

@@ -215,3 +215,27 @@ def test_the_api_reads_the_registry_as_its_read_only_role(served: Served) -> Non
         " WHERE grantee = %s", (plane.reader,),
     )
     assert privileges == [{"privilege_type": "SELECT"}]
+
+
+def test_a_bad_document_fails_its_tenant_alone_and_a_source_outage_is_503(served: Served) -> None:
+    world = served.world
+    tenant = world.new_tenant("bad")
+    world.onboard(tenant, "tracer:SCHEMA")
+    key = served.key("tracer")
+    served.overrides[(tenant, "tracer")] = {"tenant": tenant, "product": "tracer", "postgresql": "oops"}
+    assert served.connections(tenant, "tracer", key).status_code == 404  # never a 5xx
+
+    served.overrides.clear()
+    original = served.documents
+
+    def unreachable(t: str, p: str) -> None:
+        raise ConnectionError("the credential store is unreachable")
+
+    served.documents = unreachable  # type: ignore[method-assign]
+    try:
+        other = world.new_tenant("out")
+        world.onboard(other, "tracer:SCHEMA")
+        response = served.connections(other, "tracer", key)
+        assert response.status_code == 503 and "unreachable" not in response.text
+    finally:
+        served.documents = original  # type: ignore[method-assign]

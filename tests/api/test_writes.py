@@ -7,6 +7,7 @@ from typing import Any
 
 import requests
 
+from tenant_infra import commands
 from tests.api.conftest import Served
 from tests.support.api import decode_connections, decode_denied
 
@@ -38,7 +39,7 @@ def test_write_calls_onboard_register_suspend_and_reactivate(served: Served) -> 
     assert created.status_code == 201, created.text
     assert created.json() == {"id": tenant, "slug": tenant, "status": "active"}
     assert call(served, "POST", "/v1/tenants", operator, body).status_code == 200  # idempotent
-    described = served.get(f"/v1/tenants/{tenant}", ledger)
+    described = served.get(f"/v1/tenants/{tenant}", operator)
     assert described.status_code == 200
     assert described.json()["metadata"] == {"name": "Write Co", "plan": "gold"}
 
@@ -77,3 +78,68 @@ def test_write_calls_refuse_bad_input_before_anything_runs(served: Served) -> No
     assert call(served, "POST", missing, operator, {"isolationMode": "schema"}).status_code == 404
     assert call(served, "PUT", f"{missing}/suspend", operator).status_code == 404
     assert served.world.plane.rows("SELECT id FROM registry.tenants") == []
+
+
+def test_a_failed_command_is_never_answered_as_done(served: Served, monkeypatch: Any) -> None:
+    from tests.support.registry import Subscriber
+
+    operator, ledger = served.key(), served.key("ledger")
+    world = served.world
+    tenant = world.new_tenant("wf")
+    world.onboard(tenant, "ledger:SCHEMA", "tracer:SCHEMA")
+    path = f"/v1/tenants/{tenant}/associations/ledger"
+
+    real_up = world.backend.up
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the update failed on purpose")
+
+    monkeypatch.setattr(world.backend, "up", broken)
+    response = call(served, "PUT", f"{path}/suspend", operator)
+    assert response.status_code == 500 and "on purpose" in response.json()["error"]
+    monkeypatch.setattr(world.backend, "up", real_up)
+    assert served.connections(tenant, "ledger", ledger).status_code == 200  # still served
+
+    assert call(served, "PUT", f"{path}/suspend", operator).status_code == 200
+    subscriber = Subscriber(world.plane.channel)
+    try:
+        reactivated = call(served, "PUT", f"/v1/tenants/{tenant}/reactivate", operator)
+        assert reactivated.status_code == 200, reactivated.text
+        events = [(e["event_type"], e["payload"].get("service_name")) for e in subscriber.received()]
+    finally:
+        subscriber.close()
+    # Products dropped the tenant's ledger on its suspension: only this re-adds it.
+    assert events == [("tenant.service.reactivated", "ledger")]
+
+    commands.deregister(tenant, "tracer", retain_data=True, **world.kwargs())
+    retained = call(served, "POST", f"/v1/tenants/{tenant}/associations/tracer", operator, {"isolationMode": "schema"})
+    assert retained.status_code == 409
+
+
+def test_a_product_reads_only_its_own_tenants_metadata(served: Served) -> None:
+    tenant = served.world.new_tenant("md")
+    served.world.onboard(tenant, "tracer:SCHEMA")
+    tracer, ledger, operator = served.key("tracer"), served.key("ledger"), served.key()
+    assert served.get(f"/v1/tenants/{tenant}", tracer).json() == {
+        "id": tenant, "slug": tenant, "name": tenant, "status": "active", "metadata": {},
+    }
+    assert served.get(f"/v1/tenants/{tenant}", operator).status_code == 200
+    # The same answer as for a tenant that does not exist: nothing leaks.
+    assert served.get(f"/v1/tenants/{tenant}", ledger).status_code == 404
+    assert served.get("/v1/tenants/nobody-here", ledger).status_code == 404
+
+
+def test_malformed_requests_get_json_refusals_and_no_redirect(served: Served) -> None:
+    operator = served.key()
+    nested = requests.post(
+        served.url + "/v1/tenants", data=b"[" * 60_000, timeout=30,
+        headers={"Authorization": f"Bearer {operator}"},
+    )
+    assert nested.status_code == 400
+    for path in ("/v1/nothing", "/v1/tenants/active/", "/v1/tenants/x/associations/ledger/connections/"):
+        response = requests.get(served.url + path, headers={"Host": "evil.example"}, allow_redirects=False, timeout=30)
+        assert response.status_code == 404, path
+        assert response.headers["cache-control"] == "no-store"
+        assert response.json()["code"] == "NOT_FOUND"
+    wrong_method = requests.delete(served.url + "/v1/tenants/active", timeout=30)
+    assert wrong_method.status_code == 405 and wrong_method.headers["cache-control"] == "no-store"
