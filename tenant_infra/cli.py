@@ -427,14 +427,14 @@ def serve(
 ) -> None:
     """Serve the seed platform's multi-tenancy API from the registry: plain HTTP on a
     loopback address only, TLS anywhere else."""
-    from tenant_infra import commands
+    from tenant_infra import commands, inputs
     from tenant_infra.api.documents import StaticDocuments
 
     documents = None
     if connections is not None:
         if connections != "-":
             raise InvalidInput("--connections takes '-' (standard input): no file holds secrets")
-        documents = StaticDocuments.parse(sys.stdin.read())
+        documents = StaticDocuments.parse(inputs.read_text("-", "connections documents"))
     commands.serve(
         listen,
         tls_cert=tls_cert,

@@ -182,8 +182,6 @@ def onboard(
     ``verify`` is another check or ``None``.
     """
     workspace = _workspace(root)
-    # The CLI check comes first: without it nothing below could be carried out.
-    stacks = _backend(workspace, backend)
     validate_tenant_id(tenant)
     requested = [ServiceSpec.parse(text) for text in services]
     existing = workspace.read_config(tenant)
@@ -199,6 +197,8 @@ def onboard(
             )
         except ValidationError as exc:
             raise InvalidInput(one_line(exc, "--metadata")) from None
+    # Input first (exit 2), then the Pulumi CLI (without it nothing below can be done).
+    stacks = _backend(workspace, backend)
     reached = registry(workspace, stacks)
     other = reached.same_tenant(tenant)
     if other is not None:
@@ -222,7 +222,6 @@ def register(
 ) -> TenantStatus:
     """Register more services on an existing tenant; its existing resources are untouched."""
     workspace = _workspace(root)
-    backend = _backend(workspace, backend)
     if workspace.read_config(validate_tenant_id(tenant)) is None:
         raise InvalidInput(f"unknown tenant {tenant!r}: onboard it first")
     if not services:
@@ -342,8 +341,8 @@ def offboard(
 ) -> list[str]:
     """Destroy the tenant's resources and remove its stack; returns what was retained."""
     workspace = _workspace(root)
-    stacks = _backend(workspace, backend)
     validate_tenant_id(tenant)
+    stacks = _backend(workspace, backend)
     journal = _journal(workspace, stacks, "offboard")
     return lifecycle.offboard(tenant, stacks, workspace, retain_data, purge, journal=journal)
 
@@ -448,8 +447,8 @@ def preview(
 ) -> list[FleetResult]:
     """Preview many tenant stacks with bounded concurrency (for pull-request summaries)."""
     workspace = _workspace(root)
-    stacks = _backend(workspace, backend)
     chosen = _fleet(tenants, all_tenants, workspace)
+    stacks = _backend(workspace, backend)
 
     def one(tenant: str) -> FleetResult:
         outcome = stacks.preview(tenant, lambda _event: None)
@@ -470,9 +469,9 @@ def up(
 ) -> list[FleetResult]:
     """Apply the current program and config to many tenant stacks; failures don't stop others."""
     workspace = _workspace(root)
+    chosen = _fleet(tenants, all_tenants, workspace)
     stacks = _backend(workspace, backend)
     gate = _verifier(workspace, verify, stacks)
-    chosen = _fleet(tenants, all_tenants, workspace)
     journal = _journal(workspace, stacks, "up")
 
     def one(tenant: str) -> FleetResult:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -375,13 +374,9 @@ class PlatformConfig(_Model):
 
 def read_stack_file(path: Path) -> dict[str, Any]:
     """Read a ``Pulumi.<stack>.yaml`` into its flat ``config`` mapping."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InvalidInput(f"cannot read stack config {str(path)!r}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        detail = str(exc).replace("\n", " ")
-        raise InvalidInput(f"stack config {str(path)!r} is not valid YAML: {detail}") from None
+    from tenant_infra import inputs
+
+    doc = inputs.read_yaml(path, "stack config")
     if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
         raise InvalidInput(f"stack config {str(path)!r} must be a mapping with a 'config' mapping")
     config: dict[str, Any] = doc.get("config") or {}

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tenant_infra import inputs
 from tenant_infra.config import NAMESPACE, TenantConfig, read_stack_file
 from tenant_infra.errors import InvalidInput
 
@@ -74,7 +75,8 @@ class Workspace:
         path = self.stack_file(config.tenant)
         doc: dict[str, Any] = {}
         if path.is_file():
-            doc = yaml.safe_load(path.read_text()) or {}
+            doc = inputs.read_yaml(path, "stack config")
+            doc = doc if isinstance(doc, dict) else {}
         values = config.model_dump(by_alias=True, mode="json")
         doc["config"] = {f"{NAMESPACE}:{k}": v for k, v in values.items()}
         self.stacks_dir.mkdir(parents=True, exist_ok=True)

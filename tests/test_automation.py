@@ -52,10 +52,17 @@ def test_onboard_without_cli_exits_nonzero_with_one_line(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SystemExit) as info:
-        main(["onboard", "acme", "--service", "ledger:SCHEMA"])
+        main(["onboard", "acme", "--service", "ledger:DATABASE"])
     out, err = capsys.readouterr()
     assert info.value.code == 1 and out == ""
     assert err.count("\n") == 1 and "Pulumi CLI" in err and "tenantctl plan" in err
+    # Invalid input is said first (exit 2), before the missing CLI.
+    for argv in (["onboard", "Bad_Id"], ["onboard", "acme", "--service", "ledger:SCHEMA"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        out, err = capsys.readouterr()
+        assert (info.value.code, out) == (2, ""), err
+        assert "Pulumi CLI" not in err
 
 
 def test_default_backend_is_a_local_file_backend_in_the_project(tmp_path: Path) -> None:

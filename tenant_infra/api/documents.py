@@ -13,7 +13,6 @@ out-of-band change to Vault could leave stale.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tenant_infra import inputs
 from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import TenantNames
 from tenant_infra.vaultclient import VaultAccess, read_secret
@@ -63,11 +63,8 @@ class StaticDocuments:
             self.documents[(str(document["tenant"]), str(document["product"]))] = document
 
     @classmethod
-    def parse(cls, text: str) -> StaticDocuments:
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"connections documents: not JSON ({exc.msg})") from None
+    def parse(cls, text: str, where: str = "-") -> StaticDocuments:
+        loaded = inputs.load_json(text, "connections documents", where)
         return cls(loaded if isinstance(loaded, list) else [loaded])
 
     def __call__(self, tenant: str, product: str) -> Document | None:

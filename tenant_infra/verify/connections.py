@@ -12,9 +12,7 @@ message built here quotes a value.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from tenant_infra import inputs
 from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import Platform, one_line
 from tenant_infra.errors import InvalidInput
@@ -146,21 +145,9 @@ def load_connections(source: Path | str | Mapping[str, Any]) -> list[Connections
     input) or from a dict."""
     if isinstance(source, Mapping):
         return [parse_document(source, "connections")]
-    path = Path(source)
-    where = str(path)
-    try:
-        # "-": standard input, so that no file holding every tenant's password need exist.
-        text = sys.stdin.read() if where == "-" else path.read_text()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read connections file {where!r}: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        # The message names line and column only; it never quotes the text.
-        raise InvalidInput(
-            f"connections file {where!r} is not JSON: {exc.msg} "
-            f"(line {exc.lineno}, column {exc.colno})"
-        ) from None
+    where = str(source)
+    # "-": standard input, so that no file holding every tenant's password need exist.
+    data = inputs.read_json(where, "connections file")
     items = data if isinstance(data, list) else [data]
     if not items:
         raise InvalidInput(f"connections file {where!r} holds no document")
