@@ -306,7 +306,9 @@ def offboard(
 ) -> None:
     """Destroy a tenant's resources (grants and users before what they refer to)."""
     from tenant_infra import commands
+    from tenant_infra.tenant import validate_tenant_id
 
+    validate_tenant_id(tenant)  # before the question: a bad id is never asked about
     what = "keeping its data" if retain_data else "DELETING its data" if purge else ""
     if not yes and not typer.confirm(f"Offboard tenant {tenant} {what}?".replace("  ", " ")):
         raise typer.Exit(EXIT_FAILED)
@@ -320,7 +322,9 @@ def offboard(
 def preview(
     tenants: TenantsArgument = None,
     all_tenants: AllOption = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-k", min=1)] = 4,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-k", min=1, max=32, help="At most 32.")
+    ] = 4,
     format: Annotated[
         str, typer.Option("--format", "-f", help="markdown (for a PR comment) or json.")
     ] = "markdown",
@@ -342,7 +346,9 @@ def preview(
 def up(
     tenants: TenantsArgument = None,
     all_tenants: AllOption = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-k", min=1)] = 2,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-k", min=1, max=32, help="At most 32.")
+    ] = 2,
     format: FormatOption = Format.TABLE,
 ) -> None:
     """Apply the program to many tenant stacks; one tenant's failure never stops the others."""

@@ -431,6 +431,8 @@ def _fleet(tenants: Sequence[str], all_tenants: bool, workspace: Workspace) -> l
     chosen = workspace.tenants() if all_tenants else [validate_tenant_id(t) for t in tenants]
     if not chosen:
         raise InvalidInput("no tenant selected: name tenants or pass --all")
+    if all_tenants:
+        return chosen  # each has a file; one that is invalid fails its own tenant only
     unknown = [t for t in chosen if workspace.read_config(t) is None]
     if unknown:
         raise InvalidInput(f"unknown tenant {unknown[0]!r}: no stack file")

@@ -18,6 +18,7 @@ import yaml
 from tenant_infra import inputs
 from tenant_infra.config import NAMESPACE, TenantConfig, read_stack_file
 from tenant_infra.errors import InvalidInput
+from tenant_infra.tenant import validate_tenant_id
 
 
 class InProgress(RuntimeError):
@@ -51,10 +52,18 @@ class Workspace:
         return self.stacks_dir / f"Pulumi.{tenant}.yaml"
 
     def tenants(self) -> list[str]:
-        """Tenants with a stack file: the tenant index (no backend listing needed)."""
+        """Tenants with a stack file: the tenant index (no backend listing needed).
+
+        A file that cannot be read still names its tenant (from the file name), so a
+        fleet run reports that tenant failed, and goes on with the others.
+        """
         found = []
         for path in sorted(self.stacks_dir.glob("Pulumi.*.yaml")):
-            values = read_stack_file(path)
+            try:
+                values = read_stack_file(path)
+            except InvalidInput:
+                named = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+                values = {f"{NAMESPACE}:tenant": named if tenant_from_name(named) else None}
             tenant = values.get(f"{NAMESPACE}:tenant")
             if isinstance(tenant, str) and path.name == f"Pulumi.{tenant}.yaml":
                 found.append(tenant)
@@ -107,3 +116,12 @@ class Workspace:
                 return False
         except InProgress:
             return True
+
+
+def tenant_from_name(name: str) -> bool:
+    """Whether a stack file's name part is a valid tenant id."""
+    try:
+        validate_tenant_id(name)
+    except InvalidInput:
+        return False
+    return True

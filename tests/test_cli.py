@@ -56,6 +56,14 @@ def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> Non
         ["plan", "acme", "--stack-config", "/nonexistent/Pulumi.acme.yaml"],
         ["plan", "acme", "--format", "xml"],
         ["plan"],
+        ["status", ""],
+        ["onboard", "", "--service", "ledger:SCHEMA"],
+        ["offboard", "Bad_Id", "--purge"],
+        ["suspend", "acme\x1b[31m"],
+        ["up", "--all", "--concurrency", "1000"],
+        ["preview", "--all", "--concurrency", "0"],
+        ["migrate", "--product", "ledger", "--tenant", "acme\n\x1b[2J", "--dsn", "host=127.0.0.1"],
+        ["migrate", "--product", "ledger", "--concurrency", "100000", "--dsn", "host=127.0.0.1"],
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_no_stdout(

@@ -384,6 +384,16 @@ def test_preview_all_reports_each_tenant(root: Path, stacks: MemoryStacks) -> No
     assert by_tenant["globex"].ok and by_tenant["globex"].preview is not None
 
 
+def test_one_invalid_stack_file_fails_its_own_tenant_only(root: Path, stacks: MemoryStacks) -> None:
+    (root / "stacks" / "Pulumi.globex.yaml").write_text("config: [unclosed\n")
+    results = {r.tenant: r for r in commands.up(all_tenants=True, backend=stacks, root=root, verify=None)}
+    assert set(results) == {"acme", "dev", "globex"}
+    assert not results["globex"].ok and "not valid YAML" in results["globex"].error
+    assert results["acme"].ok and results["dev"].ok
+    with pytest.raises(InvalidInput, match="not valid YAML"):  # named, it is the caller's input
+        commands.up(["globex"], backend=stacks, root=root, verify=None)
+
+
 def test_engine_events_are_streamed_without_values(root: Path, stacks: MemoryStacks) -> None:
     stacks.migrate["newco"] = {"ledger": ("0001", "0003")}
     streamed: list[dict[str, Any]] = []

@@ -47,7 +47,10 @@ def _resolve(
         discover_product,
         discover_schemas_like,
     )
+    from tenant_infra.tenant import validate_tenant_id
 
+    for tenant in tenants:  # as the positional ids are: never echoed raw into a report
+        validate_tenant_id(tenant)
     if product and (schemas_like or databases_like):
         raise InvalidInput("--product discovers its tenants; do not combine it with --*-like")
     if product:
@@ -142,7 +145,10 @@ def migrate(
         str, typer.Option(help="With --databases-like: the schema migrated in each database.")
     ] = "public",
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-k", min=1, help="Worker processes (connections).")
+        int,
+        typer.Option(
+            "--concurrency", "-k", min=1, max=64, help="Worker processes (connections); at most 64."
+        ),
     ] = 1,
     canary: Annotated[
         int, typer.Option(min=0, help="Migrate N tenants first; stop if any of them fails.")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from tenant_infra import inputs
 from tenant_infra.catalog import IsolationMode, Store, load_catalog
-from tenant_infra.config import Platform, one_line
+from tenant_infra.config import Host, Platform, one_line
 from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import TenantNames, pg_shared_database, validate_tenant_id
 from tenant_infra.vaultclient import VaultAccess, operator_vault, read_secret
@@ -37,7 +37,7 @@ class _Section(BaseModel):
 
 
 class PostgresConnection(_Section):
-    host: str = Field(min_length=1)
+    host: Host
     port: int = Port
     database: str = Field(min_length=1, max_length=63)
     #: ``schema`` in the document (the name shadows a pydantic attribute).
@@ -61,7 +61,7 @@ class PostgresConnection(_Section):
 
 
 class RabbitmqConnection(_Section):
-    host: str = Field(min_length=1)
+    host: Host
     port: int = Port
     vhost: str = Field(min_length=1)
     user: str = Field(min_length=1)
@@ -74,7 +74,7 @@ class RabbitmqConnection(_Section):
 
 
 class MongodbConnection(_Section):
-    host: str = Field(min_length=1)
+    host: Host
     port: int | None = Field(None, ge=1, le=65535)
     database: str = Field(min_length=1)
     user: str = Field(min_length=1)

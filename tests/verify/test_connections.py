@@ -105,6 +105,9 @@ def test_database_mode_uses_the_dedicated_database() -> None:
         ("postgresql.password", None, "postgresql.password"),
         ("postgresql.port", 0, "postgresql.port"),
         ("postgresql.extra", "x", "postgresql.extra"),
+        ("postgresql.host", "db;rm -rf /", "not a hostname"),
+        ("rabbitmq.host", "mq host", "not a hostname"),
+        ("mongodb.host", "user@evil.example", "not a hostname"),
     ],
 )
 def test_invalid_documents_are_refused_naming_the_rule(path, value, rule) -> None:
