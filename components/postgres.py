@@ -130,6 +130,7 @@ class ServicePostgres(pulumi.ComponentResource):
             login=args.login,
             connection_limit=args.limits.pg_connection_limit,
             statement_timeout=args.limits.pg_statement_timeout_ms,
+            idle_in_transaction_session_timeout=args.limits.pg_idle_in_transaction_timeout_ms,
             search_paths=[names.pg_schema],
         )
         self.role = role.name

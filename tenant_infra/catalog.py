@@ -69,6 +69,8 @@ class Limits(BaseModel):
     # Upper bounds keep values inside what PostgreSQL (int4) and RabbitMQ accept.
     pg_connection_limit: Annotated[StrictInt, Field(ge=1, le=10_000)]
     pg_statement_timeout_ms: Annotated[StrictInt, Field(ge=1, le=86_400_000)]
+    #: A session idle inside a transaction holds back vacuum for its whole database.
+    pg_idle_in_transaction_timeout_ms: Annotated[StrictInt, Field(ge=1, le=86_400_000)]
     broker_max_connections: Annotated[StrictInt, Field(ge=1, le=100_000)]
     broker_max_queues: Annotated[StrictInt, Field(ge=1, le=100_000)]
     broker_queue_max_length: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]

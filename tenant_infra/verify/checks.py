@@ -98,6 +98,7 @@ PG_CHECKS: Final = (
     "pg.public_cannot_connect",
     "pg.no_foreign_privileges",
     "pg.limits",
+    "pg.role_settings",
 )
 
 
@@ -142,8 +143,12 @@ class PgVerifier:
             self.no_foreign_privileges,
             self.limits_in_force,
         ]
+        checks.append(self.role_settings)
         results = []
         with conn:
+            # The tenant controls its role's search_path and its own schema: every
+            # name below must resolve in pg_catalog, never to a look-alike it made.
+            conn.execute("SET search_path = pg_catalog, pg_temp")
             for check, name in zip(checks, PG_CHECKS, strict=True):
                 try:
                     results.append(check(conn))
@@ -412,16 +417,18 @@ class PgVerifier:
 
     def limits_in_force(self, conn: psycopg.Connection[Any]) -> CheckResult:
         row = conn.execute(
-            "SELECT r.rolconnlimit, s.setting::bigint, d.datconnlimit"
-            " FROM pg_roles r, pg_settings s, pg_database d"
-            " WHERE r.rolname = current_user AND s.name = 'statement_timeout'"
-            " AND d.datname = current_database()"
+            "SELECT r.rolconnlimit, current_setting('statement_timeout'),"
+            " current_setting('idle_in_transaction_session_timeout'), d.datconnlimit"
+            " FROM pg_roles r, pg_database d"
+            " WHERE r.rolname = current_user AND d.datname = current_database()"
         ).fetchone()
         assert row is not None
-        role_limit, timeout_ms, db_limit = int(row[0]), int(row[1]), int(row[2])
+        role_limit, db_limit = int(row[0]), int(row[3])
+        timeout_ms, idle_ms = _milliseconds(row[1]), _milliseconds(row[2])
         self.limits = {
             "pg_role_connection_limit": role_limit,
             "pg_statement_timeout_ms": timeout_ms,
+            "pg_idle_in_transaction_timeout_ms": idle_ms,
         }
         dedicated = self.doc.isolation is IsolationMode.DATABASE
         if dedicated:
@@ -431,12 +438,17 @@ class PgVerifier:
             problems.append(f"role {self.pg.user} has no connection limit")
         if timeout_ms <= 0:
             problems.append(f"role {self.pg.user} has no statement timeout")
+        if idle_ms <= 0:
+            problems.append(f"role {self.pg.user} has no idle-in-transaction timeout")
         if dedicated and db_limit < 0:
             problems.append(f"database {self.pg.database} has no connection limit")
         if self.expected is not None:
             want = {
                 "pg_role_connection_limit": self.expected.pg_connection_limit,
                 "pg_statement_timeout_ms": self.expected.pg_statement_timeout_ms,
+                "pg_idle_in_transaction_timeout_ms": (
+                    self.expected.pg_idle_in_transaction_timeout_ms
+                ),
             }
             if dedicated:
                 want["pg_database_connection_limit"] = self.expected.pg_connection_limit
@@ -451,11 +463,63 @@ class PgVerifier:
         return passed(PG_CHECKS[10], shown)
 
 
+    def role_settings(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        """The role's own settings (``ALTER ROLE ... SET``, which the tenant may run on
+        itself) are exactly the platform's: its schema as ``search_path`` and its
+        tier's timeouts, in every database; anything else drifted unseen."""
+        name = PG_CHECKS[11]
+        rows = conn.execute(
+            "SELECT coalesce(d.datname, '*'), unnest(s.setconfig)"
+            " FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase"
+            " WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+            " ORDER BY 1, 2"
+        ).fetchall()
+        found: dict[str, str] = {}
+        extra = []
+        for database, entry in rows:
+            key, _, value = str(entry).partition("=")
+            if database != "*":
+                extra.append(f"{key} set for database {database}")
+            else:
+                found[key] = value
+        want = {"search_path": self.pg.schema_name}
+        if self.expected is not None:
+            want["statement_timeout"] = str(self.expected.pg_statement_timeout_ms)
+            want["idle_in_transaction_session_timeout"] = str(
+                self.expected.pg_idle_in_transaction_timeout_ms
+            )
+        allowed = {"search_path", "statement_timeout", "idle_in_transaction_session_timeout"}
+        problems = extra + [f"{key} is set" for key in sorted(set(found) - allowed)]
+        for key, value in want.items():
+            have = found.get(key)
+            if key == "search_path" and have is not None:
+                have = ", ".join(p.strip().strip('"') for p in have.split(","))
+            if have is None and key != "search_path":
+                continue  # a missing timeout is pg.limits' finding
+            if have != value:
+                problems.append(f"{key} is {have!r}, not {value!r}")
+        if problems:
+            return failed(name, f"role {self.pg.user}: " + "; ".join(problems))
+        return passed(name, f"role {self.pg.user} sets only " + ", ".join(sorted(found)))
+
+
+def _milliseconds(setting: str) -> int:
+    """A time setting as ``current_setting`` shows it (``30s``, ``1min``, ``0``)."""
+    units = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+    text = str(setting).strip()
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].strip().isdigit():
+            return int(text[: -len(unit)]) * units[unit]
+    return int(text) if text.isdigit() else -1
+
+
 #: Foreign privileges on a tenant's objects, as ``(where, who, what)``. Allowed: the
 #: tenant role, superusers (who bypass privileges anyway) and the database owner
-#: (the platform admin). ``PUBLIC`` appears as grantee 0. Functions are listed only
-#: for explicit grants to roles: PUBLIC's default EXECUTE is harmless without USAGE
-#: on the schema, which the schema ACL check covers.
+#: (the platform admin). ``PUBLIC`` appears as grantee 0. Functions and types keep
+#: PUBLIC's implicit EXECUTE and USAGE while their ACL is untouched (NULL: harmless
+#: without USAGE on the schema, which the schema ACL check covers); any explicit
+#: grant to PUBLIC or a role is listed, and so is any grant on the tenant role's large
+#: objects (which live outside every schema).
 _FOREIGN_PRIVILEGES: Final = """
 WITH me AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
 ok AS (
@@ -482,9 +546,23 @@ SELECT ns.nspname || '.' || c.relname,
   FROM pg_class c JOIN ns ON ns.oid = c.relnamespace, aclexplode(c.relacl) a
  WHERE a.grantee NOT IN (SELECT oid FROM ok)
 UNION ALL
-SELECT ns.nspname || '.' || p.proname || '()', pg_get_userbyid(a.grantee), a.privilege_type
+SELECT ns.nspname || '.' || p.proname || '()',
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
   FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace, aclexplode(p.proacl) a
- WHERE a.grantee <> 0 AND a.grantee NOT IN (SELECT oid FROM ok)
+ WHERE a.grantee NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT 'type ' || ns.nspname || '.' || t.typname,
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+  FROM pg_type t JOIN ns ON ns.oid = t.typnamespace, aclexplode(t.typacl) a
+ WHERE a.grantee NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT 'large object ' || l.oid,
+       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+  FROM pg_largeobject_metadata l, aclexplode(l.lomacl) a
+ WHERE l.lomowner = (SELECT oid FROM me) AND a.grantee NOT IN (SELECT oid FROM ok)
 UNION ALL
 SELECT 'default privileges for new objects in ' || coalesce(ns.nspname, 'any schema'),
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,

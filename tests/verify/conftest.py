@@ -115,6 +115,7 @@ def apply_role(r: PlannedResource, password: str) -> None:
             "inherit",
             "connectionLimit",
             "statementTimeout",
+            "idleInTransactionSessionTimeout",
             "searchPaths",
             "roles",
             "skipDropRole",
@@ -143,6 +144,12 @@ def apply_role(r: PlannedResource, password: str) -> None:
         admin_sql(
             sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
                 role, sql.Literal(int(i["statementTimeout"]))
+            )
+        )
+    if "idleInTransactionSessionTimeout" in i:
+        admin_sql(
+            sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
+                role, sql.Literal(int(i["idleInTransactionSessionTimeout"]))
             )
         )
     if i.get("searchPaths"):

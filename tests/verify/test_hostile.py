@@ -1,0 +1,84 @@
+"""A hostile tenant, logged in as its own role, tries to hide what it did from verify.
+
+Issue 16, rows 1 and 2: the acts are the tenant's own (no admin involved), and verify
+must still see them, with the tenant's own connection and its catalog look-alikes.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from tenant_infra.verify import verify_tenant
+from tests.verify.test_broken import failing
+
+
+def as_tenant(tenant, *statements: str | sql.Composable) -> None:
+    with psycopg.connect(**tenant.pg(), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_catalog_look_alikes_and_a_shadowing_search_path_fool_nothing(provision, admin) -> None:
+    victim = provision.tenant("SCHEMA", "shd")
+    neighbour = provision.tenant("SCHEMA", "nbr")
+    schema, role = sql.Identifier(victim.schema), sql.Identifier(victim.role)
+    as_tenant(
+        victim,
+        sql.SQL("CREATE TABLE {}.secrets (v text)").format(schema),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(schema),
+        sql.SQL("GRANT SELECT ON {}.secrets TO PUBLIC").format(schema),
+        # Look-alikes of what verify reads, ahead of pg_catalog for the role's sessions.
+        sql.SQL(
+            "CREATE FUNCTION {}.aclexplode(aclitem[], OUT grantor oid, OUT grantee oid,"
+            " OUT privilege_type text, OUT is_grantable boolean) RETURNS SETOF record"
+            " LANGUAGE sql AS 'SELECT NULL::oid, NULL::oid, NULL::text, NULL::boolean WHERE false'"
+        ).format(schema),
+        sql.SQL(
+            "CREATE VIEW {}.pg_settings AS SELECT 'statement_timeout'::text AS name,"
+            " '30000'::text AS setting"
+        ).format(schema),
+        sql.SQL("ALTER ROLE {} SET search_path = {}, pg_catalog").format(role, schema),
+        sql.SQL("ALTER ROLE {} SET statement_timeout = 0").format(role),
+    )
+    # The leak is real: the neighbour reads the victim's table.
+    with psycopg.connect(**neighbour.pg(), autocommit=True) as conn:
+        conn.execute(sql.SQL("SELECT * FROM {}.secrets").format(schema))
+
+    found = failing(verify_tenant(victim.tenant, connections=[victim.document], admin=admin))
+    assert "PUBLIC has USAGE on schema" in found["pg.no_foreign_privileges"]
+    assert "PUBLIC has SELECT on" in found["pg.no_foreign_privileges"]
+    assert "no statement timeout" in found["pg.limits"]
+    assert "search_path is" in found["pg.role_settings"]
+
+
+def test_every_setting_a_tenant_gives_its_role_is_seen(provision, admin) -> None:
+    tenant = provision.tenant("DATABASE", "set")
+    role = sql.Identifier(tenant.role)
+    as_tenant(
+        tenant,
+        sql.SQL("ALTER ROLE {} SET work_mem = '1GB'").format(role),
+        sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = 0").format(role),
+    )
+    found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+    assert "work_mem is set" in found["pg.role_settings"]
+    assert "no idle-in-transaction timeout" in found["pg.limits"]
+
+
+def test_grants_on_types_functions_and_large_objects_are_seen(provision, admin) -> None:
+    tenant = provision.tenant("SCHEMA", "obj")
+    schema = sql.Identifier(tenant.schema)
+    with psycopg.connect(**tenant.pg(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TYPE {}.mood AS ENUM ('ok')").format(schema))
+        conn.execute(sql.SQL("GRANT USAGE ON TYPE {}.mood TO PUBLIC").format(schema))
+        conn.execute(sql.SQL("CREATE FUNCTION {}.f() RETURNS int LANGUAGE sql AS 'SELECT 1'").format(schema))
+        conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}.f() FROM PUBLIC").format(schema))
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.f() TO PUBLIC").format(schema))
+        (lo,) = conn.execute("SELECT lo_create(0)").fetchone()  # type: ignore[misc]
+        conn.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO PUBLIC").format(sql.Literal(lo)))
+    reason = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))[
+        "pg.no_foreign_privileges"
+    ]
+    assert f"PUBLIC has USAGE on type {tenant.schema}.mood" in reason
+    assert f"PUBLIC has EXECUTE on {tenant.schema}.f()" in reason
+    assert f"PUBLIC has SELECT on large object {lo}" in reason
