@@ -343,8 +343,18 @@ def offboard(
     workspace = _workspace(root)
     validate_tenant_id(tenant)
     stacks = _backend(workspace, backend)
+    from tenant_infra.sessions import drop_strays
+
     journal = _journal(workspace, stacks, "offboard")
-    return lifecycle.offboard(tenant, stacks, workspace, retain_data, purge, journal=journal)
+    return lifecycle.offboard(
+        tenant,
+        stacks,
+        workspace,
+        retain_data,
+        purge,
+        journal=journal,
+        drop_strays=partial(drop_strays, environ=_operator_environ(stacks)),
+    )
 
 
 def suspend(
@@ -410,6 +420,8 @@ def deregister(
     progress: Progress | None = None,
 ) -> TenantStatus:
     """Remove one service of the tenant, keeping (``retain_data``) or deleting its data."""
+    from tenant_infra.sessions import drop_strays
+
     validate_tenant_id(tenant)
     workspace = _workspace(root)
     stacks = _backend(workspace, backend)
@@ -422,6 +434,7 @@ def deregister(
         purge,
         progress or _quiet,
         journal=_journal(workspace, stacks, "deregister", whole_tenant=False),
+        drop_strays=partial(drop_strays, environ=_operator_environ(stacks)),
     )
 
 

@@ -545,6 +545,7 @@ def deregister(
     purge: bool = False,
     progress: Progress = _no_progress,
     journal: Journal | None = None,
+    drop_strays: Callable[[TenantConfig, Sequence[str]], object] | None = None,
 ) -> TenantStatus:
     """Remove one service; the tenant's other services are untouched.
 
@@ -564,6 +565,8 @@ def deregister(
     status = deploy(marked, backend, workspace, progress, journal=journal)
     if status.error or retain_data:
         return status
+    if drop_strays is not None:  # what the role left elsewhere, or DROP ROLE fails
+        drop_strays(marked, [product])
     remaining = marked.with_services([s for s in marked.services if s.product != product])
     status = deploy(remaining, backend, workspace, progress, journal=journal)
     if not status.error:
@@ -581,6 +584,7 @@ def offboard(
     purge: bool = False,
     progress: Progress = _no_progress,
     journal: Journal | None = None,
+    drop_strays: Callable[[TenantConfig, Sequence[str]], object] | None = None,
 ) -> list[str]:
     """Retain or purge every service of the tenant. Returns what was retained.
 
@@ -623,6 +627,8 @@ def offboard(
             journal(marked, tenant, [], tenant_state="deleted")
         return retained_stores(config)
     with workspace.lock(tenant):
+        if drop_strays is not None:  # what the roles left elsewhere, or DROP ROLE fails
+            drop_strays(marked, [s.product for s in marked.services])
         with_retries(lambda: backend.destroy(tenant, lambda _e: None))
         backend.remove(tenant)
         if journal is not None:

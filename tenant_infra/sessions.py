@@ -1,27 +1,90 @@
-"""Ending a suspended service's open sessions.
+"""What the platform's admin logins do to a service's logins beyond its stack.
 
-The stack update of a suspension revokes every credential (``NOLOGIN``, RabbitMQ
-permissions removed, MongoDB roles removed), but PostgreSQL and RabbitMQ keep the
-connections already open. This closes them, with the platform's admin logins, so a
-suspension takes effect at once. MongoDB needs nothing: a user whose roles are gone
-is refused its next operation.
+- Ending a suspended service's open sessions: the stack update of a suspension
+  revokes every credential (``NOLOGIN``, RabbitMQ permissions removed, MongoDB roles
+  removed), but PostgreSQL and RabbitMQ keep the connections already open. This
+  closes them, so a suspension takes effect at once. MongoDB needs nothing: a user
+  whose roles are gone is refused its next operation.
+- Dropping what a service's role owns outside its own store before a purge drops
+  the role: a tenant may leave a large object in ``postgres`` (every role may connect
+  there by default), and ``DROP ROLE`` then fails ("owner of large object").
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import psycopg.sql
 import requests
 
-from tenant_infra.catalog import Store, load_catalog
+from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import BackendUnavailable, scrub
+from tenant_infra.tenant import pg_shared_database
 
 REASON = "tenant-infra: service suspended"
+
+
+def _admin(config: TenantConfig, product: str, environ: Mapping[str, str], dbname: str) -> Any:
+    endpoint = config.platform.postgres_for(product)
+    password = PlatformCredentials(environ).postgres_password_value(product)
+    return psycopg.connect(
+        host=endpoint.host,
+        port=endpoint.port,
+        user=endpoint.admin_user,
+        password=password,
+        dbname=dbname,
+        sslmode=endpoint.sslmode,
+        connect_timeout=15,
+        autocommit=True,
+    )
+
+
+def drop_strays(
+    config: TenantConfig, products: Sequence[str], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """``DROP OWNED BY`` the services' roles in every database but their own store
+    where they own or hold something (``pg_shdepend``); returns ``<database>:<role>``."""
+    env = os.environ if environ is None else environ
+    dropped: list[str] = []
+    for product in products:
+        names = config.names.service(product)
+        spec = config.service(product)
+        own = {
+            names.pg_dedicated_database
+            if spec is not None and spec.isolation is IsolationMode.DATABASE
+            else pg_shared_database(product)
+        }
+        try:
+            with _admin(config, product, env, "postgres") as conn:
+                databases = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT DISTINCT d.datname FROM pg_shdepend s"
+                        " JOIN pg_database d ON d.oid = s.dbid"
+                        " WHERE s.refclassid = 'pg_authid'::regclass"
+                        " AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+                        " ORDER BY 1",
+                        (names.pg_role,),
+                    )
+                    if row[0] not in own
+                ]
+            for database in databases:
+                with _admin(config, product, env, database) as conn:
+                    conn.execute(
+                        psycopg.sql.SQL("DROP OWNED BY {}").format(
+                            psycopg.sql.Identifier(names.pg_role)
+                        )
+                    )
+                dropped.append(f"{database}:{names.pg_role}")
+        except psycopg.Error as exc:
+            raise BackendUnavailable(f"PostgreSQL: {scrub(str(exc).splitlines()[0])}") from None
+    return dropped
 
 
 def close_sessions(
@@ -31,24 +94,14 @@ def close_sessions(
 
     Returns what was closed, as ``<store>:<login>`` lines.
     """
-    credentials = PlatformCredentials(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    credentials = PlatformCredentials(env)
     catalog = load_catalog()
     closed: list[str] = []
     for product in products:
         names = config.names.service(product)
-        endpoint = config.platform.postgres_for(product)
-        password = credentials.postgres_password_value(product)
         try:
-            with psycopg.connect(
-                host=endpoint.host,
-                port=endpoint.port,
-                user=endpoint.admin_user,
-                password=password,
-                dbname="postgres",
-                sslmode=endpoint.sslmode,
-                connect_timeout=15,
-                autocommit=True,
-            ) as conn:
+            with _admin(config, product, env, "postgres") as conn:
                 rows = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
                     (names.pg_role,),

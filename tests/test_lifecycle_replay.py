@@ -69,7 +69,7 @@ def force_cleanup(tenant: str) -> None:
     for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('ledger', 'tracer')"):
         admin_sql(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"tenant_{key}")), database)
     for (role,) in admin_sql("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", params=(f"%\\_{key}",)):
-        for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('postgres', 'ledger', 'tracer')"):
+        for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('postgres', 'template1', 'ledger', 'tracer')"):
             admin_sql(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)), database)
         admin_sql(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     requests.delete(f"{MANAGEMENT}/api/vhosts/{tenant}", auth=GUEST, timeout=15)
@@ -518,3 +518,19 @@ def test_events_survive_redis_being_down_mid_lifecycle(world: World) -> None:
     assert len({e["event_id"] for e in events}) == 3
     pending = world.plane.rows("SELECT count(*) AS n FROM registry.outbox WHERE published_at IS NULL")
     assert pending == [{"n": 0}]
+
+
+def test_purge_drops_what_a_role_left_outside_its_store(world: World) -> None:
+    """Issue 16, row 8: a large object in ``postgres`` and ``template1`` (every role may
+    connect to both by default) no longer makes ``DROP ROLE`` fail."""
+    tenant = world.new_tenant("stray")
+    world.onboard(tenant, "tracer:SCHEMA")
+    role = world.backend.document(tenant, "tracer")["postgresql"]["user"]
+    for database in ("postgres", "template1"):
+        with psycopg.connect(**world.pg(tenant, "tracer", database), autocommit=True) as conn:
+            conn.execute("SELECT lo_create(0)")
+    commands.deregister(tenant, "tracer", purge=True, **world.kwargs())
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(role,)) == []
+    for database in ("postgres", "template1"):
+        assert admin_sql("SELECT count(*) FROM pg_largeobject_metadata l JOIN pg_roles r ON r.oid = l.lomowner WHERE r.rolname = %s", database, (role,)) == [(0,)]
+    assert leftovers(tenant) == []
