@@ -6,7 +6,8 @@ unchanged, and per-tenant cost is only what the DDL needs. Per target, in one
 transaction::
 
     BEGIN;
-    SELECT pg_advisory_xact_lock(hashtextextended('tenant-infra:migrate:<schema>', 0));
+    CREATE TABLE IF NOT EXISTS <schema>.alembic_version (...);   -- Alembic's own DDL
+    LOCK TABLE <schema>.alembic_version IN EXCLUSIVE MODE;
     SET LOCAL search_path TO <schema>;     -- unqualified DDL cannot land elsewhere
     <alembic_version in <schema>; every pending revision>
     COMMIT;                                -- or ROLLBACK: no partial revision survives
@@ -17,7 +18,9 @@ that a migration executes (a trigger on ``alembic_version``, a column DEFAULT, a
 index expression) runs with the connecting user's privileges, and ``SET ROLE`` would
 not contain it (``RESET ROLE`` undoes it). A target whose role is not the connecting
 user is refused before connecting. The lock makes a concurrent runner wait, then
-find the tenant at head and do nothing.
+find the tenant at head and do nothing. It is a lock on the tenant's own version
+table, which only its role and the platform may take: an advisory key, which any
+role can compute, would let a neighbour block a tenant's migrations.
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ from tenant_infra.tenant import quote_ident
 
 Status = Literal["migrated", "current", "pending", "failed", "skipped"]
 
-_LOCK_SQL = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+#: Alembic's version table, as Alembic itself creates it (``alembic.runtime.migration``).
+VERSION_TABLE_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS {table} (version_num VARCHAR(32) NOT NULL,"
+    " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+)
+_HOLDERS_SQL = text(
+    "SELECT DISTINCT a.usename, a.application_name FROM pg_catalog.pg_locks l"
+    " JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.relation = to_regclass(:table) AND l.granted AND l.pid <> pg_backend_pid()"
+    " ORDER BY 1, 2"
+)
 #: How long a tenant's migration waits for its lock before failing that tenant.
 LOCK_WAIT_SECONDS: Final = 60
 
@@ -191,20 +204,38 @@ class TenantMigrator:
             self._conn_key = None
 
     def _pin(self, conn: Connection, target: MigrationTarget) -> None:
-        # Bounded: any session can take any advisory key, so a holder that never lets go
-        # must fail this tenant in a while, not hold the run forever.
+        table = f"{quote_ident(target.schema)}.alembic_version"
+        # Bounded: a holder that never lets go fails this tenant in a while, named.
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
+        created = conn.begin_nested()
         try:
-            conn.execute(_LOCK_SQL, {"key": target.lock_key})
+            conn.exec_driver_sql(VERSION_TABLE_DDL.format(table=table))
+            created.commit()
+        except Exception as exc:  # a concurrent first run created it: lock that one
+            created.rollback()
+            if "already exists" not in str(exc) and "duplicate key" not in str(exc):
+                raise
+        try:
+            conn.exec_driver_sql(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
         except Exception as exc:
             if "lock timeout" not in str(exc):
                 raise
             raise RuntimeError(
-                f"another session has held the migration lock of {target.where} for "
-                f"{LOCK_WAIT_SECONDS} s; nothing was changed"
+                f"the migration lock of {target.where} has been held for {LOCK_WAIT_SECONDS}"
+                f" s by {self._holders(target, table)}; nothing was changed"
             ) from None
         conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
         conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
+
+    def _holders(self, target: MigrationTarget, table: str) -> str:
+        """Who holds ``table``'s lock (user and application), from a fresh session."""
+        try:
+            with connect(self._params_for(target)) as other:
+                rows = other.execute(_HOLDERS_SQL, {"table": table}).fetchall()
+        except Exception:
+            return "another session"
+        shown = [f"user {u or '?'} ({a or 'no application name'})" for u, a in rows]
+        return ", ".join(shown) or "another session"
 
     # -- upgrade ----------------------------------------------------------------------
 
@@ -402,8 +433,9 @@ def render_sql(
             output_buffer=buf,
         )
         with env.begin_transaction():
-            key = target.lock_key.replace("'", "''")
-            env.execute(f"SELECT pg_advisory_xact_lock(hashtextextended('{key}', 0))")
+            table = f"{quote_ident(target.schema)}.alembic_version"
+            env.execute(VERSION_TABLE_DDL.format(table=table))
+            env.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
             env.execute(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
             env.run_migrations()
     return buf.getvalue()

@@ -57,10 +57,6 @@ class MigrationTarget:
     def where(self) -> str:
         return f"{self.database}.{self.schema}" if self.database else self.schema
 
-    @property
-    def lock_key(self) -> str:
-        """Advisory locks are per database already; the schema identifies the tenant."""
-        return f"tenant-infra:migrate:{self.schema}"
 
 
 def service_target(tenant: str, product: str, database: str) -> MigrationTarget:

@@ -232,3 +232,36 @@ def test_generic_mode_without_role(pg: PgSandbox, product: str, tmp_path: Path) 
         m.close()
     assert (r.status, r.after, again.status) == ("migrated", "0002", "current")
     assert admin_exec("SELECT version_num FROM plain_one.alembic_version", db) == [("0002",)]
+
+
+def test_a_neighbour_cannot_take_a_tenants_migration_lock(pg: PgSandbox, product: str, monkeypatch) -> None:
+    """Issue 16, row 4: the lock is the tenant's own version table, which a neighbour
+    cannot lock (the old advisory key could be computed and held by anyone); when
+    the tenant's own sessions hold it, the failure names who."""
+    import psycopg
+
+    from tenant_infra.migrate import engine
+
+    victim = pg.schema_tenant(product)
+    neighbour = pg.schema_tenant(product)
+    m = own_migrator()
+    try:
+        assert m.upgrade(victim.own_target).status == "migrated"
+        with psycopg.connect(**neighbour.params(), autocommit=False) as conn:
+            conn.execute(f"SELECT pg_advisory_lock(hashtextextended('tenant-infra:migrate:{victim.schema}', 0))")
+            try:
+                conn.execute(f"LOCK TABLE {victim.schema}.alembic_version IN EXCLUSIVE MODE")
+                raise AssertionError("a neighbour locked the tenant's version table")
+            except psycopg.errors.InsufficientPrivilege:
+                conn.rollback()
+            conn.execute(f"SELECT pg_advisory_lock(hashtextextended('tenant-infra:migrate:{victim.schema}', 0))")
+            assert m.upgrade(victim.own_target).status == "current"  # not blocked
+
+        monkeypatch.setattr(engine, "LOCK_WAIT_SECONDS", 1)
+        with psycopg.connect(**victim.params(), application_name="stuck-job", autocommit=False) as own:
+            own.execute(f"LOCK TABLE {victim.schema}.alembic_version IN EXCLUSIVE MODE")
+            blocked = m.upgrade(victim.own_target)
+        assert blocked.status == "failed"
+        assert f"by user {victim.role} (stuck-job)" in (blocked.error or ""), blocked.error
+    finally:
+        m.close()

@@ -26,7 +26,6 @@ def test_names_come_from_tenant_py() -> None:
         "ledger_globex_eu",
         "ledger_globex_eu",
     )
-    assert s.lock_key == d.lock_key == "tenant-infra:migrate:tenant_globex_eu"
     assert s.where == "ledger.tenant_globex_eu" and s.label == "globex-eu"
 
 
