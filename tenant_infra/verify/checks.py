@@ -42,16 +42,24 @@ class CheckResult:
     """One named check: ``ok`` is pass/fail, ``reason`` says why in words.
 
     A skipped check (its service is not reachable, or not configured) is ``ok``; the
-    CLI's ``--strict`` counts it as a failure.
+    CLI's ``--strict`` counts it as a failure. A warning is ``ok`` too: a known
+    exposure of the design (SCHEMA mode's shared catalogs), said, never a pass.
     """
 
     name: str
     ok: bool
     reason: str
     skipped: bool = False
+    warning: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        status = "skip" if self.skipped else ("pass" if self.ok else "fail")
+        status = (
+            "skip"
+            if self.skipped
+            else "warn"
+            if self.warning
+            else ("pass" if self.ok else "fail")
+        )
         return {"name": self.name, "status": status, "ok": self.ok, "reason": self.reason}
 
 
@@ -65,6 +73,10 @@ def failed(name: str, reason: str) -> CheckResult:
 
 def skipped(name: str, reason: str) -> CheckResult:
     return CheckResult(name, True, reason, skipped=True)
+
+
+def warned(name: str, reason: str) -> CheckResult:
+    return CheckResult(name, True, reason, warning=True)
 
 
 def describe(exc: BaseException, hide: Iterable[str] = ()) -> str:
@@ -99,6 +111,7 @@ PG_CHECKS: Final = (
     "pg.no_foreign_privileges",
     "pg.limits",
     "pg.role_settings",
+    "pg.neighbour_visibility",
 )
 
 
@@ -143,7 +156,7 @@ class PgVerifier:
             self.no_foreign_privileges,
             self.limits_in_force,
         ]
-        checks.append(self.role_settings)
+        checks += [self.role_settings, self.neighbour_visibility]
         results = []
         with conn:
             # The tenant controls its role's search_path and its own schema: every
@@ -501,6 +514,37 @@ class PgVerifier:
         if problems:
             return failed(name, f"role {self.pg.user}: " + "; ".join(problems))
         return passed(name, f"role {self.pg.user} sets only " + ", ".join(sorted(found)))
+
+
+    def neighbour_visibility(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        """What other roles in the same database can see of the tenant without any
+        privilege: PostgreSQL lets every role read the catalogs. In SCHEMA mode that
+        is every neighbour; it is a warning (the design's known exposure), never a pass."""
+        name = PG_CHECKS[12]
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE c.oid IS NOT NULL),"
+            " (SELECT count(*) FROM pg_attribute a JOIN pg_class k ON k.oid = a.attrelid"
+            "   WHERE k.relnamespace = n.oid AND a.attnum > 0 AND NOT a.attisdropped),"
+            " (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = n.oid)"
+            " FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid"
+            " WHERE n.nspname = %s GROUP BY n.oid",
+            (self.pg.schema_name,),
+        ).fetchone()
+        relations, columns, functions = row if row is not None else (0, 0, 0)
+        if self.doc.isolation is IsolationMode.DATABASE:
+            return passed(
+                name,
+                f"a dedicated database: other tenants see only cluster-wide catalogs "
+                f"(the role {self.pg.user} and the database {self.pg.database} by name)",
+            )
+        return warned(
+            name,
+            f"SCHEMA mode: every role in {self.pg.database} can read this schema's catalog "
+            f"entries ({relations} relation, {columns} column and {functions} function names, "
+            "function sources, the role's name and settings) and shares LISTEN/NOTIFY "
+            "channels and advisory locks with it; the data itself stays private. DATABASE "
+            "mode separates all of these",
+        )
 
 
 def _milliseconds(setting: str) -> int:

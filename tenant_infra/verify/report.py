@@ -10,7 +10,12 @@ from rich.table import Table
 
 from tenant_infra.verify.command import VerifyReport
 
-_STATUS = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[yellow]skip[/]"}
+_STATUS = {
+    "pass": "[green]pass[/]",
+    "fail": "[bold red]FAIL[/]",
+    "skip": "[yellow]skip[/]",
+    "warn": "[yellow]warn[/]",
+}
 
 
 def dumps(report: VerifyReport) -> str:

@@ -82,3 +82,33 @@ def test_grants_on_types_functions_and_large_objects_are_seen(provision, admin) 
     assert f"PUBLIC has USAGE on type {tenant.schema}.mood" in reason
     assert f"PUBLIC has EXECUTE on {tenant.schema}.f()" in reason
     assert f"PUBLIC has SELECT on large object {lo}" in reason
+
+
+def test_schema_mode_exposure_is_a_warning_never_a_pass(provision, admin) -> None:
+    """Issue 16, row 5: in a shared database a neighbour reads the tenant's catalog
+    entries and function sources (not its data); verify says so."""
+    shared = provision.tenant("SCHEMA", "exp")
+    neighbour = provision.tenant("SCHEMA", "nb2")
+    dedicated = provision.tenant("DATABASE", "ded")
+    as_tenant(
+        shared,
+        sql.SQL("CREATE FUNCTION {}.pricing() RETURNS int LANGUAGE sql AS 'SELECT 42 /* secret sauce */'").format(
+            sql.Identifier(shared.schema)
+        ),
+    )
+    with psycopg.connect(**neighbour.pg(), autocommit=True) as conn:
+        (source,) = conn.execute(
+            "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s", (shared.schema,),
+        ).fetchone()  # type: ignore[misc]
+    assert "secret sauce" in source  # the exposure is real
+
+    def status(tenant) -> dict[str, str]:
+        report = verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin)
+        (service,) = report.services
+        return {c.name: c.to_json()["status"] for c in service.checks}
+
+    shared_status = status(shared)
+    assert shared_status["pg.neighbour_visibility"] == "warn"
+    assert "fail" not in shared_status.values()
+    assert status(dedicated)["pg.neighbour_visibility"] == "pass"
