@@ -88,6 +88,9 @@ def plan(
         print(render.dumps(result.to_json()))
     else:
         render.plan_table(result, _console())
+    for problem in result.problems:
+        print(f"tenantctl: {problem}", file=sys.stderr)
+    _finish(not result.problems)
 
 
 TenantsArgument = Annotated[list[str] | None, typer.Argument(help="Tenant ids.")]

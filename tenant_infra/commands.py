@@ -83,10 +83,29 @@ def plan(
     services: Sequence[str] = (),
     stack_config: Path | None = None,
 ) -> offline_plan.Plan:
-    """Every resource the tenant's stack would declare, without the Pulumi CLI."""
+    """Every resource the tenant's stack would declare, without the Pulumi CLI, and
+    what the fleet would then break (the connection budget of shared servers)."""
+    from tenant_infra import budget
     from tenant_infra import plan as offline_plan  # Pulumi: only the verbs that need it
 
-    return offline_plan.plan(resolve_config(tenant, services, stack_config))
+    config = resolve_config(tenant, services, stack_config)
+    planned = offline_plan.plan(config)
+    fleet = [config, *_fleet_configs(_workspace(None), besides=tenant)]
+    return dataclasses.replace(planned, problems=tuple(budget.problems(fleet)))
+
+
+def _fleet_configs(workspace: Workspace, besides: str) -> Iterator[TenantConfig]:
+    """Every other tenant's config that can be read (an unreadable one is its own
+    tenant's problem, reported where that tenant is planned)."""
+    for other in workspace.tenants():
+        if other == besides:
+            continue
+        try:
+            config = workspace.read_config(other)
+        except InvalidInput:
+            continue
+        if config is not None:
+            yield config
 
 
 # ------------------------------------------------------------------ lifecycle verbs

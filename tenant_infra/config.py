@@ -98,6 +98,11 @@ class PostgresEndpoint(_Model):
     #: Cloud SQL, Azure) have none, and the provider must then be told so; false is
     #: safe everywhere (a superuser only loses reading role passwords back).
     superuser: bool = False
+    #: The server's ``max_connections``; with it, the tenants' connection limits on
+    #: this server must add up to at most it less ``reserved_connections``.
+    max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
+    #: Headroom the platform keeps: admin sessions, migrations, replication, superusers.
+    reserved_connections: Annotated[StrictInt, Field(ge=0)] = 10
 
 
 class RabbitmqEndpoint(_Model):
@@ -106,6 +111,10 @@ class RabbitmqEndpoint(_Model):
     #: Host and AMQP port handed to services (non-secret connection info).
     amqp_host: Host
     amqp_port: Port = 5672
+    #: The node's connection ceiling; with it, the vhosts' ``max-connections`` on this
+    #: node must add up to at most it less ``reserved_connections``.
+    max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
+    reserved_connections: Annotated[StrictInt, Field(ge=0)] = 10
 
 
 class VaultEndpoint(_Model):

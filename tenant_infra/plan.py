@@ -67,9 +67,15 @@ class Plan:
     resources: tuple[PlannedResource, ...]
     #: The stack outputs, secrets masked (not part of the JSON document).
     outputs: Any = field(default_factory=dict, compare=False)
+    #: Fleet-wide findings with this tenant as planned (:mod:`tenant_infra.budget`).
+    problems: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "resources": [r.to_json() for r in self.resources]}
+        return {
+            "tenant": self.tenant,
+            "resources": [r.to_json() for r in self.resources],
+            "problems": list(self.problems),
+        }
 
     def by_name(self, name: str) -> PlannedResource:
         return next(r for r in self.resources if r.name == name)

@@ -27,7 +27,8 @@ def test_plan_of_example_stack_matches_golden(stack: str) -> None:
 
 def test_plan_document_shape() -> None:
     document = commands.plan("acme", ["ledger:DATABASE", "tracer:SCHEMA"]).to_json()
-    assert set(document) == {"tenant", "resources"} and document["tenant"] == "acme"
+    assert set(document) == {"tenant", "resources", "problems"} and document["tenant"] == "acme"
+    assert document["problems"] == []
     names = {r["name"] for r in document["resources"]}
     for resource in document["resources"]:
         assert set(resource) == {"type", "name", "parent", "inputs"}
@@ -58,3 +59,31 @@ def test_no_generated_password_appears_anywhere_in_the_plan() -> None:
     for fake in fakes:
         assert fake not in text
     assert text.count('"[secret]"') >= len(fakes)
+
+
+def test_plan_fails_when_the_fleet_would_exhaust_a_shared_server(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 16, row 7: each tenant within its tier, the fleet over the server."""
+    import shutil
+
+    import pytest
+    import yaml
+
+    from tenant_infra.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "stacks").mkdir()
+    shutil.copy(root / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    dev = yaml.safe_load((root / "stacks" / "Pulumi.dev.yaml").read_text())
+    server = dev["config"]["tenant-infra:platform"]["postgres"]["default"]
+    server["maxConnections"], server["reservedConnections"] = 100, 20
+    for tenant in ("alpha", "bravo", "charlie"):  # enterprise: 100 connections each
+        config = dict(dev["config"]) | {"tenant-infra:tenant": tenant, "tenant-infra:tier": "enterprise"}
+        (tmp_path / "stacks" / f"Pulumi.{tenant}.yaml").write_text(yaml.safe_dump({"config": config}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "alpha", "--format", "json"])
+    out, err = capsys.readouterr()
+    problems = json.loads(out)["problems"]
+    assert info.value.code == 1 and len(problems) == 1
+    assert "add up to" in problems[0] and "over 80 (100 less 20 reserved)" in problems[0]
+    assert problems[0] in err

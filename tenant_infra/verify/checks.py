@@ -112,6 +112,7 @@ PG_CHECKS: Final = (
     "pg.limits",
     "pg.role_settings",
     "pg.neighbour_visibility",
+    "pg.connection_budget",
 )
 
 
@@ -123,11 +124,15 @@ class PgVerifier:
         document: ConnectionsDocument,
         expected_limits: Limits | None = None,
         max_probes: int = MAX_PROBES,
+        budget: tuple[int, int] | None = None,
     ) -> None:
         self.doc = document
         self.pg = document.postgresql
         self.expected = expected_limits
         self.max_probes = max_probes
+        #: The server's declared ``maxConnections`` and ``reservedConnections``; ``None``:
+        #: the platform declared no budget for this server, so going over is a warning.
+        self.budget = budget
         self.limits: dict[str, Any] = {}
         self._hide = (self.pg.password.get_secret_value(),)
         self._token = secrets.token_hex(4)
@@ -156,7 +161,7 @@ class PgVerifier:
             self.no_foreign_privileges,
             self.limits_in_force,
         ]
-        checks += [self.role_settings, self.neighbour_visibility]
+        checks += [self.role_settings, self.neighbour_visibility, self.connection_budget]
         results = []
         with conn:
             # The tenant controls its role's search_path and its own schema: every
@@ -544,6 +549,45 @@ class PgVerifier:
             "function sources, the role's name and settings) and shares LISTEN/NOTIFY "
             "channels and advisory locks with it; the data itself stays private. DATABASE "
             "mode separates all of these",
+        )
+
+
+    def connection_budget(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        """The tenants' login roles on this server may not, together, open more
+        connections than the server has, less what superusers and the platform keep."""
+        name = PG_CHECKS[13]
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('superuser_reserved_connections')::int"
+        ).fetchone()
+        assert row is not None
+        maximum, superusers = int(row[0]), int(row[1])
+        declared, reserved = self.budget if self.budget is not None else (maximum, 10)
+        maximum = min(maximum, declared)
+        products = list(load_catalog().products)
+        tenants = [
+            (role, int(limit))
+            for role, limit in conn.execute(
+                "SELECT rolname, rolconnlimit FROM pg_roles WHERE rolcanlogin ORDER BY 1"
+            )
+            if any(tenant_from_database(p, role) is not None for p in products)
+        ]
+        unlimited = [role for role, limit in tenants if limit < 0]
+        used = sum(limit for _, limit in tenants if limit > 0)
+        available = maximum - superusers - reserved
+        if unlimited or used > available:
+            what = f"{len(unlimited)} tenant role(s) without a limit; " if unlimited else ""
+            reason = (
+                f"{what}{len(tenants)} tenant login roles may open {used} connections, over "
+                f"{available} (max_connections {maximum} less {superusers} for superusers "
+                f"and {reserved} reserved)"
+            )
+            if self.budget is None:  # no budget declared: said, not enforced
+                return warned(name, reason + "; declare maxConnections to enforce it")
+            return failed(name, reason)
+        return passed(
+            name,
+            f"{len(tenants)} tenant login roles may open {used} of {available} connections",
         )
 
 

@@ -104,9 +104,17 @@ def verify_document(
     document: ConnectionsDocument,
     admin: AdminAccess,
     expected_limits: Limits | None = None,
+    platform: Platform | None = None,
 ) -> ServiceReport:
     """Every check of one service, on real connections. Never raises for a failed check."""
-    postgres = PgVerifier(document, expected_limits)
+    # The connection budget is enforced where the platform declared the server's.
+    endpoint = platform.postgres_for(document.product) if platform is not None else None
+    budget = (
+        (endpoint.max_connections, endpoint.reserved_connections)
+        if endpoint is not None and endpoint.max_connections is not None
+        else None
+    )
+    postgres = PgVerifier(document, expected_limits, budget=budget)
     checks = postgres.run()
     limits = dict(postgres.limits)
     if document.rabbitmq is not None:
@@ -148,9 +156,7 @@ def verify_tenant(
     platform, config = _stack(tenant, stack_config, root)
     documents = [doc for source in connections for doc in load_connections(source)]
     if not documents:
-        vault = operator_vault(
-            env, root=root, mount=platform.vault.kv_mount if platform else None
-        )
+        vault = operator_vault(env, root=root, mount=platform.vault.kv_mount if platform else None)
         if vault is None:
             raise InvalidInput(
                 "no connections: pass --connections FILE, or set VAULT_ADDR and VAULT_TOKEN "
@@ -175,7 +181,10 @@ def verify_tenant(
     expected = config.effective_limits() if config is not None else None
     reports = tuple(
         verify_document(
-            doc, admin or AdminAccess.from_environment(doc, platform, env, root), expected
+            doc,
+            admin or AdminAccess.from_environment(doc, platform, env, root),
+            expected,
+            platform,
         )
         for doc in documents
     )

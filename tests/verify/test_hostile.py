@@ -112,3 +112,25 @@ def test_schema_mode_exposure_is_a_warning_never_a_pass(provision, admin) -> Non
     assert shared_status["pg.neighbour_visibility"] == "warn"
     assert "fail" not in shared_status.values()
     assert status(dedicated)["pg.neighbour_visibility"] == "pass"
+
+
+def test_the_fleets_connection_budget_is_checked_on_the_live_server(provision, admin, tmp_path) -> None:
+    """Issue 16, row 7: within its tier, each tenant; over the server, the fleet."""
+    import yaml
+
+    from tests.verify.test_broken import DEV_PLATFORM
+
+    tenant = provision.tenant("DATABASE", "bud")
+    stack = yaml.safe_load(DEV_PLATFORM.read_text())
+    server = stack["config"]["tenant-infra:platform"]["postgres"]["default"]
+    server["maxConnections"] = 20  # less superusers (3) and 10 reserved: room for 7
+    path = tmp_path / "Pulumi.platform.yaml"
+    path.write_text(yaml.safe_dump(stack))
+    report = verify_tenant(tenant.tenant, connections=[tenant.document], stack_config=path, admin=admin)
+    declared = failing(report)
+    assert "over 7" in declared["pg.connection_budget"]
+
+    report = verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin)
+    (service,) = report.services
+    budget = next(c for c in service.checks if c.name == "pg.connection_budget")
+    assert budget.to_json()["status"] in ("pass", "warn")  # not declared: said, never failed
