@@ -301,6 +301,20 @@ class BrokerVerifier:
                 want = getattr(self.expected, key)
                 if value is not None and int(value) != want:
                     problems.append(f"{key} is {value}, the stack config says {want}")
+        # Operator policies reach classic and quorum queues only: a stream the tenant
+        # declared holds what it likes (README "Security model").
+        uncapped = [
+            f"{q.get('name')} ({q.get('type', 'classic')})"
+            for q in self.api.get(
+                f"queues/{_vhost_path(vhost)}?columns=name,type,operator_policy"
+            )
+            if not q.get("operator_policy") and q.get("type") not in ("classic", "quorum")
+        ]
+        if uncapped:
+            problems.append(
+                f"{len(uncapped)} queue(s) under no operator policy, uncapped: "
+                + ", ".join(sorted(uncapped)[:10])
+            )
         shown = ", ".join(f"{k}={v}" for k, v in self.limits.items())
         if problems:
             return failed(name, "; ".join(problems) + f" ({shown})")

@@ -134,3 +134,20 @@ def test_the_fleets_connection_budget_is_checked_on_the_live_server(provision, a
     (service,) = report.services
     budget = next(c for c in service.checks if c.name == "pg.connection_budget")
     assert budget.to_json()["status"] in ("pass", "warn")  # not declared: said, never failed
+
+
+def test_a_stream_lifts_the_queue_caps_and_verify_says_so(provision, admin) -> None:
+    """Issue 16, row 6: operator policies do not reach streams on this broker."""
+    import pika
+
+    tenant = provision.tenant("SCHEMA", "strm")
+    user, password = tenant.amqp_user
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", 5672, tenant.vhost, pika.PlainCredentials(user, password))
+    )
+    try:
+        connection.channel().queue_declare("unbounded", durable=True, arguments={"x-queue-type": "stream"})
+    finally:
+        connection.close()
+    found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+    assert "uncapped: unbounded (stream)" in found["rabbitmq.limits"]
