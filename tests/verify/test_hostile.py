@@ -54,6 +54,7 @@ def test_catalog_look_alikes_and_a_shadowing_search_path_fool_nothing(provision,
 
 def test_every_setting_a_tenant_gives_its_role_is_seen(provision, admin) -> None:
     tenant = provision.tenant("DATABASE", "set")
+    bystander = provision.tenant("DATABASE", "bys")
     role = sql.Identifier(tenant.role)
     as_tenant(
         tenant,
@@ -63,6 +64,23 @@ def test_every_setting_a_tenant_gives_its_role_is_seen(provision, admin) -> None
     found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
     assert "work_mem is set" in found["pg.role_settings"]
     assert "no idle-in-transaction timeout" in found["pg.limits"]
+    # Its own acts fail its own checks only.
+    assert failing(verify_tenant(bystander.tenant, connections=[bystander.document], admin=admin)) == {}
+
+
+def test_notifications_cross_a_shared_database_and_verify_warns(provision, admin) -> None:
+    """Issue 16, row 3: PostgreSQL has no privilege on LISTEN/NOTIFY channels."""
+    listener = provision.tenant("SCHEMA", "lis")
+    sender = provision.tenant("SCHEMA", "snd")
+    with psycopg.connect(**listener.pg(), autocommit=True) as conn:
+        conn.execute("LISTEN orders")
+        as_tenant(sender, "NOTIFY orders, 'from a neighbour'")
+        received = [n.payload for n in conn.notifies(timeout=2, stop_after=1)]
+    assert received == ["from a neighbour"]  # the exposure is real
+    report = verify_tenant(listener.tenant, connections=[listener.document], admin=admin)
+    (service,) = report.services
+    visibility = next(c for c in service.checks if c.name == "pg.neighbour_visibility")
+    assert visibility.to_json()["status"] == "warn" and "LISTEN/NOTIFY" in visibility.reason
 
 
 def test_grants_on_types_functions_and_large_objects_are_seen(provision, admin) -> None:
