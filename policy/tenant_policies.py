@@ -103,7 +103,48 @@ def _stack_policy(policy: str) -> StackValidationPolicy:
     )
 
 
+def _budget_policy() -> StackValidationPolicy:
+    """The fleet's connection budget (``tenant_infra.budget``): every stack file of the
+    project (``projectDir``, default the working directory) read, since one stack's
+    resources cannot show what the others use of a shared server."""
+
+    def validate(args: Any, report_violation: Any) -> None:
+        if not args.resources:
+            return
+        config = args.get_config()
+        if _context(args.resources[0].urn, config) is None:
+            return
+        from tenant_infra import budget
+        from tenant_infra.errors import InvalidInput
+        from tenant_infra.workspace import Workspace
+
+        workspace = Workspace(Path(config.get("projectDir") or "."))
+        configs = []
+        for tenant in workspace.tenants():
+            try:
+                found = workspace.read_config(tenant)
+            except InvalidInput:
+                continue
+            if found is not None:
+                configs.append(found)
+        for problem in budget.problems(configs):
+            report_violation(problem)
+
+    return StackValidationPolicy(
+        name="connection-budget",
+        description="The tenants' connection limits on each shared server leave the "
+        "platform's reserved headroom under its declared maximum.",
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        config_schema=PolicyConfigSchema(
+            properties={"tenantProject": {"type": "string"}, "projectDir": {"type": "string"}}
+        ),
+    )
+
+
 def policies() -> list[Any]:
-    return [_resource_policy(p) for p in guardrails.RESOURCE_RULES] + [
-        _stack_policy(p) for p in guardrails.STACK_RULES
-    ]
+    return (
+        [_resource_policy(p) for p in guardrails.RESOURCE_RULES]
+        + [_stack_policy(p) for p in guardrails.STACK_RULES]
+        + [_budget_policy()]
+    )
