@@ -3,6 +3,8 @@
 - Each product's shared database for SCHEMA-mode tenants, hardened: PUBLIC may not
   CONNECT to it (each tenant role is granted CONNECT by its own stack) nor create
   anything in, or even use, its ``public`` schema.
+- On servers the platform controls (``closeMaintenanceDatabases``), PUBLIC's CONNECT
+  on ``postgres`` and ``template1`` taken: tenant roles cannot leave objects there.
 - The Vault KV v2 mount holding every tenant service's credentials.
 """
 
@@ -53,6 +55,17 @@ class ProductDatabase(pulumi.ComponentResource):
         revoke_public(f"{name}-revoke-public-schema", database.name, inside, schema="public")
         self.name = database.name
         self.register_outputs({"name": self.name})
+
+
+def close_maintenance_databases(providers: Providers, server: str) -> None:
+    """No PUBLIC CONNECT on ``postgres`` and ``template1`` of ``server`` (an endpoint key)."""
+    admin = providers.postgres(server, "postgres", "admin")
+    for database in ("postgres", "template1"):
+        revoke_public(
+            f"platform-{server}-revoke-public-{database}",
+            database,
+            pulumi.ResourceOptions(provider=admin),
+        )
 
 
 class CredentialsMount(pulumi.ComponentResource):

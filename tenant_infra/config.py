@@ -103,6 +103,10 @@ class PostgresEndpoint(_Model):
     max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
     #: Headroom the platform keeps: admin sessions, migrations, replication, superusers.
     reserved_connections: Annotated[StrictInt, Field(ge=0)] = 10
+    #: The platform controls this server: take PUBLIC's CONNECT on ``postgres`` and
+    #: ``template1``, where every role may otherwise leave objects (purge handles them
+    #: anyway; this keeps them from being made).
+    close_maintenance_databases: bool = False
 
 
 class RabbitmqEndpoint(_Model):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pulumi
 
-from components.platform import CredentialsMount, ProductDatabase
+from components.platform import CredentialsMount, ProductDatabase, close_maintenance_databases
 from components.providers import Providers
 from components.registry import RegistryDatabase
 from components.tenant import Tenant
@@ -81,6 +81,9 @@ def platform_program(credentials: PlatformCredentials | None = None) -> dict[str
             product: ProductDatabase(product, providers, config.protect_data).name
             for product in config.products
         }
+        for server, endpoint in config.platform.postgres.items():
+            if endpoint.close_maintenance_databases:
+                close_maintenance_databases(providers, server)
         mount = CredentialsMount(config.platform.vault.kv_mount, providers, config.protect_data)
         registry = (
             RegistryDatabase(config.registry, providers, config.protect_data)

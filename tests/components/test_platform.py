@@ -62,3 +62,55 @@ def test_bad_product_lists_are_refused(products: list[str], rule: str) -> None:
     values = read_stack_file(DEV) | {"tenant-infra:products": products}
     with pytest.raises(InvalidInput, match=rule):
         PlatformConfig.from_pulumi_values(values)
+
+
+def test_maintenance_databases_are_closed_only_where_the_platform_controls_the_server() -> None:
+    def revoked(plan: Plan) -> set[str]:
+        return {
+            g.inputs["database"]
+            for g in plan.of_type("postgresql:index/grant:Grant")
+            if g.inputs["role"] == "public" and g.inputs["objectType"] == "database"
+        }
+
+    assert {"postgres", "template1"}.isdisjoint(revoked(dev_plan()))
+    platform = read_stack_file(DEV)["tenant-infra:platform"]
+    platform["postgres"]["default"]["closeMaintenanceDatabases"] = True
+    assert {"postgres", "template1"} <= revoked(dev_plan(platform=platform))
+
+
+def test_applied_no_role_can_reach_the_maintenance_databases_any_more(tmp_path: Path) -> None:
+    """Issue 16, row 8, at the source: applied for real, then PUBLIC's CONNECT put back
+    (the provider's revoke outlives a destroy, as upstream)."""
+    import os
+    import secrets
+
+    import psycopg
+
+    from tenant_infra.catalog import Product, Store, load_catalog
+    from tests.support.replay import ReplayBackend
+
+    admin = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+    token = secrets.token_hex(3)
+    product, probe = f"mnt{token}", f"probe_{token}"
+    load_catalog().products[product] = Product(name=product, stores=frozenset({Store.POSTGRESQL}))
+    values = read_stack_file(DEV)
+    values.pop("tenant-infra:registry", None)
+    values["tenant-infra:products"] = [product]
+    values["tenant-infra:protectData"] = False
+    values["tenant-infra:platform"]["postgres"]["default"]["closeMaintenanceDatabases"] = True
+    config = PlatformConfig.from_pulumi_values(values)
+    backend = ReplayBackend(tmp_path / "state", root=tmp_path, environ=dict(os.environ))
+    try:
+        backend.up_platform(config, "test", lambda _event: None)
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {probe} LOGIN")
+        for database in ("postgres", "template1"):
+            with pytest.raises(psycopg.OperationalError, match="permission denied"):
+                psycopg.connect(**(admin | {"user": probe, "dbname": database})).close()
+        backend.destroy_platform("test", lambda _event: None)
+    finally:
+        load_catalog().products.pop(product, None)
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute("GRANT CONNECT ON DATABASE postgres, template1 TO PUBLIC")
+            conn.execute(f"DROP DATABASE IF EXISTS {product} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {probe}")
