@@ -4,7 +4,7 @@ A dynamic resource rather than a resource hook: a failed ``create``/``update`` k
 previous state, so the next ``pulumi up`` retries it, and ``diff`` lets ``pulumi preview``
 show the pending move as ``head: "0002" => "0003"``. The provider connects AS THE
 TENANT ROLE (least privilege) and runs the same engine as ``tenantctl migrate``: one
-transaction, advisory lock, ``search_path`` pinned to the tenant schema.
+transaction, the lock on its own version table, ``search_path`` pinned to the tenant schema.
 
 The provider is module-level code with no state: Pulumi pickles it with dill, so it
 must not capture a secret or a large object. The password arrives as a secret input

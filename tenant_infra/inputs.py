@@ -26,6 +26,9 @@ MAX_DEPTH: Final = 32
 #: Values in one document, counted as read: YAML aliases can make a small file stand
 #: for billions of them ("billion laughs").
 MAX_VALUES: Final = 1_000_000
+#: Characters of text in one document, counted as read (an alias to a long string
+#: repeated stands for all its copies, which writing the file back would write out).
+MAX_TEXT: Final = 4 * MAX_BYTES
 
 
 def read_text(path: Path | str, what: str, limit: int = MAX_BYTES) -> str:
@@ -82,6 +85,8 @@ def load_json(text: str, what: str, where: str) -> Any:
         ) from None
     except RecursionError:
         raise InvalidInput(f"{what} {where!r} is nested deeper than {MAX_DEPTH}") from None
+    except ValueError:  # a number too long to convert, say
+        raise InvalidInput(f"{what} {where!r} holds a value that cannot be read") from None
     return shallow(value, what, where)
 
 
@@ -95,22 +100,32 @@ def load_yaml(text: str, what: str, where: str) -> Any:
         raise InvalidInput(f"{what} {where!r} is not valid YAML: {problem}{at}") from None
     except RecursionError:
         raise InvalidInput(f"{what} {where!r} is nested deeper than {MAX_DEPTH}") from None
+    except (ValueError, OverflowError):  # a date out of range, a number too long
+        raise InvalidInput(
+            f"{what} {where!r} holds a value that cannot be read (a date or number out of "
+            "range?)"
+        ) from None
     return shallow(value, what, where)
 
 
 def shallow(value: Any, what: str, where: str) -> Any:
     """``value`` if no list or mapping in it is nested deeper than :data:`MAX_DEPTH`,
-    and it holds at most :data:`MAX_VALUES` values."""
-    level, seen = [value], 1
+    and it holds at most :data:`MAX_VALUES` values and :data:`MAX_TEXT` characters."""
+    level, seen, text = [value], 1, 0
     for _depth in range(MAX_DEPTH + 1):
         deeper: list[Any] = []
         for item in level:
             if isinstance(item, dict):
                 deeper.extend(item.values())
+                text += sum(len(k) for k in item if isinstance(k, str))
             elif isinstance(item, list):
                 deeper.extend(item)
+            elif isinstance(item, str):
+                text += len(item)
             if len(deeper) + seen > MAX_VALUES:
                 raise InvalidInput(f"{what} {where!r} holds more than {MAX_VALUES} values")
+            if text > MAX_TEXT:
+                raise InvalidInput(f"{what} {where!r} holds more than {MAX_TEXT} characters")
         if not deeper:
             return value
         seen += len(deeper)

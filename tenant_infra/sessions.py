@@ -24,10 +24,12 @@ import requests
 from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
-from tenant_infra.errors import BackendUnavailable, scrub
+from tenant_infra.errors import BackendUnavailable, OperationFailed, scrub
 from tenant_infra.tenant import pg_shared_database
 
 REASON = "tenant-infra: service suspended"
+#: How long a purge waits on another session's lock before failing (to be run again).
+STRAY_LOCK_WAIT_SECONDS = 30
 
 
 def _admin(config: TenantConfig, product: str, environ: Mapping[str, str], dbname: str) -> Any:
@@ -62,6 +64,12 @@ def drop_strays(
         }
         try:
             with _admin(config, product, env, "postgres") as conn:
+                # Its own sessions first: an open one could make a new stray, or hold a
+                # lock the drop waits on.
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                    (names.pg_role,),
+                )
                 databases = [
                     row[0]
                     for row in conn.execute(
@@ -76,11 +84,21 @@ def drop_strays(
                 ]
             for database in databases:
                 with _admin(config, product, env, database) as conn:
-                    conn.execute(
-                        psycopg.sql.SQL("DROP OWNED BY {}").format(
-                            psycopg.sql.Identifier(names.pg_role)
+                    # A neighbour's open transaction on something granted to the role
+                    # must fail the purge in a while (it can be run again), not hang it.
+                    conn.execute(f"SET lock_timeout = '{STRAY_LOCK_WAIT_SECONDS}s'")
+                    try:
+                        conn.execute(
+                            psycopg.sql.SQL("DROP OWNED BY {}").format(
+                                psycopg.sql.Identifier(names.pg_role)
+                            )
                         )
-                    )
+                    except psycopg.errors.LockNotAvailable:
+                        raise OperationFailed(
+                            f"dropping what {names.pg_role} holds in {database} waited "
+                            f"{STRAY_LOCK_WAIT_SECONDS} s on another session's transaction; "
+                            "run it again once that ends"
+                        ) from None
                 dropped.append(f"{database}:{names.pg_role}")
         except psycopg.Error as exc:
             raise BackendUnavailable(f"PostgreSQL: {scrub(str(exc).splitlines()[0])}") from None

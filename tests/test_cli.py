@@ -59,6 +59,7 @@ def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> Non
         ["status", ""],
         ["onboard", "", "--service", "ledger:SCHEMA"],
         ["offboard", "Bad_Id", "--purge"],
+        ["offboard", "acme", "--purge", "--retain-data"],
         ["suspend", "acme\x1b[31m"],
         ["up", "--all", "--concurrency", "1000"],
         ["preview", "--all", "--concurrency", "0"],

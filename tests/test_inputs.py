@@ -46,6 +46,20 @@ def fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
+def big_number(path: Path) -> None:
+    path.write_text('{"config": ' + "9" * 5000 + "}")
+
+
+def bad_date(path: Path) -> None:
+    path.write_text("config:\n  when: 2020-13-45\n")
+
+
+def long_aliases(path: Path) -> None:
+    """1.2 MB that stands for 20 GB of text once its aliases are written out."""
+    text = "x" * (1 << 20)
+    path.write_text("config:\n  s: &s " + text + "\n  junk: [" + ", ".join(["*s"] * 20_000) + "]\n")
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "nested-json": nested_json,
     "nested-yaml": nested_yaml,
@@ -53,6 +67,9 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "non-utf8": binary,
     "huge": huge,
     "fifo": fifo,
+    "big-number": big_number,
+    "bad-date": bad_date,
+    "long-aliases": long_aliases,
 }
 SPECIAL = {"dev-zero": "/dev/zero", "directory": "/tmp"}
 

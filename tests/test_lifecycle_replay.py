@@ -534,3 +534,38 @@ def test_purge_drops_what_a_role_left_outside_its_store(world: World) -> None:
     for database in ("postgres", "template1"):
         assert admin_sql("SELECT count(*) FROM pg_largeobject_metadata l JOIN pg_roles r ON r.oid = l.lomowner WHERE r.rolname = %s", database, (role,)) == [(0,)]
     assert leftovers(tenant) == []
+
+
+def test_a_purge_neither_hangs_on_a_neighbour_nor_on_the_tenants_own_session(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenant_infra import sessions
+    from tenant_infra.errors import OperationFailed
+
+    monkeypatch.setattr(sessions, "STRAY_LOCK_WAIT_SECONDS", 1)
+    victim, neighbour = world.new_tenant("vic"), world.new_tenant("nbr")
+    world.onboard(victim, "tracer:DATABASE")
+    world.onboard(neighbour, "tracer:SCHEMA")
+    victim_role = world.backend.document(victim, "tracer")["postgresql"]["user"]
+    schema = world.backend.document(neighbour, "tracer")["postgresql"]["schema"]
+
+    # The victim's own open transaction on a stray of its own: ended, not waited on.
+    own = psycopg.connect(**world.pg(victim, "tracer", "postgres"))
+    (lo,) = own.execute("SELECT lo_create(0)").fetchone()  # type: ignore[misc]
+    own.commit()
+    own.execute("SELECT lo_put(%s, 0, 'x')", (lo,))  # left open
+    # A neighbour grants to the victim's role, then holds a transaction on it.
+    hostile = psycopg.connect(**world.pg(neighbour, "tracer"))
+    hostile.execute(sql.SQL("CREATE TABLE {}.bait (id int)").format(sql.Identifier(schema)))
+    hostile.execute(sql.SQL("GRANT SELECT ON {}.bait TO {}").format(sql.Identifier(schema), sql.Identifier(victim_role)))
+    hostile.commit()
+    hostile.execute(sql.SQL("GRANT INSERT ON {}.bait TO {}").format(sql.Identifier(schema), sql.Identifier(victim_role)))
+    try:
+        with pytest.raises(OperationFailed, match="another session's transaction"):
+            commands.deregister(victim, "tracer", purge=True, **world.kwargs())
+        with pytest.raises(psycopg.OperationalError):  # its own session was ended
+            own.execute("SELECT 1")
+        hostile.rollback()
+        commands.deregister(victim, "tracer", purge=True, **world.kwargs())
+    finally:
+        hostile.close()
+        own.close()
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(victim_role,)) == []

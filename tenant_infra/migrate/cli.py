@@ -169,7 +169,7 @@ def migrate(
 ) -> None:
     """Bring every tenant of a product (or every matching schema/database) to head.
 
-    One transaction and one advisory lock per tenant; a tenant's failure never stops
+    One transaction and one lock (its own version table) per tenant; a tenant's failure never stops
     the others. In --product mode each tenant is migrated on a connection as its own
     role <product>_<key> (credentials from --connections or Vault); the --dsn user
     only lists the tenants. Generic mode runs with the DSN user's privileges.

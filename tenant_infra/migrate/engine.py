@@ -51,6 +51,14 @@ VERSION_TABLE_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS {table} (version_num VARCHAR(32) NOT NULL,"
     " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
 )
+DUPLICATE_TABLE, UNIQUE_VIOLATION, LOCK_NOT_AVAILABLE = "42P07", "23505", "55P03"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE behind a SQLAlchemy error (messages may be in any language)."""
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None)
+
+
 _HOLDERS_SQL = text(
     "SELECT DISTINCT a.usename, a.application_name FROM pg_catalog.pg_locks l"
     " JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
@@ -207,18 +215,18 @@ class TenantMigrator:
         table = f"{quote_ident(target.schema)}.alembic_version"
         # Bounded: a holder that never lets go fails this tenant in a while, named.
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
-        created = conn.begin_nested()
         try:
-            conn.exec_driver_sql(VERSION_TABLE_DDL.format(table=table))
-            created.commit()
-        except Exception as exc:  # a concurrent first run created it: lock that one
-            created.rollback()
-            if "already exists" not in str(exc) and "duplicate key" not in str(exc):
-                raise
-        try:
+            created = conn.begin_nested()
+            try:
+                conn.exec_driver_sql(VERSION_TABLE_DDL.format(table=table))
+                created.commit()
+            except Exception as exc:  # a concurrent first run created it: lock that one
+                created.rollback()
+                if _sqlstate(exc) not in (DUPLICATE_TABLE, UNIQUE_VIOLATION):
+                    raise
             conn.exec_driver_sql(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
         except Exception as exc:
-            if "lock timeout" not in str(exc):
+            if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
                 raise
             raise RuntimeError(
                 f"the migration lock of {target.where} has been held for {LOCK_WAIT_SECONDS}"
@@ -433,9 +441,12 @@ def render_sql(
             output_buffer=buf,
         )
         with env.begin_transaction():
-            table = f"{quote_ident(target.schema)}.alembic_version"
-            env.execute(VERSION_TABLE_DDL.format(table=table))
-            env.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            if starting is not None:
+                # From base, Alembic's own CREATE TABLE comes next, and a second run of
+                # the script fails on it: creating the table is the lock then.
+                env.execute(
+                    f"LOCK TABLE {quote_ident(target.schema)}.alembic_version IN EXCLUSIVE MODE"
+                )
             env.execute(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
             env.run_migrations()
     return buf.getvalue()

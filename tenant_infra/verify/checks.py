@@ -172,6 +172,8 @@ class PgVerifier:
                     results.append(check(conn))
                 except psycopg.Error as exc:
                     results.append(failed(name, f"could not run: {self._d(exc)}"))
+                except Exception as exc:  # what the tenant's settings made of a reply
+                    results.append(failed(name, f"could not run: {type(exc).__name__}"))
         return results
 
     def _d(self, exc: BaseException) -> str:
@@ -384,10 +386,29 @@ class PgVerifier:
             return f"failed for another reason: {self._d(exc)}"
         return "succeeded"
 
-    def maintenance_database(self, _conn: psycopg.Connection[Any]) -> CheckResult:
+    def maintenance_database(self, conn: psycopg.Connection[Any]) -> CheckResult:
         """PostgreSQL grants PUBLIC CONNECT on ``postgres`` by default: the role may get
         in, but must be able to create nothing there."""
         name, db = PG_CHECKS[7], MAINTENANCE_DATABASE
+        # What the role owns or holds in any database but its own (a large object in
+        # postgres or template1 needs no privilege, and template1 is copied into every
+        # database made from it); pg_shdepend is a shared catalog every role reads.
+        elsewhere = [
+            f"{database} ({count})"
+            for database, count in conn.execute(
+                "SELECT d.datname, count(*) FROM pg_shdepend s"
+                " JOIN pg_database d ON d.oid = s.dbid"
+                " WHERE s.refclassid = 'pg_authid'::regclass"
+                " AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+                " AND d.datname <> current_database() GROUP BY 1 ORDER BY 1"
+            )
+        ]
+        if elsewhere:
+            return failed(
+                name,
+                f"role {self.pg.user} owns or holds objects outside its database: "
+                + ", ".join(elsewhere),
+            )
         try:
             other = psycopg.connect(**self.pg.params(db), autocommit=True)
         except psycopg.Error as exc:
@@ -512,6 +533,8 @@ class PgVerifier:
             have = found.get(key)
             if key == "search_path" and have is not None:
                 have = ", ".join(p.strip().strip('"') for p in have.split(","))
+            elif have is not None:  # a timeout: 30s and 30000 are one value
+                have = str(_milliseconds(have))
             if have is None and key != "search_path":
                 continue  # a missing timeout is pg.limits' finding
             if have != value:
@@ -633,6 +656,13 @@ SELECT ns.nspname || '.' || c.relname,
        a.privilege_type
   FROM pg_class c JOIN ns ON ns.oid = c.relnamespace, aclexplode(c.relacl) a
  WHERE a.grantee NOT IN (SELECT oid FROM ok)
+UNION ALL
+SELECT ns.nspname || '.' || c.relname || '(' || a.attname || ')',
+       CASE x.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END,
+       x.privilege_type
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace,
+       aclexplode(a.attacl) x
+ WHERE a.attnum > 0 AND x.grantee NOT IN (SELECT oid FROM ok)
 UNION ALL
 SELECT ns.nspname || '.' || p.proname || '()',
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,

@@ -57,6 +57,9 @@ class PostgresConnection(_Section):
             "sslmode": self.sslmode,
             "connect_timeout": 10,
             "application_name": "tenantctl-verify",
+            # Sent at connect, so it beats whatever the role set for itself (a role's
+            # SQL_ASCII would hand every text back as bytes).
+            "client_encoding": "UTF8",
         }
 
 

@@ -265,3 +265,31 @@ def test_a_neighbour_cannot_take_a_tenants_migration_lock(pg: PgSandbox, product
         assert f"by user {victim.role} (stuck-job)" in (blocked.error or ""), blocked.error
     finally:
         m.close()
+
+
+def test_the_rendered_sql_runs_from_base_and_from_a_revision(pg: PgSandbox, product: str, tmp_path: Path) -> None:
+    """What ``--sql`` prints is what an operator pipes into psql: it must run as is,
+    from base (Alembic creates the version table) and from a revision (locked)."""
+    import psycopg
+
+    fresh, older = pg.schema_tenant(product), pg.schema_tenant(product)
+    statements = ["CREATE TABLE a (id int)", "CREATE TABLE b (id int)", "CREATE TABLE c (id int)"]
+    two = write_script_dir(tmp_path / "two", statements[:2])
+    first = TenantMigrator(two)  # type: ignore[arg-type]
+    try:
+        assert first.upgrade(older.own_target).after == "0002"
+    finally:
+        first.close()
+    three = write_script_dir(tmp_path / "three", statements)
+    m = TenantMigrator(three)  # type: ignore[arg-type]
+    try:
+        for svc, before in ((fresh, None), (older, "0002")):
+            rendered = m.render(svc.own_target)
+            assert rendered.before == before
+            with psycopg.connect(**svc.params(), autocommit=True) as conn:
+                conn.execute(rendered.sql or "")
+            assert version(svc) == "0003"
+            if before is not None:
+                assert "IN EXCLUSIVE MODE" in (rendered.sql or "")
+    finally:
+        m.close()

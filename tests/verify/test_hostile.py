@@ -169,3 +169,30 @@ def test_a_stream_lifts_the_queue_caps_and_verify_says_so(provision, admin) -> N
         connection.close()
     found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
     assert "uncapped: unbounded (stream)" in found["rabbitmq.limits"]
+
+
+def test_what_a_tenant_leaves_outside_its_database_is_seen(provision, admin) -> None:
+    """Review of issue 16: a large object in postgres or template1 needs no privilege
+    (and template1's is copied into every database made from it)."""
+    tenant = provision.tenant("SCHEMA", "lo")
+    for database in ("postgres", "template1"):
+        with psycopg.connect(**tenant.pg(database), autocommit=True) as conn:
+            conn.execute("SELECT lo_from_bytea(0, 'tenant secret')")
+    as_tenant(tenant, sql.SQL("ALTER ROLE {} SET client_encoding = 'SQL_ASCII'").format(sql.Identifier(tenant.role)))
+    found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+    assert "outside its database: postgres (1), template1 (1)" in found["pg.maintenance_database"]
+    assert "client_encoding is set" in found["pg.role_settings"]  # and verify still ran
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="template1", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(tenant.role)))
+
+
+def test_column_grants_are_seen(provision, admin) -> None:
+    tenant = provision.tenant("SCHEMA", "col")
+    schema = sql.Identifier(tenant.schema)
+    as_tenant(
+        tenant,
+        sql.SQL("CREATE TABLE {}.t (holder text)").format(schema),
+        sql.SQL("GRANT SELECT (holder) ON {}.t TO PUBLIC").format(schema),
+    )
+    found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+    assert f"PUBLIC has SELECT on {tenant.schema}.t(holder)" in found["pg.no_foreign_privileges"]
