@@ -432,6 +432,14 @@ def serve(
     writes: Annotated[
         bool, typer.Option("--writes", help="Enable the write calls (operator keys only).")
     ] = False,
+    platform: Annotated[
+        Path | None,
+        typer.Option(
+            "--platform",
+            metavar="FILE",
+            help="With --writes: the stack file whose platform new tenants get.",
+        ),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log each request's line.")
     ] = True,
@@ -452,6 +460,7 @@ def serve(
         tls_key=tls_key,
         documents=documents,
         writes=writes,
+        platform=platform,
         access_log=access_log,
     )
 

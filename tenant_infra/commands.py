@@ -532,6 +532,7 @@ def api(
     *,
     documents: DocumentSource | None = None,
     writes: bool = False,
+    platform: Path | None = None,
     backend: StackBackend | None = None,
     root: Path | None = None,
     verify: Gate = ISOLATION,
@@ -541,7 +542,8 @@ def api(
     It reads the registry as its read-only role (``TENANT_INFRA_REGISTRY_READER_
     PASSWORD``) and credentials from ``documents``, else the operator's Vault.
     ``writes`` mounts the write calls, which run the commands above (and so need what
-    they need: the registry's control-plane role, the platform's credentials).
+    they need: the registry's control-plane role, the platform's credentials); a new
+    tenant's platform comes from the stack file ``platform``, never a borrowed one.
     """
     from tenant_infra.api.app import Api, create_app
     from tenant_infra.api.documents import VaultDocuments
@@ -578,7 +580,9 @@ def api(
         documents = VaultDocuments(vault)
     reader = RegistryReader(found.params())
     mounted = (
-        Writes(reader, root=workspace.root, backend=backend, verify=verify) if writes else None
+        Writes(reader, root=workspace.root, backend=backend, verify=verify, platform=platform)
+        if writes
+        else None
     )
     return create_app(Api(reader, documents, mounted))
 
@@ -590,6 +594,7 @@ def serve(
     tls_key: Path | None = None,
     documents: DocumentSource | None = None,
     writes: bool = False,
+    platform: Path | None = None,
     access_log: bool = True,
     backend: StackBackend | None = None,
     root: Path | None = None,
@@ -598,7 +603,9 @@ def serve(
     from tenant_infra.api import server
 
     where = server.listen(listen, tls_cert, tls_key)
-    app = api(documents=documents, writes=writes, backend=backend, root=root)
+    if platform is not None and not platform.is_file():
+        raise InvalidInput(f"--platform {platform}: no such stack file")
+    app = api(documents=documents, writes=writes, platform=platform, backend=backend, root=root)
     server.run(app, where, access_log)
 
 

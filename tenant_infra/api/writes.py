@@ -74,8 +74,11 @@ class Writes:
         backend: StackBackend | None = None,
         verify: commands.Gate = commands.ISOLATION,
         answer_within: float = ANSWER_WITHIN,
+        platform: Path | None = None,
     ) -> None:
         self.reader, self.root, self.backend, self.verify = reader, root, backend, verify
+        #: The stack file whose platform new tenants get (``serve --platform``).
+        self.platform = platform
         self.answer_within = answer_within
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tenant-write")
 
@@ -108,11 +111,19 @@ class Writes:
         row = await self._tenant(canonical_id(tenant))
         if row["id"] is not None:
             return answer(200, {"id": row["canonical"], "slug": row["id"], "status": "active"})
+        if self.platform is None:  # never a borrowed (development) platform
+            return error(409, "NO_PLATFORM", "new tenants need tenantctl serve --platform FILE")
         labels = {**(metadata or {}), **({"name": name} if name else {})}
+        platform = self.platform
 
         def onboard() -> Any:
             return commands.onboard(
-                tenant, (), metadata=labels, **self._command_options(), verify=self.verify
+                tenant,
+                (),
+                platform,
+                metadata=labels,
+                **self._command_options(),
+                verify=self.verify,
             )
 
         async def recorded() -> bool:

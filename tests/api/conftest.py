@@ -14,7 +14,7 @@ from tenant_infra import commands
 from tenant_infra.api.documents import Document
 from tests.support.api import running
 from tests.support.registry import control_plane
-from tests.test_lifecycle_replay import GUEST, World
+from tests.test_lifecycle_replay import DEV_STACK, GUEST, World
 
 
 @dataclass
@@ -57,6 +57,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
         app = commands.api(
             documents=lambda t, p: holder[0].documents(t, p),
             writes=True,
+            platform=DEV_STACK,
             verify=None,
             **world.kwargs(),
         )

@@ -143,3 +143,18 @@ def test_malformed_requests_get_json_refusals_and_no_redirect(served: Served) ->
         assert response.json()["code"] == "NOT_FOUND"
     wrong_method = requests.delete(served.url + "/v1/tenants/active", timeout=30)
     assert wrong_method.status_code == 405 and wrong_method.headers["cache-control"] == "no-store"
+
+
+def test_a_new_tenant_never_borrows_a_platform(served: Served) -> None:
+    """Without ``serve --platform FILE`` nothing says where a new tenant's stores are:
+    the call is refused, and nothing is created."""
+    from tests.support.api import running
+
+    app = commands.api(documents=served.documents, writes=True, verify=None, **served.world.kwargs())
+    with running(app) as url:
+        response = requests.post(
+            url + "/v1/tenants", json={"slug": "nowhere"}, timeout=30,
+            headers={"Authorization": f"Bearer {served.key()}"},
+        )
+    assert response.status_code == 409 and response.json()["code"] == "NO_PLATFORM"
+    assert served.world.plane.rows("SELECT id FROM registry.tenants") == []
