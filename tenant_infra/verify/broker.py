@@ -82,8 +82,11 @@ class BrokerVerifier:
         admin: RabbitmqAdmin | None,
         expected_limits: Limits | None = None,
         max_probes: int = MAX_PROBES,
+        budget: tuple[int, int] | None = None,
     ) -> None:
         assert document.rabbitmq is not None
+        #: The node's declared ``maxConnections`` and ``reservedConnections``, if any.
+        self.budget = budget
         self.doc = document
         self.rabbit: RabbitmqConnection = document.rabbitmq
         self.admin = admin
@@ -315,6 +318,20 @@ class BrokerVerifier:
                 f"{len(uncapped)} queue(s) under no operator policy, uncapped: "
                 + ", ".join(sorted(uncapped)[:10])
             )
+        if self.budget is not None:  # the fleet's vhosts against the node's budget
+            maximum, reserved = self.budget
+            fleet = [
+                int(entry.get("value", {}).get("max-connections", -1))
+                for entry in self.api.get("vhost-limits")
+                if entry.get("vhost") != DEFAULT_VHOST
+            ]
+            used = sum(v for v in fleet if v > 0)
+            if any(v < 0 for v in fleet) or used > maximum - reserved:
+                problems.append(
+                    f"the node's vhosts may open {used} connections"
+                    f"{' (some unlimited)' if any(v < 0 for v in fleet) else ''}, over "
+                    f"{maximum - reserved} ({maximum} less {reserved} reserved)"
+                )
         shown = ", ".join(f"{k}={v}" for k, v in self.limits.items())
         if problems:
             return failed(name, "; ".join(problems) + f" ({shown})")

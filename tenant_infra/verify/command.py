@@ -118,7 +118,15 @@ def verify_document(
     checks = postgres.run()
     limits = dict(postgres.limits)
     if document.rabbitmq is not None:
-        broker = BrokerVerifier(document, admin.rabbitmq, expected_limits)
+        rabbit = platform.rabbitmq if platform is not None else None
+        broker = BrokerVerifier(
+            document,
+            admin.rabbitmq,
+            expected_limits,
+            budget=(rabbit.max_connections, rabbit.reserved_connections)
+            if rabbit is not None and rabbit.max_connections is not None
+            else None,
+        )
         checks += broker.run()
         limits |= broker.limits
     checks += mongodb_checks(document)

@@ -142,11 +142,13 @@ def test_the_fleets_connection_budget_is_checked_on_the_live_server(provision, a
     stack = yaml.safe_load(DEV_PLATFORM.read_text())
     server = stack["config"]["tenant-infra:platform"]["postgres"]["default"]
     server["maxConnections"] = 20  # less superusers (3) and 10 reserved: room for 7
+    stack["config"]["tenant-infra:platform"]["rabbitmq"]["maxConnections"] = 15  # room for 5
     path = tmp_path / "Pulumi.platform.yaml"
     path.write_text(yaml.safe_dump(stack))
     report = verify_tenant(tenant.tenant, connections=[tenant.document], stack_config=path, admin=admin)
     declared = failing(report)
     assert "over 7" in declared["pg.connection_budget"]
+    assert "the node's vhosts may open" in declared["rabbitmq.limits"] and "over 5" in declared["rabbitmq.limits"]
 
     report = verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin)
     (service,) = report.services
