@@ -63,7 +63,7 @@ class Workspace:
                 values = read_stack_file(path)
             except InvalidInput:
                 named = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-                values = {f"{NAMESPACE}:tenant": named if tenant_from_name(named) else None}
+                values = {f"{NAMESPACE}:tenant": named if is_tenant_id(named) else None}
             tenant = values.get(f"{NAMESPACE}:tenant")
             if isinstance(tenant, str) and path.name == f"Pulumi.{tenant}.yaml":
                 found.append(tenant)
@@ -118,7 +118,7 @@ class Workspace:
             return True
 
 
-def tenant_from_name(name: str) -> bool:
+def is_tenant_id(name: str) -> bool:
     """Whether a stack file's name part is a valid tenant id."""
     try:
         validate_tenant_id(name)
