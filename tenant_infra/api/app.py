@@ -67,17 +67,11 @@ class Api:
 
     async def connections(self, request: Request) -> Response:
         """``GET /v1/tenants/{tenantID}/associations/{service}/connections``."""
-        presented = request.headers.get("x-api-key", "")
-        key_id = keys.key_id(presented)
-        if key_id is None:
-            return error(*UNAUTHORIZED)
         product = request.path_params["service"]
         tenant = requested_id(request.path_params["tenant"])
-        row = await self.reader.one(
-            CONNECTIONS_SQL, {"key": key_id, "tenant": tenant, "product": product}
-        )
-        if row["hash"] is None or not keys.matches(presented, row["hash"]):
-            return error(*UNAUTHORIZED)
+        row = await self._keyed(request, CONNECTIONS_SQL, tenant=tenant, product=product)
+        if isinstance(row, Response):
+            return row
         if row["scope"] != "product" or row["key_product"] != product:
             return error(403, "FORBIDDEN", "this API key does not serve that product")
         if tenant is None or row["id"] is None or row["product"] is None:
@@ -107,14 +101,10 @@ class Api:
 
     async def active(self, request: Request) -> Response:
         """``GET /v1/tenants/active?service=PRODUCT``: a bare array, ready services only."""
-        presented = request.headers.get("x-api-key", "")
-        key_id = keys.key_id(presented)
-        if key_id is None:
-            return error(*UNAUTHORIZED)
         product = request.query_params.get("service", "")
-        row = await self.reader.one(ACTIVE_SQL, {"key": key_id, "product": product})
-        if row["hash"] is None or not keys.matches(presented, row["hash"]):
-            return error(*UNAUTHORIZED)
+        row = await self._keyed(request, ACTIVE_SQL, product=product)
+        if isinstance(row, Response):
+            return row
         if row["scope"] == "product" and row["key_product"] != product:
             return error(403, "FORBIDDEN", "this API key does not serve that product")
         if product not in load_catalog().products:
@@ -124,14 +114,10 @@ class Api:
     async def tenant(self, request: Request) -> Response:
         """``GET /v1/tenants/{id}``: the tenant's metadata (no credential), for an operator
         key or the key of a product the tenant has."""
-        presented = request.headers.get("x-api-key", "")
-        key_id = keys.key_id(presented)
-        if key_id is None:
-            return error(*UNAUTHORIZED)
         tenant = requested_id(request.path_params["tenant"])
-        row = await self.reader.one(TENANT_SQL, {"key": key_id, "tenant": tenant})
-        if row["hash"] is None or not keys.matches(presented, row["hash"]):
-            return error(*UNAUTHORIZED)
+        row = await self._keyed(request, TENANT_SQL, tenant=tenant)
+        if isinstance(row, Response):
+            return row
         if tenant is None or row["id"] is None:
             return error(*NOT_FOUND)
         if row["scope"] == "product" and row["key_product"] not in (row["services"] or {}):
@@ -139,6 +125,18 @@ class Api:
         return answer(200, describe(row))
 
     # ------------------------------------------------------------ internals
+
+    async def _keyed(self, request: Request, sql: str, **params: Any) -> dict[str, Any] | Response:
+        """The query's row, its ``X-API-Key`` checked against the key row it joins
+        (a malformed key is never looked up); else the 401."""
+        presented = request.headers.get("x-api-key", "")
+        key_id = keys.key_id(presented)
+        if key_id is None:
+            return error(*UNAUTHORIZED)
+        row = await self.reader.one(sql, {**params, "key": key_id})
+        if row["hash"] is None or not keys.matches(presented, row["hash"]):
+            return error(*UNAUTHORIZED)
+        return row
 
     async def _document(self, tenant: str, product: str, version: str) -> Entry | None:
         entry = self.documents.cached(tenant, product, version)
