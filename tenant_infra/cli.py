@@ -9,6 +9,7 @@ across a fleet never pays for them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
@@ -43,8 +44,23 @@ EXIT_INVALID = 2
 EXIT_FAILED = 1
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"tenantctl {version('tenant-infra')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Provision, plan and migrate isolated tenant services."""
 
 
@@ -545,11 +561,29 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
     except typer.TyperException as exc:  # usage errors carry exit code 2
-        _fail(exc.format_message().replace("\n", " "), exc.exit_code)
+        message = exc.format_message().replace("\n", " ").strip()
+        if not message:  # a bare `tenantctl`: the help was the answer
+            sys.exit(exc.exit_code)
+        _fail(message, exc.exit_code)
     except typer.Abort:
         _fail("aborted", EXIT_FAILED)
     except InvalidInput as exc:
         _fail(str(exc), EXIT_INVALID)
     except (BackendUnavailable, InProgress, OperationFailed) as exc:
         _fail(str(exc), EXIT_FAILED)
+    except SystemExit:
+        # Typer turns a broken pipe (the reader of `| head` went away) into exit 1 and
+        # wraps stdout to hush it; a reader that stopped reading is not a failure.
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _quiet_stdout()
+            sys.exit(0)
+        raise
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: Python would complain again when flushing at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno() if sys.__stdout__ else 1)

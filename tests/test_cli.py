@@ -83,3 +83,37 @@ def test_a_new_tenant_is_planned_on_the_dev_platform(capsys: pytest.CaptureFixtu
         r for r in json.loads(out)["resources"] if r["type"] == "postgresql:index/schema:Schema"
     )
     assert schema["inputs"]["name"] == "tenant_newco"
+
+
+def test_version_and_a_bare_tenantctl(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    code, out, err = run(capsys, "--version")
+    assert (code, out, err) == (0, f"tenantctl {version('tenant-infra')}\n", "")
+    code, out, err = run(capsys)
+    assert code == 2 and "Usage" in out and "plan" in out
+    assert err == ""  # no empty "tenantctl: " line after the help
+
+
+def test_a_reader_that_goes_away_is_not_an_error() -> None:
+    """``tenantctl … | head``: a broken pipe ends the command quietly, exit 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "from tenant_infra import cli\n"
+        "def flood(): print('x' * 10_000_000)\n"  # far past any pipe buffer
+        "cli.app.command('flood')(flood)\n"
+        "cli.main(['flood'])\n"
+    )
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    writer = subprocess.run(
+        [sys.executable, "-c", script], stdout=reader.stdin, stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1], timeout=60, check=False,
+    )
+    assert reader.stdin is not None
+    reader.stdin.close()
+    reader.wait(10)
+    assert (writer.returncode, writer.stderr) == (0, b"")
