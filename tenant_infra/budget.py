@@ -75,6 +75,16 @@ def _server(found: dict[str, Server], where: str, maximum: int | None, reserved:
     return server
 
 
+def declared(config: TenantConfig) -> bool:
+    """Whether the config declares a budget for a server its services use: only then
+    is the rest of the fleet read (planning one tenant stays one file's work)."""
+    endpoints = [config.platform.postgres_for(s.product) for s in config.services]
+    rabbit = config.platform.rabbitmq
+    return any(e.max_connections is not None for e in endpoints) or (
+        rabbit is not None and rabbit.max_connections is not None
+    )
+
+
 def problems(configs: Iterable[TenantConfig]) -> list[str]:
     """One line per server whose tenants' limits leave less than its headroom."""
     return [p for p in (s.problem() for s in servers(configs)) if p is not None]

@@ -533,7 +533,7 @@ def api_key_revoke(
     from tenant_infra import commands
 
     commands.revoke_api_key(key)
-    print(f"revoked {key[:20]}")
+    print(f"revoked {key}")
 
 
 def _console() -> Console:

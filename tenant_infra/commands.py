@@ -90,6 +90,8 @@ def plan(
 
     config = resolve_config(tenant, services, stack_config)
     planned = offline_plan.plan(config)
+    if not budget.declared(config):
+        return planned
     fleet = [config, *_fleet_configs(_workspace(None), besides=tenant)]
     return dataclasses.replace(planned, problems=tuple(budget.problems(fleet)))
 

@@ -46,3 +46,9 @@ def test_removed_services_use_nothing() -> None:
     gone = config("gg", pg_max=15)
     gone = gone.with_services([s.model_copy(update={"removal": "retain"}) for s in gone.services])
     assert budget.problems([gone]) == []
+
+
+def test_a_plan_reads_the_fleet_only_where_its_own_file_declares_a_budget() -> None:
+    assert not budget.declared(config("nn"))
+    assert budget.declared(config("pp", pg_max=100))
+    assert budget.declared(config("mq", mq_max=100))

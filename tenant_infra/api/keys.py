@@ -83,8 +83,10 @@ def listed(registry: Registry) -> list[dict[str, Any]]:
 
 
 def revoke(registry: Registry, key: str) -> None:
-    """Revoke a key named by its id (or the key itself); refused keys answer 401 at once."""
-    wanted = key_id(key) or key
+    """Revoke a key named by its id; refused keys answer 401 at once."""
+    if key_id(key) is not None:  # a key on a command line is in `ps` and shell history
+        raise InvalidInput("name the key by its id (tenantctl api-key list), not the key")
+    wanted = key
     if not re.fullmatch(r"[0-9a-f]{16}", wanted):
         raise InvalidInput(f"{wanted[:20]!a} is not an API key id (16 hex digits)")
     try:

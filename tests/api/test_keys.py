@@ -66,6 +66,9 @@ def test_api_key_create_prints_the_key_alone_once_and_stores_a_hash(
     stored = served.world.plane.rows("SELECT hash FROM registry.api_keys")
     assert stored == [{"hash": keys.digest(key)}]
 
+    code, out, err = run(capsys, "api-key", "revoke", key)  # the key itself: refused
+    assert (code, out) == (2, "") and "by its id" in err
+    assert served.get("/v1/tenants/active?service=tracer", key).status_code == 200
     assert run(capsys, "api-key", "revoke", str(keys.key_id(key)))[0] == 0
     assert served.get("/v1/tenants/active?service=tracer", key).status_code == 401
 
