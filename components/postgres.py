@@ -6,10 +6,10 @@ service's role; only the database around it differs:
 - DATABASE: a dedicated database ``<product>_<key>`` (resources tagged ``dedicated``);
 - SCHEMA: the product's shared database ``<product>`` (resources tagged ``shared``).
 
-The role is the service's, not the store's, and the two stores' resources have
-distinct names, so promoting SCHEMA→DATABASE can declare the dedicated store beside
-the shared one, copy, and then drop the shared one, keeping role, password and
-Vault path.
+Each store has its own login (the service's generation of it), and the two stores'
+resources have distinct names, so promoting SCHEMA→DATABASE declares the dedicated
+store, with new credentials, beside the shared one, copies, repoints the service and
+then drops the shared one; the Vault path stays.
 
 Least privilege: the role is a plain LOGIN role (no superuser, createdb, createrole,
 replication, RLS bypass or inherited membership) that owns its schema and may
@@ -30,6 +30,7 @@ from components import PACKAGE
 from components.providers import Providers
 from components.secrets import generated_password
 from tenant_infra.catalog import IsolationMode, Limits
+from tenant_infra.config import Promotion
 from tenant_infra.tenant import ServiceNames, pg_shared_database
 
 
@@ -89,19 +90,45 @@ class PostgresArgs:
     #: False while the service is suspended or retained: the role keeps owning its data
     #: but cannot log in.
     login: bool = True
+    #: The generation of the live store's login (:meth:`ServiceNames.pg_login`).
+    generation: int = 0
+    promotion: Promotion | None = None
 
-    def keep(self) -> pulumi.ResourceOptions:
-        """Options for data-holding resources."""
-        return pulumi.ResourceOptions(protect=self.protect_data)
+
+@dataclass(frozen=True)
+class _StoreArgs:
+    isolation: IsolationMode
+    generation: int
+    schema: str
+    login: bool
+    protect: bool
 
 
-class ServicePostgres(pulumi.ComponentResource):
-    """Role, database (DATABASE mode) and schema of one tenant service."""
+@dataclass(frozen=True)
+class PostgresStore:
+    """One store's login and location (its password is a secret output)."""
 
     role: pulumi.Output[str]
     password: pulumi.Output[str]
     database: pulumi.Output[str]
     schema: pulumi.Output[str]
+
+
+class ServicePostgres(pulumi.ComponentResource):
+    """Role, database (DATABASE mode) and schema of one tenant service.
+
+    A promotion declares a second store beside the live one: the dedicated store it
+    moves to (``target``) until it is repointed, then the retired shared schema until
+    that is dropped. Each store has the login of its own generation, so the two never
+    share a credential, and no resource of one is renamed by the other.
+    """
+
+    role: pulumi.Output[str]
+    password: pulumi.Output[str]
+    database: pulumi.Output[str]
+    schema: pulumi.Output[str]
+    #: The dedicated store a promotion copies into, before it is repointed.
+    target: PostgresStore | None
 
     def __init__(
         self,
@@ -113,34 +140,72 @@ class ServicePostgres(pulumi.ComponentResource):
         super().__init__(f"{PACKAGE}:postgres:ServicePostgres", name, None, opts)
         # Not `_providers`: ComponentResource uses that attribute itself.
         self._name, self._args, self._stack_providers = name, args, providers
-        names = args.names
-        dedicated = args.isolation is IsolationMode.DATABASE
+        names, promotion = args.names, args.promotion
+        live = self._store(
+            _StoreArgs(
+                args.isolation, args.generation, names.pg_schema, args.login, args.protect_data
+            )
+        )
+        self.role, self.password, self.database, self.schema = (
+            live.role,
+            live.password,
+            live.database,
+            live.schema,
+        )
+        self.target = None
+        if promotion is not None and not promotion.repointed:
+            # It holds no data of record until repointed: unprotected, so that an
+            # aborted promotion can drop it.
+            self.target = self._store(
+                _StoreArgs(
+                    IsolationMode.DATABASE, args.generation + 1, names.pg_schema, args.login, False
+                )
+            )
+        elif promotion is not None:
+            # Retired: renamed aside, its login refused, its data kept until dropped.
+            self._store(
+                _StoreArgs(
+                    IsolationMode.SCHEMA,
+                    args.generation - 1,
+                    names.pg_retired_schema,
+                    False,
+                    args.protect_data,
+                )
+            )
+        self.register_outputs({"role": self.role, "database": self.database, "schema": self.schema})
+
+    def _store(self, store: _StoreArgs) -> PostgresStore:
+        name, args, names = self._name, self._args, self._args.names
+        dedicated = store.isolation is IsolationMode.DATABASE
         # DROP OWNED / REASSIGN OWNED on destroy run only in the provider's database.
         role_provider = (
-            providers.postgres(names.product, "postgres", "admin")
+            self._stack_providers.postgres(names.product, "postgres", "admin")
             if dedicated
-            else providers.postgres(names.product, pg_shared_database(names.product), "shared")
+            else self._stack_providers.postgres(
+                names.product, pg_shared_database(names.product), "shared"
+            )
         )
-        self.password = generated_password(f"{name}-password", self)
+        # Generation 0 keeps the names every service had before promotions existed.
+        suffix = f"-g{store.generation}" if store.generation else ""
+        password = generated_password(f"{name}-password{suffix}", self)
         role = unprivileged_role(
-            f"{name}-role",
-            names.pg_role,
-            self.password,
+            f"{name}-role{suffix}",
+            names.pg_login(store.generation),
+            password,
             pulumi.ResourceOptions(parent=self, provider=role_provider),
-            login=args.login,
+            login=store.login,
             connection_limit=args.limits.pg_connection_limit,
             statement_timeout=args.limits.pg_statement_timeout_ms,
             idle_in_transaction_session_timeout=args.limits.pg_idle_in_transaction_timeout_ms,
             search_paths=[names.pg_schema],
         )
-        self.role = role.name
-        self.database, self.schema = (
-            self._dedicated_store(role) if dedicated else self._shared_store(role)
+        database, schema = (
+            self._dedicated_store(role, store) if dedicated else self._shared_store(role, store)
         )
-        self.register_outputs({"role": self.role, "database": self.database, "schema": self.schema})
+        return PostgresStore(role.name, password, database, schema)
 
     def _dedicated_store(
-        self, role: postgresql.Role
+        self, role: postgresql.Role, store: _StoreArgs
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         name, args, names = f"{self._name}-dedicated", self._args, self._args.names
         admin = self._stack_providers.postgres(names.product, "postgres", "admin")
@@ -152,9 +217,8 @@ class ServicePostgres(pulumi.ComponentResource):
             connection_limit=args.limits.pg_connection_limit,
             # Destroyed before the role: the role owns the schema inside, and its DROP
             # OWNED runs in `postgres` only, so DROP ROLE needs this database gone first.
-            opts=pulumi.ResourceOptions.merge(
-                pulumi.ResourceOptions(parent=self, provider=admin, depends_on=[role]),
-                args.keep(),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=admin, depends_on=[role], protect=store.protect
             ),
         )
         # Everything inside the dedicated database goes away with it: no REVOKE or
@@ -167,14 +231,16 @@ class ServicePostgres(pulumi.ComponentResource):
             database.name,
             pulumi.ResourceOptions(parent=self, provider=admin, deleted_with=database),
         )
-        return database.name, self._schema_in(name, database.name, role, inside, database)
+        return database.name, self._schema_in(name, database.name, role, inside, database, store)
 
-    def _shared_store(self, role: postgresql.Role) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    def _shared_store(
+        self, role: postgresql.Role, store: _StoreArgs
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         name, names = f"{self._name}-shared", self._args.names
         shared = pg_shared_database(names.product)
         provider = self._stack_providers.postgres(names.product, shared, "shared")
         database = pulumi.Output.from_input(shared)
-        return database, self._schema_in(name, database, role, provider, None)
+        return database, self._schema_in(name, database, role, provider, None, store)
 
     def _schema_in(
         self,
@@ -183,6 +249,7 @@ class ServicePostgres(pulumi.ComponentResource):
         role: postgresql.Role,
         provider: postgresql.Provider,
         deleted_with: pulumi.Resource | None,
+        store: _StoreArgs,
     ) -> pulumi.Output[str]:
         """CONNECT for the role and the tenant schema it owns, in ``database``."""
         inside = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
@@ -196,14 +263,18 @@ class ServicePostgres(pulumi.ComponentResource):
         )
         schema = postgresql.Schema(
             f"{name}-schema",
-            name=self._args.names.pg_schema,
+            # A new name renames it in place (the provider's update): how a promoted
+            # service's schema is put aside.
+            name=store.schema,
             database=database,
             owner=role.name,
             # Once migrations ran, RESTRICT fails on the tables inside. Data that is
             # no longer protected (a purge, or a disposable dev stack) goes with them;
             # protected data cannot be deleted anyway.
-            drop_cascade=not self._args.protect_data,
+            drop_cascade=not store.protect,
             if_not_exists=False,
-            opts=pulumi.ResourceOptions.merge(inside, self._args.keep()),
+            opts=pulumi.ResourceOptions.merge(
+                inside, pulumi.ResourceOptions(protect=store.protect)
+            ),
         )
         return cast(pulumi.Output[str], schema.name)

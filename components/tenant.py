@@ -66,6 +66,8 @@ class Tenant(pulumi.ComponentResource):
                     config.protects(spec),
                     suspended=spec.suspended,
                     data_only=spec.removal is not None,
+                    generation=spec.generation,
+                    promotion=spec.promotion,
                 ),
                 providers,
                 self.vhost,

@@ -26,7 +26,7 @@ from components.postgres import PostgresArgs, ServicePostgres
 from components.providers import Providers
 from components.vault import ServiceCredentials
 from tenant_infra.catalog import IsolationMode, Limits, Product, Store
-from tenant_infra.config import AtlasMongo
+from tenant_infra.config import AtlasMongo, Promotion
 from tenant_infra.tenant import ServiceNames
 
 
@@ -42,6 +42,9 @@ class TenantServiceArgs:
     #: Only the data is declared (role NOLOGIN, database or schema): a retained
     #: service, or one about to be purged. Users, secrets and migrations go.
     data_only: bool = False
+    #: The live store's login generation, and a promotion under way (``tenantctl promote``).
+    generation: int = 0
+    promotion: Promotion | None = None
 
 
 class TenantService(pulumi.ComponentResource):
@@ -71,6 +74,8 @@ class TenantService(pulumi.ComponentResource):
                 args.limits,
                 args.protect_data,
                 login=not (args.suspended or args.data_only),
+                generation=args.generation,
+                promotion=args.promotion,
             ),
             providers,
             child,
@@ -122,6 +127,28 @@ class TenantService(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
             )
             info["revision"] = migration.revision
+        target = postgres.target
+        if target is not None and args.promotion is not None and args.promotion.revision:
+            # The dedicated store of a promotion, at exactly the source's revision (its
+            # data is copied next), as its own new login. Not a ``-migration``: the
+            # service's state follows its live store only.
+            ServiceMigration(
+                f"{name}-promotion-target",
+                ServiceMigrationArgs(
+                    tenant=names.tenant,
+                    product=names.product,
+                    isolation=IsolationMode.DATABASE.value,
+                    host=endpoint.host,
+                    port=endpoint.port,
+                    database=target.database,
+                    schema=target.schema,
+                    user=target.role,
+                    password=target.password,
+                    sslmode=endpoint.sslmode,
+                    head=args.promotion.revision,
+                ),
+                pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
+            )
 
         if args.product.needs(Store.RABBITMQ):
             assert vhost is not None and platform.rabbitmq is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -30,7 +31,13 @@ from pydantic.alias_generators import to_camel
 
 from tenant_infra.catalog import IsolationMode, Limits, Store, load_catalog
 from tenant_infra.errors import InvalidInput
-from tenant_infra.tenant import TenantNames, validate_product, validate_tenant_id
+from tenant_infra.tenant import (
+    MAX_GENERATION,
+    ServiceNames,
+    TenantNames,
+    validate_product,
+    validate_tenant_id,
+)
 
 NAMESPACE = "tenant-infra"
 
@@ -201,6 +208,31 @@ class Platform(_Model):
 
 #: How a service leaves its tenant: its data kept (every credential revoked) or deleted.
 Removal = Literal["retain", "purge"]
+#: An Alembic revision id as the products' migrations write them.
+Revision = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,32}$")]
+
+
+class Promotion(_Model):
+    """A service on its way from SCHEMA to DATABASE mode (``tenantctl promote``).
+
+    Before ``repointed``, the service is still SCHEMA mode and its dedicated store
+    (the next generation's login, unprotected, migrated to ``revision``) is declared
+    beside the shared one. Once repointed, the service is DATABASE mode and its old
+    schema is declared retired: renamed aside, its login refused, until it is dropped.
+    """
+
+    #: The source's revision: the dedicated store is migrated to it, not to head.
+    revision: Revision | None
+    repointed: StrictBool = False
+    #: When the retired schema may be dropped (``promote --resume`` drops it then).
+    keep_source_until: datetime | None = None
+
+    @field_validator("keep_source_until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("keepSourceUntil must carry a time zone (UTC: a trailing Z)")
+        return value
 
 
 class ServiceSpec(_Model):
@@ -218,6 +250,24 @@ class ServiceSpec(_Model):
     #: vhost), still managed by the stack so that a later purge can delete it.
     #: ``purge``: the same, unprotected, for the update before the service is removed.
     removal: Removal | None = None
+    #: The generation of the service's PostgreSQL login: each promotion moves it on.
+    generation: Annotated[StrictInt, Field(ge=0, le=MAX_GENERATION)] = 0
+    promotion: Promotion | None = None
+
+    @model_validator(mode="after")
+    def _promotion(self) -> ServiceSpec:
+        promotion = self.promotion
+        if promotion is None:
+            return self
+        mode = IsolationMode.DATABASE if promotion.repointed else IsolationMode.SCHEMA
+        if self.isolation is not mode:
+            stage = "repointed" if promotion.repointed else "not yet repointed"
+            raise ValueError(f"a promotion {stage} keeps the service in {mode.value} mode")
+        if promotion.repointed and self.generation == 0:
+            raise ValueError("a repointed promotion has a generation of at least 1")
+        if not promotion.repointed and self.generation == MAX_GENERATION:
+            raise ValueError(f"the service has been promoted {MAX_GENERATION} times already")
+        return self
 
     @field_validator("product")
     @classmethod
@@ -290,6 +340,23 @@ class TenantConfig(_Model):
     def service(self, product: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.product == product), None)
 
+    def pg_login(self, product: str) -> str:
+        """The PostgreSQL login the service's connections document carries now."""
+        spec = self.service(product)
+        return self.names.service(product).pg_login(spec.generation if spec else 0)
+
+    def pg_logins(self, product: str) -> list[str]:
+        """Every login the service's stores have now: a promotion holds two."""
+        spec = self.service(product)
+        names: ServiceNames = self.names.service(product)
+        if spec is None:
+            return [names.pg_role]
+        logins = [names.pg_login(spec.generation)]
+        if spec.promotion is not None:
+            other = spec.generation - 1 if spec.promotion.repointed else spec.generation + 1
+            logins.append(names.pg_login(other))
+        return logins
+
     def protects(self, spec: ServiceSpec) -> bool:
         """Whether the service's data resources are ``protect``ed (a purge lifts it)."""
         return self.protect_data and spec.removal != "purge"
@@ -310,9 +377,7 @@ class TenantConfig(_Model):
 
     def with_service(self, spec: ServiceSpec) -> TenantConfig:
         """This config with ``spec`` replacing the service of the same product."""
-        return self.with_services(
-            [spec if s.product == spec.product else s for s in self.services]
-        )
+        return self.with_services([spec if s.product == spec.product else s for s in self.services])
 
     # ----------------------------------------------------------------- loading
 

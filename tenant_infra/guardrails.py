@@ -84,8 +84,14 @@ class Context:
         return TenantNames(self.tenant)
 
     def principals(self) -> set[str]:
-        """Every role/user name a service of this tenant may have."""
+        """Every broker/MongoDB user name a service of this tenant may have."""
         return {self.names.service(p).principal for p in load_catalog().products}
+
+    def pg_logins(self) -> set[str]:
+        """Every PostgreSQL login a service of this tenant may have, any generation."""
+        return {
+            login for p in load_catalog().products for login in self.names.service(p).pg_logins()
+        }
 
     def databases(self) -> set[str]:
         """Databases a tenant stack may touch: its dedicated ones and the shared ones."""
@@ -164,15 +170,20 @@ def tenant_prefixed_names(r: Resource, ctx: Context) -> list[str]:
     if not r.name.startswith(f"{ctx.tenant}-"):
         problems.append(f"logical name {r.name!r} is not under {ctx.tenant + '-'!r}")
     p, principals, names = r.props, ctx.principals(), ctx.names
+    logins = ctx.pg_logins()
     own: dict[str, Iterable[str]] = {}
     if r.type == ROLE:
-        own["name"] = principals
+        own["name"] = logins
     elif r.type == DATABASE:
         own["name"] = ctx.databases() - {pg_shared_database(x) for x in load_catalog().products}
     elif r.type == SCHEMA:
-        own = {"name": [names.pg_schema], "owner": principals, "database": ctx.databases()}
+        own = {
+            "name": [names.pg_schema, names.pg_retired_schema],
+            "owner": logins,
+            "database": ctx.databases(),
+        }
     elif r.type in (GRANT, DEFAULT_PRIVILEGES):
-        own = {"role": principals | {"public"}, "database": ctx.databases()}
+        own = {"role": logins | {"public"}, "database": ctx.databases()}
         if "schema" in p and p.get("objectType") != "schema":
             own["schema"] = [names.pg_schema]
     elif r.type == VHOST:

@@ -56,33 +56,40 @@ def drop_strays(
     dropped: list[str] = []
     for product in products:
         names = config.names.service(product)
+        logins = config.pg_logins(product)
         spec = config.service(product)
-        own = {
-            names.pg_dedicated_database
-            if spec is not None and spec.isolation is IsolationMode.DATABASE
-            else pg_shared_database(product)
+        stores = {
+            IsolationMode.DATABASE: names.pg_dedicated_database,
+            IsolationMode.SCHEMA: pg_shared_database(product),
         }
+        # A promotion's two stores are both the service's own.
+        own = (
+            set(stores.values())
+            if spec is not None and spec.promotion is not None
+            else {stores[spec.isolation if spec is not None else IsolationMode.SCHEMA]}
+        )
         try:
             with _admin(config, product, env, "postgres") as conn:
                 # Its own sessions first: an open one could make a new stray, or hold a
                 # lock the drop waits on.
                 conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                    (names.pg_role,),
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename = ANY(%s)",
+                    (logins,),
                 )
-                databases = [
-                    row[0]
+                strays = [
+                    (row[0], row[1])
                     for row in conn.execute(
-                        "SELECT DISTINCT d.datname FROM pg_shdepend s"
+                        "SELECT DISTINCT d.datname, r.rolname FROM pg_shdepend s"
                         " JOIN pg_database d ON d.oid = s.dbid"
+                        " JOIN pg_roles r ON r.oid = s.refobjid"
                         " WHERE s.refclassid = 'pg_authid'::regclass"
-                        " AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
-                        " ORDER BY 1",
-                        (names.pg_role,),
+                        " AND r.rolname = ANY(%s) ORDER BY 1, 2",
+                        (logins,),
                     )
                     if row[0] not in own
                 ]
-            for database in databases:
+            for database, login in strays:
                 with _admin(config, product, env, database) as conn:
                     # A neighbour's open transaction on something granted to the role
                     # must fail the purge in a while (it can be run again), not hang it.
@@ -90,16 +97,16 @@ def drop_strays(
                     try:
                         conn.execute(
                             psycopg.sql.SQL("DROP OWNED BY {}").format(
-                                psycopg.sql.Identifier(names.pg_role)
+                                psycopg.sql.Identifier(login)
                             )
                         )
                     except psycopg.errors.LockNotAvailable:
                         raise OperationFailed(
-                            f"dropping what {names.pg_role} holds in {database} waited "
+                            f"dropping what {login} holds in {database} waited "
                             f"{STRAY_LOCK_WAIT_SECONDS} s on another session's transaction; "
                             "run it again once that ends"
                         ) from None
-                dropped.append(f"{database}:{names.pg_role}")
+                dropped.append(f"{database}:{login}")
         except psycopg.Error as exc:
             raise BackendUnavailable(f"PostgreSQL: {scrub(str(exc).splitlines()[0])}") from None
     return dropped
@@ -121,12 +128,13 @@ def close_sessions(
         try:
             with _admin(config, product, env, "postgres") as conn:
                 rows = conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                    (names.pg_role,),
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename = ANY(%s)",
+                    (config.pg_logins(product),),
                 ).fetchall()
         except psycopg.Error as exc:
             raise BackendUnavailable(f"PostgreSQL: {scrub(str(exc).splitlines()[0])}") from None
-        closed.append(f"postgresql:{names.pg_role} ({len(rows)} sessions)")
+        closed.append(f"postgresql:{config.pg_login(product)} ({len(rows)} sessions)")
         rabbit = config.platform.rabbitmq
         if rabbit is None or not catalog.product(product).needs(Store.RABBITMQ):
             continue

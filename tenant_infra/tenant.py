@@ -30,6 +30,8 @@ from tenant_infra.errors import InvalidInput
 TENANT_ID_MAX: Final = 40
 PRODUCT_MAX: Final = 16
 PG_IDENTIFIER_MAX: Final = 63
+#: Promotions a service can go through (each gives its PostgreSQL store a new login).
+MAX_GENERATION: Final = 9
 
 _TENANT_ID_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _PRODUCT_RE: Final = re.compile(r"[a-z][a-z0-9]*")
@@ -136,14 +138,21 @@ class TenantNames:
         """
         return f"tenant_{self.key}"
 
+    @property
+    def pg_retired_schema(self) -> str:
+        """Where a promoted service's shared schema waits, frozen, until it is dropped:
+        outside ``tenant_%``, so no fleet migration or product query finds it."""
+        return f"retired_{self.pg_schema}"
+
     def service(self, product: str) -> ServiceNames:
         return ServiceNames(self, validate_product(product))
 
 
 @dataclass(frozen=True)
 class ServiceNames:
-    """Names of one product service of a tenant. Independent of the isolation mode,
-    so promotion keeps the role, users and Vault path."""
+    """Names of one product service of a tenant. Independent of the isolation mode:
+    a promotion keeps the users and the Vault path, and only the PostgreSQL login
+    changes, with its generation (:meth:`pg_login`)."""
 
     tenant_names: TenantNames
     product: str
@@ -162,7 +171,24 @@ class ServiceNames:
 
     @property
     def pg_role(self) -> str:
-        return self.principal
+        """The login of the service's first store (generation 0)."""
+        return self.pg_login(0)
+
+    def pg_login(self, generation: int) -> str:
+        """The PostgreSQL login of the service's store of ``generation``.
+
+        Each promotion gives the new store a new login (credentials are never shared
+        between isolation modes), and both live side by side until the old one is
+        retired. ``__`` never occurs in a principal (keys have no ``__``), so
+        ``<principal>__g<n>`` cannot be another tenant's name.
+        """
+        if not 0 <= generation <= MAX_GENERATION:
+            raise InvalidInput(f"generation {generation} is not in 0..{MAX_GENERATION}")
+        return self.principal if generation == 0 else f"{self.principal}__g{generation}"
+
+    def pg_logins(self) -> frozenset[str]:
+        """Every login the service may have, whatever its generation."""
+        return frozenset(self.pg_login(g) for g in range(MAX_GENERATION + 1))
 
     @property
     def pg_dedicated_database(self) -> str:
@@ -172,6 +198,10 @@ class ServiceNames:
     @property
     def pg_schema(self) -> str:
         return self.tenant_names.pg_schema
+
+    @property
+    def pg_retired_schema(self) -> str:
+        return self.tenant_names.pg_retired_schema
 
     @property
     def broker_user(self) -> str:

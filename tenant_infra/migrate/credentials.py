@@ -28,6 +28,7 @@ from tenant_infra.config import platform_from_stack_file
 from tenant_infra.errors import BackendUnavailable, InvalidInput
 from tenant_infra.migrate.connection import ConnParams
 from tenant_infra.migrate.targets import MigrationTarget
+from tenant_infra.tenant import TenantNames
 from tenant_infra.vaultclient import VaultAccess, operator_vault
 from tenant_infra.verify.connections import ConnectionsDocument, load_connections, read_from_vault
 from tenant_infra.workspace import Workspace, project_root
@@ -96,15 +97,19 @@ def _document(
     return doc
 
 
-def _check(document: ConnectionsDocument, target: MigrationTarget) -> None:
-    """The document must describe the storage discovery found (same isolation mode)."""
+def _check(document: ConnectionsDocument, target: MigrationTarget) -> MigrationTarget:
+    """The document must describe the storage discovery found (same isolation mode);
+    the target then names the document's login, whatever its generation (a promoted
+    service's is not its first)."""
     pg = document.postgresql
-    if (pg.database, pg.schema_name, pg.user) != (target.database, target.schema, target.role):
+    logins = TenantNames(target.tenant or "").service(target.product or "").pg_logins()
+    if (pg.database, pg.schema_name) != (target.database, target.schema) or pg.user not in logins:
         raise LookupError(
             f"connections document of tenant {target.tenant} product {target.product} is for "
             f"{document.isolation.value} mode (database {pg.database}), but its schema "
             f"{target.schema} was found in database {target.database}"
         )
+    return replace(target, role=pg.user)
 
 
 def attach_credentials(
@@ -130,7 +135,7 @@ def attach_credentials(
         tenant, product = target.tenant or target.label, target.product or "?"
         try:
             document = _document(target, documents, env, workspace)
-            _check(document, target)
+            target = _check(document, target)
         except LookupError as exc:
             out.append(replace(target, unavailable=str(exc)))
         except (InvalidInput, BackendUnavailable) as exc:

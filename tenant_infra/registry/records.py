@@ -45,7 +45,7 @@ def connection_info(config: TenantConfig, spec: ServiceSpec) -> dict[str, Any]:
             if dedicated
             else pg_shared_database(spec.product),
             "schema": names.pg_schema,
-            "username": names.pg_role,
+            "username": config.pg_login(spec.product),
             "sslmode": endpoint.sslmode,
         }
     if product.needs(Store.RABBITMQ) and config.platform.rabbitmq is not None:

@@ -109,8 +109,12 @@ class ConnectionsDocument(_Section):
         expected: dict[str, tuple[str, str]] = {
             "postgresql.database": (self.postgresql.database, database),
             "postgresql.schema": (self.postgresql.schema_name, names.pg_schema),
-            "postgresql.user": (self.postgresql.user, names.pg_role),
         }
+        if self.postgresql.user not in names.pg_logins():
+            raise ValueError(
+                f"postgresql.user is {self.postgresql.user!r}, not one of the service's logins "
+                f"({names.pg_role} or a later generation)"
+            )
         if self.rabbitmq is not None:
             expected["rabbitmq.vhost"] = (self.rabbitmq.vhost, names.tenant_names.vhost)
             expected["rabbitmq.user"] = (self.rabbitmq.user, names.broker_user)

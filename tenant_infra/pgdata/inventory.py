@@ -1,0 +1,177 @@
+"""What a tenant schema holds: its tables (columns, rows, bytes), sequences and revision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+#: Settings under which every value prints the same way on every server and session:
+#: checksums hash rows as text, so both sides must print them identically.
+STABLE_SETTINGS = (
+    "SET search_path = pg_catalog, pg_temp",
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, YMD'",
+    "SET IntervalStyle = 'postgres'",
+    "SET extra_float_digits = 3",
+    "SET bytea_output = 'hex'",
+    "SET lc_monetary = 'C'",
+    # Row-level security must never hide rows from a copy or a checksum: with it
+    # off, a query it would filter fails instead.
+    "SET row_security = off",
+)
+#: The first OID of objects users create: types below it are built in.
+FIRST_USER_OID = 16384
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    #: Every column, in order, as ``(name, type)``.
+    columns: tuple[tuple[str, str], ...]
+    #: Generated columns: checksummed, never copied (the target computes them).
+    generated: frozenset[str]
+    #: Every column's type is built in: the binary COPY format is safe for it.
+    builtin_types: bool
+    rows_estimate: int
+    bytes: int
+
+    @property
+    def copied(self) -> list[str]:
+        return [name for name, _ in self.columns if name not in self.generated]
+
+    def shape(self) -> tuple[tuple[str, str], ...]:
+        return self.columns
+
+
+@dataclass(frozen=True)
+class SequenceValue:
+    name: str
+    last_value: int
+    is_called: bool
+
+
+@dataclass(frozen=True)
+class Inventory:
+    schema: str
+    tables: tuple[Table, ...]
+    sequences: tuple[SequenceValue, ...]
+    #: The schema's Alembic revision (``None``: not migrated).
+    revision: str | None
+
+    def table(self, name: str) -> Table | None:
+        return next((t for t in self.tables if t.name == name), None)
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.bytes for t in self.tables)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "revision": self.revision,
+            "bytes": self.bytes,
+            "tables": [
+                {"name": t.name, "rowsEstimate": t.rows_estimate, "bytes": t.bytes}
+                for t in self.tables
+            ],
+            "sequences": [s.name for s in self.sequences],
+        }
+
+
+def stabilize(conn: psycopg.Connection[Any]) -> None:
+    for statement in STABLE_SETTINGS:
+        conn.execute(statement)
+
+
+def qualified(schema: str, name: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+
+
+_TABLES = """
+SELECT c.relname,
+       array_agg(a.attname::text ORDER BY a.attnum) AS names,
+       array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) AS types,
+       array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated <> '')
+           AS generated,
+       bool_and(a.atttypid < %s AND (t.typelem = 0 OR t.typelem < %s)) AS builtin,
+       greatest(c.reltuples, 0)::bigint AS rows_estimate,
+       pg_total_relation_size(c.oid) AS bytes
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE n.nspname = %s AND c.relkind = 'r'
+GROUP BY c.oid, c.relname
+ORDER BY c.relname
+"""
+
+_SEQUENCES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind = 'S' ORDER BY c.relname
+"""
+
+
+def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
+    """The schema as ``conn`` sees it (in its snapshot); ``conn`` is stabilized first."""
+    stabilize(conn)
+    tables = tuple(
+        Table(
+            name=row[0],
+            columns=tuple(zip(row[1], row[2], strict=True)),
+            generated=frozenset(row[3] or ()),
+            builtin_types=bool(row[4]),
+            rows_estimate=int(row[5]),
+            bytes=int(row[6]),
+        )
+        for row in conn.execute(_TABLES, (FIRST_USER_OID, FIRST_USER_OID, schema))
+    )
+    sequences = []
+    for (name,) in conn.execute(_SEQUENCES, (schema,)).fetchall():
+        row = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(schema, name))
+        ).fetchone()
+        assert row is not None
+        sequences.append(SequenceValue(name, int(row[0]), bool(row[1])))
+    return Inventory(schema, tables, tuple(sequences), _revision(conn, schema, tables))
+
+
+def _revision(conn: psycopg.Connection[Any], schema: str, tables: tuple[Table, ...]) -> str | None:
+    if not any(t.name == "alembic_version" for t in tables):
+        return None
+    rows = conn.execute(
+        sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(
+            qualified(schema, "alembic_version")
+        )
+    ).fetchall()
+    return ",".join(str(r[0]) for r in rows) or None
+
+
+def differences(source: Inventory, target: Inventory) -> list[str]:
+    """Where the target's tables differ in shape from the source's, one line each."""
+    found = []
+    if source.revision != target.revision:
+        found.append(
+            f"revision {target.revision or 'base'} is not the source's {source.revision or 'base'}"
+        )
+    theirs = {t.name: t for t in target.tables}
+    for table in source.tables:
+        other = theirs.pop(table.name, None)
+        if other is None:
+            found.append(
+                f"table {table.name}: in the source only (not made by the product's migrations)"
+            )
+        elif other.shape() != table.shape():
+            found.append(f"table {table.name}: its columns differ from the source's")
+    found += [f"table {name}: in the target only" for name in sorted(theirs)]
+    ours = {s.name for s in source.sequences}
+    found += [
+        f"sequence {s.name}: in the target only" for s in target.sequences if s.name not in ours
+    ]
+    found += [
+        f"sequence {name}: in the source only"
+        for name in sorted(ours - {s.name for s in target.sequences})
+    ]
+    return found

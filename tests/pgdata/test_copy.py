@@ -1,0 +1,151 @@
+"""Copying a tenant schema between databases on the real server, then verifying it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tenant_infra.errors import OperationFailed
+from tenant_infra.pgdata.checksum import checksums, mismatches
+from tenant_infra.pgdata.copy import copy_schema, copy_sequences, reader
+from tenant_infra.pgdata.freeze import WriteFreeze
+from tenant_infra.pgdata.inventory import differences, read_inventory
+
+from .conftest import Pair
+
+
+def _inventories(pair: Pair):  # type: ignore[no-untyped-def]
+    with psycopg.connect(**pair.source) as s, psycopg.connect(**pair.target) as t:
+        return read_inventory(s, pair.schema), read_inventory(t, pair.schema)
+
+
+def _copy(pair: Pair, workers: int = 2) -> None:
+    source, _ = _inventories(pair)
+    with WriteFreeze(pair.source, pair.schema, [t.name for t in source.tables], [pair.login]) as f:
+        copy_schema(pair.source, pair.target, pair.schema, source.tables, f.snapshot, pair.login, workers)
+        copy_sequences(pair.target, pair.schema, source.sequences, pair.login)
+
+
+def _sums(pair: Pair, database: str):  # type: ignore[no-untyped-def]
+    source, _ = _inventories(pair)
+    with psycopg.connect(**pair.params(database)) as conn:
+        read_inventory(conn, pair.schema)
+        return checksums(conn, pair.schema, source.tables)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_row_and_sequence_arrives_identical(pair: Pair, workers: int) -> None:
+    source, target = _inventories(pair)
+    assert differences(source, target) == []
+    _copy(pair, workers)
+    before, after = _sums(pair, pair.source_db), _sums(pair, pair.target_db)
+    assert mismatches(before, after) == []
+    assert before["operations"].rows == 500 and before["audit"].rows == 50
+    # Sequences: the plain one and the identity's, at the source's values.
+    _, copied = _inventories(pair)
+    assert {s.name: s.last_value for s in copied.sequences} == {
+        s.name: s.last_value for s in source.sequences
+    }
+    assert dict((s.name, s.last_value) for s in copied.sequences)["invoice_no"] == 5000
+    # The generated column was computed by the target, identically.
+    assert pair.run(pair.target_db, "SELECT count(*) FROM {s}.operations WHERE doubled <> amount * 2") == [(0,)]
+    # The next identity value follows the copied ones (no duplicate key).
+    pair.run(pair.target_db, "SET ROLE " + pair.login + "; INSERT INTO {s}.operations (account_id, amount, kind) SELECT id, 1, 'debit' FROM {s}.accounts LIMIT 1")
+
+
+def test_a_planted_difference_names_its_table(pair: Pair) -> None:
+    _copy(pair)
+    pair.run(pair.target_db, "UPDATE {s}.accounts SET balance = balance + 0.000000000000000001 WHERE alias = 'acct-7'")
+    found = mismatches(_sums(pair, pair.source_db), _sums(pair, pair.target_db))
+    assert found == ["table accounts: same row count, different content"]
+    pair.run(pair.target_db, "SET session_replication_role = replica; DELETE FROM {s}.operations WHERE seq = 3")
+    found = mismatches(_sums(pair, pair.source_db), _sums(pair, pair.target_db))
+    assert "table operations: 499 rows in the target, 500 in the source" in found
+
+
+def test_a_duplicated_row_changes_the_checksum(pair: Pair) -> None:
+    """Two identical rows would cancel out in an XOR alone."""
+    _copy(pair)
+    pair.run(pair.source_db, "CREATE TABLE {s}.bag (v int)")
+    pair.run(pair.target_db, "CREATE TABLE {s}.bag (v int)")
+    pair.run(pair.source_db, "INSERT INTO {s}.bag VALUES (1), (2)")
+    pair.run(pair.target_db, "INSERT INTO {s}.bag VALUES (1), (2), (2), (2)")
+    pair.run(pair.source_db, "INSERT INTO {s}.bag VALUES (3), (3)")
+    found = mismatches(_sums(pair, pair.source_db), _sums(pair, pair.target_db))
+    assert found == ["table bag: same row count, different content"]
+
+
+def test_shape_differences_are_named(pair: Pair) -> None:
+    pair.run(pair.source_db, "CREATE TABLE {s}.adhoc (v int)")
+    pair.run(pair.target_db, "ALTER TABLE {s}.accounts ADD COLUMN extra int")
+    pair.run(pair.target_db, "UPDATE {s}.alembic_version SET version_num = '0002'")
+    source, target = _inventories(pair)
+    assert differences(source, target) == [
+        "revision 0002 is not the source's 0003",
+        "table accounts: its columns differ from the source's",
+        "table adhoc: in the source only (not made by the product's migrations)",
+    ]
+
+
+def test_row_level_security_cannot_hide_rows_from_the_copy(pair: Pair) -> None:
+    pair.run(pair.source_db, "ALTER TABLE {s}.accounts ENABLE ROW LEVEL SECURITY; ALTER TABLE {s}.accounts FORCE ROW LEVEL SECURITY; CREATE POLICY hide ON {s}.accounts USING (false)")
+    _copy(pair)
+    assert mismatches(_sums(pair, pair.source_db), _sums(pair, pair.target_db)) == []
+    assert pair.run(pair.target_db, "SELECT count(*) FROM {s}.accounts") == [(40,)]
+
+
+def test_the_freeze_stops_writes_not_reads_and_ends_with_its_session(pair: Pair) -> None:
+    source, _ = _inventories(pair)
+    tenant = pair.source | {"user": pair.login}
+    pair.run(pair.source_db, f"GRANT USAGE ON SCHEMA {{s}} TO {pair.login}; GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {{s}} TO {pair.login}")
+    wrote = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(**tenant, autocommit=True) as conn:
+            conn.execute("INSERT INTO tenant_pgdata.accounts (id, alias, balance, opened) VALUES (gen_random_uuid(), 'late', 1, now())")
+            wrote.set()
+
+    with WriteFreeze(pair.source, pair.schema, [t.name for t in source.tables], [pair.login]) as freeze:
+        with psycopg.connect(**tenant) as conn:
+            assert conn.execute("SELECT count(*) FROM tenant_pgdata.accounts").fetchone() == (40,)
+        thread = threading.Thread(target=write)
+        thread.start()
+        time.sleep(0.5)
+        assert not wrote.is_set()
+        with reader(pair.source, freeze.snapshot) as snap:
+            assert snap.execute("SELECT count(*) FROM tenant_pgdata.accounts").fetchone() == (40,)
+    thread.join(10)
+    assert wrote.is_set()
+
+
+def test_a_tenant_writer_holding_its_lock_is_ended(pair: Pair) -> None:
+    source, _ = _inventories(pair)
+    tenant = pair.source | {"user": pair.login}
+    pair.run(pair.source_db, f"GRANT USAGE ON SCHEMA {{s}} TO {pair.login}; GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA {{s}} TO {pair.login}")
+    holder = psycopg.connect(**tenant)
+    holder.execute("UPDATE tenant_pgdata.accounts SET balance = 0 WHERE alias = 'acct-1'")
+    try:
+        with WriteFreeze(pair.source, pair.schema, [t.name for t in source.tables], [pair.login], lock_wait=0.3) as freeze:
+            assert freeze.ended_writers == 1
+        with pytest.raises(psycopg.OperationalError):
+            holder.execute("COMMIT")
+    finally:
+        holder.close()
+
+
+def test_a_lock_held_by_another_login_fails_the_freeze_in_time(pair: Pair) -> None:
+    source, _ = _inventories(pair)
+    holder = psycopg.connect(**pair.source)
+    holder.execute("LOCK TABLE tenant_pgdata.audit IN SHARE MODE")
+    try:
+        tables = [t.name for t in source.tables]
+        with (
+            pytest.raises(OperationFailed, match="could not freeze writes"),
+            WriteFreeze(pair.source, pair.schema, tables, [pair.login], lock_wait=0.1),
+        ):
+            pass
+    finally:
+        holder.close()
