@@ -156,9 +156,10 @@ class ServicePostgres(pulumi.ComponentResource):
         if promotion is not None and not promotion.repointed:
             # It holds no data of record until repointed: unprotected, so that an
             # aborted promotion can drop it.
+            login = args.login and not promotion.aborted
             self.target = self._store(
                 _StoreArgs(
-                    IsolationMode.DATABASE, args.generation + 1, names.pg_schema, args.login, False
+                    IsolationMode.DATABASE, args.generation + 1, names.pg_schema, login, False
                 )
             )
         elif promotion is not None:
@@ -169,7 +170,7 @@ class ServicePostgres(pulumi.ComponentResource):
                     args.generation - 1,
                     names.pg_retired_schema,
                     False,
-                    args.protect_data,
+                    args.protect_data and not promotion.drop_source,
                 )
             )
         self.register_outputs({"role": self.role, "database": self.database, "schema": self.schema})

@@ -128,7 +128,8 @@ class TenantService(pulumi.ComponentResource):
             )
             info["revision"] = migration.revision
         target = postgres.target
-        if target is not None and args.promotion is not None and args.promotion.revision:
+        promotion = args.promotion
+        if target is not None and promotion and promotion.revision and not promotion.aborted:
             # The dedicated store of a promotion, at exactly the source's revision (its
             # data is copied next), as its own new login. Not a ``-migration``: the
             # service's state follows its live store only.
@@ -145,7 +146,7 @@ class TenantService(pulumi.ComponentResource):
                     user=target.role,
                     password=target.password,
                     sslmode=endpoint.sslmode,
-                    head=args.promotion.revision,
+                    head=promotion.revision,
                 ),
                 pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
             )

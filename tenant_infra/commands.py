@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -28,7 +29,7 @@ from tenant_infra.lifecycle import (
     TenantStatus,
     for_each_tenant,
 )
-from tenant_infra.tenant import validate_tenant_id
+from tenant_infra.tenant import validate_product, validate_tenant_id
 from tenant_infra.workspace import Workspace, project_root
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from tenant_infra import plan as offline_plan
     from tenant_infra.api.documents import DocumentSource
     from tenant_infra.api.keys import Scope
+    from tenant_infra.operations.promote import PromotionPlan
+    from tenant_infra.operations.steps import Outcome, StepProgress
+    from tenant_infra.pgdata.copy import CopyProgress
     from tenant_infra.registry import Registry
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
@@ -457,6 +461,75 @@ def deregister(
         journal=_journal(workspace, stacks, "deregister", whole_tenant=False),
         drop_strays=partial(drop_strays, environ=_operator_environ(stacks)),
     )
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``24h`` or ``7d`` (one number, one unit) as a duration."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    number, unit = text[:-1], text[-1:]
+    if not (number.isdigit() and unit in units and len(number) <= 6):
+        raise InvalidInput(f"duration {text[:20]!r} must be a number and one of s, m, h, d (24h)")
+    return timedelta(**{units[unit]: int(number)})
+
+
+def promote(
+    tenant: str,
+    product: str,
+    *,
+    dry_run: bool = False,
+    resume: bool = False,
+    abort: bool = False,
+    keep_source: timedelta | None = None,
+    drop_source: bool = False,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+    step_progress: StepProgress | None = None,
+    copy_progress: CopyProgress | None = None,
+    verify: Gate = ISOLATION,
+    after_copy: Callable[[], None] | None = None,
+) -> PromotionPlan | Outcome:
+    """Promote a service from SCHEMA to DATABASE mode (see :mod:`tenant_infra.operations.
+    promote`); ``dry_run`` returns the plan and changes nothing, otherwise the outcome.
+
+    ``resume`` goes on with an interrupted promotion (or one waiting to drop its
+    retired schema); ``abort`` goes back to SCHEMA mode before the source is retired.
+    """
+    from tenant_infra.operations.promote import DEFAULT_KEEP_SOURCE, Promoter, preview
+
+    validate_tenant_id(tenant)
+    validate_product(product)
+    if sum((dry_run, resume, abort)) > 1:
+        raise InvalidInput("choose one of --dry-run, --resume and --abort")
+    if keep_source is not None and drop_source:
+        raise InvalidInput("choose one of --keep-source and --drop-source")
+    if abort and (keep_source is not None or drop_source):
+        raise InvalidInput("--abort keeps the source: --keep-source and --drop-source do not apply")
+    workspace = _workspace(root)
+    if lifecycle.known_config(workspace, tenant).service(product) is None:
+        raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
+    stacks = _backend(workspace, backend)
+    promoter = Promoter(
+        tenant,
+        product,
+        stacks,
+        workspace,
+        registry(workspace, stacks),
+        _operator_environ(stacks) or os.environ,
+        keep_source=DEFAULT_KEEP_SOURCE if keep_source is None else keep_source,
+        drop_source=drop_source,
+        progress=progress,
+        verify=_verifier(workspace, verify, stacks),
+        copy_progress=copy_progress,
+        after_copy=after_copy,
+    )
+    if dry_run:
+        return preview(promoter)
+    return promoter.run(resume=resume, abort=abort, step_progress=step_progress or _no_steps)
+
+
+def _no_steps(_step: str, _event: str) -> None:
+    return None
 
 
 def _fleet(tenants: Sequence[str], all_tenants: bool, workspace: Workspace) -> list[str]:

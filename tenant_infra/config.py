@@ -226,6 +226,11 @@ class Promotion(_Model):
     repointed: StrictBool = False
     #: When the retired schema may be dropped (``promote --resume`` drops it then).
     keep_source_until: datetime | None = None
+    #: The retired schema's protection lifted: the next update drops it.
+    drop_source: StrictBool = False
+    #: Going back (``promote --abort``): the dedicated store is kept, unprotected,
+    #: unmigrated and with its login refused, until the next update drops it.
+    aborted: StrictBool = False
 
     @field_validator("keep_source_until")
     @classmethod

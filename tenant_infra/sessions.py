@@ -48,15 +48,19 @@ def _admin(config: TenantConfig, product: str, environ: Mapping[str, str], dbnam
 
 
 def drop_strays(
-    config: TenantConfig, products: Sequence[str], environ: Mapping[str, str] | None = None
+    config: TenantConfig,
+    products: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+    logins: Sequence[str] | None = None,
 ) -> list[str]:
-    """``DROP OWNED BY`` the services' roles in every database but their own store
-    where they own or hold something (``pg_shdepend``); returns ``<database>:<role>``."""
+    """``DROP OWNED BY`` the services' roles (or only ``logins``) in every database but
+    their own stores where they own or hold something (``pg_shdepend``); returns
+    ``<database>:<role>``."""
     env = os.environ if environ is None else environ
     dropped: list[str] = []
     for product in products:
         names = config.names.service(product)
-        logins = config.pg_logins(product)
+        dropped_logins = list(logins) if logins is not None else config.pg_logins(product)
         spec = config.service(product)
         stores = {
             IsolationMode.DATABASE: names.pg_dedicated_database,
@@ -75,7 +79,7 @@ def drop_strays(
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE usename = ANY(%s)",
-                    (logins,),
+                    (dropped_logins,),
                 )
                 strays = [
                     (row[0], row[1])
@@ -85,7 +89,7 @@ def drop_strays(
                         " JOIN pg_roles r ON r.oid = s.refobjid"
                         " WHERE s.refclassid = 'pg_authid'::regclass"
                         " AND r.rolname = ANY(%s) ORDER BY 1, 2",
-                        (logins,),
+                        (dropped_logins,),
                     )
                     if row[0] not in own
                 ]

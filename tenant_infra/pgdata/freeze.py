@@ -53,7 +53,7 @@ class WriteFreeze:
         self.snapshot = ""
         #: When the locks were granted (``time.monotonic()``), and writers ended.
         self.since = 0.0
-        self.ended_writers = 0
+        self._ended: set[int] = set()
 
     def __enter__(self) -> WriteFreeze:
         conn = psycopg.connect(**self.params, autocommit=True)
@@ -83,7 +83,7 @@ class WriteFreeze:
             except psycopg.errors.LockNotAvailable:
                 conn.execute("ROLLBACK")
                 ended = conn.execute(_WRITERS, (self.schema, self.logins)).fetchall()
-                self.ended_writers += len(ended)
+                self._ended.update(int(row[0]) for row in ended)
                 time.sleep(0.1)
                 continue
             assert row is not None
@@ -93,6 +93,11 @@ class WriteFreeze:
             f"could not freeze writes on schema {self.schema}: another session kept a lock on "
             f"its tables for {ATTEMPTS} waits of {self.lock_wait:g} s; run it again"
         )
+
+    @property
+    def ended_writers(self) -> int:
+        """How many of the tenant's sessions were ended for holding a write lock."""
+        return len(self._ended)
 
     def __exit__(self, *_exc: object) -> None:
         if self.conn is not None:

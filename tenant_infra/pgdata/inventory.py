@@ -22,6 +22,10 @@ STABLE_SETTINGS = (
     # off, a query it would filter fails instead.
     "SET row_security = off",
 )
+#: Alembic's version table, in the tenant schema: made by the migrations on both sides
+#: and compared as the revision, never copied (a copy killed half-way would leave the
+#: target looking unmigrated).
+VERSION_TABLE = "alembic_version"
 #: The first OID of objects users create: types below it are built in.
 FIRST_USER_OID = 16384
 
@@ -63,6 +67,11 @@ class Inventory:
 
     def table(self, name: str) -> Table | None:
         return next((t for t in self.tables if t.name == name), None)
+
+    @property
+    def data_tables(self) -> tuple[Table, ...]:
+        """The tables whose rows a copy moves (all but the version table)."""
+        return tuple(t for t in self.tables if t.name != VERSION_TABLE)
 
     @property
     def bytes(self) -> int:
@@ -139,11 +148,11 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
 
 
 def _revision(conn: psycopg.Connection[Any], schema: str, tables: tuple[Table, ...]) -> str | None:
-    if not any(t.name == "alembic_version" for t in tables):
+    if not any(t.name == VERSION_TABLE for t in tables):
         return None
     rows = conn.execute(
         sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(
-            qualified(schema, "alembic_version")
+            qualified(schema, VERSION_TABLE)
         )
     ).fetchall()
     return ",".join(str(r[0]) for r in rows) or None

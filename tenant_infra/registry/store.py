@@ -251,9 +251,24 @@ class Registry:
             )
 
     def record_rotation(self, tenant: str, product: str, credential_type: str) -> None:
-        """A service's credentials were replaced (the new ones already in Vault): its row
+        """A service's credentials were replaced (the new ones already in Vault)."""
+        self.record_new_credentials(
+            tenant, product, "rotate", f"{credential_type} credentials replaced", credential_type
+        )
+
+    def record_new_credentials(
+        self,
+        tenant: str,
+        product: str,
+        operation: str,
+        reason: str,
+        credential_type: str,
+        invalidate: str | None = None,
+    ) -> None:
+        """A service's credentials changed (the new ones already in Vault): its row
         changes version, so the API serves the new ones before
-        ``tenant.credentials.rotated`` is published."""
+        ``tenant.credentials.rotated`` is published; ``invalidate`` also asks products
+        to drop everything they cached of the tenant (``tenant.cache.invalidate``)."""
         try:
             with self.connect() as conn, conn.transaction():
                 row = conn.execute(
@@ -264,23 +279,25 @@ class Registry:
                 if row is None:
                     raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
                 _history(
-                    conn,
-                    tenant,
-                    product,
-                    "rotate",
-                    row["state"],
-                    row["state"],
-                    f"{credential_type} credentials replaced",
-                    self.actor,
+                    conn, tenant, product, operation, row["state"], row["state"], reason, self.actor
                 )
                 payload = {
                     "service_name": product,
                     "credential_type": credential_type,
                     "new_secret_path": row["vault_path"],
                 }
-                self._queue(conn, tenant, [Event("tenant.credentials.rotated", tenant, payload)])
+                events = [Event("tenant.credentials.rotated", tenant, payload)]
+                if invalidate is not None:
+                    events.append(
+                        Event(
+                            "tenant.cache.invalidate",
+                            tenant,
+                            {"service_name": product, "reason": invalidate},
+                        )
+                    )
+                self._queue(conn, tenant, events)
         except psycopg.Error as exc:
-            raise _reported(f"recording a rotation of {tenant}", exc) from None
+            raise _reported(f"recording new credentials of {tenant}", exc) from None
         self.drain()
 
     def same_tenant(self, tenant: str) -> str | None:

@@ -25,7 +25,7 @@ def _inventories(pair: Pair):  # type: ignore[no-untyped-def]
 def _copy(pair: Pair, workers: int = 2) -> None:
     source, _ = _inventories(pair)
     with WriteFreeze(pair.source, pair.schema, [t.name for t in source.tables], [pair.login]) as f:
-        copy_schema(pair.source, pair.target, pair.schema, source.tables, f.snapshot, pair.login, workers)
+        copy_schema(pair.source, pair.target, pair.schema, source.data_tables, f.snapshot, pair.login, workers)
         copy_sequences(pair.target, pair.schema, source.sequences, pair.login)
 
 

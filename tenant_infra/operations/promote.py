@@ -1,0 +1,567 @@
+"""Promotion of a service from SCHEMA to DATABASE mode: the same tenant, a new store.
+
+Four steps on the step machine (:mod:`tenant_infra.operations.steps`):
+
+1. ``provision``: the dedicated store is declared beside the shared one, in the same
+   stack, with a login of the next generation, and migrated to exactly the source's
+   revision (an update of the stack).
+2. ``move``: writes on the source are frozen (reads go on), every table is copied in
+   one snapshot, then verified (same tables and columns, row counts and a content
+   checksum per table, sequences, revision). Only then is the source sealed: its
+   login refused and its sessions ended, so nothing can reach it any more.
+3. ``repoint``: the service becomes DATABASE mode (an update): its connections
+   document, at the same Vault path, now names the dedicated store and its login;
+   the old schema is renamed aside. The registry records it and tells the products
+   (``tenant.credentials.rotated`` and ``tenant.cache.invalidate``).
+4. ``retire``: after ``keep_source`` (or at once with ``drop_source``), the retired
+   schema and its login are dropped (two updates: protection lifted, then removed).
+
+A mismatch in ``move`` aborts: the source is unsealed and the dedicated store
+dropped. ``abort`` before ``retire`` goes back to SCHEMA mode, provided nothing was
+written to the dedicated store since (its checksums still equal the source's).
+Killed anywhere, ``resume`` converges: ``move`` runs again whole (its freeze died
+with the process), and the source is never dropped before verification passed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tenant_infra.catalog import IsolationMode
+from tenant_infra.config import Promotion, ServiceSpec, TenantConfig
+from tenant_infra.credentials import PlatformCredentials
+from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed, scrub
+from tenant_infra.lifecycle import (
+    Journal,
+    Progress,
+    ServiceState,
+    StackBackend,
+    deploy,
+    known_config,
+)
+from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
+from tenant_infra.pgdata.checksum import Checksum, checksums, mismatches
+from tenant_infra.pgdata.copy import CopyProgress, copy_schema, copy_sequences, reader
+from tenant_infra.pgdata.freeze import WriteFreeze
+from tenant_infra.pgdata.inventory import Inventory, differences, read_inventory, stabilize
+from tenant_infra.registry import Registry
+from tenant_infra.registry.operations import Operations
+from tenant_infra.tenant import pg_shared_database
+from tenant_infra.workspace import Workspace
+
+KIND = "promote"
+DEFAULT_KEEP_SOURCE = timedelta(hours=24)
+#: Throughputs measured by ``bench/promotion`` on the reference machine (2 cores),
+#: used only to estimate the write freeze of a ``--dry-run``.
+COPY_BYTES_PER_SECOND = 60e6
+VERIFY_BYTES_PER_SECOND = 200e6
+REPOINT_SECONDS = 2.0
+
+
+class Mismatch(OperationFailed):
+    """The copy is not the source: the promotion is aborted and this says where."""
+
+
+@dataclass
+class Promoter:
+    """Everything the steps need; one per ``promote`` call."""
+
+    tenant: str
+    product: str
+    backend: StackBackend
+    workspace: Workspace
+    registry: Registry
+    environ: Mapping[str, str]
+    keep_source: timedelta = DEFAULT_KEEP_SOURCE
+    drop_source: bool = False
+    progress: Progress | None = None
+    verify: Callable[[str, str], None] | None = None
+    copy_progress: CopyProgress | None = None
+    workers: int = 2
+    #: Between the copy and its verification (tests plant a difference here).
+    after_copy: Callable[[], None] | None = None
+    journal: Journal | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.journal = self.registry.journal(KIND, whole_tenant=False)
+
+    # ---------------------------------------------------------------- reading
+
+    def config(self) -> TenantConfig:
+        return known_config(self.workspace, self.tenant)
+
+    def spec(self, config: TenantConfig | None = None) -> ServiceSpec:
+        found = (config or self.config()).service(self.product)
+        if found is None:
+            raise InvalidInput(f"tenant {self.tenant!r} has no service {self.product!r}")
+        return found
+
+    def admin(self, config: TenantConfig, database: str) -> dict[str, Any]:
+        endpoint = config.platform.postgres_for(self.product)
+        params: dict[str, Any] = {
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "user": endpoint.admin_user,
+            "dbname": database,
+            "sslmode": endpoint.sslmode,
+            "connect_timeout": 15,
+            "application_name": "tenant-infra-promote",
+        }
+        password = PlatformCredentials(self.environ).postgres_password_value(self.product)
+        if password:
+            params["password"] = password
+        return params
+
+    def shared(self, config: TenantConfig) -> dict[str, Any]:
+        return self.admin(config, pg_shared_database(self.product))
+
+    def dedicated(self, config: TenantConfig) -> dict[str, Any]:
+        return self.admin(config, config.names.service(self.product).pg_dedicated_database)
+
+    def inventory(self, params: Mapping[str, Any], schema: str) -> Inventory:
+        with _connected(params) as conn:
+            return read_inventory(conn, schema)
+
+    def source_login(self, config: TenantConfig) -> str:
+        spec = self.spec(config)
+        generation = spec.generation - 1 if _repointed(spec) else spec.generation
+        return config.names.service(self.product).pg_login(generation)
+
+    def target_login(self, config: TenantConfig) -> str:
+        spec = self.spec(config)
+        generation = spec.generation if _repointed(spec) else spec.generation + 1
+        return config.names.service(self.product).pg_login(generation)
+
+    # --------------------------------------------------------------- updating
+
+    def update(self, config: TenantConfig, what: str) -> None:
+        """Write ``config`` and bring the stack to it; a failure fails the step."""
+        status = deploy(
+            config,
+            self.backend,
+            self.workspace,
+            self.progress or _no_progress,
+            self.verify,
+            journal=self.journal,
+        )
+        service = status.service(self.product)
+        if status.error or service.state is ServiceState.FAILED:
+            reason = status.error or service.reason
+            raise OperationFailed(f"promotion of {self.tenant}/{self.product}: {what}: {reason}")
+
+    def set_login(self, config: TenantConfig, login: str, allowed: bool) -> None:
+        """Seal (or unseal) a store at once, outside the stack: the next update
+        declares the same, so nothing drifts."""
+        with _connected(self.admin(config, "postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} {}").format(
+                    sql.Identifier(login), sql.SQL("LOGIN" if allowed else "NOLOGIN")
+                )
+            )
+            if not allowed:
+                conn.execute(
+                    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+                    " WHERE usename = %s",
+                    (login,),
+                )
+
+    # ------------------------------------------------------------------ steps
+
+    def provision(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        if spec.promotion is None:
+            names = config.names.service(self.product)
+            source = self.inventory(self.shared(config), names.pg_schema)
+            promotion = Promotion(revision=source.revision)
+            spec = spec.model_copy(update={"promotion": promotion})
+            config = config.with_service(spec)
+        assert spec.promotion is not None
+        detail["revision"] = spec.promotion.revision
+        detail["targetLogin"] = self.target_login(config)
+        self.update(config, "provisioning the dedicated store")
+
+    def move(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        if _repointed(spec):
+            return  # moved and repointed already (a resumed run)
+        names = config.names.service(self.product)
+        schema, source_login = names.pg_schema, self.source_login(config)
+        target_login = self.target_login(config)
+        source_params, target_params = self.shared(config), self.dedicated(config)
+        listed = self.inventory(source_params, schema)
+        started = time.time()
+        with WriteFreeze(
+            source_params, schema, [t.name for t in listed.tables], [source_login]
+        ) as freeze:
+            detail["freezeStartedAt"] = started
+            detail["writersEnded"] = freeze.ended_writers
+            with reader(source_params, freeze.snapshot) as snap:
+                source = read_inventory(snap, schema)
+            target = self.inventory(target_params, schema)
+            problems = differences(source, target)
+            if problems:
+                raise Mismatch(f"the dedicated store does not match the source: {problems[0]}")
+            report = copy_schema(
+                source_params,
+                target_params,
+                schema,
+                source.data_tables,
+                freeze.snapshot,
+                target_login,
+                self.workers,
+                self.copy_progress,
+            )
+            copy_sequences(target_params, schema, source.sequences, target_login)
+            if self.after_copy is not None:
+                self.after_copy()
+            verify_started = time.monotonic()
+            ours, theirs = _both(
+                lambda: _sums(source_params, schema, source, freeze.snapshot),
+                lambda: _sums(target_params, schema, source, None),
+            )
+            found = mismatches(ours, theirs)
+            if found:
+                raise Mismatch(f"the copy differs from the source: {found[0]}")
+            verified = time.monotonic() - verify_started
+            # Sealed: from here nothing reaches the source, so what was verified stays
+            # the truth even once the freeze ends with this session.
+            self.set_login(config, source_login, allowed=False)
+            sealed = self.inventory(source_params, schema)
+            added = sorted({t.name for t in sealed.tables} - {t.name for t in source.tables})
+            if added:
+                raise Mismatch(f"table {added[0]} appeared in the source during the copy")
+            # Sequences are not frozen by table locks: their final values, after the seal.
+            copy_sequences(target_params, schema, sealed.sequences, target_login)
+            lagging = _lagging(sealed, self.inventory(target_params, schema))
+            if lagging:
+                raise Mismatch(f"sequence {lagging[0]} is behind its source")
+        detail["copy"] = report.to_json()
+        detail["verifySeconds"] = round(verified, 3)
+        detail["tables"] = {
+            name: {
+                "rows": sum_.rows,
+                "bytes": next(t.bytes for t in source.tables if t.name == name),
+            }
+            for name, sum_ in ours.items()
+        }
+
+    def repoint(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        if not _repointed(spec):
+            assert spec.promotion is not None
+            until = datetime.now(UTC) + self.keep_source
+            spec = spec.model_copy(
+                update={
+                    "isolation": IsolationMode.DATABASE,
+                    "generation": spec.generation + 1,
+                    "promotion": spec.promotion.model_copy(
+                        update={"repointed": True, "keep_source_until": until}
+                    ),
+                }
+            )
+            config = config.with_service(spec)
+        self.update(config, "repointing the service to its dedicated store")
+        self.registry.record_new_credentials(
+            self.tenant,
+            self.product,
+            KIND,
+            "isolation SCHEMA -> DATABASE: new store, new PostgreSQL login",
+            "postgresql",
+            invalidate="promoted to DATABASE isolation",
+        )
+        started = detail.get("freezeStartedAt")
+        if isinstance(started, int | float) and "writeFreezeSeconds" not in detail:
+            detail["writeFreezeSeconds"] = round(time.time() - started, 3)
+        assert spec.promotion is not None and spec.promotion.keep_source_until is not None
+        detail["keepSourceUntil"] = spec.promotion.keep_source_until.isoformat()
+
+    def retire(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        promotion = spec.promotion
+        if promotion is None:
+            return  # dropped already
+        until = promotion.keep_source_until
+        if not self.drop_source and until is not None and datetime.now(UTC) < until:
+            raise Pending(
+                f"the retired schema is kept until {until.isoformat(timespec='seconds')}; "
+                "run promote --resume then, or --resume --drop-source to drop it now"
+            )
+        if not promotion.drop_source:
+            released = spec.model_copy(
+                update={"promotion": promotion.model_copy(update={"drop_source": True})}
+            )
+            self.update(config.with_service(released), "lifting the retired schema's protection")
+            config = self.config()
+        from tenant_infra.sessions import drop_strays
+
+        drop_strays(config, [self.product], self.environ, logins=[self.source_login(config)])
+        self.update(
+            config.with_service(self.spec(config).model_copy(update={"promotion": None})),
+            "dropping the retired schema and its login",
+        )
+        detail["retiredAt"] = datetime.now(UTC).isoformat()
+
+    # ------------------------------------------------------------------ abort
+
+    def abort_check(self, detail: Detail) -> None:
+        """After repoint: refuse unless the dedicated store still holds exactly the
+        source's rows, checked with its login sealed so that nothing writes meanwhile."""
+        config = self.config()
+        spec = self.spec(config)
+        if not _repointed(spec):
+            return
+        assert spec.promotion is not None
+        if spec.promotion.drop_source:
+            raise InvalidInput(
+                f"cannot abort the promotion of {self.tenant}/{self.product}: its retired "
+                "schema is being dropped; run promote --resume to finish"
+            )
+        names = config.names.service(self.product)
+        login = self.target_login(config)
+        self.set_login(config, login, allowed=False)
+        source = self.inventory(self.shared(config), names.pg_retired_schema)
+        ours, theirs = _both(
+            lambda: _sums(self.shared(config), names.pg_retired_schema, source, None),
+            lambda: _sums(self.dedicated(config), names.pg_schema, source, None),
+        )
+        found = mismatches(ours, theirs)
+        if found:
+            if not spec.suspended:
+                self.set_login(config, login, allowed=True)
+            raise InvalidInput(
+                f"cannot abort the promotion of {self.tenant}/{self.product}: the dedicated "
+                f"database was written to since it was repointed ({found[0]}); going back "
+                "would lose those writes"
+            )
+        detail["abortChecked"] = True
+
+    def abort_repoint(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        if not _repointed(spec):
+            return
+        assert spec.promotion is not None
+        back = spec.model_copy(
+            update={
+                "isolation": IsolationMode.SCHEMA,
+                "generation": spec.generation - 1,
+                "promotion": Promotion(revision=spec.promotion.revision, aborted=True),
+            }
+        )
+        self.update(config.with_service(back), "repointing the service back to its schema")
+        self.registry.record_new_credentials(
+            self.tenant,
+            self.product,
+            KIND,
+            "promotion aborted: isolation DATABASE -> SCHEMA, the previous login again",
+            "postgresql",
+            invalidate="promotion aborted, back to SCHEMA isolation",
+        )
+
+    def abort_unseal(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        if spec.suspended or spec.removal is not None:
+            return
+        self.set_login(config, self.source_login(config), allowed=True)
+
+    def abort_drop_target(self, detail: Detail) -> None:
+        config = self.config()
+        spec = self.spec(config)
+        if spec.promotion is None:
+            return
+        self.update(
+            config.with_service(spec.model_copy(update={"promotion": None})),
+            "dropping the dedicated store",
+        )
+        detail["abortedAt"] = datetime.now(UTC).isoformat()
+
+    def forward(self) -> list[Step]:
+        return [
+            Step("provision", self.provision),
+            Step("move", self.move),
+            Step("repoint", self.repoint),
+            Step("retire", self.retire),
+        ]
+
+    def backward(self) -> list[Step]:
+        return [
+            Step("abort-check", self.abort_check),
+            Step("abort-repoint", self.abort_repoint),
+            Step("abort-unseal", self.abort_unseal),
+            Step("abort-drop-target", self.abort_drop_target),
+        ]
+
+    # -------------------------------------------------------------- the verb
+
+    def check_start(self) -> None:
+        """Refuse, before anything is created, what cannot be promoted."""
+        spec = self.spec()
+        if spec.promotion is not None:
+            return  # an operation under way: the machine decides (resume or abort)
+        if spec.isolation is not IsolationMode.SCHEMA:
+            raise InvalidInput(
+                f"service {self.product!r} of tenant {self.tenant!r} is in "
+                f"{spec.isolation.value} mode already"
+            )
+        if spec.suspended or spec.removal is not None:
+            state = "suspended" if spec.suspended else "retained"
+            raise InvalidInput(f"service {self.product!r} of tenant {self.tenant!r} is {state}")
+
+    def run(self, *, resume: bool, abort: bool, step_progress: StepProgress) -> Outcome:
+        operations = Operations(self.registry)
+        machine = Machine(operations, self.tenant, self.product, KIND, step_progress)
+        if not (resume or abort):
+            self.check_start()
+        with machine.held():
+            if abort:
+                return machine.abort(self.backward())
+            try:
+                return machine.run(self.forward(), resume=resume, detail={})
+            except Mismatch as exc:
+                # Unfreeze (the freeze ended with its session), unseal, drop the copy.
+                machine.abort(self.backward())
+                raise OperationFailed(
+                    f"promotion of {self.tenant}/{self.product} aborted, nothing lost: {exc}"
+                ) from None
+
+
+# -------------------------------------------------------------------- preview
+
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    tenant: str
+    product: str
+    revision: str | None
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    tables: tuple[dict[str, Any], ...]
+    bytes: int
+    freeze_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "product": self.product,
+            "revision": self.revision,
+            "resources": {"added": list(self.added), "removed": list(self.removed)},
+            "tables": list(self.tables),
+            "bytes": self.bytes,
+            "estimatedWriteFreezeSeconds": round(self.freeze_seconds, 1),
+        }
+
+
+def preview(promoter: Promoter) -> PromotionPlan:
+    """What a promotion would do, changing nothing: resources, revision, tables, freeze."""
+    from tenant_infra import plan as offline_plan
+
+    promoter.check_start()
+    config = promoter.config()
+    spec = promoter.spec(config)
+    names = config.names.service(promoter.product)
+    params = promoter.shared(config)
+    with _connected(params) as conn:
+        source = read_inventory(conn, names.pg_schema)
+        tables = []
+        for table in source.tables:
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(names.pg_schema), sql.Identifier(table.name)
+                )
+            ).fetchone()
+            tables.append(
+                {"name": table.name, "rows": int(row[0]) if row else 0, "bytes": table.bytes}
+            )
+    final = config.with_service(
+        spec.model_copy(
+            update={"isolation": IsolationMode.DATABASE, "generation": spec.generation + 1}
+        )
+    )
+    now = {(r.type, r.name) for r in offline_plan.plan(config).resources if r.custom}
+    then = {(r.type, r.name) for r in offline_plan.plan(final).resources if r.custom}
+    size = source.bytes
+    freeze = size / COPY_BYTES_PER_SECOND + size / VERIFY_BYTES_PER_SECOND + REPOINT_SECONDS
+    return PromotionPlan(
+        promoter.tenant,
+        promoter.product,
+        source.revision,
+        tuple(f"{t.split(':')[-1]} {n}" for t, n in sorted(then - now, key=lambda x: x[1])),
+        tuple(f"{t.split(':')[-1]} {n}" for t, n in sorted(now - then, key=lambda x: x[1])),
+        tuple(tables),
+        size,
+        freeze,
+    )
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _repointed(spec: ServiceSpec) -> bool:
+    return spec.promotion is not None and spec.promotion.repointed
+
+
+def _no_progress(_tenant: str, _status: Any) -> None:
+    return None
+
+
+def _connected(params: Mapping[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(**params, autocommit=autocommit)
+    except psycopg.Error as exc:
+        detail = scrub(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise BackendUnavailable(f"PostgreSQL {params.get('dbname')}: {detail}") from None
+
+
+def _sums(
+    params: Mapping[str, Any], schema: str, source: Inventory, snapshot: str | None
+) -> dict[str, Checksum]:
+    """Checksums of the source's tables in ``schema``, in ``snapshot`` if given."""
+    conn = reader(params, snapshot) if snapshot else _connected(params)
+    with conn:
+        stabilize(conn)
+        return checksums(conn, schema, source.tables)
+
+
+def _both(
+    first: Callable[[], dict[str, Checksum]], second: Callable[[], dict[str, Checksum]]
+) -> tuple[dict[str, Checksum], dict[str, Checksum]]:
+    """Both sides at once: two sessions, two cores."""
+    results: dict[int, dict[str, Checksum]] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int, action: Callable[[], dict[str, Checksum]]) -> None:
+        try:
+            results[index] = action()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in ((0, first), (1, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results[0], results[1]
+
+
+def _lagging(source: Inventory, target: Inventory) -> list[str]:
+    theirs = {s.name: s for s in target.sequences}
+    return [
+        s.name
+        for s in source.sequences
+        if s.name not in theirs or theirs[s.name].last_value < s.last_value
+    ]
