@@ -247,6 +247,71 @@ def deregister(
 
 
 @app.command()
+def promote(
+    tenant: Annotated[str, typer.Argument(help="An onboarded tenant.")],
+    service: Annotated[str, typer.Option("--service", "-s", metavar="PRODUCT")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Go on with an interrupted or waiting promotion.")
+    ] = False,
+    abort: Annotated[
+        bool, typer.Option("--abort", help="Go back to SCHEMA mode (before retirement).")
+    ] = False,
+    keep_source: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-source", metavar="DURATION", help="Keep the old schema aside (default 24h)."
+        ),
+    ] = None,
+    drop_source: Annotated[
+        bool, typer.Option("--drop-source", help="Drop the old schema once repointed.")
+    ] = False,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Promote a service from SCHEMA to DATABASE mode: same tenant, new store, new login."""
+    from tenant_infra import commands, render
+    from tenant_infra.operations.promote import PromotionPlan
+
+    def step(name: str, event: str) -> None:
+        if format is Format.JSON:
+            print(json.dumps({"event": "step", "step": name, "state": event}), flush=True)
+        else:
+            print(f"[{tenant}/{service}] {name}: {event}", file=sys.stderr)
+
+    def copied(done: int, total: int, table: str) -> None:
+        if format is not Format.JSON:
+            print(f"[{done}/{total} {table}] copied", file=sys.stderr)
+
+    result = commands.promote(
+        tenant,
+        service,
+        dry_run=dry_run,
+        resume=resume,
+        abort=abort,
+        keep_source=commands.parse_duration(keep_source) if keep_source is not None else None,
+        drop_source=drop_source,
+        progress=_progress(format),
+        step_progress=step,
+        copy_progress=copied,
+    )
+    if isinstance(result, PromotionPlan):
+        if format is Format.JSON:
+            print(render.dumps(result.to_json()))
+        else:
+            render.promotion_plan(result, _console())
+        return
+    shown = {"tenant": tenant, "service": service, **result.operation.to_json()}
+    if format is Format.JSON:
+        print(render.dumps({**shown, "pending": result.pending}))
+    else:
+        print(f"promotion of {tenant}/{service}: {result.operation.state}")
+        if result.pending:
+            print(f"waiting: {result.pending}")
+
+
+@app.command()
 def status(
     tenant: Annotated[str | None, typer.Argument(help="A tenant (default: all).")] = None,
     refresh: Annotated[

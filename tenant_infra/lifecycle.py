@@ -342,8 +342,8 @@ def merge_services(
         elif known.isolation is not spec.isolation:
             raise InvalidInput(
                 f"service {spec.product!r} of tenant {existing.tenant if existing else ''!r} is "
-                f"{known.isolation.value}; moving it to {spec.isolation.value} is a promotion, "
-                "which is not supported yet"
+                f"{known.isolation.value}; moving it to {spec.isolation.value} is not a "
+                f"registration: SCHEMA to DATABASE is a promotion (tenantctl promote)"
             )
     return merged
 

@@ -16,6 +16,7 @@ from tenant_infra.lifecycle import (
     TenantStatus,
     migration_product,
 )
+from tenant_infra.operations.promote import PromotionPlan
 from tenant_infra.plan import Plan, PlannedResource
 
 #: Inputs worth a column in the human plan, by how often they identify a resource.
@@ -73,6 +74,25 @@ def _short_type(token: str) -> str:
     """``postgresql:index/role:Role`` → ``postgresql:Role`` for people."""
     package, _, rest = token.partition(":")
     return f"{package}:{rest.rsplit(':', 1)[-1]}" if rest else token
+
+
+def promotion_plan(plan: PromotionPlan, console: Console) -> None:
+    """A promotion's preview: resources, revision, tables and the write freeze."""
+    console.print(
+        f"promote {plan.tenant}/{plan.product}: SCHEMA -> DATABASE at revision "
+        f"{plan.revision or 'base'}"
+    )
+    for verb, names in (("add", plan.added), ("remove", plan.removed)):
+        for name in names:
+            console.print(f"  {'+' if verb == 'add' else '-'} {name}")
+    table = Table("table", "rows", "bytes", box=None)
+    for row in plan.tables:
+        table.add_row(str(row["name"]), str(row["rows"]), str(row["bytes"]))
+    console.print(table)
+    console.print(
+        f"{plan.bytes} bytes to move; writes frozen for about {plan.freeze_seconds:.0f} s "
+        "(reads go on)"
+    )
 
 
 def dumps(document: Any) -> str:

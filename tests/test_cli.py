@@ -65,6 +65,13 @@ def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> Non
         ["preview", "--all", "--concurrency", "0"],
         ["migrate", "--product", "ledger", "--tenant", "acme\n\x1b[2J", "--dsn", "host=127.0.0.1"],
         ["migrate", "--product", "ledger", "--concurrency", "100000", "--dsn", "host=127.0.0.1"],
+        ["promote", "Acme", "--service", "ledger"],
+        ["promote", "acme", "--service", "Ledger;"],
+        ["promote", "acme", "--service", "ledger", "--keep-source", "1h", "--drop-source"],
+        ["promote", "acme", "--service", "ledger", "--abort", "--drop-source"],
+        ["promote", "acme", "--service", "ledger", "--dry-run", "--resume"],
+        ["promote", "acme", "--service", "ledger", "--keep-source", "soon"],
+        ["promote", "nobody", "--service", "ledger"],
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_no_stdout(

@@ -130,15 +130,86 @@ def test_role_is_dropped_through_the_database_holding_its_objects(
     assert pg_provider.inputs["password"] == "[secret]"
 
 
-def test_promotion_keeps_role_and_never_reuses_store_names(plan_for) -> None:
+def test_store_names_never_collide_between_modes(plan_for) -> None:
     schema_mode = plan_for("acme", ["ledger:SCHEMA"])
     database_mode = plan_for("acme", ["ledger:DATABASE"])
-    role_s = schema_mode.by_name("acme-ledger-postgres-role")
-    role_d = database_mode.by_name("acme-ledger-postgres-role")
-    assert role_s.inputs["name"] == role_d.inputs["name"]
     store_s = {r.name for r in schema_mode.resources if "-shared-" in r.name}
     store_d = {r.name for r in database_mode.resources if "-dedicated-" in r.name}
     assert store_s and store_d and not store_s & store_d
+
+
+def _promoting(tmp_path: Path, promotion: dict[str, object], **service: object) -> Path:
+    import yaml
+
+    source = Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.acme.yaml"
+    values = yaml.safe_load(source.read_text())
+    values["config"]["tenant-infra:services"] = [
+        {"product": "ledger", "isolation": "SCHEMA", **service, "promotion": promotion}
+    ]
+    path = tmp_path / "Pulumi.acme.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_promotion_declares_the_dedicated_store_beside_with_credentials_of_its_own(
+    tmp_path,
+) -> None:
+    from tenant_infra import commands
+
+    plan = commands.plan("acme", (), _promoting(tmp_path, {"revision": "0002"}))
+    old, new = plan.by_name("acme-ledger-postgres-role"), plan.by_name("acme-ledger-postgres-role-g1")
+    assert (old.inputs["name"], new.inputs["name"]) == ("ledger_acme", "ledger_acme__g1")
+    assert old.secret_fingerprints["password"] != new.secret_fingerprints["password"]
+    assert plan.by_name("acme-ledger-postgres-shared-schema").inputs["owner"] == "ledger_acme"
+    dedicated = plan.by_name("acme-ledger-postgres-dedicated-schema")
+    assert dedicated.inputs["owner"] == "ledger_acme__g1"
+    # Nothing of record lives there yet: an aborted promotion can drop it.
+    assert not plan.by_name("acme-ledger-postgres-dedicated-db").protect
+    assert plan.by_name("acme-ledger-postgres-shared-schema").protect
+    # Migrated to the source's revision, as its own login; the live store to head.
+    target = plan.by_name("acme-ledger-promotion-target")
+    assert (target.inputs["head"], target.inputs["user"]) == ("0002", "ledger_acme__g1")
+    assert plan.by_name("acme-ledger-migration").inputs["user"] == "ledger_acme"
+    assert plan.outputs["services"]["ledger"]["postgresql"]["user"] == "ledger_acme"
+
+
+def test_once_repointed_the_old_schema_is_aside_and_its_login_refused(tmp_path) -> None:
+    from tenant_infra import commands
+
+    path = _promoting(
+        tmp_path,
+        {"revision": "0003", "repointed": True, "keepSourceUntil": "2030-01-01T00:00:00Z"},
+        isolation="DATABASE",
+        generation=1,
+    )
+    plan = commands.plan("acme", (), path)
+    old = plan.by_name("acme-ledger-postgres-role")
+    assert old.inputs["login"] is False
+    retired = plan.by_name("acme-ledger-postgres-shared-schema")
+    assert retired.inputs["name"] == "retired_tenant_acme" and retired.protect
+    assert plan.by_name("acme-ledger-postgres-dedicated-db").protect
+    assert plan.outputs["services"]["ledger"]["postgresql"]["user"] == "ledger_acme__g1"
+    assert plan.outputs["services"]["ledger"]["isolation"] == "DATABASE"
+    names = {r.name for r in plan.resources}
+    assert "acme-ledger-promotion-target" not in names
+
+
+@pytest.mark.parametrize(
+    ("service", "promotion", "message"),
+    [
+        ({"isolation": "DATABASE"}, {"revision": "0003"}, "keeps the service in SCHEMA mode"),
+        ({}, {"revision": "0003", "repointed": True}, "keeps the service in DATABASE mode"),
+        ({"isolation": "DATABASE"}, {"revision": "0003", "repointed": True}, "generation"),
+        ({}, {"revision": "0003; DROP"}, "revision"),
+        ({"generation": 10}, {"revision": "0003"}, "generation"),
+    ],
+)
+def test_an_impossible_promotion_is_refused(tmp_path, service, promotion, message) -> None:
+    from tenant_infra import commands
+    from tenant_infra.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=message):
+        commands.plan("acme", (), _promoting(tmp_path, promotion, **service))
 
 
 def _with_removal(tmp_path: Path, removal: str) -> Path:

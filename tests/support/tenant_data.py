@@ -1,8 +1,8 @@
 """Products' data, written as a tenant's own login into the tables its migrations made.
 
 ``ledger(transactions=N)``: organizations, ledgers, accounts, balances, transactions
-and two operations each (foreign keys, numeric(38,18) amounts, JSONB); about 1.1 KB
-a transaction with indexes, so ``bench/promotion`` asks ~900,000 for 1 GB.
+and two operations each (foreign keys, numeric(38,18) amounts, JSONB); about 0.8 KB
+a transaction with indexes, so ``bench/promotion`` asks 1,250,000 for about 1 GB.
 ``tracer(events=N)``: rules, limits, validations and a hash-chained, append-only
 audit trail (identity ``seq``), with :data:`CHAIN_BROKEN` to check the chain.
 """
