@@ -141,9 +141,14 @@ class ServicePostgres(pulumi.ComponentResource):
         # Not `_providers`: ComponentResource uses that attribute itself.
         self._name, self._args, self._stack_providers = name, args, providers
         names, promotion = args.names, args.promotion
+        sealed = promotion is not None and promotion.sealed and not promotion.repointed
         live = self._store(
             _StoreArgs(
-                args.isolation, args.generation, names.pg_schema, args.login, args.protect_data
+                args.isolation,
+                args.generation,
+                names.pg_schema,
+                args.login and not sealed,
+                args.protect_data,
             )
         )
         self.role, self.password, self.database, self.schema = (

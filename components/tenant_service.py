@@ -105,6 +105,10 @@ class TenantService(pulumi.ComponentResource):
             self.register_outputs({"info": self.info})
             return
         head = head_revision(names.product)
+        promotion = args.promotion
+        if promotion is not None and not promotion.repointed and promotion.revision:
+            # Neither store moves past the revision being copied until the move is over.
+            head = promotion.revision
         if head is not None:
             # Seed 002, stage 4: the product's migrations run as the service's own role
             # once its storage exists; a failure fails the update and leaves the service
@@ -128,7 +132,6 @@ class TenantService(pulumi.ComponentResource):
             )
             info["revision"] = migration.revision
         target = postgres.target
-        promotion = args.promotion
         if target is not None and promotion and promotion.revision and not promotion.aborted:
             # The dedicated store of a promotion, at exactly the source's revision (its
             # data is copied next), as its own new login. Not a ``-migration``: the

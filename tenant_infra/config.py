@@ -223,6 +223,9 @@ class Promotion(_Model):
 
     #: The source's revision: the dedicated store is migrated to it, not to head.
     revision: Revision | None
+    #: The source's login refused since its copy was verified (the seal, recorded so
+    #: that no later update lets the tenant write where nobody will read).
+    sealed: StrictBool = False
     repointed: StrictBool = False
     #: When the retired schema may be dropped (``promote --resume`` drops it then).
     keep_source_until: datetime | None = None

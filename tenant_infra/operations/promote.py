@@ -48,10 +48,16 @@ from tenant_infra.lifecycle import (
     known_config,
 )
 from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
-from tenant_infra.pgdata.checksum import Checksum, checksums, mismatches
-from tenant_infra.pgdata.copy import CopyProgress, copy_schema, copy_sequences, reader
+from tenant_infra.pgdata.checksum import Checksum, checksums, mismatches, new_seed
+from tenant_infra.pgdata.copy import CopyProgress, copier, copy_schema, copy_sequences, reader
 from tenant_infra.pgdata.freeze import WriteFreeze
-from tenant_infra.pgdata.inventory import Inventory, differences, read_inventory, stabilize
+from tenant_infra.pgdata.inventory import (
+    Inventory,
+    differences,
+    guard_table,
+    read_inventory,
+    stabilize,
+)
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
 from tenant_infra.tenant import pg_shared_database
@@ -157,9 +163,20 @@ class Promoter:
             reason = status.error or service.reason
             raise OperationFailed(f"promotion of {self.tenant}/{self.product}: {what}: {reason}")
 
+    def record_seal(self, sealed: bool) -> TenantConfig:
+        """The seal in the stack file, so that any later update declares it too."""
+        with self.workspace.lock(self.tenant):
+            config = self.config()
+            spec = self.spec(config)
+            if spec.promotion is not None and spec.promotion.sealed != sealed:
+                promotion = spec.promotion.model_copy(update={"sealed": sealed})
+                config = config.with_service(spec.model_copy(update={"promotion": promotion}))
+                self.workspace.write_config(config)
+            return config
+
     def set_login(self, config: TenantConfig, login: str, allowed: bool) -> None:
-        """Seal (or unseal) a store at once, outside the stack: the next update
-        declares the same, so nothing drifts."""
+        """Seal (or unseal) a store at once, outside the stack; the stack file says the
+        same (:meth:`record_seal`), so the next update declares it."""
         with _connected(self.admin(config, "postgres"), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("ALTER ROLE {} {}").format(
@@ -199,10 +216,15 @@ class Promoter:
         target_login = self.target_login(config)
         source_params, target_params = self.shared(config), self.dedicated(config)
         listed = self.inventory(source_params, schema)
+        _refuse_large_objects(source_params, source_login)
+        seed = new_seed()
         started = time.time()
-        with WriteFreeze(
-            source_params, schema, [t.name for t in listed.tables], [source_login]
-        ) as freeze:
+        with (
+            WriteFreeze(
+                source_params, schema, [t.name for t in listed.tables], [source_login]
+            ) as freeze,
+            copier(target_params, target_login) as writing,
+        ):
             detail["freezeStartedAt"] = started
             detail["writersEnded"] = freeze.ended_writers
             with reader(source_params, freeze.snapshot) as snap:
@@ -213,7 +235,7 @@ class Promoter:
                 raise Mismatch(f"the dedicated store does not match the source: {problems[0]}")
             report = copy_schema(
                 source_params,
-                target_params,
+                writing,
                 schema,
                 source.data_tables,
                 freeze.snapshot,
@@ -221,27 +243,29 @@ class Promoter:
                 self.workers,
                 self.copy_progress,
             )
-            copy_sequences(target_params, schema, source.sequences, target_login)
+            copy_sequences(writing, schema, source.sequences, target_login)
             if self.after_copy is not None:
                 self.after_copy()
             verify_started = time.monotonic()
             ours, theirs = _both(
-                lambda: _sums(source_params, schema, source, freeze.snapshot),
-                lambda: _sums(target_params, schema, source, None),
+                lambda: _sums(source_params, schema, source, freeze.snapshot, seed),
+                lambda: _sums(target_params, schema, source, None, seed),
             )
             found = mismatches(ours, theirs)
             if found:
                 raise Mismatch(f"the copy differs from the source: {found[0]}")
             verified = time.monotonic() - verify_started
             # Sealed: from here nothing reaches the source, so what was verified stays
-            # the truth even once the freeze ends with this session.
+            # the truth once the freeze ends; the stack file says so first.
+            config = self.record_seal(True)
             self.set_login(config, source_login, allowed=False)
+            detail["sessionsEvicted"] = freeze.evict()
             sealed = self.inventory(source_params, schema)
             added = sorted({t.name for t in sealed.tables} - {t.name for t in source.tables})
             if added:
                 raise Mismatch(f"table {added[0]} appeared in the source during the copy")
             # Sequences are not frozen by table locks: their final values, after the seal.
-            copy_sequences(target_params, schema, sealed.sequences, target_login)
+            copy_sequences(writing, schema, sealed.sequences, target_login)
             lagging = _lagging(sealed, self.inventory(target_params, schema))
             if lagging:
                 raise Mismatch(f"sequence {lagging[0]} is behind its source")
@@ -328,15 +352,14 @@ class Promoter:
                 f"cannot abort the promotion of {self.tenant}/{self.product}: its retired "
                 "schema is being dropped; run promote --resume to finish"
             )
-        names = config.names.service(self.product)
         login = self.target_login(config)
         self.set_login(config, login, allowed=False)
-        source = self.inventory(self.shared(config), names.pg_retired_schema)
-        ours, theirs = _both(
-            lambda: _sums(self.shared(config), names.pg_retired_schema, source, None),
-            lambda: _sums(self.dedicated(config), names.pg_schema, source, None),
-        )
-        found = mismatches(ours, theirs)
+        try:
+            found = self._written_since(config, login)
+        except BaseException:
+            if not spec.suspended:
+                self.set_login(config, login, allowed=True)
+            raise
         if found:
             if not spec.suspended:
                 self.set_login(config, login, allowed=True)
@@ -346,6 +369,46 @@ class Promoter:
                 "would lose those writes"
             )
         detail["abortChecked"] = True
+
+    def _written_since(self, config: TenantConfig, login: str) -> list[str]:
+        """What the dedicated store holds that its retired source does not: other or
+        reshaped tables, other rows, moved sequences, objects outside the schema."""
+        names = config.names.service(self.product)
+        shared, dedicated = self.shared(config), self.dedicated(config)
+        source = self.inventory(shared, names.pg_retired_schema)
+        target = self.inventory(dedicated, names.pg_schema)
+        found = differences(source, target)
+        theirs = {s.name: s for s in target.sequences}
+        found += [
+            f"sequence {s.name} moved"
+            for s in source.sequences
+            if s.name in theirs
+            and (theirs[s.name].last_value, theirs[s.name].is_called) != (s.last_value, s.is_called)
+        ]
+        with _connected(dedicated) as conn:
+            owned = conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_namespace n"
+                " JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner"
+                " WHERE r.rolname = %s AND n.nspname <> %s",
+                (login, names.pg_schema),
+            ).fetchone()
+            objects = conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
+                " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s",
+                (login,),
+            ).fetchone()
+        if owned and owned[0]:
+            found.append("a schema was created beside the tenant's")
+        if objects and objects[0]:
+            found.append("large objects were created")
+        if found:
+            return found
+        seed = new_seed()
+        ours, theirs_sums = _both(
+            lambda: _sums(shared, names.pg_retired_schema, source, None, seed),
+            lambda: _sums(dedicated, names.pg_schema, source, None, seed),
+        )
+        return mismatches(ours, theirs_sums)
 
     def abort_repoint(self, detail: Detail) -> None:
         config = self.config()
@@ -373,6 +436,7 @@ class Promoter:
     def abort_unseal(self, detail: Detail) -> None:
         config = self.config()
         spec = self.spec(config)
+        config = self.record_seal(False)
         if spec.suspended or spec.removal is not None:
             return
         self.set_login(config, self.source_login(config), allowed=True)
@@ -419,6 +483,8 @@ class Promoter:
         if spec.suspended or spec.removal is not None:
             state = "suspended" if spec.suspended else "retained"
             raise InvalidInput(f"service {self.product!r} of tenant {self.tenant!r} is {state}")
+        config = self.config()
+        _refuse_large_objects(self.shared(config), self.source_login(config))
 
     def run(self, *, resume: bool, abort: bool, step_progress: StepProgress) -> Outcome:
         operations = Operations(self.registry)
@@ -427,9 +493,21 @@ class Promoter:
             self.check_start()
         with machine.held():
             if abort:
-                return machine.abort(self.backward())
+                try:
+                    return machine.abort(self.backward())
+                except psycopg.Error as exc:
+                    raise OperationFailed(
+                        f"aborting the promotion of {self.tenant}/{self.product} stopped: "
+                        f"{_first_line(exc)}; run --abort again"
+                    ) from None
             try:
                 return machine.run(self.forward(), resume=resume, detail={})
+            except psycopg.Error as exc:
+                # The first line only: a DETAIL line may quote the tenant's rows.
+                raise OperationFailed(
+                    f"promotion of {self.tenant}/{self.product} stopped: "
+                    f"{_first_line(exc)}; run it again with --resume, or --abort"
+                ) from None
             except Mismatch as exc:
                 # Unfreeze (the freeze ended with its session), unseal, drop the copy.
                 machine.abort(self.backward())
@@ -477,6 +555,7 @@ def preview(promoter: Promoter) -> PromotionPlan:
         source = read_inventory(conn, names.pg_schema)
         tables = []
         for table in source.tables:
+            guard_table(conn, names.pg_schema, table.name)
             row = conn.execute(
                 sql.SQL("SELECT count(*) FROM {}.{}").format(
                     sql.Identifier(names.pg_schema), sql.Identifier(table.name)
@@ -509,6 +588,11 @@ def preview(promoter: Promoter) -> PromotionPlan:
 # -------------------------------------------------------------------- helpers
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return scrub(text.splitlines()[0]) if text else type(exc).__name__
+
+
 def _repointed(spec: ServiceSpec) -> bool:
     return spec.promotion is not None and spec.promotion.repointed
 
@@ -526,13 +610,28 @@ def _connected(params: Mapping[str, Any], autocommit: bool = False) -> psycopg.C
 
 
 def _sums(
-    params: Mapping[str, Any], schema: str, source: Inventory, snapshot: str | None
+    params: Mapping[str, Any], schema: str, source: Inventory, snapshot: str | None, seed: int
 ) -> dict[str, Checksum]:
     """Checksums of the source's tables in ``schema``, in ``snapshot`` if given."""
     conn = reader(params, snapshot) if snapshot else _connected(params)
     with conn:
         stabilize(conn)
-        return checksums(conn, schema, source.tables)
+        return checksums(conn, schema, source.tables, seed)
+
+
+def _refuse_large_objects(params: Mapping[str, Any], login: str) -> None:
+    """Large objects live outside the schema: a copy of its tables would lose them."""
+    with _connected(params) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
+            " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s",
+            (login,),
+        ).fetchone()
+    if row and row[0]:
+        raise InvalidInput(
+            f"{login} owns {row[0]} large objects in the shared database; promotion moves "
+            "tables and sequences only: move them into a table (bytea) first"
+        )
 
 
 def _both(
@@ -560,8 +659,12 @@ def _both(
 
 def _lagging(source: Inventory, target: Inventory) -> list[str]:
     theirs = {s.name: s for s in target.sequences}
+
+    def position(value: Any) -> int:  # the next value nextval() would hand out
+        return int(value.last_value) + (1 if value.is_called else 0)
+
     return [
         s.name
         for s in source.sequences
-        if s.name not in theirs or theirs[s.name].last_value < s.last_value
+        if s.name not in theirs or position(theirs[s.name]) < position(s)
     ]

@@ -43,6 +43,16 @@ class Outcome:
     pending: str | None = None
 
 
+#: Undo steps are named so: an operation with one of them started is being aborted.
+ABORT_PREFIX = "abort-"
+
+
+def _aborting(operation: Operation) -> bool:
+    return any(
+        step.startswith(ABORT_PREFIX) for step in (*operation.steps_done, operation.step or "")
+    )
+
+
 def _quiet(_step: str, _event: str) -> None:
     return None
 
@@ -90,12 +100,13 @@ class Machine:
             raise InvalidInput(
                 f"tenant {self.tenant!r} service {self.product!r}: no {self.kind} to resume"
             )
-        if found is not None and not resume:
-            where = (
-                f"in step {found.step}"
-                if found.step
-                else f"after {found.steps_done[-1:] or 'its start'}"
+        if found is not None and _aborting(found):
+            raise InvalidInput(
+                f"the {self.kind} of tenant {self.tenant!r} service {self.product!r} is being "
+                "aborted: run it again with --abort"
             )
+        if found is not None and not resume:
+            where = f"in step {found.step}" if found.step else "between steps"
             raise InvalidInput(
                 f"a {self.kind} of tenant {self.tenant!r} service {self.product!r} stopped "
                 f"{where}: run it again with --resume, or --abort"
@@ -104,8 +115,10 @@ class Machine:
         return self._steps(operation, steps, DONE)
 
     def abort(self, steps: Sequence[Step]) -> Outcome:
-        """Run the open operation's undo steps; it ends ``aborted``."""
+        """Run the open operation's undo steps (named ``abort-…``); it ends ``aborted``.
+        Once one has started, the operation can only be aborted."""
         assert self._held, "run under held()"
+        assert all(step.name.startswith(ABORT_PREFIX) for step in steps)
         found = self.current()
         if found is None:
             raise InvalidInput(
@@ -119,6 +132,7 @@ class Machine:
         for step in steps:
             if step.name in operation.steps_done:
                 continue
+            self.operations.still_held()
             operation = self.operations.step_started(operation, step.name)
             self.progress(step.name, "started")
             try:
@@ -129,7 +143,9 @@ class Machine:
                 outcome.operation, outcome.pending = operation, str(waiting)
                 return outcome
             except BaseException as exc:
-                reason = " ".join(scrub(str(exc)).split())[:500] or type(exc).__name__
+                # The first line only: a server's DETAIL line may quote the tenant's rows.
+                text = str(exc).strip()
+                reason = scrub(text.splitlines()[0])[:500] if text else type(exc).__name__
                 self.progress(step.name, "failed")
                 # Recorded when the registry can take it; the step's own error wins.
                 with contextlib.suppress(Exception):

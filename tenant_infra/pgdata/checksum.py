@@ -1,14 +1,17 @@
 """A content checksum per table, computed the same way on any server.
 
 Each row is printed as text under :data:`~tenant_infra.pgdata.inventory.
-STABLE_SETTINGS` and hashed with ``hashtextextended``; the table's checksum is its
+STABLE_SETTINGS` and hashed with ``hashtextextended`` under a seed drawn for each
+verification (so nobody can craft rows that collide); the table's checksum is its
 row count, the sum of the hashes' high halves and the XOR of the whole hashes, so
 it does not depend on row order (two servers need not store rows alike) and a
-duplicated or missing row changes it.
+duplicated or missing row changes it. Each table is locked and checked to be a table
+before it is read by name (:func:`~tenant_infra.pgdata.inventory.guard_table`).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenant_infra.pgdata.inventory import Table, qualified
+from tenant_infra.pgdata.inventory import Table, guard_table, qualified
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,20 @@ class Checksum:
         return {"rows": self.rows, "digest": self.digest}
 
 
-def table_checksum(conn: psycopg.Connection[Any], schema: str, table: Table) -> Checksum:
-    """``table``'s checksum as ``conn`` sees it (stabilized, in its snapshot)."""
+def new_seed() -> int:
+    return secrets.randbits(63)
+
+
+def table_checksum(
+    conn: psycopg.Connection[Any], schema: str, table: Table, seed: int = 0
+) -> Checksum:
+    """``table``'s checksum as ``conn`` sees it (stabilized, in a transaction)."""
+    guard_table(conn, schema, table.name)
     columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in table.columns)
     query = sql.SQL(
         "SELECT count(*), coalesce(sum((h >> 32)::int4), 0), coalesce(bit_xor(h), 0)"
-        " FROM (SELECT pg_catalog.hashtextextended(ROW({})::text, 0) AS h FROM {}) hashed"
-    ).format(columns, qualified(schema, table.name))
+        " FROM (SELECT pg_catalog.hashtextextended(ROW({})::text, {}) AS h FROM {}) hashed"
+    ).format(columns, sql.Literal(seed), qualified(schema, table.name))
     row = conn.execute(query).fetchone()
     assert row is not None
     return Checksum(
@@ -43,9 +53,9 @@ def table_checksum(conn: psycopg.Connection[Any], schema: str, table: Table) -> 
 
 
 def checksums(
-    conn: psycopg.Connection[Any], schema: str, tables: Sequence[Table]
+    conn: psycopg.Connection[Any], schema: str, tables: Sequence[Table], seed: int = 0
 ) -> dict[str, Checksum]:
-    return {table.name: table_checksum(conn, schema, table) for table in tables}
+    return {table.name: table_checksum(conn, schema, table, seed) for table in tables}
 
 
 def mismatches(source: dict[str, Checksum], target: dict[str, Checksum]) -> list[str]:

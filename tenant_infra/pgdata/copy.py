@@ -5,11 +5,14 @@ product's own migrations), so only rows and sequence values move:
 
 - the source is read as the platform's admin in one exported snapshot, by
   ``workers`` sessions at once, the largest tables first;
-- the target is written as the tenant's own new login (``SET ROLE``), so whatever
-  the product's revisions defined there (a trigger, a check) runs with the tenant's
-  rights and never the admin's; ``session_replication_role = replica`` keeps
-  ordinary triggers and foreign-key checks from firing on rows that were already
-  checked at the source (an append-only audit table's trigger must not refuse them);
+- the target is written by a short-lived login of the platform's (:func:`copier`)
+  acting as the tenant's new login (``SET ROLE``), so whatever the product's
+  revisions defined there (a trigger, a check) runs with the tenant's rights, and
+  even ``RESET ROLE`` only reaches the copier, which holds nothing else; never the
+  admin's. ``session_replication_role = replica`` (granted to the copier alone,
+  PostgreSQL 15's ``GRANT SET ON PARAMETER``) keeps ordinary triggers and
+  foreign-key checks from firing on rows that were already checked at the source (an
+  append-only audit table's trigger must not refuse them);
 - ``COPY`` streams between the two in the binary format when every column's type is
   built in (else text), with no intermediate file: what ``pg_dump | pg_restore``
   does, without the archive's compression, and in parallel.
@@ -17,11 +20,15 @@ product's own migrations), so only rows and sequence values move:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import queue
+import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -52,8 +59,52 @@ def reader(params: Mapping[str, Any], snapshot: str) -> psycopg.Connection[Any]:
     return conn
 
 
+@contextlib.contextmanager
+def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
+    """Connection parameters of a login that may act as ``login`` and nothing more.
+
+    Created for one copy (a random password, valid one day at most) and dropped
+    after it; one left by a killed run has the same name and is replaced.
+    """
+    name = "tenant_infra__copy_" + hashlib.sha256(login.encode()).hexdigest()[:12]
+    password = secrets.token_urlsafe(24)
+    role, member = sql.Identifier(name), sql.Identifier(login)
+    database = sql.Identifier(str(admin["dbname"]))
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        _drop_copier(conn, role)
+        conn.execute(
+            sql.SQL(
+                "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {} CONNECTION LIMIT 16 VALID UNTIL {}"
+            ).format(
+                role,
+                sql.Literal(password),
+                sql.Literal((datetime.now(UTC) + timedelta(days=1)).isoformat()),
+            )
+        )
+        conn.execute(sql.SQL("GRANT {} TO {}").format(member, role))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+        conn.execute(sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(role))
+    try:
+        yield {**admin, "user": name, "password": password}
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            _drop_copier(conn, role)
+
+
+def _drop_copier(conn: psycopg.Connection[Any], role: sql.Identifier) -> None:
+    name = role.as_string(conn).strip('"')
+    if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,)).fetchone():
+        conn.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = %s",
+            (name,),
+        )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
 def writer(params: Mapping[str, Any], login: str) -> psycopg.Connection[Any]:
-    """An admin session of the target acting as ``login``, triggers off."""
+    """A :func:`copier` session of the target acting as ``login``, triggers off."""
     conn = psycopg.connect(**params, autocommit=True)
     stabilize(conn)
     conn.execute("SET session_replication_role = replica")

@@ -32,7 +32,20 @@ JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 JOIN pg_catalog.pg_class c ON c.oid = l.relation
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND a.usename = ANY(%s) AND l.pid <> pg_catalog.pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
   AND l.mode NOT IN ('AccessShareLock')
+"""
+
+
+_EVICT = """
+SELECT DISTINCT a.pid, pg_catalog.pg_terminate_backend(a.pid, 5000)
+FROM pg_catalog.pg_stat_activity a
+LEFT JOIN pg_catalog.pg_locks l ON l.pid = a.pid
+    AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend'
+  AND (n.nspname = %s OR a.usename = ANY(%s))
 """
 
 
@@ -98,6 +111,22 @@ class WriteFreeze:
     def ended_writers(self) -> int:
         """How many of the tenant's sessions were ended for holding a write lock."""
         return len(self._ended)
+
+    def evict(self) -> int:
+        """End every other session that holds or waits for a lock on the schema's
+        tables, and every session of the logins, before the freeze ends: a write
+        queued behind it (by a role the tenant granted, or a login that slipped in)
+        would otherwise land on a source already verified. Returns how many."""
+        assert self.conn is not None
+        ended: set[int] = set()
+        for _round in range(10):
+            rows = self.conn.execute(_EVICT, (self.schema, self.logins)).fetchall()
+            if not rows:
+                return len(ended)
+            ended.update(int(row[0]) for row in rows)
+        raise OperationFailed(
+            f"sessions kept coming back to schema {self.schema} while it was sealed; run it again"
+        )
 
     def __exit__(self, *_exc: object) -> None:
         if self.conn is not None:

@@ -117,14 +117,34 @@ GROUP BY c.oid, c.relname
 ORDER BY c.relname
 """
 
+#: Sequences read by OID, never by name: a name the tenant controls could be swapped
+#: for a view whose functions would then run with the reader's rights.
 _SEQUENCES = """
-SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.relname, pg_catalog.pg_sequence_last_value(c.oid), s.seqstart
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_sequence s ON s.seqrelid = c.oid
 WHERE n.nspname = %s AND c.relkind = 'S' ORDER BY c.relname
 """
 
 
+def guard_table(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Lock ``schema.name`` against being dropped or replaced, then make sure it is a
+    plain table: only then may a query read it by name (a view would run the tenant's
+    functions with the reader's rights). Needs a transaction."""
+    target = qualified(schema, name)
+    conn.execute("SET LOCAL lock_timeout = '10s'")
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(target))
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)",
+        (target.as_string(conn),),
+    ).fetchone()
+    if row is None or row[0] != "r":
+        raise ValueError(f"{schema}.{name} is no longer a table")
+
+
 def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
-    """The schema as ``conn`` sees it (in its snapshot); ``conn`` is stabilized first."""
+    """The schema as ``conn`` (in a transaction) sees it; ``conn`` is stabilized first."""
     stabilize(conn)
     tables = tuple(
         Table(
@@ -137,19 +157,18 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
         )
         for row in conn.execute(_TABLES, (FIRST_USER_OID, FIRST_USER_OID, schema))
     )
-    sequences = []
-    for (name,) in conn.execute(_SEQUENCES, (schema,)).fetchall():
-        row = conn.execute(
-            sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(schema, name))
-        ).fetchone()
-        assert row is not None
-        sequences.append(SequenceValue(name, int(row[0]), bool(row[1])))
-    return Inventory(schema, tables, tuple(sequences), _revision(conn, schema, tables))
+    sequences = tuple(
+        # Never called: its next value is its start (``setval(start, false)``).
+        SequenceValue(name, int(last if last is not None else start), last is not None)
+        for name, last, start in conn.execute(_SEQUENCES, (schema,)).fetchall()
+    )
+    return Inventory(schema, tables, sequences, _revision(conn, schema, tables))
 
 
 def _revision(conn: psycopg.Connection[Any], schema: str, tables: tuple[Table, ...]) -> str | None:
     if not any(t.name == VERSION_TABLE for t in tables):
         return None
+    guard_table(conn, schema, VERSION_TABLE)
     rows = conn.execute(
         sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(
             qualified(schema, VERSION_TABLE)

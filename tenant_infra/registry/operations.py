@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from tenant_infra.errors import OperationFailed
 from tenant_infra.registry.store import SCHEMA, Registry, _history, _reported
 from tenant_infra.workspace import InProgress
 
@@ -83,6 +84,7 @@ class Operations:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._lock: psycopg.Connection[Any] | None = None
 
     @contextlib.contextmanager
     def running(self, tenant: str, product: str, kind: str) -> Iterator[None]:
@@ -104,7 +106,25 @@ class Operations:
                     f"a {kind} of tenant {tenant!r} service {product!r} (or another operation "
                     "on it) is already in progress"
                 )
-            yield
+            self._lock = conn
+            try:
+                yield
+            finally:
+                self._lock = None
+
+    def still_held(self) -> None:
+        """Before each step: the lock's session is alive (a registry restart would end
+        it, and a second runner could then start)."""
+        conn = self._lock
+        try:
+            if conn is None:
+                raise psycopg.OperationalError("no lock session")
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            raise OperationFailed(
+                "the registry session holding this operation's lock was lost; run it again "
+                "with --resume"
+            ) from None
 
     def _one(self, query: str, params: tuple[Any, ...]) -> Operation | None:
         try:

@@ -268,3 +268,82 @@ def test_what_cannot_be_promoted_is_refused_before_anything_runs(world: World) -
         promote(world, tenant, resume=True)
     with pytest.raises(InvalidInput, match="duration"):
         commands.parse_duration("1 week")
+
+
+class Stop(Exception):
+    """Raised from a progress callback: the run stops right after that step."""
+
+
+def stop_after(point: str) -> Any:
+    def progress(step: str, event: str) -> None:
+        if step == point and event == "done":
+            raise Stop(point)
+
+    return progress
+
+
+def test_an_abort_once_begun_is_only_finished_never_resumed_forward(world: World) -> None:
+    tenant = seeded(world, "mix")
+    old = world.backend.document(tenant, "ledger")
+    with pytest.raises(Stop):
+        promote(world, tenant, step_progress=stop_after("move"))
+    with pytest.raises(Stop):
+        promote(world, tenant, abort=True, step_progress=stop_after("abort-unseal"))
+    with psycopg.connect(**_params(old)) as conn:  # unsealed: the tenant writes on
+        conn.execute("UPDATE balances SET version = version + 1000")
+        conn.commit()
+    expected = service_sums(world, tenant, "ledger")
+    with pytest.raises(InvalidInput, match="being aborted: run it again with --abort"):
+        promote(world, tenant, resume=True)
+    assert promote(world, tenant, abort=True).operation.state == "aborted"
+    assert service_sums(world, tenant, "ledger") == expected
+    assert spec(world, tenant).promotion is None
+
+
+def test_abort_refuses_new_tables_columns_and_keeps_the_service_reachable(world: World) -> None:
+    tenant = seeded(world, "abx")
+    promote(world, tenant)
+    new = world.backend.document(tenant, "ledger")
+    with psycopg.connect(**_params(new)) as conn:
+        conn.execute("CREATE TABLE invoices_2027 (id int, body text)")
+        conn.execute("INSERT INTO invoices_2027 VALUES (1, 'only here')")
+        conn.execute("ALTER TABLE balances RENAME COLUMN version TO version2")
+        conn.commit()
+    with pytest.raises(InvalidInput, match="was written to since"):
+        promote(world, tenant, abort=True)
+    with psycopg.connect(**_params(new)) as conn:  # the live login was unsealed again
+        assert conn.execute("SELECT body FROM invoices_2027").fetchone() == ("only here",)
+    assert spec(world, tenant).isolation.value == "DATABASE"
+
+
+def test_the_copy_never_lets_product_code_act_as_the_admin(world: World) -> None:
+    """A check a product revision could define: it runs during the copy, and even
+    ``RESET ROLE`` leaves it without any right the tenant's login lacks."""
+    tenant = seeded(world, "esc", size=20)
+    key = tenant.replace("-", "_")
+    with pytest.raises(Stop):
+        promote(world, tenant, step_progress=stop_after("provision"))
+    escalate = f"""
+        CREATE FUNCTION tenant_{key}.sneaky(v bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+            RESET ROLE;
+            BEGIN
+                EXECUTE 'CREATE ROLE esc_{key} SUPERUSER';
+            EXCEPTION WHEN insufficient_privilege THEN NULL;
+            END;
+            RETURN true;
+        END $$;
+        ALTER TABLE tenant_{key}.balances
+            ADD CONSTRAINT sneaky CHECK (tenant_{key}.sneaky(version)) NOT VALID;
+    """
+    # NOT VALID: not run now, by this setup's own admin session (which is exactly
+    # what SET ROLE would let it escape); it runs on every row the copy writes.
+    admin_sql(f"SET ROLE ledger_{key}__g1; " + escalate, f"ledger_{key}")
+    admin_sql(f"SET ROLE ledger_{key}; " + escalate, "ledger")  # the same shape at the source
+    # After its RESET ROLE the session is the copier's, which cannot even reach the
+    # schema: the copy stops, and nothing was created with the admin's rights.
+    with pytest.raises(OperationFailed, match="permission denied"):
+        promote(world, tenant, resume=True)
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(f"esc_{key}",)) == []
+    assert promote(world, tenant, abort=True).operation.state == "aborted"
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname LIKE 'tenant\\_infra\\_\\_copy\\_%'") == []
