@@ -15,7 +15,10 @@ product's own migrations), so only rows and sequence values move:
   append-only audit table's trigger must not refuse them);
 - ``COPY`` streams between the two in the binary format when every column's type is
   built in (else text), with no intermediate file: what ``pg_dump | pg_restore``
-  does, without the archive's compression, and in parallel.
+  does, without the archive's compression, and in parallel;
+- as ``pg_restore`` does, indexes that back no constraint are dropped before the rows
+  arrive and built after, from the source's definitions (so a run killed in between
+  rebuilds them all when run again), two at a time.
 """
 
 from __future__ import annotations
@@ -132,6 +135,50 @@ def _copy_table(
             sink.write(chunk)
 
 
+#: Indexes that back no constraint (primary keys and unique constraints stay).
+_SECONDARY = """
+SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid)
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %s AND NOT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)
+ORDER BY pg_catalog.pg_relation_size(i.indrelid) DESC, c.relname
+"""
+#: Memory for each index build (a session setting any login may raise).
+INDEX_BUILD_MEMORY = "256MB"
+
+
+def _parallel(work: Sequence[Any], workers: int, action: Callable[[Any], None]) -> None:
+    """``action`` on every item, ``workers`` at a time; the first failure is raised."""
+    todo: queue.Queue[Any] = queue.Queue()
+    for item in work:
+        todo.put(item)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            while True:
+                try:
+                    item = todo.get_nowait()
+                except queue.Empty:
+                    return
+                action(item)
+        except BaseException as exc:
+            failures.append(exc)
+            while not todo.empty():
+                todo.get_nowait()
+
+    threads = [threading.Thread(target=run) for _ in range(max(1, min(workers, len(work))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
 def copy_schema(
     source_params: Mapping[str, Any],
     target_params: Mapping[str, Any],
@@ -144,43 +191,57 @@ def copy_schema(
 ) -> CopyReport:
     """Empty the target's tables, then copy every row of ``tables`` as of ``snapshot``."""
     started = time.monotonic()
+    with reader(source_params, snapshot) as source:
+        indexes = [(str(r[0]), str(r[1])) for r in source.execute(_SECONDARY, (schema,))]
     with writer(target_params, login) as target:
+        for name, _definition in target.execute(_SECONDARY, (schema,)).fetchall():
+            target.execute(sql.SQL("DROP INDEX {}").format(qualified(schema, name)))
         if tables:
             target.execute(
                 sql.SQL("TRUNCATE {}").format(
                     sql.SQL(", ").join(qualified(schema, t.name) for t in tables)
                 )
             )
-    todo: queue.Queue[Table] = queue.Queue()
-    for table in sorted(tables, key=lambda t: t.bytes, reverse=True):
-        todo.put(table)
-    lock, done, failures = threading.Lock(), [0], []
+    lock, done = threading.Lock(), [0]
+    local = threading.local()
+    sessions: list[psycopg.Connection[Any]] = []
 
-    def work() -> None:
-        try:
-            with reader(source_params, snapshot) as source, writer(target_params, login) as target:
-                while True:
-                    try:
-                        table = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    _copy_table(source, target, schema, table)
-                    with lock:
-                        done[0] += 1
-                        if progress is not None:
-                            progress(done[0], len(tables), table.name)
-        except BaseException as exc:
-            failures.append(exc)
-            while not todo.empty():  # the others stop at their next table
-                todo.get_nowait()
+    def session(kind: str) -> psycopg.Connection[Any]:
+        if not hasattr(local, kind):
+            conn = (
+                reader(source_params, snapshot)
+                if kind == "source"
+                else writer(target_params, login)
+            )
+            setattr(local, kind, conn)
+            with lock:
+                sessions.append(conn)
+        return getattr(local, kind)  # type: ignore[no-any-return]
 
-    threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(tables))))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    def copy_one(table: Table) -> None:
+        _copy_table(session("source"), session("target"), schema, table)
+        with lock:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], len(tables), table.name)
+
+    def build(index: tuple[str, str]) -> None:
+        target = session("target")
+        target.execute(
+            sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY))
+        )
+        definition = index[1].replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+        definition = definition.replace(
+            "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1
+        )
+        target.execute(definition.encode())
+
+    try:
+        _parallel(sorted(tables, key=lambda t: t.bytes, reverse=True), workers, copy_one)
+        _parallel(indexes, workers, build)
+    finally:
+        for conn in sessions:
+            conn.close()
     return CopyReport(len(tables), sum(t.bytes for t in tables), time.monotonic() - started)
 
 

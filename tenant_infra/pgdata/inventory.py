@@ -26,6 +26,29 @@ STABLE_SETTINGS = (
 #: and compared as the revision, never copied (a copy killed half-way would leave the
 #: target looking unmigrated).
 VERSION_TABLE = "alembic_version"
+#: Built-in types whose extended hash depends on the value only (never on an OID or
+#: a session setting): bool, bytea, int8, int2, int4, text, float4, float8, bpchar,
+#: varchar, date, time, timestamp, timestamptz, interval, numeric, uuid, jsonb.
+VALUE_HASHED_TYPES = (
+    16,
+    17,
+    20,
+    21,
+    23,
+    25,
+    700,
+    701,
+    1042,
+    1043,
+    1082,
+    1083,
+    1114,
+    1184,
+    1186,
+    1700,
+    2950,
+    3802,
+)
 #: The first OID of objects users create: types below it are built in.
 FIRST_USER_OID = 16384
 
@@ -39,6 +62,9 @@ class Table:
     generated: frozenset[str]
     #: Every column's type is built in: the binary COPY format is safe for it.
     builtin_types: bool
+    #: Every column's type is in :data:`VALUE_HASHED_TYPES` (or an array of one): rows
+    #: can be hashed from their values, without printing them.
+    value_hashed: bool
     rows_estimate: int
     bytes: int
 
@@ -106,6 +132,8 @@ SELECT c.relname,
        array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated <> '')
            AS generated,
        bool_and(a.atttypid < %s AND (t.typelem = 0 OR t.typelem < %s)) AS builtin,
+       bool_and(a.atttypid = ANY(%s) OR (t.typcategory = 'A' AND t.typelem = ANY(%s)))
+           AS value_hashed,
        greatest(c.reltuples, 0)::bigint AS rows_estimate,
        pg_total_relation_size(c.oid) AS bytes
 FROM pg_class c
@@ -152,10 +180,20 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
             columns=tuple(zip(row[1], row[2], strict=True)),
             generated=frozenset(row[3] or ()),
             builtin_types=bool(row[4]),
-            rows_estimate=int(row[5]),
-            bytes=int(row[6]),
+            value_hashed=bool(row[5]),
+            rows_estimate=int(row[6]),
+            bytes=int(row[7]),
         )
-        for row in conn.execute(_TABLES, (FIRST_USER_OID, FIRST_USER_OID, schema))
+        for row in conn.execute(
+            _TABLES,
+            (
+                FIRST_USER_OID,
+                FIRST_USER_OID,
+                list(VALUE_HASHED_TYPES),
+                list(VALUE_HASHED_TYPES),
+                schema,
+            ),
+        )
     )
     sequences = tuple(
         # Never called: its next value is its start (``setval(start, false)``).
@@ -170,9 +208,7 @@ def _revision(conn: psycopg.Connection[Any], schema: str, tables: tuple[Table, .
         return None
     guard_table(conn, schema, VERSION_TABLE)
     rows = conn.execute(
-        sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(
-            qualified(schema, VERSION_TABLE)
-        )
+        sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(qualified(schema, VERSION_TABLE))
     ).fetchall()
     return ",".join(str(r[0]) for r in rows) or None
 

@@ -14,7 +14,7 @@ from tenant_infra import commands
 from tenant_infra.api.documents import Document
 from tests.support.api import running
 from tests.support.registry import control_plane
-from tests.test_lifecycle_replay import DEV_STACK, GUEST, World
+from tests.support.world import DEV_STACK, GUEST, World
 
 
 @dataclass

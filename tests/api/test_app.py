@@ -166,7 +166,7 @@ def test_after_a_rotation_the_new_credentials_are_served_before_the_event(served
     from psycopg import sql
 
     from tests.support.registry import Subscriber
-    from tests.test_lifecycle_replay import admin_sql
+    from tests.support.world import admin_sql
 
     world = served.world
     tenant = world.new_tenant("rot")

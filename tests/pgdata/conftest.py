@@ -32,6 +32,7 @@ CREATE TABLE {s}.operations (
     amount numeric(38, 18) NOT NULL, kind {s}.kind NOT NULL, doubled numeric GENERATED ALWAYS AS (amount * 2) STORED,
     invoice bigint NOT NULL DEFAULT nextval('{s}.invoice_no'), payload jsonb, raw bytea, at interval
 );
+CREATE INDEX operations_account_amount ON {s}.operations (account_id, amount DESC) WHERE amount > 0;
 CREATE FUNCTION {s}.append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN RAISE EXCEPTION 'inserts go through the product'; END IF;

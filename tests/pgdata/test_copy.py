@@ -56,6 +56,15 @@ def test_every_row_and_sequence_arrives_identical(pair: Pair, workers: int) -> N
     pair.run(pair.target_db, "SET ROLE " + pair.login + "; INSERT INTO {s}.operations (account_id, amount, kind) SELECT id, 1, 'debit' FROM {s}.accounts LIMIT 1")
 
 
+def test_indexes_are_dropped_for_the_copy_and_built_again_from_the_source(pair: Pair) -> None:
+    query = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'tenant_pgdata' ORDER BY 1"
+    expected = pair.run(pair.source_db, query)
+    assert ("operations_account_amount",) in [(name,) for name, _ in expected]
+    pair.run(pair.target_db, "DROP INDEX {s}.operations_account_amount")  # as a killed run left it
+    _copy(pair)
+    assert pair.run(pair.target_db, query) == expected
+
+
 def test_a_planted_difference_names_its_table(pair: Pair) -> None:
     _copy(pair)
     pair.run(pair.target_db, "UPDATE {s}.accounts SET balance = balance + 0.000000000000000001 WHERE alias = 'acct-7'")
