@@ -22,7 +22,7 @@ from components.migration import (
     mongo_head,
 )
 from components.mongodb import MongoUser
-from components.postgres import PostgresArgs, ServicePostgres
+from components.postgres import PostgresArgs, PostgresStore, ServicePostgres
 from components.providers import Providers
 from components.vault import ServiceCredentials
 from tenant_infra.catalog import IsolationMode, Limits, Product, Store
@@ -63,6 +63,7 @@ class TenantService(pulumi.ComponentResource):
     ) -> None:
         super().__init__(f"{PACKAGE}:tenant:TenantService", name, None, opts)
         names, platform = args.names, providers.platform
+        self._platform = platform
         child = pulumi.ResourceOptions(parent=self)
         endpoint = platform.postgres_for(names.product)
 
@@ -113,22 +114,8 @@ class TenantService(pulumi.ComponentResource):
             # Seed 002, stage 4: the product's migrations run as the service's own role
             # once its storage exists; a failure fails the update and leaves the service
             # at its previous revision, and the next `up` retries.
-            migration = ServiceMigration(
-                f"{name}-migration",
-                ServiceMigrationArgs(
-                    tenant=names.tenant,
-                    product=names.product,
-                    isolation=args.isolation.value,
-                    host=endpoint.host,
-                    port=endpoint.port,
-                    database=postgres.database,
-                    schema=postgres.schema,
-                    user=postgres.role,
-                    password=postgres.password,
-                    sslmode=endpoint.sslmode,
-                    head=head,
-                ),
-                pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
+            migration = self._migration(
+                f"{name}-migration", args, postgres, args.isolation, head, postgres
             )
             info["revision"] = migration.revision
         target = postgres.target
@@ -136,22 +123,13 @@ class TenantService(pulumi.ComponentResource):
             # The dedicated store of a promotion, at exactly the source's revision (its
             # data is copied next), as its own new login. Not a ``-migration``: the
             # service's state follows its live store only.
-            ServiceMigration(
+            self._migration(
                 f"{name}-promotion-target",
-                ServiceMigrationArgs(
-                    tenant=names.tenant,
-                    product=names.product,
-                    isolation=IsolationMode.DATABASE.value,
-                    host=endpoint.host,
-                    port=endpoint.port,
-                    database=target.database,
-                    schema=target.schema,
-                    user=target.role,
-                    password=target.password,
-                    sslmode=endpoint.sslmode,
-                    head=promotion.revision,
-                ),
-                pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
+                args,
+                target,
+                IsolationMode.DATABASE,
+                promotion.revision,
+                postgres,
             )
 
         if args.product.needs(Store.RABBITMQ):
@@ -233,3 +211,32 @@ class TenantService(pulumi.ComponentResource):
         self.postgres = postgres
         self.info = pulumi.Output.from_input(info)
         self.register_outputs({"info": self.info})
+
+    def _migration(
+        self,
+        name: str,
+        args: TenantServiceArgs,
+        store: ServicePostgres | PostgresStore,
+        isolation: IsolationMode,
+        head: str,
+        after: pulumi.Resource,
+    ) -> ServiceMigration:
+        """``store`` brought to ``head`` by the product's revisions, as its own login."""
+        endpoint = self._platform.postgres_for(args.names.product)
+        return ServiceMigration(
+            name,
+            ServiceMigrationArgs(
+                tenant=args.names.tenant,
+                product=args.names.product,
+                isolation=isolation.value,
+                host=endpoint.host,
+                port=endpoint.port,
+                database=store.database,
+                schema=store.schema,
+                user=store.role,
+                password=store.password,
+                sslmode=endpoint.sslmode,
+                head=head,
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=[after]),
+        )

@@ -23,8 +23,10 @@ product's own migrations), so only rows and sequence values move:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import hmac
 import queue
 import secrets
 import threading
@@ -80,7 +82,7 @@ def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
                 "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {} CONNECTION LIMIT 16 VALID UNTIL {}"
             ).format(
                 role,
-                sql.Literal(password),
+                sql.Literal(scram_verifier(password)),
                 sql.Literal((datetime.now(UTC) + timedelta(days=1)).isoformat()),
             )
         )
@@ -92,6 +94,21 @@ def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
     finally:
         with psycopg.connect(**admin, autocommit=True) as conn:
             _drop_copier(conn, role)
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5803 form):
+    sent instead of the password, which then never reaches a server log."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client = hmac.new(salted, b"Client Key", "sha256").digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored = hashlib.sha256(client).digest()
+    encode = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{encode(salt).decode()}"
+        f"${encode(stored).decode()}:{encode(server).decode()}"
+    )
 
 
 def _drop_copier(conn: psycopg.Connection[Any], role: sql.Identifier) -> None:

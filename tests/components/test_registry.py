@@ -107,7 +107,7 @@ def test_applied_each_role_can_do_its_part_and_nothing_else(
     backend.up_platform(config, "test", lambda _event: None)
     assert config.registry is not None
     registry = Registry(config.registry, config.platform.postgres_for("default")).open()
-    assert registry.revision() == "0003"  # migrated by the owner
+    assert registry.revision() == "0004"  # migrated by the owner
     target = ADMIN | {"dbname": names["database"]}
     with psycopg.connect(**(target | {"user": names["user"]}), autocommit=True) as conn:
         (superuser,) = conn.execute(
@@ -126,6 +126,11 @@ def test_applied_each_role_can_do_its_part_and_nothing_else(
             "INSERT INTO registry.api_keys (id, scope, product, hash, created_by)"
             " VALUES ('00000000000000aa', 'product', 'ledger', sha256('k'), 'test')"
         )
+        conn.execute(  # day-2 operations record their steps
+            "INSERT INTO registry.operations (tenant_id, product, kind, state, actor)"
+            " VALUES ('acme', 'ledger', 'promote', 'open', 'test')"
+        )
+        conn.execute("UPDATE registry.operations SET steps_done = '{provision}'")
         for statement in (  # the writer writes rows; it cannot lift the history's guard
             "ALTER TABLE registry.history DISABLE TRIGGER history_append_only",
             "DROP TRIGGER history_append_only ON registry.history",
@@ -140,6 +145,7 @@ def test_applied_each_role_can_do_its_part_and_nothing_else(
         assert conn.execute("SELECT id FROM registry.api_keys").fetchall() == [("00000000000000aa",)]
         for statement in (
             "UPDATE registry.api_keys SET revoked_at = NULL",
+            "UPDATE registry.operations SET state = 'done'",
             "INSERT INTO registry.tenants (id, tier, state) VALUES ('x', 'standard', 'active')",
             "UPDATE registry.services SET state = 'ready'",
             "DELETE FROM registry.outbox",

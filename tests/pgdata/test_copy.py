@@ -158,3 +158,22 @@ def test_a_lock_held_by_another_login_fails_the_freeze_in_time(pair: Pair) -> No
             pass
     finally:
         holder.close()
+
+
+def test_the_copier_login_is_created_from_a_verifier_and_its_password_works(pair: Pair) -> None:
+    from tenant_infra.pgdata.copy import copier, scram_verifier
+
+    verifier = scram_verifier("not-a-real-secret")
+    assert verifier.startswith("SCRAM-SHA-256$4096:") and "not-a-real-secret" not in verifier
+    with copier(pair.target, pair.login) as params:
+        stored = pair.run("postgres", f"SELECT rolpassword FROM pg_authid WHERE rolname = '{params['user']}'")
+        assert stored[0][0].startswith("SCRAM-SHA-256$") and params["password"] not in stored[0][0]
+        # Password authentication needs a server that asks for one; here the login is
+        # checked for what it may do: act as the login, set replica mode, nothing else.
+        with psycopg.connect(**params, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
+            conn.execute(f"SET ROLE {pair.login}")
+            conn.execute("RESET ROLE")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("CREATE ROLE copier_escape")
+    assert pair.run("postgres", f"SELECT 1 FROM pg_roles WHERE rolname = '{params['user']}'") == []
