@@ -69,17 +69,34 @@ def resolve_config(
     if stack_config is None and not path.is_file():
         path = workspace.stack_file("dev")
     values = read_stack_file(path)
-    own = values.get("tenant-infra:tenant") == tenant
+    named = values.get("tenant-infra:tenant")
+    own = named == tenant
+    if not own and path == workspace.stack_file(tenant):
+        # The tenant's own file names nobody, or somebody else: the file is wrong.
+        raise InvalidInput(f"{str(path)!r}: {_named(named, tenant)}; fix tenant-infra:tenant")
     if not own:
         values = {k: v for k, v in values.items() if k.split(":", 1)[-1] in PLATFORM_KEYS}
         if not specs and not identity_only:
             raise InvalidInput(
-                f"{str(path)!r} is not tenant {tenant!r}'s stack file: pass --service PRODUCT:MODE"
+                f"{str(path)!r}: {_named(named, tenant)}; to plan {tenant!r} on its platform, "
+                "name the services: --service PRODUCT:MODE"
             )
     values["tenant-infra:tenant"] = tenant
     if specs:
         values["tenant-infra:services"] = [s.model_dump(mode="json") for s in specs]
     return TenantConfig.from_pulumi_values(values)
+
+
+def _named(found: object, tenant: str) -> str:
+    """What a stack file's ``tenant-infra:tenant`` says, against the tenant asked for."""
+    if found is None:
+        return "it has no tenant-infra:tenant"
+    if not isinstance(found, str):
+        try:
+            validate_tenant_id(found)  # type: ignore[arg-type]
+        except InvalidInput as exc:
+            return str(exc)
+    return f"it is the stack file of tenant {found!r}, not of {tenant!r}"
 
 
 def plan(

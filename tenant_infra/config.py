@@ -262,6 +262,12 @@ class ServiceSpec(_Model):
     generation: Annotated[StrictInt, Field(ge=0, le=MAX_GENERATION)] = 0
     promotion: Promotion | None = None
 
+    @field_validator("isolation", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        """One rule everywhere: the mode in any case, as on the command line."""
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _promotion(self) -> ServiceSpec:
         promotion = self.promotion
@@ -305,10 +311,10 @@ class TenantConfig(_Model):
     #: Empty for a tenant that exists as an identity only (seed 002, stage 1).
     services: tuple[ServiceSpec, ...] = ()
     limits: dict[str, StrictInt] = Field(default_factory=dict)
-    protect_data: bool = True
+    protect_data: StrictBool = True
     platform: Platform
 
-    @field_validator("tenant")
+    @field_validator("tenant", mode="before")
     @classmethod
     def _tenant(cls, value: str) -> str:
         return validate_tenant_id(value)
@@ -433,7 +439,7 @@ class PlatformConfig(_Model):
     and the control plane's registry and events."""
 
     products: tuple[str, ...] = Field(min_length=1)
-    protect_data: bool = True
+    protect_data: StrictBool = True
     platform: Platform
     registry: RegistrySettings | None = None
     events: EventsSettings | None = None

@@ -7,6 +7,7 @@ three read the same stack config through :func:`read_config`.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import pulumi
@@ -35,8 +36,30 @@ CONFIG_KEYS = (
 SCALAR_KEYS = frozenset({"tenant", "tier"})
 
 
+def _present_keys() -> set[str]:
+    """Every ``tenant-infra:*`` key the engine passed, set or not by this program: the
+    CLI passes them in ``PULUMI_CONFIG``, the Automation API and the mocks set them."""
+    from pulumi.runtime import config as runtime
+
+    passed = set(runtime.get_config_env()) | set(runtime.CONFIG.get() or {})
+    return {key.split(":", 1)[1] for key in passed if key.startswith(NAMESPACE + ":")}
+
+
+def _refuse_unknown_keys() -> None:
+    """A typo'd key (``limit``, ``protectdata``) would otherwise be dropped without a
+    word, and an operator would believe an override is in force."""
+    unknown = sorted(_present_keys() - set(CONFIG_KEYS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], CONFIG_KEYS, n=1)
+        hint = f" (did you mean {NAMESPACE}:{close[0]}?)" if close else ""
+        raise InvalidInput(
+            f"config: unknown key {NAMESPACE}:{unknown[0]}{hint}; known: {', '.join(CONFIG_KEYS)}"
+        )
+
+
 def _config_values() -> dict[str, Any]:
     """The stack's ``tenant-infra:*`` config, objects decoded, scalars kept as strings."""
+    _refuse_unknown_keys()
     config = pulumi.Config(NAMESPACE)
     values: dict[str, Any] = {}
     for key in CONFIG_KEYS:

@@ -53,6 +53,12 @@ RESERVED_TENANT_IDS: Final = frozenset(
 
 def validate_tenant_id(value: str) -> str:
     """Return ``value`` if it is a valid tenant id, else raise naming the rule broken."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # YAML reads `tenant: 0042` as the number 34: the id cannot be recovered.
+        raise InvalidInput(
+            f"tenant id must be a string, not the number {value!r}: quote it in YAML "
+            "(tenant: \"0042\")"
+        )
     if not isinstance(value, str) or value == "":
         raise InvalidInput("tenant id must be a non-empty string")
     shown = ascii(value) if len(value) <= 60 else ascii(value[:60]) + "..."

@@ -170,3 +170,48 @@ def test_service_flags_are_parsed_strictly(text: str, rule: str) -> None:
 
 def test_mode_is_case_insensitive_on_the_command_line() -> None:
     assert ServiceSpec.parse("ledger:schema").isolation.value == "SCHEMA"
+
+
+def _acme_values() -> dict[str, object]:
+    from tenant_infra.config import read_stack_file
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    return dict(read_stack_file(root / "stacks" / "Pulumi.acme.yaml"))
+
+
+def test_an_isolation_mode_is_read_in_any_case_in_yaml_as_on_the_command_line() -> None:
+    from tenant_infra.config import TenantConfig
+
+    values = _acme_values()
+    values["tenant-infra:services"] = [{"product": "ledger", "isolation": "schema"}]
+    config = TenantConfig.from_pulumi_values(values)
+    assert config.services[0].isolation.value == "SCHEMA"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("tenant-infra:tenant", 34, r'must be a string, not the number 34: quote it in YAML \(tenant: "0042"\)'),
+        ("tenant-infra:protectData", "no", "config.protectData: Input should be a valid boolean"),
+    ],
+)
+def test_yaml_that_would_be_misread_is_refused_with_the_reason(key: str, value: object, message: str) -> None:
+    from tenant_infra.config import TenantConfig
+
+    with pytest.raises(InvalidInput, match=message):
+        TenantConfig.from_pulumi_values({**_acme_values(), key: value})
+
+
+def test_a_stack_file_naming_another_tenant_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from tenant_infra import commands
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    (tmp_path / "stacks").mkdir()
+    shutil.copy(root / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    shutil.copy(root / "stacks" / "Pulumi.acme.yaml", tmp_path / "stacks" / "Pulumi.globex.yaml")
+    with pytest.raises(InvalidInput, match="it is the stack file of tenant 'acme', not of 'globex'; fix tenant-infra:tenant"):
+        commands.resolve_config("globex", root=tmp_path)
+    with pytest.raises(InvalidInput, match="it is the stack file of tenant 'acme', not of 'initech'; to plan 'initech' on its platform, name the services"):
+        commands.resolve_config("initech", stack_config=root / "stacks" / "Pulumi.acme.yaml")
