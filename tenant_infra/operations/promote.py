@@ -49,7 +49,15 @@ from tenant_infra.lifecycle import (
 )
 from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
 from tenant_infra.pgdata.checksum import Checksum, checksums, mismatches, new_seed
-from tenant_infra.pgdata.copy import CopyProgress, copier, copy_schema, copy_sequences, reader
+from tenant_infra.pgdata.copy import (
+    CopyProgress,
+    copier,
+    copy_schema,
+    copy_sequences,
+    drop_copier,
+    reader,
+    secondary_indexes,
+)
 from tenant_infra.pgdata.freeze import WriteFreeze
 from tenant_infra.pgdata.inventory import (
     Inventory,
@@ -205,6 +213,11 @@ class Promoter:
         detail["revision"] = spec.promotion.revision
         detail["targetLogin"] = self.target_login(config)
         self.update(config, "provisioning the dedicated store")
+        # The indexes the product's migrations made: the copy drops and rebuilds these.
+        with _connected(self.dedicated(config)) as conn:
+            detail["indexes"] = secondary_indexes(
+                conn, config.names.service(self.product).pg_schema
+            )
 
     def move(self, detail: Detail) -> None:
         config = self.config()
@@ -240,6 +253,7 @@ class Promoter:
                 source.data_tables,
                 freeze.snapshot,
                 target_login,
+                self._indexes(detail, target_params, schema),
                 self.workers,
                 self.copy_progress,
             )
@@ -278,6 +292,16 @@ class Promoter:
             }
             for name, sum_ in ours.items()
         }
+
+    def _indexes(self, detail: Detail, target: Mapping[str, Any], schema: str) -> dict[str, str]:
+        """The definitions kept at provision (read now only for an operation begun
+        before they were kept, when no copy can have dropped them yet)."""
+        kept = detail.get("indexes")
+        if isinstance(kept, dict):
+            return {str(k): str(v) for k, v in kept.items()}
+        with _connected(target) as conn:
+            detail["indexes"] = secondary_indexes(conn, schema)
+        return dict(detail["indexes"])
 
     def repoint(self, detail: Detail) -> None:
         config = self.config()
@@ -450,6 +474,7 @@ class Promoter:
             config.with_service(spec.model_copy(update={"promotion": None})),
             "dropping the dedicated store",
         )
+        drop_copier(self.admin(config, "postgres"), self.target_login(config))
         detail["abortedAt"] = datetime.now(UTC).isoformat()
 
     def forward(self) -> list[Step]:

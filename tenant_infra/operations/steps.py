@@ -21,7 +21,8 @@ from tenant_infra.registry.operations import ABORTED, DONE, Operation, Operation
 
 #: What steps share: non-secret facts, saved with each finished step.
 Detail = dict[str, Any]
-#: ``(step, event)`` with event ``started``, ``done``, ``pending`` or ``failed``.
+#: ``(step, event)`` with event ``started``, ``done``, ``pending``, ``refused`` or
+#: ``failed``.
 StepProgress = Callable[[str, str], None]
 
 
@@ -58,7 +59,10 @@ def _quiet(_step: str, _event: str) -> None:
 
 
 class Machine:
-    """Runs one kind of operation on one service; ``held()`` first."""
+    """Runs one kind of operation on one service; ``held()`` first.
+
+    A step raises :class:`InvalidInput` only to refuse before it changed anything.
+    """
 
     def __init__(
         self,
@@ -142,6 +146,13 @@ class Machine:
                 operation = self.operations.step_failed(operation, step.name, f"waiting: {waiting}")
                 outcome.operation, outcome.pending = operation, str(waiting)
                 return outcome
+            except InvalidInput as refused:
+                # A step refuses only before it changes anything: the operation is where
+                # it was, not in that step (an abort refused is not an abort begun).
+                self.progress(step.name, "refused")
+                with contextlib.suppress(Exception):
+                    self.operations.step_refused(operation, step.name, str(refused))
+                raise
             except BaseException as exc:
                 # The first line only: a server's DETAIL line may quote the tenant's rows.
                 text = str(exc).strip()

@@ -17,8 +17,9 @@ product's own migrations), so only rows and sequence values move:
   built in (else text), with no intermediate file: what ``pg_dump | pg_restore``
   does, without the archive's compression, and in parallel;
 - as ``pg_restore`` does, indexes that back no constraint are dropped before the rows
-  arrive and built after, from the source's definitions (so a run killed in between
-  rebuilds them all when run again), two at a time.
+  arrive and built after, two at a time, from definitions the caller kept from
+  before (the ones the product's migrations made: a run killed in between rebuilds
+  them all when run again, and nothing the tenant defined at the source is carried).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
     Created for one copy (a random password, valid one day at most) and dropped
     after it; one left by a killed run has the same name and is replaced.
     """
-    name = "tenant_infra__copy_" + hashlib.sha256(login.encode()).hexdigest()[:12]
+    name = _copier_name(login)
     password = secrets.token_urlsafe(24)
     role, member = sql.Identifier(name), sql.Identifier(login)
     database = sql.Identifier(str(admin["dbname"]))
@@ -92,8 +93,20 @@ def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
     try:
         yield {**admin, "user": name, "password": password}
     finally:
-        with psycopg.connect(**admin, autocommit=True) as conn:
-            _drop_copier(conn, role)
+        # Never in place of the error that ended the copy; a role left behind
+        # expires in a day and is replaced by the next run (or dropped by an abort).
+        with contextlib.suppress(psycopg.Error):
+            drop_copier(admin, login)
+
+
+def drop_copier(admin: Mapping[str, Any], login: str) -> None:
+    """The copier of ``login``, if a run left one."""
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        _drop_copier(conn, sql.Identifier(_copier_name(login)))
+
+
+def _copier_name(login: str) -> str:
+    return "tenant_infra__copy_" + hashlib.sha256(login.encode()).hexdigest()[:12]
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -159,12 +172,17 @@ FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = %s AND NOT EXISTS (
+WHERE n.nspname = %s AND t.relkind = 'r' AND NOT EXISTS (
     SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)
 ORDER BY pg_catalog.pg_relation_size(i.indrelid) DESC, c.relname
 """
 #: Memory for each index build (a session setting any login may raise).
 INDEX_BUILD_MEMORY = "256MB"
+
+
+def secondary_indexes(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
+    """The schema's indexes that back no constraint: name to definition."""
+    return {str(r[0]): str(r[1]) for r in conn.execute(_SECONDARY, (schema,))}
 
 
 def _parallel(work: Sequence[Any], workers: int, action: Callable[[Any], None]) -> None:
@@ -203,15 +221,14 @@ def copy_schema(
     tables: Sequence[Table],
     snapshot: str,
     login: str,
+    indexes: Mapping[str, str],
     workers: int = 2,
     progress: CopyProgress | None = None,
 ) -> CopyReport:
     """Empty the target's tables, then copy every row of ``tables`` as of ``snapshot``."""
     started = time.monotonic()
-    with reader(source_params, snapshot) as source:
-        indexes = [(str(r[0]), str(r[1])) for r in source.execute(_SECONDARY, (schema,))]
     with writer(target_params, login) as target:
-        for name, _definition in target.execute(_SECONDARY, (schema,)).fetchall():
+        for name in secondary_indexes(target, schema):
             target.execute(sql.SQL("DROP INDEX {}").format(qualified(schema, name)))
         if tables:
             target.execute(
@@ -255,7 +272,7 @@ def copy_schema(
 
     try:
         _parallel(sorted(tables, key=lambda t: t.bytes, reverse=True), workers, copy_one)
-        _parallel(indexes, workers, build)
+        _parallel(sorted(indexes.items()), workers, build)
     finally:
         for conn in sessions:
             conn.close()

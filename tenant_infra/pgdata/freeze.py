@@ -45,7 +45,8 @@ LEFT JOIN pg_catalog.pg_locks l ON l.pid = a.pid
 LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend'
-  AND (n.nspname = %s OR a.usename = ANY(%s))
+  AND ((n.nspname = %s AND (NOT l.granted OR l.mode <> 'AccessShareLock'))
+       OR a.usename = ANY(%s))
 """
 
 
@@ -113,8 +114,9 @@ class WriteFreeze:
         return len(self._ended)
 
     def evict(self) -> int:
-        """End every other session that holds or waits for a lock on the schema's
-        tables, and every session of the logins, before the freeze ends: a write
+        """End every other session that waits for a lock on the schema's tables or
+        holds one stronger than a read, and every session of the logins, before the
+        freeze ends (readers, a backup's among them, go on): a write
         queued behind it (by a role the tenant granted, or a login that slipped in)
         would otherwise land on a source already verified. Returns how many."""
         assert self.conn is not None

@@ -26,29 +26,14 @@ STABLE_SETTINGS = (
 #: and compared as the revision, never copied (a copy killed half-way would leave the
 #: target looking unmigrated).
 VERSION_TABLE = "alembic_version"
-#: Built-in types whose extended hash depends on the value only (never on an OID or
-#: a session setting): bool, bytea, int8, int2, int4, text, float4, float8, bpchar,
-#: varchar, date, time, timestamp, timestamptz, interval, numeric, uuid, jsonb.
-VALUE_HASHED_TYPES = (
-    16,
-    17,
-    20,
-    21,
-    23,
-    25,
-    700,
-    701,
-    1042,
-    1043,
-    1082,
-    1083,
-    1114,
-    1184,
-    1186,
-    1700,
-    2950,
-    3802,
-)
+#: Built-in types whose extended hash is exactly their identity (two values hash
+#: alike only if they print alike): bool, bytea, int8, int2, int4, date, time,
+#: timestamp, timestamptz, uuid; and text and varchar, hashed under the "C" collation
+#: (a nondeterministic one would hash 'Alice' as 'alice'). Any other column is hashed
+#: through its text form: numeric's scale, jsonb's numbers, an array's bounds,
+#: float's -0 and interval's units all print, and none of them hash.
+EXACT_TYPES = (16, 17, 20, 21, 23, 1082, 1083, 1114, 1184, 2950)
+TEXT_TYPES = (25, 1043)
 #: The first OID of objects users create: types below it are built in.
 FIRST_USER_OID = 16384
 
@@ -62,9 +47,8 @@ class Table:
     generated: frozenset[str]
     #: Every column's type is built in: the binary COPY format is safe for it.
     builtin_types: bool
-    #: Every column's type is in :data:`VALUE_HASHED_TYPES` (or an array of one): rows
-    #: can be hashed from their values, without printing them.
-    value_hashed: bool
+    #: How each column is hashed: ``value``, ``text`` (under "C") or ``printed``.
+    hashed_as: tuple[str, ...]
     rows_estimate: int
     bytes: int
 
@@ -132,8 +116,9 @@ SELECT c.relname,
        array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated <> '')
            AS generated,
        bool_and(a.atttypid < %s AND (t.typelem = 0 OR t.typelem < %s)) AS builtin,
-       bool_and(a.atttypid = ANY(%s) OR (t.typcategory = 'A' AND t.typelem = ANY(%s)))
-           AS value_hashed,
+       array_agg(CASE WHEN a.atttypid = ANY(%s) THEN 'value'
+                      WHEN a.atttypid = ANY(%s) THEN 'text' ELSE 'printed' END
+                 ORDER BY a.attnum) AS hashed_as,
        greatest(c.reltuples, 0)::bigint AS rows_estimate,
        pg_total_relation_size(c.oid) AS bytes
 FROM pg_class c
@@ -180,7 +165,7 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
             columns=tuple(zip(row[1], row[2], strict=True)),
             generated=frozenset(row[3] or ()),
             builtin_types=bool(row[4]),
-            value_hashed=bool(row[5]),
+            hashed_as=tuple(row[5]),
             rows_estimate=int(row[6]),
             bytes=int(row[7]),
         )
@@ -189,8 +174,8 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
             (
                 FIRST_USER_OID,
                 FIRST_USER_OID,
-                list(VALUE_HASHED_TYPES),
-                list(VALUE_HASHED_TYPES),
+                list(EXACT_TYPES),
+                list(TEXT_TYPES),
                 schema,
             ),
         )

@@ -186,6 +186,15 @@ class Operations:
             f"step {step} failed: {reason}",
         )
 
+    def step_refused(self, operation: Operation, step: str, reason: str) -> Operation:
+        return self._write(
+            f"UPDATE {SCHEMA}.operations SET step = NULL, error = %s,"
+            f" updated_at = clock_timestamp() WHERE id = %s RETURNING {_COLUMNS}",
+            (reason, operation.id),
+            operation,
+            f"step {step} refused: {reason}",
+        )
+
     def finish(self, operation: Operation, state: str, detail: Mapping[str, Any]) -> Operation:
         return self._write(
             f"UPDATE {SCHEMA}.operations SET state = %s, step = NULL, detail = %s,"

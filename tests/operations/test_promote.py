@@ -314,6 +314,10 @@ def test_abort_refuses_new_tables_columns_and_keeps_the_service_reachable(world:
     with psycopg.connect(**_params(new)) as conn:  # the live login was unsealed again
         assert conn.execute("SELECT body FROM invoices_2027").fetchone() == ("only here",)
     assert spec(world, tenant).isolation.value == "DATABASE"
+    # A refused abort is not an abort begun: the promotion still goes forward.
+    assert promote(world, tenant, resume=True, drop_source=True).operation.state == "done"
+    with psycopg.connect(**_params(new)) as conn:
+        assert conn.execute("SELECT body FROM invoices_2027").fetchone() == ("only here",)
 
 
 def test_the_copy_never_lets_product_code_act_as_the_admin(world: World) -> None:
@@ -341,8 +345,9 @@ def test_the_copy_never_lets_product_code_act_as_the_admin(world: World) -> None
     admin_sql(f"SET ROLE ledger_{key}__g1; " + escalate, f"ledger_{key}")
     admin_sql(f"SET ROLE ledger_{key}; " + escalate, "ledger")  # the same shape at the source
     # After its RESET ROLE the session is the copier's, which cannot even reach the
-    # schema: the copy stops, and nothing was created with the admin's rights.
-    with pytest.raises(OperationFailed, match="permission denied"):
+    # schema: the copy stops (with that error, or another worker's), and nothing was
+    # created with the admin's rights.
+    with pytest.raises(OperationFailed):
         promote(world, tenant, resume=True)
     assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(f"esc_{key}",)) == []
     assert promote(world, tenant, abort=True).operation.state == "aborted"
