@@ -75,8 +75,8 @@ KIND = "promote"
 DEFAULT_KEEP_SOURCE = timedelta(hours=24)
 #: Throughputs measured by ``bench/promotion`` on the reference machine (2 cores),
 #: used only to estimate the write freeze of a ``--dry-run``.
-COPY_BYTES_PER_SECOND = 35e6
-VERIFY_BYTES_PER_SECOND = 200e6
+COPY_BYTES_PER_SECOND = 39e6
+VERIFY_BYTES_PER_SECOND = 165e6
 REPOINT_SECONDS = 2.0
 
 
