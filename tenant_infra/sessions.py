@@ -32,19 +32,27 @@ REASON = "tenant-infra: service suspended"
 STRAY_LOCK_WAIT_SECONDS = 30
 
 
-def _admin(config: TenantConfig, product: str, environ: Mapping[str, str], dbname: str) -> Any:
+def admin_params(
+    config: TenantConfig, product: str, environ: Mapping[str, str], dbname: str
+) -> dict[str, Any]:
+    """The platform admin's connection to ``product``'s server, on ``dbname``."""
     endpoint = config.platform.postgres_for(product)
+    params: dict[str, Any] = {
+        "host": endpoint.host,
+        "port": endpoint.port,
+        "user": endpoint.admin_user,
+        "dbname": dbname,
+        "sslmode": endpoint.sslmode,
+        "connect_timeout": 15,
+    }
     password = PlatformCredentials(environ).postgres_password_value(product)
-    return psycopg.connect(
-        host=endpoint.host,
-        port=endpoint.port,
-        user=endpoint.admin_user,
-        password=password,
-        dbname=dbname,
-        sslmode=endpoint.sslmode,
-        connect_timeout=15,
-        autocommit=True,
-    )
+    if password:
+        params["password"] = password
+    return params
+
+
+def _admin(config: TenantConfig, product: str, environ: Mapping[str, str], dbname: str) -> Any:
+    return psycopg.connect(**admin_params(config, product, environ, dbname), autocommit=True)
 
 
 def drop_strays(

@@ -37,7 +37,6 @@ from psycopg import sql
 
 from tenant_infra.catalog import IsolationMode
 from tenant_infra.config import Promotion, ServiceSpec, TenantConfig
-from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed, scrub
 from tenant_infra.lifecycle import (
     Journal,
@@ -68,6 +67,7 @@ from tenant_infra.pgdata.inventory import (
 )
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
+from tenant_infra.sessions import admin_params, drop_strays
 from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import Workspace
 
@@ -119,20 +119,8 @@ class Promoter:
         return found
 
     def admin(self, config: TenantConfig, database: str) -> dict[str, Any]:
-        endpoint = config.platform.postgres_for(self.product)
-        params: dict[str, Any] = {
-            "host": endpoint.host,
-            "port": endpoint.port,
-            "user": endpoint.admin_user,
-            "dbname": database,
-            "sslmode": endpoint.sslmode,
-            "connect_timeout": 15,
-            "application_name": "tenant-infra-promote",
-        }
-        password = PlatformCredentials(self.environ).postgres_password_value(self.product)
-        if password:
-            params["password"] = password
-        return params
+        params = admin_params(config, self.product, self.environ, database)
+        return params | {"application_name": "tenant-infra-promote"}
 
     def shared(self, config: TenantConfig) -> dict[str, Any]:
         return self.admin(config, pg_shared_database(self.product))
@@ -352,8 +340,6 @@ class Promoter:
             )
             self.update(config.with_service(released), "lifting the retired schema's protection")
             config = self.config()
-        from tenant_infra.sessions import drop_strays
-
         drop_strays(config, [self.product], self.environ, logins=[self.source_login(config)])
         self.update(
             config.with_service(self.spec(config).model_copy(update={"promotion": None})),
@@ -416,14 +402,9 @@ class Promoter:
                 " WHERE r.rolname = %s AND n.nspname <> %s",
                 (login, names.pg_schema),
             ).fetchone()
-            objects = conn.execute(
-                "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
-                " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s",
-                (login,),
-            ).fetchone()
         if owned and owned[0]:
             found.append("a schema was created beside the tenant's")
-        if objects and objects[0]:
+        if _large_objects(dedicated, login):
             found.append("large objects were created")
         if found:
             return found
@@ -644,17 +625,23 @@ def _sums(
         return checksums(conn, schema, source.tables, seed)
 
 
-def _refuse_large_objects(params: Mapping[str, Any], login: str) -> None:
-    """Large objects live outside the schema: a copy of its tables would lose them."""
+def _large_objects(params: Mapping[str, Any], login: str) -> int:
+    """How many large objects ``login`` owns in the database of ``params``."""
     with _connected(params) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
             " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s",
             (login,),
         ).fetchone()
-    if row and row[0]:
+    return int(row[0]) if row else 0
+
+
+def _refuse_large_objects(params: Mapping[str, Any], login: str) -> None:
+    """Large objects live outside the schema: a copy of its tables would lose them."""
+    count = _large_objects(params, login)
+    if count:
         raise InvalidInput(
-            f"{login} owns {row[0]} large objects in the shared database; promotion moves "
+            f"{login} owns {count} large objects in the shared database; promotion moves "
             "tables and sequences only: move them into a table (bytea) first"
         )
 
