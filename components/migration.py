@@ -45,9 +45,8 @@ def _migrate(props: dict[str, Any]) -> str:
     only this service's connection, never this process's environment.
     """
     from tenant_infra.catalog import load_catalog
-    from tenant_infra.migrate.executors import Job, SandboxExecutor
+    from tenant_infra.migrate.executors import migrate_one
     from tenant_infra.migrate.targets import MigrationTarget
-    from tenant_infra.migrate.worker import reach
 
     tenant, product, head = props["tenant"], props["product"], props["head"]
     location = load_catalog().product(product).script_location
@@ -70,10 +69,7 @@ def _migrate(props: dict[str, Any]) -> str:
             "application_name": "tenant-infra-migrate",
         },
     )
-    ports, files = reach([target.params or {}])
-    job = Job(str(location), {}, "upgrade", head, ports, files)
-    with SandboxExecutor(job, 1) as executor:
-        (result,) = executor.map([(0, target)])
+    result = migrate_one(str(location), target, head)
     if result.status == "failed":
         raise RuntimeError(
             f"migration of tenant {tenant} product {product} to revision {head} failed"

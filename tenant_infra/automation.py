@@ -231,6 +231,19 @@ class PulumiBackend:
         )
         return self.outputs(tenant)
 
+    def refresh(self, tenant: str, on_event: EventSink) -> None:
+        """``pulumi refresh``: the state learns what is gone (a deleted vhost), so the
+        next update creates it again."""
+        stack = self._stack(tenant, create=False)
+        self._run(
+            lambda: stack.refresh(
+                on_event=_forward(on_event),
+                show_secrets=False,
+                suppress_outputs=True,
+                suppress_progress=True,
+            )
+        )
+
     def preview(self, tenant: str, on_event: EventSink) -> PreviewOutcome:
         stack = self._stack(tenant, create=False)
         events: list[ResourceEvent] = []

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from tenant_infra import plan as offline_plan
     from tenant_infra.api.documents import DocumentSource
     from tenant_infra.api.keys import Scope
+    from tenant_infra.operations.backup import BackupResult
     from tenant_infra.operations.promote import PromotionPlan
+    from tenant_infra.operations.restore import RestorePlan
     from tenant_infra.operations.steps import Outcome, StepProgress
     from tenant_infra.pgdata.copy import CopyProgress
     from tenant_infra.registry import Registry
@@ -543,6 +545,132 @@ def promote(
     if dry_run:
         return preview(promoter)
     return promoter.run(resume=resume, abort=abort, step_progress=step_progress or _no_steps)
+
+
+#: Where sets go without ``--to``: ``$TENANT_INFRA_BACKUP_DIR``, else ``backups/``.
+BACKUP_DIR_VARIABLE: Final = "TENANT_INFRA_BACKUP_DIR"
+
+
+def _backup_root(workspace: Workspace, to: Path | None) -> Path:
+    if to is not None:
+        return to
+    configured = os.environ.get(BACKUP_DIR_VARIABLE)
+    return Path(configured) if configured else workspace.root / "backups"
+
+
+def backup(
+    tenants: Sequence[str] = (),
+    *,
+    all_tenants: bool = False,
+    product: str | None = None,
+    to: Path | None = None,
+    concurrency: int = 1,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    step_progress: StepProgress | None = None,
+) -> list[BackupResult]:
+    """Back up every service (or ``product``) of the tenants, ``concurrency`` at once:
+    one set each (see :mod:`tenant_infra.operations.backup`); a failure is reported
+    with its service and never stops the others."""
+    from tenant_infra.operations.backup import Backup, back_up_fleet
+    from tenant_infra.operations.backupset import LocalDirectory
+
+    if product is not None:
+        validate_product(product)
+    if concurrency < 1:
+        raise InvalidInput("--concurrency must be at least 1")
+    workspace = _workspace(root)
+    chosen = _fleet(tenants, all_tenants, workspace)
+    stacks = _backend(workspace, backend)
+    storage = LocalDirectory(_backup_root(workspace, to))
+    environ = _operator_environ(stacks) or os.environ
+    store = registry(workspace, stacks)
+    jobs = []
+    for tenant in chosen:
+        config = lifecycle.known_config(workspace, tenant)
+        products = [s.product for s in config.services]
+        if product is not None:
+            if product not in products and not all_tenants:
+                raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
+            products = [p for p in products if p == product]
+        jobs += [partial(Backup, tenant, p, workspace, store, storage, environ) for p in products]
+    if not jobs:
+        raise InvalidInput("no service to back up")
+    return back_up_fleet(jobs, concurrency, step_progress or _no_steps)
+
+
+def restore(
+    tenant: str,
+    product: str,
+    *,
+    source: str | None = None,
+    swap: bool = False,
+    aside: bool = False,
+    dry_run: bool = False,
+    resume: bool = False,
+    abort: bool = False,
+    drop_previous: bool = False,
+    point_in_time: str | None = None,
+    backups: Path | None = None,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+    step_progress: StepProgress | None = None,
+    copy_progress: CopyProgress | None = None,
+) -> RestorePlan | Outcome:
+    """Restore a service from a backup set (see :mod:`tenant_infra.operations.restore`):
+    aside, verified, then swapped with ``swap`` (``aside``: stop after verifying).
+    ``source`` is a set's directory, or ``latest`` (the newest set of the service
+    under ``backups``). ``drop_previous`` drops the data a swap kept aside."""
+    from tenant_infra.operations.backupset import LocalDirectory
+    from tenant_infra.operations.restore import Restorer, preview
+
+    validate_tenant_id(tenant)
+    validate_product(product)
+    if point_in_time is not None:
+        raise InvalidInput(
+            "--point-in-time needs archived WAL and a cluster-level recovery, which no "
+            "platform server declares here; restore a backup set with --from SET"
+        )
+    if swap and aside:
+        raise InvalidInput("choose one of --swap and --aside")
+    if sum((dry_run, resume, abort, drop_previous)) > 1:
+        raise InvalidInput("choose one of --dry-run, --resume, --abort and --drop-previous")
+    if (abort or drop_previous) and (swap or aside or source):
+        raise InvalidInput("--abort and --drop-previous take no --from, --swap or --aside")
+    if not (resume or abort or drop_previous) and source is None:
+        raise InvalidInput("name the backup set to restore: --from SET (or --from latest)")
+    if resume and source is not None:
+        raise InvalidInput("--resume goes on with the set it started from: no --from")
+    workspace = _workspace(root)
+    if lifecycle.known_config(workspace, tenant).service(product) is None:
+        raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
+    storage = LocalDirectory(_backup_root(workspace, backups))
+    if source == "latest":
+        sets = storage.sets(tenant, product)
+        if not sets:
+            raise InvalidInput(f"no backup set of {tenant}/{product} under {storage.root}")
+        source = sets[-1]
+    stacks = _backend(workspace, backend)
+    restorer = Restorer(
+        tenant,
+        product,
+        stacks,
+        workspace,
+        registry(workspace, stacks),
+        storage,
+        _operator_environ(stacks) or os.environ,
+        reference=source,
+        swap=swap,
+        progress=progress,
+        copy_progress=copy_progress,
+    )
+    if dry_run:
+        return preview(restorer)
+    steps = step_progress or _no_steps
+    if drop_previous:
+        return restorer.run_drop_previous(steps)
+    return restorer.run(resume=resume, abort=abort, step_progress=steps)
 
 
 def _no_steps(_step: str, _event: str) -> None:

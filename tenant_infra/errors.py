@@ -36,3 +36,9 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
         if len(value) >= 4 and _SECRET_VARIABLE.search(name) and value in text:
             text = text.replace(value, "[secret]")
     return text
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line, scrubbed: a server's DETAIL line may quote a tenant's rows."""
+    text = str(exc).strip()
+    return scrub(text.splitlines()[0]) if text else type(exc).__name__

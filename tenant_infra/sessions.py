@@ -24,7 +24,7 @@ import requests
 from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
-from tenant_infra.errors import BackendUnavailable, OperationFailed, scrub
+from tenant_infra.errors import BackendUnavailable, OperationFailed, first_line, scrub
 from tenant_infra.tenant import pg_shared_database
 
 REASON = "tenant-infra: service suspended"
@@ -167,3 +167,11 @@ def close_sessions(
             raise BackendUnavailable(f"RabbitMQ management API: {type(exc).__name__}") from None
         closed.append(f"rabbitmq:{names.broker_user}")
     return closed
+
+
+def connect(params: Mapping[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A session of ``params``; failing to connect is :class:`BackendUnavailable`."""
+    try:
+        return psycopg.connect(**params, autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise BackendUnavailable(f"PostgreSQL {params.get('dbname')}: {first_line(exc)}") from None

@@ -57,7 +57,7 @@ def validate_tenant_id(value: str) -> str:
         # YAML reads `tenant: 0042` as the number 34: the id cannot be recovered.
         raise InvalidInput(
             f"tenant id must be a string, not the number {value!r}: quote it in YAML "
-            "(tenant: \"0042\")"
+            '(tenant: "0042")'
         )
     if not isinstance(value, str) or value == "":
         raise InvalidInput("tenant id must be a non-empty string")
@@ -150,6 +150,18 @@ class TenantNames:
         outside ``tenant_%``, so no fleet migration or product query finds it."""
         return f"retired_{self.pg_schema}"
 
+    @property
+    def pg_restore_schema(self) -> str:
+        """Where a restore loads and verifies a backup, beside the live schema in the
+        same database; also outside ``tenant_%``."""
+        return f"restoring_{self.pg_schema}"
+
+    @property
+    def pg_pre_restore_schema(self) -> str:
+        """Where a restore's swap keeps the data it replaced, until dropped (one at a
+        time: with the timestamp, 63 bytes would not hold every tenant id)."""
+        return f"pre_restore_{self.pg_schema}"
+
     def service(self, product: str) -> ServiceNames:
         return ServiceNames(self, validate_product(product))
 
@@ -208,6 +220,14 @@ class ServiceNames:
     @property
     def pg_retired_schema(self) -> str:
         return self.tenant_names.pg_retired_schema
+
+    @property
+    def pg_restore_schema(self) -> str:
+        return self.tenant_names.pg_restore_schema
+
+    @property
+    def pg_pre_restore_schema(self) -> str:
+        return self.tenant_names.pg_pre_restore_schema
 
     @property
     def broker_user(self) -> str:

@@ -30,7 +30,7 @@ from tenant_infra.migrate.sandbox import Lane, Sandbox, TimedOut
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.migrate.worker import Mode, hello, reach, result_of, target_request
 
-__all__ = ["Job", "Mode", "SandboxExecutor"]
+__all__ = ["Job", "Mode", "SandboxExecutor", "migrate_one"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +202,14 @@ class _Lanes:
             if lane is not None:
                 lane.close()
         self._spare = self._shared = None
+
+
+def migrate_one(script_location: str, target: MigrationTarget, destination: str) -> TargetResult:
+    """Bring one target (carrying its own login's parameters) to ``destination``, in a
+    sandbox child of its own: how a stack's migration resource and a restore's
+    aside schema are migrated."""
+    ports, files = reach([target.params or {}])
+    job = Job(script_location, {}, "upgrade", destination, ports, files)
+    with SandboxExecutor(job, 1) as executor:
+        (result,) = executor.map([(0, target)])
+    return result

@@ -37,7 +37,7 @@ from psycopg import sql
 
 from tenant_infra.catalog import IsolationMode
 from tenant_infra.config import Promotion, ServiceSpec, TenantConfig
-from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed, scrub
+from tenant_infra.errors import InvalidInput, OperationFailed, first_line
 from tenant_infra.lifecycle import (
     Journal,
     Progress,
@@ -67,7 +67,7 @@ from tenant_infra.pgdata.inventory import (
 )
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
-from tenant_infra.sessions import admin_params, drop_strays
+from tenant_infra.sessions import admin_params, connect, drop_strays
 from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import Workspace
 
@@ -129,7 +129,7 @@ class Promoter:
         return self.admin(config, config.names.service(self.product).pg_dedicated_database)
 
     def inventory(self, params: Mapping[str, Any], schema: str) -> Inventory:
-        with _connected(params) as conn:
+        with connect(params) as conn:
             return read_inventory(conn, schema)
 
     def source_login(self, config: TenantConfig) -> str:
@@ -173,7 +173,7 @@ class Promoter:
     def set_login(self, config: TenantConfig, login: str, allowed: bool) -> None:
         """Seal (or unseal) a store at once, outside the stack; the stack file says the
         same (:meth:`record_seal`), so the next update declares it."""
-        with _connected(self.admin(config, "postgres"), autocommit=True) as conn:
+        with connect(self.admin(config, "postgres"), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("ALTER ROLE {} {}").format(
                     sql.Identifier(login), sql.SQL("LOGIN" if allowed else "NOLOGIN")
@@ -202,7 +202,7 @@ class Promoter:
         detail["targetLogin"] = self.target_login(config)
         self.update(config, "provisioning the dedicated store")
         # The indexes the product's migrations made: the copy drops and rebuilds these.
-        with _connected(self.dedicated(config)) as conn:
+        with connect(self.dedicated(config)) as conn:
             detail["indexes"] = secondary_indexes(
                 conn, config.names.service(self.product).pg_schema
             )
@@ -287,7 +287,7 @@ class Promoter:
         kept = detail.get("indexes")
         if isinstance(kept, dict):
             return {str(k): str(v) for k, v in kept.items()}
-        with _connected(target) as conn:
+        with connect(target) as conn:
             detail["indexes"] = secondary_indexes(conn, schema)
         return dict(detail["indexes"])
 
@@ -395,7 +395,7 @@ class Promoter:
             if s.name in theirs
             and (theirs[s.name].last_value, theirs[s.name].is_called) != (s.last_value, s.is_called)
         ]
-        with _connected(dedicated) as conn:
+        with connect(dedicated) as conn:
             owned = conn.execute(
                 "SELECT count(*) FROM pg_catalog.pg_namespace n"
                 " JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner"
@@ -504,7 +504,7 @@ class Promoter:
                 except psycopg.Error as exc:
                     raise OperationFailed(
                         f"aborting the promotion of {self.tenant}/{self.product} stopped: "
-                        f"{_first_line(exc)}; run --abort again"
+                        f"{first_line(exc)}; run --abort again"
                     ) from None
             try:
                 return machine.run(self.forward(), resume=resume, detail={})
@@ -512,7 +512,7 @@ class Promoter:
                 # The first line only: a DETAIL line may quote the tenant's rows.
                 raise OperationFailed(
                     f"promotion of {self.tenant}/{self.product} stopped: "
-                    f"{_first_line(exc)}; run it again with --resume, or --abort"
+                    f"{first_line(exc)}; run it again with --resume, or --abort"
                 ) from None
             except Mismatch as exc:
                 # Unfreeze (the freeze ended with its session), unseal, drop the copy.
@@ -557,7 +557,7 @@ def preview(promoter: Promoter) -> PromotionPlan:
     spec = promoter.spec(config)
     names = config.names.service(promoter.product)
     params = promoter.shared(config)
-    with _connected(params) as conn:
+    with connect(params) as conn:
         source = read_inventory(conn, names.pg_schema)
         tables = []
         for table in source.tables:
@@ -594,11 +594,6 @@ def preview(promoter: Promoter) -> PromotionPlan:
 # -------------------------------------------------------------------- helpers
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return scrub(text.splitlines()[0]) if text else type(exc).__name__
-
-
 def _repointed(spec: ServiceSpec) -> bool:
     return spec.promotion is not None and spec.promotion.repointed
 
@@ -607,19 +602,11 @@ def _no_progress(_tenant: str, _status: Any) -> None:
     return None
 
 
-def _connected(params: Mapping[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(**params, autocommit=autocommit)
-    except psycopg.Error as exc:
-        detail = scrub(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
-        raise BackendUnavailable(f"PostgreSQL {params.get('dbname')}: {detail}") from None
-
-
 def _sums(
     params: Mapping[str, Any], schema: str, source: Inventory, snapshot: str | None, seed: int
 ) -> dict[str, Checksum]:
     """Checksums of the source's tables in ``schema``, in ``snapshot`` if given."""
-    conn = reader(params, snapshot) if snapshot else _connected(params)
+    conn = reader(params, snapshot) if snapshot else connect(params)
     with conn:
         stabilize(conn)
         return checksums(conn, schema, source.tables, seed)
@@ -627,7 +614,7 @@ def _sums(
 
 def _large_objects(params: Mapping[str, Any], login: str) -> int:
     """How many large objects ``login`` owns in the database of ``params``."""
-    with _connected(params) as conn:
+    with connect(params) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
             " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s",

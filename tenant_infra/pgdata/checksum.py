@@ -70,17 +70,24 @@ def checksums(
     return {table.name: table_checksum(conn, schema, table, seed) for table in tables}
 
 
-def mismatches(source: dict[str, Checksum], target: dict[str, Checksum]) -> list[str]:
-    """Tables whose rows or content differ, one line each naming the table."""
+def mismatches(
+    source: dict[str, Checksum],
+    target: dict[str, Checksum],
+    sides: tuple[str, str] = ("source", "target"),
+) -> list[str]:
+    """Tables whose rows or content differ, one line each naming the table (``sides``:
+    what to call the two in it)."""
     found = []
-    for name, ours in source.items():
+    ours, theirs_name = sides
+    for name, expected in source.items():
         theirs = target.get(name)
         if theirs is None:
-            found.append(f"table {name}: missing in the target")
-        elif theirs.rows != ours.rows:
+            found.append(f"table {name}: missing in the {theirs_name}")
+        elif theirs.rows != expected.rows:
             found.append(
-                f"table {name}: {theirs.rows} rows in the target, {ours.rows} in the source"
+                f"table {name}: {theirs.rows} rows in the {theirs_name}, "
+                f"{expected.rows} in the {ours}"
             )
-        elif theirs.digest != ours.digest:
+        elif theirs.digest != expected.digest:
             found.append(f"table {name}: same row count, different content")
     return found

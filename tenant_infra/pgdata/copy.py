@@ -72,12 +72,40 @@ def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
     Created for one copy (a random password, valid one day at most) and dropped
     after it; one left by a killed run has the same name and is replaced.
     """
-    name = _copier_name(login)
+    with temporary_login(admin, _copier_name(login), member_of=login) as params:
+        yield params
+
+
+@contextlib.contextmanager
+def temporary_login(
+    admin: Mapping[str, Any], name: str, member_of: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """:func:`create_login` for the block only; dropped on the way out."""
+    params = create_login(admin, name, member_of)
+    try:
+        yield params
+    finally:
+        # Never in place of the error that ended the operation; a role left behind
+        # expires in a day and is replaced by the next run (or dropped by an abort).
+        with contextlib.suppress(psycopg.Error):
+            drop_login(admin, name)
+
+
+def create_login(
+    admin: Mapping[str, Any], name: str, member_of: str | None = None
+) -> dict[str, Any]:
+    """A platform login for one operation: NOINHERIT, CONNECT on the admin's database,
+    allowed ``session_replication_role`` (PostgreSQL 15's ``GRANT SET ON PARAMETER``)
+    and, with ``member_of``, ``SET ROLE`` to that login; nothing else. Its random
+    password reaches the server as a SCRAM verifier only, is valid a day at most, and
+    never leaves this process. One a killed run left (same name) is dropped first,
+    with whatever it owns in the admin's database.
+    """
     password = secrets.token_urlsafe(24)
-    role, member = sql.Identifier(name), sql.Identifier(login)
+    role = sql.Identifier(name)
     database = sql.Identifier(str(admin["dbname"]))
     with psycopg.connect(**admin, autocommit=True) as conn:
-        _drop_copier(conn, role)
+        _drop_login(conn, role)
         conn.execute(
             sql.SQL(
                 "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {} CONNECTION LIMIT 16 VALID UNTIL {}"
@@ -87,22 +115,22 @@ def copier(admin: Mapping[str, Any], login: str) -> Iterator[dict[str, Any]]:
                 sql.Literal((datetime.now(UTC) + timedelta(days=1)).isoformat()),
             )
         )
-        conn.execute(sql.SQL("GRANT {} TO {}").format(member, role))
+        if member_of is not None:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
         conn.execute(sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(role))
-    try:
-        yield {**admin, "user": name, "password": password}
-    finally:
-        # Never in place of the error that ended the copy; a role left behind
-        # expires in a day and is replaced by the next run (or dropped by an abort).
-        with contextlib.suppress(psycopg.Error):
-            drop_copier(admin, login)
+    return {**admin, "user": name, "password": password}
 
 
 def drop_copier(admin: Mapping[str, Any], login: str) -> None:
     """The copier of ``login``, if a run left one."""
+    drop_login(admin, _copier_name(login))
+
+
+def drop_login(admin: Mapping[str, Any], name: str) -> None:
+    """A :func:`temporary_login`, with what it owns in the admin's database."""
     with psycopg.connect(**admin, autocommit=True) as conn:
-        _drop_copier(conn, sql.Identifier(_copier_name(login)))
+        _drop_login(conn, sql.Identifier(name))
 
 
 def _copier_name(login: str) -> str:
@@ -124,7 +152,7 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
     )
 
 
-def _drop_copier(conn: psycopg.Connection[Any], role: sql.Identifier) -> None:
+def _drop_login(conn: psycopg.Connection[Any], role: sql.Identifier) -> None:
     name = role.as_string(conn).strip('"')
     if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,)).fetchone():
         conn.execute(
@@ -185,7 +213,7 @@ def secondary_indexes(conn: psycopg.Connection[Any], schema: str) -> dict[str, s
     return {str(r[0]): str(r[1]) for r in conn.execute(_SECONDARY, (schema,))}
 
 
-def _parallel(work: Sequence[Any], workers: int, action: Callable[[Any], None]) -> None:
+def parallel(work: Sequence[Any], workers: int, action: Callable[[Any], None]) -> None:
     """``action`` on every item, ``workers`` at a time; the first failure is raised."""
     todo: queue.Queue[Any] = queue.Queue()
     for item in work:
@@ -214,6 +242,62 @@ def _parallel(work: Sequence[Any], workers: int, action: Callable[[Any], None]) 
         raise failures[0]
 
 
+class Sessions:
+    """One connection per thread and kind, all closed together (``with``)."""
+
+    def __init__(self, **open_: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._open, self._local, self._lock = open_, threading.local(), threading.Lock()
+        self._all: list[psycopg.Connection[Any]] = []
+
+    def __call__(self, kind: str) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, kind, None)
+        if conn is None:
+            conn = self._open[kind]()
+            setattr(self._local, kind, conn)
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def __enter__(self) -> Sessions:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for conn in self._all:
+            conn.close()
+
+
+def empty_tables(target: psycopg.Connection[Any], schema: str, tables: Sequence[Table]) -> None:
+    """Drop the schema's secondary indexes and empty ``tables``: ready for a bulk load."""
+    for name in secondary_indexes(target, schema):
+        target.execute(sql.SQL("DROP INDEX {}").format(qualified(schema, name)))
+    if tables:
+        target.execute(
+            sql.SQL("TRUNCATE {}").format(
+                sql.SQL(", ").join(qualified(schema, t.name) for t in tables)
+            )
+        )
+
+
+def build_indexes(
+    sessions: Callable[[], psycopg.Connection[Any]], indexes: Mapping[str, str], workers: int
+) -> None:
+    """Build ``indexes`` (name to definition), ``workers`` at a time, each on its
+    thread's session of ``sessions``; one that exists already is kept."""
+
+    def build(index: tuple[str, str]) -> None:
+        target = sessions()
+        target.execute(
+            sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY))
+        )
+        definition = index[1].replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+        definition = definition.replace(
+            "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1
+        )
+        target.execute(definition.encode())
+
+    parallel(sorted(indexes.items()), workers, build)
+
+
 def copy_schema(
     source_params: Mapping[str, Any],
     target_params: Mapping[str, Any],
@@ -228,54 +312,22 @@ def copy_schema(
     """Empty the target's tables, then copy every row of ``tables`` as of ``snapshot``."""
     started = time.monotonic()
     with writer(target_params, login) as target:
-        for name in secondary_indexes(target, schema):
-            target.execute(sql.SQL("DROP INDEX {}").format(qualified(schema, name)))
-        if tables:
-            target.execute(
-                sql.SQL("TRUNCATE {}").format(
-                    sql.SQL(", ").join(qualified(schema, t.name) for t in tables)
-                )
-            )
+        empty_tables(target, schema, tables)
     lock, done = threading.Lock(), [0]
-    local = threading.local()
-    sessions: list[psycopg.Connection[Any]] = []
+    with Sessions(
+        source=lambda: reader(source_params, snapshot),
+        target=lambda: writer(target_params, login),
+    ) as session:
 
-    def session(kind: str) -> psycopg.Connection[Any]:
-        if not hasattr(local, kind):
-            conn = (
-                reader(source_params, snapshot)
-                if kind == "source"
-                else writer(target_params, login)
-            )
-            setattr(local, kind, conn)
+        def copy_one(table: Table) -> None:
+            _copy_table(session("source"), session("target"), schema, table)
             with lock:
-                sessions.append(conn)
-        return getattr(local, kind)  # type: ignore[no-any-return]
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], len(tables), table.name)
 
-    def copy_one(table: Table) -> None:
-        _copy_table(session("source"), session("target"), schema, table)
-        with lock:
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], len(tables), table.name)
-
-    def build(index: tuple[str, str]) -> None:
-        target = session("target")
-        target.execute(
-            sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY))
-        )
-        definition = index[1].replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
-        definition = definition.replace(
-            "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1
-        )
-        target.execute(definition.encode())
-
-    try:
-        _parallel(sorted(tables, key=lambda t: t.bytes, reverse=True), workers, copy_one)
-        _parallel(sorted(indexes.items()), workers, build)
-    finally:
-        for conn in sessions:
-            conn.close()
+        parallel(sorted(tables, key=lambda t: t.bytes, reverse=True), workers, copy_one)
+        build_indexes(lambda: session("target"), indexes, workers)
     return CopyReport(len(tables), sum(t.bytes for t in tables), time.monotonic() - started)
 
 

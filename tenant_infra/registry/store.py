@@ -16,7 +16,7 @@ import getpass
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -269,6 +269,39 @@ class Registry:
         changes version, so the API serves the new ones before
         ``tenant.credentials.rotated`` is published; ``invalidate`` also asks products
         to drop everything they cached of the tenant (``tenant.cache.invalidate``)."""
+        self._service_news(
+            tenant,
+            product,
+            operation,
+            reason,
+            lambda path: [
+                Event(
+                    "tenant.credentials.rotated",
+                    tenant,
+                    {
+                        "service_name": product,
+                        "credential_type": credential_type,
+                        "new_secret_path": path,
+                    },
+                )
+            ],
+            invalidate,
+        )
+
+    def record_data_replaced(self, tenant: str, product: str, operation: str, reason: str) -> None:
+        """A service's data was replaced under the same credentials (a restore's swap):
+        history, and ``tenant.cache.invalidate`` so products drop what they cached."""
+        self._service_news(tenant, product, operation, reason, lambda _path: [], reason)
+
+    def _service_news(
+        self,
+        tenant: str,
+        product: str,
+        operation: str,
+        reason: str,
+        events_for: Callable[[str], list[Event]],
+        invalidate: str | None,
+    ) -> None:
         try:
             with self.connect() as conn, conn.transaction():
                 row = conn.execute(
@@ -281,12 +314,7 @@ class Registry:
                 _history(
                     conn, tenant, product, operation, row["state"], row["state"], reason, self.actor
                 )
-                payload = {
-                    "service_name": product,
-                    "credential_type": credential_type,
-                    "new_secret_path": row["vault_path"],
-                }
-                events = [Event("tenant.credentials.rotated", tenant, payload)]
+                events = events_for(row["vault_path"])
                 if invalidate is not None:
                     events.append(
                         Event(
@@ -297,7 +325,7 @@ class Registry:
                     )
                 self._queue(conn, tenant, events)
         except psycopg.Error as exc:
-            raise _reported(f"recording new credentials of {tenant}", exc) from None
+            raise _reported(f"recording {operation} of {tenant}", exc) from None
         self.drain()
 
     def same_tenant(self, tenant: str) -> str | None:

@@ -370,6 +370,20 @@ class ReplayBackend:
             checkpoint.save()
             return dict(outputs)
 
+    def refresh(self, tenant: str, on_event: EventSink) -> None:
+        """``pulumi refresh``, for the broker's resources: one gone from RabbitMQ
+        (its Read gets a 404) leaves the state, so the next ``up`` creates it again.
+        PostgreSQL resources are not refreshed here."""
+        with self._locked(tenant), _ENGINE:
+            checkpoint = self._existing(tenant)
+            for record in list(checkpoint.resources):
+                kind = str(record["type"])
+                if not kind.startswith(RMQ):
+                    continue
+                provider = self._provider_values(record["provider"], checkpoint)
+                if not rmq.exists(kind.removeprefix(RMQ), provider, record["inputs"]):
+                    checkpoint.drop(record["name"])
+
     def preview(self, tenant: str, on_event: EventSink) -> PreviewOutcome:
         with _ENGINE:
             checkpoint = self._existing(tenant)

@@ -182,3 +182,32 @@ def policy_create(kind: str, provider: Mapping[str, Any], values: Mapping[str, A
 
 def policy_delete(kind: str, provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
     call(provider, "DELETE", _policy_path(kind, values))
+
+
+# Refresh: each resource's Read (ReadVhost, ReadUser, ReadPermissions, ReadPolicy,
+# ReadOperatorPolicy) GETs the object and, on a 404, calls ``checkDeleted``, which
+# clears the resource's id: ``pulumi refresh`` then drops it from the state, and the
+# next update creates it again (rabbitmq/resource_vhost.go and util.go @ 2b57d706).
+
+
+def _read_path(kind: str, values: Mapping[str, Any]) -> str:
+    if kind == "vHost:VHost":
+        return f"vhosts/{_segment(values['name'])}"
+    if kind == "user:User":
+        return f"users/{_segment(values['name'])}"
+    if kind == "permissions:Permissions":
+        return _permissions_path(values)
+    return _policy_path(kind, values)
+
+
+def exists(kind: str, provider: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    response = requests.get(
+        f"{str(provider['endpoint']).rstrip('/')}/api/{_read_path(kind, values)}",
+        auth=(provider.get("username", "guest"), provider.get("password") or ""),
+        timeout=15,
+    )
+    if response.status_code == 404:
+        return False
+    if response.status_code >= 400:
+        raise RuntimeError(f"GET /api/{_read_path(kind, values)}: HTTP {response.status_code}")
+    return True

@@ -60,11 +60,26 @@ def leftovers(tenant: str) -> list[str]:
     found = [f"role {r}" for r in _roles(key)]
     found += [f"database {d}" for (d,) in admin_sql("SELECT datname FROM pg_database WHERE datname LIKE %s", params=(f"%\\_{key}",))]
     for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('ledger', 'tracer')"):
-        found += [f"schema {database}.{s}" for (s,) in admin_sql("SELECT nspname FROM pg_namespace WHERE nspname IN (%s, %s)", database, (f"tenant_{key}", f"retired_tenant_{key}"))]
+        found += [f"schema {database}.{s}" for (s,) in admin_sql("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", database, (_schemas(key),))]
     if management(f"vhosts/{tenant}").status_code == 200:
         found.append(f"vhost {tenant}")
     found += [f"user {u['name']}" for u in management("users").json() if u["name"].endswith(f"_{key}")]
     return found
+
+
+def _schemas(key: str) -> list[str]:
+    """Every schema named after the tenant: live, retired, restoring and kept."""
+    live = f"tenant_{key}"
+    return [live, f"retired_{live}", f"restoring_{live}", f"pre_restore_{live}"]
+
+
+def _platform_logins(key: str) -> list[str]:
+    """The short-lived logins a promotion or a restore of the tenant's services left."""
+    from tenant_infra.operations.restore import restorer_name
+    from tenant_infra.pgdata.copy import _copier_name
+
+    names = [f(login) for login in _roles(key) for f in (restorer_name, _copier_name)]
+    return [r for (r,) in admin_sql("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", params=(names,))]
 
 
 def force_cleanup(tenant: str) -> None:
@@ -74,9 +89,9 @@ def force_cleanup(tenant: str) -> None:
     for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname LIKE %s", params=(f"%\\_{key}",)):
         admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
     for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('ledger', 'tracer')"):
-        for schema in (f"tenant_{key}", f"retired_tenant_{key}"):
+        for schema in _schemas(key):
             admin_sql(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)), database)
-    for role in _roles(key):
+    for role in _roles(key) + _platform_logins(key):
         for (database,) in admin_sql("SELECT datname FROM pg_database WHERE datname IN ('postgres', 'template1', 'ledger', 'tracer')"):
             admin_sql(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)), database)
         admin_sql(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
