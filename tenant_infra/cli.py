@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -274,16 +274,7 @@ def promote(
     from tenant_infra import commands, render
     from tenant_infra.operations.promote import PromotionPlan
 
-    def step(name: str, event: str) -> None:
-        if format is Format.JSON:
-            print(json.dumps({"event": "step", "step": name, "state": event}), flush=True)
-        else:
-            print(f"[{tenant}/{service}] {name}: {event}", file=sys.stderr)
-
-    def copied(done: int, total: int, table: str) -> None:
-        if format is not Format.JSON:
-            print(f"[{done}/{total} {table}] copied", file=sys.stderr)
-
+    step, copied = _step_printer(tenant, service, format), _table_printer(format, "copied")
     result = commands.promote(
         tenant,
         service,
@@ -302,13 +293,136 @@ def promote(
         else:
             render.promotion_plan(result, _console())
         return
+    _print_outcome("promotion", tenant, service, result, format)
+
+
+def _step_printer(tenant: str, service: str, format: Format) -> Callable[[str, str], None]:
+    """A day-2 operation's steps as they start and end (JSON lines on stdout)."""
+
+    def step(name: str, event: str) -> None:
+        if format is Format.JSON:
+            print(json.dumps({"event": "step", "step": name, "state": event}), flush=True)
+        else:
+            print(f"[{tenant}/{service}] {name}: {event}", file=sys.stderr)
+
+    return step
+
+
+def _table_printer(format: Format, verb: str) -> Callable[[int, int, str], None]:
+    """``[i/n table] copied``, as django-tenants shows ``[i/n schema]``."""
+
+    def table(done: int, total: int, name: str) -> None:
+        if format is not Format.JSON:
+            print(f"[{done}/{total} {name}] {verb}", file=sys.stderr)
+
+    return table
+
+
+def _print_outcome(what: str, tenant: str, service: str, result: Any, format: Format) -> None:
+    from tenant_infra import render
+
     shown = {"tenant": tenant, "service": service, **result.operation.to_json()}
     if format is Format.JSON:
         print(render.dumps({**shown, "pending": result.pending}))
     else:
-        print(f"promotion of {tenant}/{service}: {result.operation.state}")
+        print(f"{what} of {tenant}/{service}: {result.operation.state}")
         if result.pending:
             print(f"waiting: {result.pending}")
+
+
+@app.command()
+def backup(
+    tenants: Annotated[list[str] | None, typer.Argument(help="Tenants (or --all).")] = None,
+    all_tenants: Annotated[bool, typer.Option("--all", help="Every tenant.")] = False,
+    service: Annotated[
+        str | None, typer.Option("--service", "-s", metavar="PRODUCT", help="One service only.")
+    ] = None,
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to", metavar="DIR", help="Where sets go (default: $TENANT_INFRA_BACKUP_DIR)."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 1,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Back up each service: one verified set per tenant and service."""
+    from tenant_infra import commands, render
+
+    results = commands.backup(
+        tenants or [],
+        all_tenants=all_tenants,
+        product=service,
+        to=to,
+        concurrency=concurrency,
+    )
+    if format is Format.JSON:
+        print(render.dumps([r.to_json() for r in results]))
+    else:
+        render.backup_report(results, _console())
+    if any(r.status != "ok" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def restore(
+    tenant: Annotated[str, typer.Argument(help="An onboarded tenant.")],
+    service: Annotated[str, typer.Option("--service", "-s", metavar="PRODUCT")],
+    source: Annotated[
+        str | None,
+        typer.Option("--from", metavar="SET", help="A backup set's directory, or 'latest'."),
+    ] = None,
+    swap: Annotated[
+        bool, typer.Option("--swap", help="Put the verified copy live (keeps the old aside).")
+    ] = False,
+    aside: Annotated[
+        bool, typer.Option("--aside", help="Stop once verified, beside the live data.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the set and show the plan; change nothing.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on with an open restore.")] = False,
+    abort: Annotated[
+        bool, typer.Option("--abort", help="Drop an open restore's copy (before its swap).")
+    ] = False,
+    drop_previous: Annotated[
+        bool, typer.Option("--drop-previous", help="Drop the data a swap kept aside.")
+    ] = False,
+    point_in_time: Annotated[
+        str | None, typer.Option("--point-in-time", metavar="TIME", help="Refused: see README.")
+    ] = None,
+    backups: Annotated[
+        Path | None, typer.Option("--backups", metavar="DIR", help="Where 'latest' looks.")
+    ] = None,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Restore a service from a backup set: aside, verified, then swapped."""
+    from tenant_infra import commands, render
+    from tenant_infra.operations.restore import RestorePlan
+
+    result = commands.restore(
+        tenant,
+        service,
+        source=source,
+        swap=swap,
+        aside=aside,
+        dry_run=dry_run,
+        resume=resume,
+        abort=abort,
+        drop_previous=drop_previous,
+        point_in_time=point_in_time,
+        backups=backups,
+        progress=_progress(format),
+        step_progress=_step_printer(tenant, service, format),
+        copy_progress=_table_printer(format, "restored"),
+    )
+    if isinstance(result, RestorePlan):
+        if format is Format.JSON:
+            print(render.dumps(result.to_json()))
+        else:
+            render.restore_plan(result, _console())
+        return
+    _print_outcome("restore", tenant, service, result, format)
 
 
 @app.command()

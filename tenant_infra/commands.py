@@ -580,22 +580,21 @@ def backup(
     if concurrency < 1:
         raise InvalidInput("--concurrency must be at least 1")
     workspace = _workspace(root)
-    chosen = _fleet(tenants, all_tenants, workspace)
-    stacks = _backend(workspace, backend)
-    storage = LocalDirectory(_backup_root(workspace, to))
-    environ = _operator_environ(stacks) or os.environ
-    store = registry(workspace, stacks)
-    jobs = []
-    for tenant in chosen:
-        config = lifecycle.known_config(workspace, tenant)
-        products = [s.product for s in config.services]
+    services: list[tuple[str, str]] = []
+    for tenant in _fleet(tenants, all_tenants, workspace):
+        products = [s.product for s in lifecycle.known_config(workspace, tenant).services]
         if product is not None:
             if product not in products and not all_tenants:
                 raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
             products = [p for p in products if p == product]
-        jobs += [partial(Backup, tenant, p, workspace, store, storage, environ) for p in products]
-    if not jobs:
+        services += [(tenant, p) for p in products]
+    if not services:
         raise InvalidInput("no service to back up")
+    stacks = _backend(workspace, backend)
+    storage = LocalDirectory(_backup_root(workspace, to))
+    environ = _operator_environ(stacks) or os.environ
+    store = registry(workspace, stacks)
+    jobs = [partial(Backup, t, p, workspace, store, storage, environ) for t, p in services]
     return back_up_fleet(jobs, concurrency, step_progress or _no_steps)
 
 
@@ -622,7 +621,7 @@ def restore(
     aside, verified, then swapped with ``swap`` (``aside``: stop after verifying).
     ``source`` is a set's directory, or ``latest`` (the newest set of the service
     under ``backups``). ``drop_previous`` drops the data a swap kept aside."""
-    from tenant_infra.operations.backupset import LocalDirectory
+    from tenant_infra.operations.backupset import LocalDirectory, read_manifest
     from tenant_infra.operations.restore import Restorer, preview
 
     validate_tenant_id(tenant)
@@ -651,6 +650,8 @@ def restore(
         if not sets:
             raise InvalidInput(f"no backup set of {tenant}/{product} under {storage.root}")
         source = sets[-1]
+    if source is not None:
+        read_manifest(storage.fetch(source), tenant, product)
     stacks = _backend(workspace, backend)
     restorer = Restorer(
         tenant,

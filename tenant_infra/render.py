@@ -16,7 +16,9 @@ from tenant_infra.lifecycle import (
     TenantStatus,
     migration_product,
 )
+from tenant_infra.operations.backup import BackupResult
 from tenant_infra.operations.promote import PromotionPlan
+from tenant_infra.operations.restore import RestorePlan
 from tenant_infra.plan import Plan, PlannedResource
 
 #: Inputs worth a column in the human plan, by how often they identify a resource.
@@ -93,6 +95,38 @@ def promotion_plan(plan: PromotionPlan, console: Console) -> None:
         f"{plan.bytes} bytes to move; writes frozen for about {plan.freeze_seconds:.0f} s "
         "(reads go on)"
     )
+
+
+def backup_report(results: Sequence[BackupResult], console: Console) -> None:
+    """One line per service backed up: its set, or why not."""
+    table = Table("tenant", "service", "status", "set or error", box=None)
+    for r in results:
+        shown = r.set if r.status == "ok" else r.error
+        table.add_row(r.tenant, r.product, r.status, str(shown))
+    console.print(table)
+    for r in results:
+        for store, why in sorted(r.skipped.items()):
+            console.print(f"{r.tenant}/{r.product}: {store} skipped: {why}")
+        if r.warning:
+            console.print(f"{r.tenant}/{r.product}: {r.warning}")
+
+
+def restore_plan(plan: RestorePlan, console: Console) -> None:
+    """A restore's preview: the set (proved intact), the schemas, the tables."""
+    console.print(
+        f"restore {plan.tenant}/{plan.product} from {plan.set} (backup {plan.stamp}, "
+        f"revision {plan.revision or 'base'}) in database {plan.database}"
+    )
+    console.print(
+        f"  aside as {plan.schemas['aside']}; with --swap it becomes {plan.schemas['live']} "
+        f"and the live data is kept as {plan.schemas['kept']}"
+    )
+    table = Table("table", "rows in the backup", "live rows (estimate)", box=None)
+    for row in plan.tables:
+        table.add_row(str(row["name"]), str(row["rows"]), str(row["liveRowsEstimate"]))
+    console.print(table)
+    for store, what in sorted(plan.stores.items()):
+        console.print(f"  {store}: {what}")
 
 
 def dumps(document: Any) -> str:

@@ -72,6 +72,18 @@ def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> Non
         ["promote", "acme", "--service", "ledger", "--dry-run", "--resume"],
         ["promote", "acme", "--service", "ledger", "--keep-source", "soon"],
         ["promote", "nobody", "--service", "ledger"],
+        ["backup"],
+        ["backup", "Acme"],
+        ["backup", "acme", "--concurrency", "0"],
+        ["backup", "acme", "--service", "wallet"],
+        ["backup", "acme", "--all"],
+        ["restore", "acme", "--service", "ledger"],
+        ["restore", "acme", "--service", "ledger", "--from", "x", "--swap", "--aside"],
+        ["restore", "acme", "--service", "ledger", "--from", "x", "--point-in-time", "yesterday"],
+        ["restore", "acme", "--service", "ledger", "--from", "/nonexistent/set", "--swap"],
+        ["restore", "acme", "--service", "ledger", "--abort", "--from", "x"],
+        ["restore", "acme", "--service", "ledger", "--resume", "--from", "x"],
+        ["restore", "nobody", "--service", "ledger", "--from", "x"],
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_no_stdout(

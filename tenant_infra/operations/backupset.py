@@ -187,9 +187,9 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     path.chmod(0o600)
 
 
-def read_set(directory: Path, tenant: str, product: str) -> Manifest:
-    """The set's manifest, once every file it lists is there with its size and sha256,
-    and it is the set of ``tenant``'s ``product``: refused in one line otherwise."""
+def read_manifest(directory: Path, tenant: str, product: str) -> Manifest:
+    """The set's manifest, if it is one, of ``tenant``'s ``product``: refused in one
+    line otherwise. Its files are not checked (:func:`read_set`)."""
     path = directory / MANIFEST
     try:
         raw = json.loads(path.read_text())
@@ -210,9 +210,16 @@ def read_set(directory: Path, tenant: str, product: str) -> Manifest:
             f"{directory} is the backup of {manifest.tenant}/{manifest.product}, "
             f"not of {tenant}/{product}"
         )
+    return manifest
+
+
+def read_set(directory: Path, tenant: str, product: str) -> Manifest:
+    """:func:`read_manifest`, once every file it lists is there with its size and
+    sha256: a damaged set is refused before anything is restored from it."""
+    manifest = read_manifest(directory, tenant, product)
     for name, entry in sorted(manifest.files.items()):
         if "/" in name or name.startswith("."):
-            raise InvalidInput(f"{path} names a file outside its set: {name!r}")
+            raise InvalidInput(f"{directory / MANIFEST} names a file outside its set: {name!r}")
         file = directory / name
         if not file.is_file():
             raise InvalidInput(f"backup set {directory} is missing {name}")

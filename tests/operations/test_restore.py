@@ -191,7 +191,7 @@ def test_a_damaged_file_is_refused_before_anything_changes(world: World) -> None
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0x01
     dump.write_bytes(bytes(data))
-    with pytest.raises(InvalidInput, match="postgresql.dump is damaged"):
+    with pytest.raises(InvalidInput, match=r"postgresql\.dump is damaged"):
         restore(world, tenant, source=str(set_), swap=True)
     assert sums(world, tenant) == before
     assert schemas(world, tenant) == {f"tenant_{tenant.replace('-', '_')}"}
@@ -207,7 +207,7 @@ def test_a_manifest_that_is_not_the_dump_is_refused_and_names_the_table(world: W
         if table["name"] == "operations":
             table["rows"] += 1
     (set_ / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(OperationFailed, match="refused, live data untouched: .*table operations: 400 rows in the restored copy, 401 in the backup"):
+    with pytest.raises(OperationFailed, match=r"refused, live data untouched: .*table operations: 400 rows in the restored copy, 401 in the backup"):
         restore(world, tenant, source=str(set_), swap=True)
     assert sums(world, tenant) == before
     key = tenant.replace("-", "_")
