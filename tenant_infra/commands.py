@@ -572,7 +572,7 @@ def backup(
     """Back up every service (or ``product``) of the tenants, ``concurrency`` at once:
     one set each (see :mod:`tenant_infra.operations.backup`); a failure is reported
     with its service and never stops the others."""
-    from tenant_infra.operations.backup import Backup, back_up_fleet
+    from tenant_infra.operations.backup import Backup, BackupResult, back_up_fleet
     from tenant_infra.operations.backupset import LocalDirectory
 
     if product is not None:
@@ -581,21 +581,29 @@ def backup(
         raise InvalidInput("--concurrency must be at least 1")
     workspace = _workspace(root)
     services: list[tuple[str, str]] = []
+    unreadable: list[BackupResult] = []
     for tenant in _fleet(tenants, all_tenants, workspace):
-        products = [s.product for s in lifecycle.known_config(workspace, tenant).services]
+        try:
+            products = [s.product for s in lifecycle.known_config(workspace, tenant).services]
+        except InvalidInput as exc:
+            if not all_tenants:
+                raise
+            # One tenant's broken stack file fails that tenant alone.
+            unreadable.append(BackupResult(tenant, product or "*", "failed", error=str(exc)))
+            continue
         if product is not None:
             if product not in products and not all_tenants:
                 raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
             products = [p for p in products if p == product]
         services += [(tenant, p) for p in products]
-    if not services:
+    if not services and not unreadable:
         raise InvalidInput("no service to back up")
     stacks = _backend(workspace, backend)
     storage = LocalDirectory(_backup_root(workspace, to))
     environ = _operator_environ(stacks) or os.environ
     store = registry(workspace, stacks)
     jobs = [partial(Backup, t, p, workspace, store, storage, environ) for t, p in services]
-    return back_up_fleet(jobs, concurrency, step_progress or _no_steps)
+    return unreadable + back_up_fleet(jobs, concurrency, step_progress or _no_steps)
 
 
 def restore(

@@ -1,6 +1,6 @@
 """Restore of one tenant service from a backup set: aside, verified, then swapped.
 
-Nothing is written over live data. Four steps on the step machine
+Nothing is written over live data. Five steps on the step machine
 (:mod:`tenant_infra.operations.steps`):
 
 1. ``restore-aside``: a schema ``restoring_tenant_<key>`` is made beside the live one,
@@ -16,14 +16,17 @@ Nothing is written over live data. Four steps on the step machine
    row counts and seeded checksums per table, sequences. A difference aborts the
    restore (the aside is dropped; the live data was never touched) and names the
    table.
-3. ``swap`` (``--swap``; with ``--aside`` the restore waits here, open, for an
+3. ``catch-up``: a copy at an older revision than the live schema is migrated to
+   the live one (as the same login): the service stays at the revision its stack
+   records, with the backup's rows.
+4. ``swap`` (``--swap``; with ``--aside`` the restore waits here, open, for an
    operator to look): in one transaction, once every live table is locked, the live
    schema becomes ``pre_restore_tenant_<key>``, the aside takes the live name, and
    the service's login becomes the owner of all of it. The login, its password and
    its ``search_path`` are untouched, so the credentials keep working; its sessions
    are ended, since their cached plans still point at the replaced tables. The
    registry records it and announces ``tenant.cache.invalidate``.
-4. ``rabbitmq``: the vhost is reprovisioned from the stack if it is gone (a refresh,
+5. ``rabbitmq``: the vhost is reprovisioned from the stack if it is gone (a refresh,
    then an update), and the saved topology declared in it. Messages are not restored.
 
 ``--drop-previous`` drops the kept ``pre_restore`` schema. Killed anywhere, the
@@ -70,6 +73,7 @@ from tenant_infra.pgdata.copy import (
     create_login,
     drop_login,
     empty_tables,
+    login_again,
     parallel,
     secondary_indexes,
     writer,
@@ -184,14 +188,7 @@ class Restorer:
             )
         started = time.monotonic()
         self._load(params, restorer, aside, directory / POSTGRES_DUMP, part, expected)
-        with connect(admin, autocommit=True) as conn:
-            # Its work is done: nothing may change the aside until it is swapped.
-            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(restorer)))
-            conn.execute(
-                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
-                " WHERE usename = %s",
-                (restorer,),
-            )
+        _seal(admin, restorer)
         detail["loadSeconds"] = round(time.monotonic() - started, 3)
 
     def _migrate(
@@ -259,6 +256,29 @@ class Restorer:
             raise Mismatch(f"the restored copy is not the backup: {problems[0]}")
         detail["verifySeconds"] = round(time.monotonic() - started, 3)
         detail["rows"] = sum(t.rows for t in part.tables)
+
+    def catch_up(self, detail: Detail) -> None:
+        """The verified copy migrated to the live schema's revision, as the restore's
+        login: the service goes on at the revision its stack records (and the next
+        ``up`` migrates from), with the backup's rows."""
+        config = self.config()
+        _directory, manifest = self.manifest(detail)
+        part = _postgres(manifest)
+        names = config.names.service(self.product)
+        admin = self.admin(config)
+        with connect(admin) as conn:
+            live = read_inventory(conn, names.pg_schema).revision
+            aside = read_inventory(conn, names.pg_restore_schema).revision
+        detail["liveRevision"] = live
+        if live is None or live == aside:
+            return
+        restorer = restorer_name(self.login(config))
+        params = login_again(admin, restorer)
+        try:
+            self._migrate(params, names.pg_restore_schema, restorer, live)
+        finally:
+            _seal(admin, restorer)
+        detail["migratedFrom"] = part.revision
 
     def differences(self, config: TenantConfig, part: PostgresPart) -> list[str]:
         """Where the aside schema differs from the manifest, one line each."""
@@ -443,6 +463,7 @@ class Restorer:
         return [
             Step("restore-aside", self.restore_aside),
             Step("verify", self.verify),
+            Step("catch-up", self.catch_up),
             Step("swap", self.swap_step),
             Step("rabbitmq", self.rabbitmq),
         ]
@@ -508,6 +529,18 @@ class Restorer:
                 "again with --resume, or --abort"
             ) from None
         return outcome
+
+
+def _seal(admin: Mapping[str, Any], restorer: str) -> None:
+    """The restore's login refused and its sessions ended: nothing changes the copy
+    between the steps."""
+    with connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(restorer)))
+        conn.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = %s",
+            (restorer,),
+        )
 
 
 def _postgres(manifest: Manifest) -> PostgresPart:

@@ -122,6 +122,20 @@ def create_login(
     return {**admin, "user": name, "password": password}
 
 
+def login_again(admin: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A :func:`create_login` of an earlier run, allowed to log in again with a new
+    password (the old one died with that run's process)."""
+    password = secrets.token_urlsafe(24)
+    until = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {} VALID UNTIL {}").format(
+                sql.Identifier(name), sql.Literal(scram_verifier(password)), sql.Literal(until)
+            )
+        )
+    return {**admin, "user": name, "password": password}
+
+
 def drop_copier(admin: Mapping[str, Any], login: str) -> None:
     """The copier of ``login``, if a run left one."""
     drop_login(admin, _copier_name(login))

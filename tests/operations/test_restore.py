@@ -112,7 +112,7 @@ def test_round_trip_restores_the_backup_and_touches_no_neighbour(world: World, m
         damage(world, tenant)
         assert sums(world, tenant) != before
         outcome = restore(world, tenant, source=set_, swap=True)
-        assert outcome.ran == ["restore-aside", "verify", "swap", "rabbitmq"], outcome.ran
+        assert outcome.ran == ["restore-aside", "verify", "catch-up", "swap", "rabbitmq"], outcome.ran
         assert outcome.operation.state == "done"
         assert sums(world, tenant) == before
         assert sums(world, neighbour) == theirs
@@ -175,7 +175,7 @@ def test_a_backup_taken_under_writes_is_one_snapshot(world: World) -> None:
         writer.join()
     assert writes[0] > 10, "the writes ran during the backup"
     outcome = restore(world, tenant, source=set_, aside=True)
-    assert outcome.ran == ["restore-aside", "verify"] and outcome.pending is not None
+    assert outcome.ran == ["restore-aside", "verify", "catch-up"] and outcome.pending is not None
     assert "--resume --swap" in outcome.pending
     aborted = restore(world, tenant, abort=True)
     assert aborted.operation.state == "aborted"
@@ -294,8 +294,43 @@ def test_refusals_come_first_and_in_one_line(world: World) -> None:
 def test_the_fleet_form_isolates_a_failure(world: World) -> None:
     good, bad = seeded(world, "fg", size=5), seeded(world, "fb", size=5)
     admin_sql(f"DROP SCHEMA tenant_{bad.replace('-', '_')} CASCADE", "ledger")
-    results = commands.backup([good, bad], to=world.root / "backups", concurrency=2, **world.kwargs())
+    (world.root / "stacks" / "Pulumi.zz-broken.yaml").write_text("config:\n  tenant-infra:tenant: zz-broken\n  tenant-infra:tier: [\n")
+    results = commands.backup(all_tenants=True, to=world.root / "backups", concurrency=2, **world.kwargs())
     by_tenant = {r.tenant: r for r in results}
+    assert {good, bad, "zz-broken"} <= set(by_tenant)  # and the dev stack's tenant
+    assert by_tenant["zz-broken"].status == "failed"
     assert by_tenant[good].status == "ok" and Path(str(by_tenant[good].set), "manifest.json").is_file()
     assert by_tenant[bad].status == "failed" and "holds no table" in str(by_tenant[bad].error)
     assert not list((world.root / "backups" / bad / "ledger").glob("2*"))
+
+
+def _alembic(world: World, tenant: str, *command: str) -> None:
+    """Plain ``alembic`` on the tenant's schema, as its login (the README's way)."""
+    pg = world.pg(tenant, "ledger")
+    dsn = f"postgresql+psycopg://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "migrations/ledger/alembic.ini"),
+         "-x", f"schema=tenant_{tenant.replace('-', '_')}", *command],
+        cwd=ROOT, env={**os.environ, "TENANT_INFRA_DSN": dsn}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_backup_from_an_older_revision_is_migrated_before_it_goes_live(world: World) -> None:
+    """The service stays at the revision its stack records (and migrates from): the
+    backup's rows, brought forward by the product's own revisions."""
+    tenant = world.new_tenant("old")
+    world.onboard(tenant, "ledger:SCHEMA")
+    _alembic(world, tenant, "downgrade", "0002")
+    as_tenant(world, tenant, "INSERT INTO organizations (legal_name, legal_document) SELECT 'Org ' || i, 'D' || i FROM generate_series(1, 30) i")
+    set_ = backup(world, tenant)
+    assert json.loads(Path(set_, "manifest.json").read_text())["postgresql"]["revision"] == "0002"
+    _alembic(world, tenant, "upgrade", "head")
+    upgraded = sums(world, tenant)
+    as_tenant(world, tenant, "DELETE FROM organizations WHERE legal_name LIKE 'Org 1%'")
+    outcome = restore(world, tenant, source=set_, swap=True)
+    assert outcome.operation.detail["migratedFrom"] == "0002"
+    assert outcome.operation.detail["liveRevision"] == "0003"
+    assert sums(world, tenant) == upgraded
+    assert as_tenant(world, tenant, "SELECT version_num FROM alembic_version") == [("0003",)]
+    world.verify(tenant, "ledger")

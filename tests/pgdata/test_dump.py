@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 
 from tenant_infra.errors import OperationFailed
 from tenant_infra.pgdata.checksum import checksums
-from tenant_infra.pgdata.copy import copy_sequences
-from tenant_infra.pgdata.dump import dump_schema, list_contents, load_table, snapshot_of, stream_block
+from tenant_infra.pgdata.copy import copy_sequences, reader
+from tenant_infra.pgdata.dump import (
+    dump_schema,
+    list_contents,
+    load_table,
+    snapshot_of,
+    stream_block,
+)
 from tenant_infra.pgdata.inventory import read_inventory
 from tests.pgdata.conftest import Pair
 
@@ -30,9 +36,7 @@ def test_a_schema_dumped_in_its_snapshot_loads_into_another_schema_intact(pair: 
         # A write after the snapshot is in neither the dump nor the inventory.
         pair.run(pair.source_db, "DELETE FROM {s}.operations WHERE seq < 10")
         dump_schema(pair.source, pair.schema, snapshot, archive)
-        with psycopg.connect(**pair.source) as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            conn.execute("SET TRANSACTION SNAPSHOT %s" % psycopg.sql.Literal(snapshot).as_string(conn))
+        with reader(pair.source, snapshot) as conn:
             before = checksums(conn, pair.schema, inventory.tables)
     assert "TABLE DATA" in list_contents(archive)
     with psycopg.connect(**pair.target, autocommit=True) as target:
