@@ -68,9 +68,11 @@ from tenant_infra.pgdata.checksum import checksums, mismatches
 from tenant_infra.pgdata.copy import (
     CopyProgress,
     Sessions,
+    add_keys,
     build_indexes,
     copy_sequences,
     create_login,
+    drop_keys,
     drop_login,
     empty_tables,
     login_again,
@@ -227,6 +229,9 @@ class Restorer:
         with writer(params, restorer) as target:
             indexes = secondary_indexes(target, aside)
             empty_tables(target, aside, tables)
+            # As pg_restore does: keys too are added once the rows are in (a random
+            # uuid key maintained row by row costs more than the whole load).
+            keys = drop_keys(target, aside)
         done: list[str] = []
         with Sessions(target=lambda: writer(params, restorer)) as session:
 
@@ -237,6 +242,7 @@ class Restorer:
                     self.copy_progress(len(done), len(tables), table.name)
 
             parallel(tables, self.workers, load)
+            add_keys(lambda: session("target"), aside, keys, self.workers)
             build_indexes(lambda: session("target"), indexes, self.workers)
         copy_sequences(params, aside, expected.sequences, restorer)
 

@@ -292,6 +292,64 @@ def empty_tables(target: psycopg.Connection[Any], schema: str, tables: Sequence[
         )
 
 
+#: Constraints a bulk load is faster without (their indexes are built after, sorted,
+#: as ``pg_restore`` does): foreign keys, then primary keys, unique and exclusion.
+_KEYS = """
+SELECT t.relname, c.conname, c.contype, pg_catalog.pg_get_constraintdef(c.oid)
+FROM pg_catalog.pg_constraint c
+JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %s AND c.contype IN ('f', 'p', 'u', 'x')
+ORDER BY c.contype = 'f' DESC, pg_catalog.pg_relation_size(t.oid) DESC, c.conname
+"""
+
+
+@dataclass(frozen=True)
+class Key:
+    table: str
+    name: str
+    foreign: bool
+    #: ``pg_get_constraintdef`` read with ``search_path`` pinned: references qualified.
+    definition: str
+
+
+def drop_keys(target: psycopg.Connection[Any], schema: str) -> list[Key]:
+    """Drop the schema's keys (foreign first) before a bulk load into empty tables;
+    returns them, to be added again by :func:`add_keys`. ``target`` is stabilized."""
+    keys = [
+        Key(str(r[0]), str(r[1]), r[2] == "f", str(r[3]))
+        for r in target.execute(_KEYS, (schema,)).fetchall()
+    ]
+    for key in keys:
+        target.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                qualified(schema, key.table), sql.Identifier(key.name)
+            )
+        )
+    return keys
+
+
+def add_keys(
+    sessions: Callable[[], psycopg.Connection[Any]], schema: str, keys: Sequence[Key], workers: int
+) -> None:
+    """The keys :func:`drop_keys` dropped, their indexes built ``workers`` at a time,
+    then the foreign keys, which need them."""
+
+    def add(key: Key) -> None:
+        target = sessions()
+        target.execute(
+            sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY))
+        )
+        target.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                qualified(schema, key.table), sql.Identifier(key.name), sql.SQL(key.definition)
+            )
+        )
+
+    parallel([k for k in keys if not k.foreign], workers, add)
+    parallel([k for k in keys if k.foreign], workers, add)
+
+
 def build_indexes(
     sessions: Callable[[], psycopg.Connection[Any]], indexes: Mapping[str, str], workers: int
 ) -> None:
