@@ -65,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transactions", type=int, default=1_250_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backup-only", action="store_true", help="(a) and (b) only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, control_plane(Path(folder)) as plane:
         world = World(Path(folder), plane)
@@ -90,6 +91,20 @@ def main() -> None:
                 (result,) = commands.backup([tenant], to=sets, **world.kwargs())
                 b = time.monotonic() - started
                 assert result.status == "ok", result.to_json()
+                if args.backup_only:
+                    print(
+                        json.dumps(
+                            {
+                                "round": round_,
+                                "a_pg_dump_s": round(a, 2),
+                                "b_backup_s": round(b, 2),
+                                "backup_ratio": round(b / a, 3),
+                                **result.timings,
+                            }
+                        ),
+                        flush=True,
+                    )
+                    continue
                 c = plain_restore(archive)
                 started = time.monotonic()
                 outcome = commands.restore(
@@ -111,6 +126,7 @@ def main() -> None:
                             "d_load_s": detail["loadSeconds"],
                             "d_verify_s": detail["verifySeconds"],
                             "backup_ratio": round(b / a, 3),
+                            **{f"b_{k}": v for k, v in result.timings.items()},
                             "restore_ratio": round(d / c, 3),
                             "plain_dump_bytes": archive.stat().st_size,
                             "set_dump_bytes": dump_bytes,

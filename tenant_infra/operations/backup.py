@@ -124,7 +124,7 @@ class Backup:
         postgres = None
         if product.needs(Store.POSTGRESQL):
             tools["pg_dump"] = tool_version("pg_dump")
-            postgres = self._postgres(config, spec, staging)
+            postgres = self._postgres(config, spec, staging, detail)
             tools["server"] = self._server_version(config, spec)
         rabbitmq = self._rabbitmq(config, staging) if product.needs(Store.RABBITMQ) else None
         mongodb = None
@@ -174,7 +174,9 @@ class Backup:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else ""
 
-    def _postgres(self, config: TenantConfig, spec: ServiceSpec, staging: Path) -> PostgresPart:
+    def _postgres(
+        self, config: TenantConfig, spec: ServiceSpec, staging: Path, timings: Detail
+    ) -> PostgresPart:
         names = config.names.service(self.product)
         params, schema = self._admin(config, spec), names.pg_schema
         try:
@@ -182,13 +184,16 @@ class Backup:
                 if not inventory.tables:
                     raise InvalidInput(f"{schema} holds no table: nothing to back up")
                 seed, sums = new_seed(), dict[str, Checksum]()
+                started = time.monotonic()
 
                 def counted() -> None:
                     with reader(params, snapshot) as conn:
                         sums.update(checksums(conn, schema, inventory.tables, seed))
+                    timings["checksumSeconds"] = round(time.monotonic() - started, 3)
 
                 def dumped() -> None:
                     dump_schema(params, schema, snapshot, staging / POSTGRES_DUMP)
+                    timings["dumpSeconds"] = round(time.monotonic() - started, 3)
 
                 parallel([dumped, counted], 2, lambda action: action())
                 found = large_objects(params, config.pg_logins(self.product))
@@ -294,6 +299,8 @@ class BackupResult:
     warning: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: How long the dump and the manifest's checksums took (they run at once).
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -305,6 +312,7 @@ class BackupResult:
             "warning": self.warning,
             "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
+            "timings": self.timings,
         }
 
 
@@ -327,6 +335,7 @@ def back_up(make: Callable[[], Backup], step_progress: StepProgress) -> BackupRe
         warning=detail.get("warning"),
         skipped=dict(detail.get("skipped") or {}),
         seconds=_since(started),
+        timings={k: float(detail[k]) for k in ("dumpSeconds", "checksumSeconds") if k in detail},
     )
 
 

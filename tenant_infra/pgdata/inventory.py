@@ -162,7 +162,7 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
     tables = tuple(
         Table(
             name=row[0],
-            columns=tuple(zip(row[1], row[2], strict=True)),
+            columns=tuple(zip(row[1], [_own_type(t, schema) for t in row[2]], strict=True)),
             generated=frozenset(row[3] or ()),
             builtin_types=bool(row[4]),
             hashed_as=tuple(row[5]),
@@ -186,6 +186,16 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
         for name, last, start in conn.execute(_SEQUENCES, (schema,)).fetchall()
     )
     return Inventory(schema, tables, sequences, _revision(conn, schema, tables))
+
+
+def _own_type(name: str, schema: str) -> str:
+    """A type of the schema itself without its schema's name (``format_type`` names
+    it, since ``search_path`` is pinned): the same enum in a restore's or a copy's
+    schema is the same column type."""
+    for prefix in (f"{schema}.", f'"{schema}".'):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 def _revision(conn: psycopg.Connection[Any], schema: str, tables: tuple[Table, ...]) -> str | None:

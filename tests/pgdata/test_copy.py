@@ -211,3 +211,29 @@ def test_values_equal_but_not_identical_are_told_apart(pair: Pair) -> None:
         pair.run(pair.target_db, "DELETE FROM {s}.odd; INSERT INTO {s}.odd VALUES " + row)
         found = mismatches(_sums(pair, pair.source_db), _sums(pair, pair.target_db))
         assert "table odd: same row count, different content" in found, row
+
+
+def test_a_cast_the_tenant_defines_never_runs_with_the_readers_rights(pair: Pair) -> None:
+    """The owner of a type may define its cast to text; a checksum prints the type
+    through its output function, so the tenant's function is never called."""
+    _copy(pair)
+    pair.run(pair.target_db, f"""SET ROLE {pair.login};
+        CREATE TABLE {{s}}.calls (who name);
+        CREATE FUNCTION {{s}}.evil({{s}}.kind) RETURNS text LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO {pair.schema}.calls VALUES (current_user); RETURN 'x'; END $$;
+        CREATE CAST ({{s}}.kind AS text) WITH FUNCTION {{s}}.evil({{s}}.kind);""")
+    with psycopg.connect(**pair.target, autocommit=True) as conn:
+        conn.execute(f"SET ROLE {pair.login}")
+        assert conn.execute(f"SELECT kind::text FROM {pair.schema}.operations LIMIT 1").fetchall() == [("x",)]
+    sums = _sums(pair, pair.target_db)
+    assert pair.run(pair.target_db, "SELECT who FROM {s}.calls") == [(pair.login,)]  # only our probe
+    assert mismatches(_sums(pair, pair.source_db), sums) == []
+
+
+def test_a_type_of_the_schema_is_the_same_column_type_under_another_schema_name(pair: Pair) -> None:
+    """A restore's schema has the tenant's enum under its own name."""
+    pair.run(pair.target_db, "ALTER SCHEMA {s} RENAME TO restoring_{s}")
+    with psycopg.connect(**pair.source) as s, psycopg.connect(**pair.target) as t:
+        source, target = read_inventory(s, pair.schema), read_inventory(t, f"restoring_{pair.schema}")
+    assert dict(source.table("operations").columns)["kind"] == "kind"  # type: ignore[union-attr]
+    assert differences(source, target) == []
