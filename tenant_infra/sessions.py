@@ -101,6 +101,15 @@ def drop_strays(
                     )
                     if row[0] not in own
                 ]
+                present = conn.execute(
+                    "SELECT datname FROM pg_catalog.pg_database WHERE datname = ANY(%s)",
+                    (sorted(own),),
+                ).fetchall()
+            # A restore's schemas (the copy being made, the data a swap replaced) are
+            # the service's data too: a purge (every login) takes them, and the
+            # restore's login.
+            if spec is not None and logins is None:
+                _drop_restores(config, product, env, {str(r[0]) for r in present})
             for database, login in strays:
                 with _admin(config, product, env, database) as conn:
                     # A neighbour's open transaction on something granted to the role
@@ -122,6 +131,26 @@ def drop_strays(
         except psycopg.Error as exc:
             raise BackendUnavailable(f"PostgreSQL: {scrub(str(exc).splitlines()[0])}") from None
     return dropped
+
+
+def _drop_restores(
+    config: TenantConfig, product: str, environ: Mapping[str, str], databases: set[str]
+) -> None:
+    from tenant_infra.operations.restore import restorer_name
+    from tenant_infra.pgdata.copy import drop_login
+
+    names = config.names.service(product)
+    for database in sorted(databases):
+        params = admin_params(config, product, environ, database)
+        with psycopg.connect(**params, autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{STRAY_LOCK_WAIT_SECONDS}s'")
+            for schema in (names.pg_restore_schema, names.pg_pre_restore_schema):
+                conn.execute(
+                    psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        psycopg.sql.Identifier(schema)
+                    )
+                )
+        drop_login(params, restorer_name(config.pg_login(product)))
 
 
 def close_sessions(

@@ -19,8 +19,9 @@ recorded in the registry:
 2. ``publish``: the set becomes visible whole (:class:`~tenant_infra.operations.
    backupset.BackupStorage`).
 
-Killed anywhere, the next ``backup`` of the service goes on with the open one: a
-``take`` begun again starts its staging over, so no set ever mixes two runs.
+Killed anywhere, the next ``backup`` of the service discards what the killed one
+left and starts over; a failed one is closed at once (``aborted``), its staging
+removed, so it never stands in the way of a restore.
 """
 
 from __future__ import annotations
@@ -215,13 +216,27 @@ class Backup:
     def steps(self) -> list[Step]:
         return [Step("take", self.take), Step("publish", self.publish)]
 
+    def discard(self, detail: Detail) -> None:
+        """A failed or killed backup leaves nothing: its staging is removed."""
+        if detail.get("stamp"):
+            self.storage.discard(self.tenant, self.product, str(detail["stamp"]))
+
     def run(self, step_progress: StepProgress) -> Outcome:
+        """A backup from scratch: one a killed run left open is discarded first (a set
+        never mixes two runs, nor carries a stale stamp), and a failure closes the
+        operation, so it never stands in the way of a restore."""
         self.spec(self.config())
         machine = Machine(Operations(self.registry), self.tenant, self.product, KIND, step_progress)
+        undo = [Step("abort-discard", self.discard)]
         with machine.held():
-            found = machine.current()
-            detail = {} if found is not None else {"stamp": new_stamp()}
-            return machine.run(self.steps(), resume=found is not None, detail=detail)
+            if machine.current() is not None:
+                machine.abort(undo)
+            try:
+                return machine.run(self.steps(), resume=False, detail={"stamp": new_stamp()})
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    machine.abort(undo)
+                raise
 
 
 # ------------------------------------------------------------------- MongoDB
@@ -248,7 +263,8 @@ def mongo_backup(
         )
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
-        raise OperationFailed(f"mongodump failed: {scrub(lines[-1]) if lines else 'no message'}")
+        said = scrub(lines[-1].replace(url, "[secret]")) if lines else "no message"
+        raise OperationFailed(f"mongodump failed: {said}")
     version = tool_version(tool)
     return StorePart(database=database), version
 
@@ -325,6 +341,14 @@ def back_up(make: Callable[[], Backup], step_progress: StepProgress) -> BackupRe
     except (InvalidInput, OperationFailed, BackendUnavailable, InProgress) as exc:
         return BackupResult(
             backup.tenant, backup.product, "failed", error=str(exc), seconds=_since(started)
+        )
+    except Exception as exc:  # a full disk, a driver error: that service's alone
+        return BackupResult(
+            backup.tenant,
+            backup.product,
+            "failed",
+            error=f"{type(exc).__name__}: {first_line(exc)}",
+            seconds=_since(started),
         )
     detail = outcome.operation.detail
     return BackupResult(

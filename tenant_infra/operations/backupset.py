@@ -217,6 +217,14 @@ def read_set(directory: Path, tenant: str, product: str) -> Manifest:
     """:func:`read_manifest`, once every file it lists is there with its size and
     sha256: a damaged set is refused before anything is restored from it."""
     manifest = read_manifest(directory, tenant, product)
+    expected = {
+        POSTGRES_DUMP: manifest.postgresql is not None,
+        RABBITMQ_DEFINITIONS: manifest.rabbitmq is not None and not manifest.rabbitmq.skipped,
+        MONGODB_ARCHIVE: manifest.mongodb is not None and not manifest.mongodb.skipped,
+    }
+    unlisted = [name for name, needed in expected.items() if needed and name not in manifest.files]
+    if unlisted:
+        raise InvalidInput(f"{directory / MANIFEST} does not list {unlisted[0]}")
     for name, entry in sorted(manifest.files.items()):
         if "/" in name or name.startswith("."):
             raise InvalidInput(f"{directory / MANIFEST} names a file outside its set: {name!r}")

@@ -10,8 +10,8 @@ Nothing is written over live data. Five steps on the step machine
    each table's rows are streamed out of the archive (``pg_restore --data-only
    --table``, several at once) into it, the indexes rebuilt and the sequences set.
    Neither the migrations nor the rows run with more than that login's rights: it
-   owns the aside schema and nothing else, and its password never leaves this
-   process.
+   owns the aside schema and nothing else, and its password reaches only the
+   migrations' sandbox (over a socket, as a tenant's credentials do).
 2. ``verify``: the aside schema against the manifest: revision, tables and columns,
    row counts and seeded checksums per table, sequences. A difference aborts the
    restore (the aside is dropped; the live data was never touched) and names the
@@ -52,6 +52,7 @@ from tenant_infra.config import ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput, OperationFailed, first_line
 from tenant_infra.lifecycle import Progress, ServiceState, StackBackend, deploy, known_config
 from tenant_infra.migrate.executors import migrate_one
+from tenant_infra.migrate.revisions import declared_head
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.operations import vhost
 from tenant_infra.operations.backup import service_database
@@ -97,6 +98,8 @@ KIND = "restore"
 #: How long the swap waits for the tenant's transactions before ending them.
 SWAP_LOCK_WAIT = "5s"
 SWAP_ATTEMPTS = 4
+#: How long dropping a copy waits on a session holding it (then fails, to be re-run).
+DROP_LOCK_WAIT = "30s"
 
 
 class Mismatch(OperationFailed):
@@ -136,11 +139,15 @@ class Restorer:
             raise InvalidInput(f"tenant {self.tenant!r} has no service {self.product!r}")
         return found
 
-    def manifest(self, detail: Mapping[str, Any]) -> tuple[Path, Manifest]:
-        """The set, proved intact (every file's sha256) each time it is read."""
-        reference = str(detail.get("set") or self.reference)
+    def read(self, reference: str) -> tuple[Path, Manifest]:
+        """The set, proved intact (every file's sha256)."""
         directory = self.storage.fetch(reference)
         return directory, read_set(directory, self.tenant, self.product)
+
+    def manifest(self, detail: Mapping[str, Any]) -> Manifest:
+        """The manifest ``restore-aside`` kept in the operation: the steps after it
+        need nothing of the set, which may be moved or pruned meanwhile."""
+        return Manifest.model_validate(detail["manifest"])
 
     def admin(self, config: TenantConfig) -> dict[str, Any]:
         database = service_database(config, self.spec(config))
@@ -164,7 +171,7 @@ class Restorer:
 
     def restore_aside(self, detail: Detail) -> None:
         config = self.config()
-        directory, manifest = self.manifest(detail)
+        directory, manifest = self.read(str(detail["set"]))
         part = _postgres(manifest)
         names = config.names.service(self.product)
         aside, admin = names.pg_restore_schema, self.admin(config)
@@ -191,6 +198,9 @@ class Restorer:
         started = time.monotonic()
         self._load(params, restorer, aside, directory / POSTGRES_DUMP, part, expected)
         _seal(admin, restorer)
+        detail["manifest"] = manifest.to_json()
+        if manifest.rabbitmq is not None and not manifest.rabbitmq.skipped:
+            detail["definitions"] = json.loads((directory / RABBITMQ_DEFINITIONS).read_text())
         detail["loadSeconds"] = round(time.monotonic() - started, 3)
 
     def _migrate(
@@ -236,7 +246,7 @@ class Restorer:
         with Sessions(target=lambda: writer(params, restorer)) as session:
 
             def load(table: Any) -> None:
-                load_table(archive, part.schema_, table.name, session("target"), aside)
+                load_table(archive, part.schema_, table, session("target"), aside)
                 done.append(table.name)
                 if self.copy_progress is not None:
                     self.copy_progress(len(done), len(tables), table.name)
@@ -248,8 +258,7 @@ class Restorer:
 
     def verify(self, detail: Detail) -> None:
         config = self.config()
-        _directory, manifest = self.manifest(detail)
-        part = _postgres(manifest)
+        part = _postgres(self.manifest(detail))
         names = config.names.service(self.product)
         if names.pg_restore_schema not in self.schemas(config):
             raise OperationFailed(
@@ -264,27 +273,28 @@ class Restorer:
         detail["rows"] = sum(t.rows for t in part.tables)
 
     def catch_up(self, detail: Detail) -> None:
-        """The verified copy migrated to the live schema's revision, as the restore's
-        login: the service goes on at the revision its stack records (and the next
-        ``up`` migrates from), with the backup's rows."""
+        """The verified copy migrated to the product's head, as the restore's login:
+        the revision the stack records and the next ``up`` migrates from (the live
+        schema's version table is the tenant's to write, so it decides nothing)."""
         config = self.config()
-        _directory, manifest = self.manifest(detail)
-        part = _postgres(manifest)
         names = config.names.service(self.product)
-        admin = self.admin(config)
+        admin, head = self.admin(config), self.head()
         with connect(admin) as conn:
-            live = read_inventory(conn, names.pg_schema).revision
             aside = read_inventory(conn, names.pg_restore_schema).revision
-        detail["liveRevision"] = live
-        if live is None or live == aside:
+        detail["headRevision"] = head
+        if head is None or aside == head:
             return
         restorer = restorer_name(self.login(config))
         params = login_again(admin, restorer)
         try:
-            self._migrate(params, names.pg_restore_schema, restorer, live)
+            self._migrate(params, names.pg_restore_schema, restorer, head)
         finally:
             _seal(admin, restorer)
-        detail["migratedFrom"] = part.revision
+        detail["migratedFrom"] = aside
+
+    def head(self) -> str | None:
+        location = load_catalog().product(self.product).script_location
+        return None if location is None else declared_head(location)
 
     def differences(self, config: TenantConfig, part: PostgresPart) -> list[str]:
         """Where the aside schema differs from the manifest, one line each."""
@@ -313,6 +323,7 @@ class Restorer:
         login, admin = self.login(config), self.admin(config)
         present = self.schemas(config)
         if aside in present:
+            self.catch_up(detail)  # the product's head may have moved since (an --aside)
             if not self.swap:
                 raise Pending(
                     f"restored and verified beside the live data, as schema {aside} of "
@@ -325,8 +336,8 @@ class Restorer:
                     "with restore --drop-previous first"
                 )
             detail["sessionsEnded"] = self._swap(admin, live, aside, kept, login, detail)
-        elif kept not in present or live not in present:
-            raise OperationFailed(f"neither {aside} nor {kept} is there: the swap cannot go on")
+        elif live not in present:
+            raise OperationFailed(f"neither {aside} nor {live} is there: the swap cannot go on")
         # Swapped (now or by a run killed after its commit): its plans are stale.
         with connect(admin, autocommit=True) as conn:
             ended = conn.execute(
@@ -357,6 +368,9 @@ class Restorer:
             with connect(admin) as conn:
                 try:
                     conn.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_WAIT}'")
+                    there = conn.execute(
+                        "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (live,)
+                    ).fetchone()
                     tables = [
                         str(r[0])
                         for r in conn.execute(
@@ -372,11 +386,12 @@ class Restorer:
                                 sql.SQL(", ").join(qualified(live, t) for t in tables)
                             )
                         )
-                    conn.execute(
-                        sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
-                            sql.Identifier(live), sql.Identifier(kept)
+                    if there:  # (a live schema dropped by accident has nothing to keep)
+                        conn.execute(
+                            sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                                sql.Identifier(live), sql.Identifier(kept)
+                            )
                         )
-                    )
                     conn.execute(
                         sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
                             sql.Identifier(aside), sql.Identifier(live)
@@ -387,15 +402,16 @@ class Restorer:
                             sql.Identifier(restorer), sql.Identifier(login)
                         )
                     )
-                    conn.execute(
-                        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
-                            sql.Identifier(kept),
-                            sql.Literal(
-                                f"tenant-infra: the data replaced by the restore of backup "
-                                f"{detail.get('stamp')} on {datetime.now(UTC).isoformat()}"
-                            ),
+                    if there:
+                        conn.execute(
+                            sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                                sql.Identifier(kept),
+                                sql.Literal(
+                                    f"tenant-infra: the data replaced by the restore of backup "
+                                    f"{detail.get('stamp')} on {datetime.now(UTC).isoformat()}"
+                                ),
+                            )
                         )
-                    )
                     conn.commit()
                     return ended
                 except psycopg.errors.LockNotAvailable:
@@ -418,12 +434,13 @@ class Restorer:
         return len(rows)
 
     def rabbitmq(self, detail: Detail) -> None:
-        directory, manifest = self.manifest(detail)
-        part = manifest.rabbitmq
-        if part is None or part.skipped:
+        definitions = detail.get("definitions")
+        if not isinstance(definitions, dict):
             return
         config = self.config()
-        definitions = json.loads((directory / RABBITMQ_DEFINITIONS).read_text())
+        if config.platform.rabbitmq is None:
+            detail["rabbitmq"] = "skipped: the platform declares no RabbitMQ"
+            return
         if not vhost.exists(config, self.environ):
             self.backend.refresh(config.tenant, _no_event)
             status = deploy(config, self.backend, self.workspace, self.progress or _no_progress)
@@ -434,7 +451,7 @@ class Restorer:
                 )
             detail["vhostReprovisioned"] = True
         vhost.apply(config, definitions, self.environ)
-        detail["rabbitmq"] = vhost.counts(definitions)
+        detail["rabbitmq"] = vhost.counts(definitions, vhost.APPLIED)
 
     # ------------------------------------------------------------------ abort
 
@@ -451,6 +468,7 @@ class Restorer:
         admin = self.admin(config)
         drop_login(admin, restorer_name(self.login(config)))
         with connect(admin, autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{DROP_LOCK_WAIT}'")
             conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                     sql.Identifier(names.pg_restore_schema)
@@ -462,6 +480,7 @@ class Restorer:
         config = self.config()
         kept = config.names.service(self.product).pg_pre_restore_schema
         with connect(self.admin(config), autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{DROP_LOCK_WAIT}'")
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(kept)))
         detail["dropped"] = kept
 
@@ -485,8 +504,9 @@ class Restorer:
         spec = self.spec(config)
         if self.reference is None:
             raise InvalidInput("name the backup set to restore: --from SET")
-        _directory, manifest = self.manifest({"set": self.reference})
-        _postgres(manifest)
+        _directory, manifest = self.read(self.reference)
+        if _postgres(manifest).revision is not None and self.head() is None:
+            raise InvalidInput(f"product {self.product!r} has no migrations to rebuild its tables")
         if spec.promotion is not None:
             raise InvalidInput(
                 f"service {self.product!r} of tenant {self.tenant!r} is being promoted: "

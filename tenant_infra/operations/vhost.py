@@ -20,6 +20,9 @@ from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import BackendUnavailable, InvalidInput
 
 KEPT = ("queues", "exchanges", "bindings", "policies")
+#: What a restore declares again: the stack owns the vhost's policies (a tenant
+#: cannot make one), so a saved copy of them is never put back over the stack's.
+APPLIED = ("queues", "exchanges", "bindings")
 
 
 def _api(config: TenantConfig, environ: Mapping[str, str]) -> tuple[str, tuple[str, str]]:
@@ -68,7 +71,7 @@ def apply(
     deleted): idempotent, so a killed restore applies it again."""
     base, auth = _api(config, os.environ if environ is None else environ)
     vhost = quote(config.names.vhost, safe="")
-    body = {key: _in_vhost(definitions.get(key, [])) for key in KEPT}
+    body = {key: _in_vhost(definitions.get(key, [])) for key in APPLIED}
     response = _request("POST", f"{base}/api/definitions/{vhost}", auth, json=body)
     if not response.ok:
         raise BackendUnavailable(
@@ -89,5 +92,5 @@ def _in_vhost(items: Any) -> list[dict[str, Any]]:
     return pinned
 
 
-def counts(definitions: Mapping[str, Any]) -> dict[str, int]:
-    return {key: len(definitions.get(key, [])) for key in KEPT}
+def counts(definitions: Mapping[str, Any], kinds: tuple[str, ...] = KEPT) -> dict[str, int]:
+    return {key: len(definitions.get(key, [])) for key in kinds}

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from tenant_infra.errors import OperationFailed, scrub
-from tenant_infra.pgdata.inventory import Inventory, read_inventory, stabilize
+from tenant_infra.pgdata.inventory import Inventory, Table, read_inventory, stabilize
 
 #: How long ``pg_dump`` waits for a table lock a tenant's session holds.
 LOCK_WAIT = "30s"
@@ -153,29 +153,36 @@ def list_contents(path: Path) -> str:
 def load_table(
     archive: Path,
     dumped_schema: str,
-    table: str,
+    table: Table,
     target: psycopg.Connection[Any],
     into_schema: str,
 ) -> None:
-    """Restore ``dumped_schema.table``'s rows from ``archive`` into ``into_schema.table``
-    through ``target`` (in one transaction of its own)."""
+    """Restore ``dumped_schema``'s ``table`` rows from ``archive`` into the same table of
+    ``into_schema`` through ``target`` (in one transaction of its own). The archive's
+    ``COPY`` line must name exactly the columns ``table`` says were copied; the
+    statement sent is built from those, never from the archive's text."""
     argv = [
         "pg_restore",
         "--data-only",
         f"--schema={dumped_schema}",
-        f"--table={table}",
+        f"--table={table.name}",
         "--file=-",
         str(archive),
     ]
-    expected = _quoted(target, dumped_schema, table)
+    prefix, columns = _expected(target, dumped_schema, table)
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_environ()
     ) as child:
         assert child.stdout is not None and child.stderr is not None
         try:
-            columns, encoding = _header(child.stdout, expected, table)
+            encoding = _header(child.stdout, prefix, columns, table.name)
+            listed = sql.SQL("({})").format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in table.copied)
+            )
             into = sql.SQL("COPY {}.{} {} FROM STDIN").format(
-                sql.Identifier(into_schema), sql.Identifier(table), sql.SQL(columns)
+                sql.Identifier(into_schema),
+                sql.Identifier(table.name),
+                listed if table.copied else sql.SQL(""),
             )
             with target.transaction():
                 target.execute(
@@ -189,20 +196,26 @@ def load_table(
         finally:
             errors = child.stderr.read()
         if child.wait() != 0:
-            raise OperationFailed(f"pg_restore of table {table} failed: {_first_error(errors)}")
+            raise OperationFailed(
+                f"pg_restore of table {table.name} failed: {_first_error(errors)}"
+            )
 
 
-def _quoted(conn: psycopg.Connection[Any], schema: str, table: str) -> bytes:
-    """How ``pg_dump`` names the table in its ``COPY`` line (``quote_ident``'s rules)."""
+def _expected(conn: psycopg.Connection[Any], schema: str, table: Table) -> tuple[bytes, str]:
+    """How ``pg_dump`` writes the table's ``COPY`` line (``quote_ident``'s rules, which
+    are ``pg_dump``'s): ``COPY <schema>.<table> `` and ``(<columns>)``."""
     row = conn.execute(
-        "SELECT pg_catalog.quote_ident(%s) || '.' || pg_catalog.quote_ident(%s)", (schema, table)
+        "SELECT pg_catalog.quote_ident(%s) || '.' || pg_catalog.quote_ident(%s),"
+        " (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ' ORDER BY i)"
+        "  FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u(c, i))",
+        (schema, table.name, table.copied),
     ).fetchone()
     assert row is not None
-    return f"COPY {row[0]} ".encode()
+    return f"COPY {row[0]} ".encode(), f"({row[1]})" if row[1] else ""
 
 
-def _header(stream: IO[bytes], expected: bytes, table: str) -> tuple[str, str]:
-    """Read up to the table's ``COPY`` line: its column list, and the dump's encoding."""
+def _header(stream: IO[bytes], prefix: bytes, columns: str, table: str) -> str:
+    """Read up to the table's ``COPY`` line, check it, and return the dump's encoding."""
     encoding = "UTF8"
     while True:
         line = stream.readline()
@@ -214,12 +227,11 @@ def _header(stream: IO[bytes], expected: bytes, table: str) -> tuple[str, str]:
             encoding = found.group(1).decode()
         elif line.startswith(b"COPY "):
             break
-    if not (line.startswith(expected) and line.endswith(b" FROM stdin;")):
-        raise OperationFailed(f"the backup's data of table {table} is not in the expected form")
-    columns = line[len(expected) : -len(b" FROM stdin;")].decode("utf-8")
-    if columns and not (columns.startswith("(") and columns.endswith(")")):
-        raise OperationFailed(f"the backup's data of table {table} is not in the expected form")
-    return columns, encoding
+    if line != prefix + columns.encode() + b" FROM stdin;":
+        raise OperationFailed(
+            f"the backup's rows of table {table} are not of the columns its manifest lists"
+        )
+    return encoding
 
 
 def stream_block(source: IO[bytes], sink: Callable[[bytes], None]) -> int:

@@ -301,7 +301,9 @@ def test_the_fleet_form_isolates_a_failure(world: World) -> None:
     assert by_tenant["zz-broken"].status == "failed"
     assert by_tenant[good].status == "ok" and Path(str(by_tenant[good].set), "manifest.json").is_file()
     assert by_tenant[bad].status == "failed" and "holds no table" in str(by_tenant[bad].error)
-    assert not list((world.root / "backups" / bad / "ledger").glob("2*"))
+    assert not list((world.root / "backups" / bad / "ledger").glob("*"))  # nor its staging
+    (state,) = world.plane.rows("SELECT state FROM registry.operations WHERE tenant_id = %s", (bad,))
+    assert state["state"] == "aborted"  # nothing left open to block a restore
 
 
 def _alembic(world: World, tenant: str, *command: str) -> None:
@@ -330,7 +332,35 @@ def test_a_backup_from_an_older_revision_is_migrated_before_it_goes_live(world: 
     as_tenant(world, tenant, "DELETE FROM organizations WHERE legal_name LIKE 'Org 1%'")
     outcome = restore(world, tenant, source=set_, swap=True)
     assert outcome.operation.detail["migratedFrom"] == "0002"
-    assert outcome.operation.detail["liveRevision"] == "0003"
+    assert outcome.operation.detail["headRevision"] == "0003"
     assert sums(world, tenant) == upgraded
     assert as_tenant(world, tenant, "SELECT version_num FROM alembic_version") == [("0003",)]
     world.verify(tenant, "ledger")
+
+
+def test_a_failed_backup_blocks_nothing_and_a_dropped_schema_is_restored(world: World) -> None:
+    tenant = seeded(world, "gone")
+    before = sums(world, tenant)
+    set_ = backup(world, tenant)
+    key = tenant.replace("-", "_")
+    admin_sql(f"DROP SCHEMA tenant_{key} CASCADE", "ledger")
+    (failed,) = commands.backup([tenant], to=world.root / "backups", **world.kwargs())
+    assert failed.status == "failed" and "holds no table" in str(failed.error)
+    states = [r["state"] for r in world.plane.rows(
+        "SELECT state FROM registry.operations WHERE tenant_id = %s AND kind = 'backup' ORDER BY id", (tenant,))]
+    assert states == ["done", "aborted"]
+    assert [p.name for p in (world.root / "backups" / tenant / "ledger").iterdir()] == [Path(set_).name]
+    outcome = restore(world, tenant, source=set_, swap=True)
+    assert outcome.operation.state == "done"
+    assert sums(world, tenant) == before
+    assert schemas(world, tenant) == {f"tenant_{key}"}  # nothing to keep
+    world.verify(tenant, "ledger")
+
+
+def test_a_purge_takes_the_data_a_restore_kept(world: World) -> None:
+    tenant = seeded(world, "prg", size=5)
+    restore(world, tenant, source=backup(world, tenant), swap=True)
+    key = tenant.replace("-", "_")
+    assert f"pre_restore_tenant_{key}" in schemas(world, tenant)
+    world.close()
+    assert leftovers(tenant) == [] and restorers(tenant) == []

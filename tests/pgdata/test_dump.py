@@ -3,6 +3,7 @@ schema, on the real server."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_a_schema_dumped_in_its_snapshot_loads_into_another_schema_intact(pair: 
         target.execute("SET session_replication_role = replica")  # the audit trigger
         target.execute(f"TRUNCATE {pair.schema}.alembic_version")
         for table in inventory.tables:
-            load_table(archive, pair.schema, table.name, target, pair.schema)
+            load_table(archive, pair.schema, table, target, pair.schema)
     copy_sequences(pair.target, pair.schema, inventory.sequences, "postgres")
     with psycopg.connect(**pair.target) as conn:
         after = checksums(conn, pair.schema, read_inventory(conn, pair.schema).tables)
@@ -53,20 +54,29 @@ def test_a_schema_dumped_in_its_snapshot_loads_into_another_schema_intact(pair: 
 
 def test_a_table_missing_from_the_archive_fails_loudly(pair: Pair, tmp_path: Path) -> None:
     archive = tmp_path / "postgresql.dump"
-    with snapshot_of(pair.source, pair.schema) as (snapshot, _inventory):
+    with snapshot_of(pair.source, pair.schema) as (snapshot, inventory):
         dump_schema(pair.source, pair.schema, snapshot, archive)
+    nothere = dataclasses.replace(inventory.tables[0], name="nothere")
     with psycopg.connect(**pair.target, autocommit=True) as target, pytest.raises(OperationFailed, match="no rows of table nothere"):
-        load_table(archive, pair.schema, "nothere", target, pair.schema)
+        load_table(archive, pair.schema, nothere, target, pair.schema)
+    # The archive's columns must be the manifest's: a reshaped table is refused.
+    accounts = inventory.table("accounts")
+    assert accounts is not None
+    reshaped = dataclasses.replace(accounts, columns=accounts.columns[:-1])
+    with psycopg.connect(**pair.target, autocommit=True) as target, pytest.raises(OperationFailed, match="not of the columns its manifest lists"):
+        load_table(archive, pair.schema, reshaped, target, pair.schema)
 
 
 def test_a_damaged_archive_fails_and_loads_nothing(pair: Pair, tmp_path: Path) -> None:
     archive = tmp_path / "postgresql.dump"
-    with snapshot_of(pair.source, pair.schema) as (snapshot, _inventory):
+    with snapshot_of(pair.source, pair.schema) as (snapshot, inventory):
         dump_schema(pair.source, pair.schema, snapshot, archive)
     data = archive.read_bytes()
     archive.write_bytes(data[: len(data) // 2])
+    operations = inventory.table("operations")
+    assert operations is not None
     with psycopg.connect(**pair.target, autocommit=True) as target, pytest.raises(OperationFailed):
-        load_table(archive, pair.schema, "operations", target, pair.schema)
+        load_table(archive, pair.schema, operations, target, pair.schema)
     assert pair.run(pair.target_db, "SELECT count(*) FROM {s}.operations") == [(0,)]
 
 
