@@ -3,9 +3,9 @@
 Each row is hashed under a seed drawn for each verification (so nobody can craft
 rows that collide) with ``hash_record_extended`` over one expression per column:
 the value itself where its hash is its identity, text under the "C" collation, and
-everything else as printed (by its type's output function, quoted by ``format('%L')``,
-so NULL stays apart from any text, and never through a cast, which the owner of a
-type may define) under :data:`~tenant_infra.pgdata.inventory.
+everything else as printed (a built-in type cast to text; a type of the tenant's by its
+output function, quoted by ``format('%L')``, never through a cast, which the owner of
+a type may define) under :data:`~tenant_infra.pgdata.inventory.
 STABLE_SETTINGS` (see :data:`~tenant_infra.pgdata.inventory.EXACT_TYPES`): about
 three times faster than printing whole rows, and blind to nothing printing sees.
 The table's checksum is its
@@ -49,9 +49,11 @@ def table_checksum(
     expressions = {
         "value": sql.SQL("{}"),
         "text": sql.SQL('({} COLLATE "C")'),
-        # The type's output function, never a cast: the owner of a type may define
-        # its cast to text, which would then run with the reader's rights.
-        "printed": sql.SQL("""(pg_catalog.format('%L', {}) COLLATE "C")"""),
+        # A built-in type's cast to text is the superuser's to define; a type the
+        # tenant owns is printed by its output function, never through a cast, which
+        # its owner may define and which would then run with the reader's rights.
+        "printed": sql.SQL('({}::text COLLATE "C")'),
+        "output": sql.SQL("""(pg_catalog.format('%L', {}) COLLATE "C")"""),
     }
     columns = sql.SQL(", ").join(
         expressions[how].format(sql.Identifier(name))

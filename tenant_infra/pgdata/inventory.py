@@ -47,7 +47,8 @@ class Table:
     generated: frozenset[str]
     #: Every column's type is built in: the binary COPY format is safe for it.
     builtin_types: bool
-    #: How each column is hashed: ``value``, ``text`` (under "C") or ``printed``.
+    #: How each column is hashed: ``value``, ``text`` (under "C"), ``printed`` (a
+    #: built-in type's text) or ``output`` (a type the tenant may own: see checksum).
     hashed_as: tuple[str, ...]
     rows_estimate: int
     bytes: int
@@ -117,7 +118,9 @@ SELECT c.relname,
            AS generated,
        bool_and(a.atttypid < %s AND (t.typelem = 0 OR t.typelem < %s)) AS builtin,
        array_agg(CASE WHEN a.atttypid = ANY(%s) THEN 'value'
-                      WHEN a.atttypid = ANY(%s) THEN 'text' ELSE 'printed' END
+                      WHEN a.atttypid = ANY(%s) THEN 'text'
+                      WHEN a.atttypid < %s AND (t.typelem = 0 OR t.typelem < %s) THEN 'printed'
+                      ELSE 'output' END
                  ORDER BY a.attnum) AS hashed_as,
        greatest(c.reltuples, 0)::bigint AS rows_estimate,
        pg_total_relation_size(c.oid) AS bytes
@@ -176,6 +179,8 @@ def read_inventory(conn: psycopg.Connection[Any], schema: str) -> Inventory:
                 FIRST_USER_OID,
                 list(EXACT_TYPES),
                 list(TEXT_TYPES),
+                FIRST_USER_OID,
+                FIRST_USER_OID,
                 schema,
             ),
         )
