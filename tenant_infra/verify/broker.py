@@ -26,7 +26,14 @@ import requests
 
 from tenant_infra.catalog import Limits, load_catalog
 from tenant_infra.tenant import TenantNames
-from tenant_infra.verify.checks import MAX_PROBES, CheckResult, describe, failed, passed
+from tenant_infra.verify.checks import (
+    MAX_PROBES,
+    CheckResult,
+    describe,
+    failed,
+    passed,
+    skipped,
+)
 from tenant_infra.verify.connections import (
     ConnectionsDocument,
     RabbitmqAdmin,
@@ -255,6 +262,12 @@ class BrokerVerifier:
         if problems:
             return failed(name, "; ".join(problems))
         shown = f"HTTP {status}" if status else "unreachable"
+        if self.api is None:
+            # A refusal proves nothing alone (an unknown user is refused too), and the
+            # tags were not read: a skip, never a pass.
+            return skipped(
+                name, f"its tags not read: {NO_ADMIN}; management API as {user}: {shown}"
+            )
         return passed(name, f"user {user} has no tags; management API as {user}: {shown}")
 
     def _own_users(self) -> set[str]:

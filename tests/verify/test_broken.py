@@ -136,3 +136,22 @@ def test_cli_passes_on_a_good_tenant_from_a_connections_file(
 def test_cli_refuses_a_document_of_another_tenant(fleet, write_document) -> None:
     with pytest.raises(InvalidInput, match="is for tenant"):
         verify("someone-else", connections=[write_document(fleet["s1"].document)])
+
+
+def test_management_rights_unread_are_a_skip_never_a_pass(provision, admin) -> None:
+    """Without the admin, a refused ``whoami`` proves nothing (an unknown user is
+    refused too), and the tags were not read; with it, a user that does not exist fails."""
+    tenant = provision.tenant("SCHEMA", "mgmt")
+    (service,) = verify_tenant(tenant.tenant, connections=[tenant.document], admin=None).services
+    check = next(c for c in service.checks if c.name == "rabbitmq.no_management_rights")
+    assert check.to_json()["status"] == "skip" and "tags not read" in check.reason
+    import requests
+
+    user = tenant.document["rabbitmq"]["user"]
+    gone = requests.delete(f"http://127.0.0.1:15672/api/users/{quote(user, safe='')}", auth=("guest", "guest"), timeout=10)
+    assert gone.ok
+    (service,) = verify_tenant(tenant.tenant, connections=[tenant.document], admin=None).services
+    check = next(c for c in service.checks if c.name == "rabbitmq.no_management_rights")
+    assert check.to_json()["status"] == "skip"  # refused as any unknown user is: no pass
+    found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+    assert "HTTP 404" in found["rabbitmq.no_management_rights"]
