@@ -82,8 +82,10 @@ StackConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--stack-config",
+        "--platform",
         metavar="FILE",
-        help="Stack config (default: stacks/Pulumi.<tenant>.yaml, else the dev stack's platform).",
+        help="Stack config (default: stacks/Pulumi.<tenant>.yaml, else tenant-infra.yaml's "
+        "platform).",
     ),
 ]
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
@@ -149,7 +151,12 @@ def onboard(
     service: ServiceOption = None,
     from_file: Annotated[
         Path | None,
-        typer.Option("--from", metavar="FILE", help="A stack config file to onboard from."),
+        typer.Option(
+            "--from",
+            "--platform",
+            metavar="FILE",
+            help="A stack config file to onboard from (its platform, and its services).",
+        ),
     ] = None,
     metadata: Annotated[
         list[str] | None,

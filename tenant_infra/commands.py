@@ -60,7 +60,8 @@ def resolve_config(
     """The tenant's config: its stack file, or the platform of another file plus ``services``.
 
     Without ``stack_config`` the tenant's own ``stacks/Pulumi.<tenant>.yaml`` is used
-    if it exists, else the platform endpoints of ``stacks/Pulumi.dev.yaml``.
+    if it exists, else the platform of the stack file the project's
+    ``tenant-infra.yaml`` names (``platform:``); without either, it is refused.
     ``services`` (``PRODUCT:MODE``) replace the file's services when given;
     ``identity_only`` allows a new tenant with none (seed 002, stage 1).
     """
@@ -69,7 +70,14 @@ def resolve_config(
     workspace = Workspace(root or project_root())
     path = stack_config or workspace.stack_file(tenant)
     if stack_config is None and not path.is_file():
-        path = workspace.stack_file("dev")
+        default = workspace.default_platform()
+        if default is None:
+            raise InvalidInput(
+                f"tenant {tenant!r} has no stack file ({path.name}): name the platform to "
+                "put it on with --platform FILE (a stack file whose platform block it gets),"
+                f" or as platform: in {workspace.defaults_file.name}"
+            )
+        path = default
     values = read_stack_file(path)
     named = values.get("tenant-infra:tenant")
     own = named == tenant

@@ -483,6 +483,13 @@ def known_config(workspace: Workspace, tenant: str) -> TenantConfig:
     return config
 
 
+def known_service(config: TenantConfig, product: str) -> ServiceSpec:
+    found = config.service(product)
+    if found is None:
+        raise InvalidInput(f"tenant {config.tenant!r} has no service {product!r}")
+    return found
+
+
 def _targets(config: TenantConfig, products: Sequence[str]) -> list[str]:
     """The named services (all when none are named); an unknown one is refused."""
     registered = [s.product for s in config.services]

@@ -34,6 +34,10 @@ def project_root(start: Path | None = None) -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+#: The project's defaults, beside ``Pulumi.yaml``.
+DEFAULTS_FILE = "tenant-infra.yaml"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Where tenant stack files live (``stacks/``) and where per-tenant locks are kept."""
@@ -50,6 +54,31 @@ class Workspace:
 
     def stack_file(self, tenant: str) -> Path:
         return self.stacks_dir / f"Pulumi.{tenant}.yaml"
+
+    @property
+    def defaults_file(self) -> Path:
+        return self.root / DEFAULTS_FILE
+
+    def default_platform(self) -> Path | None:
+        """The stack file whose platform a tenant without a stack file of its own gets,
+        as the project's ``tenant-infra.yaml`` names it (``platform: FILE``), if it does:
+        never a guess, so a production tenant cannot borrow a dev platform unseen."""
+        path = self.defaults_file
+        if not path.is_file():
+            return None
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidInput(f"{path}: cannot be read: {exc}") from None
+        named = values.get("platform") if isinstance(values, dict) else None
+        if named is None:
+            return None
+        if not isinstance(named, str) or not named:
+            raise InvalidInput(f"{path}: platform must be a stack file's path")
+        found = (self.root / named).resolve()
+        if not found.is_file():
+            raise InvalidInput(f"{path}: platform {named!r} is not a file")
+        return found
 
     def tenants(self) -> list[str]:
         """Tenants with a stack file: the tenant index (no backend listing needed).

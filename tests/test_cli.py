@@ -72,6 +72,7 @@ def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> Non
         ["promote", "acme", "--service", "ledger", "--dry-run", "--resume"],
         ["promote", "acme", "--service", "ledger", "--keep-source", "soon"],
         ["promote", "nobody", "--service", "ledger"],
+        ["plan", "newco", "-s", "ledger:SCHEMA", "--platform", "/nonexistent/Pulumi.prod.yaml"],
         ["backup"],
         ["backup", "Acme"],
         ["backup", "acme", "--concurrency", "0"],
@@ -102,6 +103,16 @@ def test_a_new_tenant_is_planned_on_the_dev_platform(capsys: pytest.CaptureFixtu
         r for r in json.loads(out)["resources"] if r["type"] == "postgresql:index/schema:Schema"
     )
     assert schema["inputs"]["name"] == "tenant_newco"
+
+
+def test_a_platform_is_named_with_platform(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "plan", "newco", "-s", "ledger:SCHEMA", "--platform", "stacks/Pulumi.acme.yaml", "-f", "json"
+    )
+    assert code == 0
+    endpoints = json.loads(out)["resources"]
+    provider = next(r for r in endpoints if r["type"] == "pulumi:providers:postgresql")
+    assert provider["inputs"]["host"] != "127.0.0.1"  # acme's platform, not the dev one
 
 
 def test_version_and_a_bare_tenantctl(capsys: pytest.CaptureFixture[str]) -> None:

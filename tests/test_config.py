@@ -215,3 +215,23 @@ def test_a_stack_file_naming_another_tenant_says_so(tmp_path) -> None:  # type: 
         commands.resolve_config("globex", root=tmp_path)
     with pytest.raises(InvalidInput, match="it is the stack file of tenant 'acme', not of 'initech'; to plan 'initech' on its platform, name the services"):
         commands.resolve_config("initech", stack_config=root / "stacks" / "Pulumi.acme.yaml")
+
+
+def test_a_tenant_without_a_stack_file_borrows_no_platform_unless_told(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from tenant_infra import commands
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    (tmp_path / "stacks").mkdir()
+    shutil.copy(root / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    shutil.copy(root / "stacks" / "Pulumi.dev.yaml", tmp_path / "stacks" / "Pulumi.dev.yaml")
+    with pytest.raises(InvalidInput, match=r"tenant 'newco' has no stack file \(Pulumi.newco.yaml\): name the platform to put it on with --platform FILE"):
+        commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path)
+    told = commands.resolve_config("newco", ["ledger:SCHEMA"], stack_config=root / "stacks" / "Pulumi.acme.yaml", root=tmp_path)
+    assert told.platform.postgres_for("ledger").host == commands.resolve_config("acme", root=root).platform.postgres_for("ledger").host
+    (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.prod.yaml\n")
+    with pytest.raises(InvalidInput, match="platform 'stacks/Pulumi.prod.yaml' is not a file"):
+        commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path)
+    (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.dev.yaml\n")
+    assert commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path).tenant == "newco"

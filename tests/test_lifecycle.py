@@ -130,6 +130,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     without real sleeping."""
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
     (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.dev.yaml\n")
     monkeypatch.setattr(lifecycle, "RETRY_BASE_DELAY", 0.0)
     with control_plane(tmp_path) as plane:
         for key, value in plane.environ.items():

@@ -47,7 +47,7 @@ import psycopg
 from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import ServiceSpec, TenantConfig
 from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed, first_line, scrub
-from tenant_infra.lifecycle import known_config
+from tenant_infra.lifecycle import known_config, known_service
 from tenant_infra.operations import vhost
 from tenant_infra.operations.backupset import (
     MONGODB_ARCHIVE,
@@ -65,6 +65,7 @@ from tenant_infra.operations.steps import Detail, Machine, Outcome, Step, StepPr
 from tenant_infra.pgdata.checksum import Checksum, checksums, new_seed
 from tenant_infra.pgdata.copy import parallel, reader
 from tenant_infra.pgdata.dump import dump_schema, snapshot_of, tool_version
+from tenant_infra.pgdata.inventory import large_objects
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
 from tenant_infra.sessions import admin_params
@@ -79,18 +80,6 @@ def service_database(config: TenantConfig, spec: ServiceSpec) -> str:
     if spec.isolation is IsolationMode.DATABASE:
         return config.names.service(spec.product).pg_dedicated_database
     return pg_shared_database(spec.product)
-
-
-def large_objects(params: Mapping[str, Any], logins: list[str]) -> int:
-    """Large objects ``logins`` own in the database of ``params``: they live outside
-    any schema, so neither a schema's dump nor its copy carries them."""
-    with psycopg.connect(**params) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
-            " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = ANY(%s)",
-            (logins,),
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 @dataclass
@@ -108,10 +97,7 @@ class Backup:
         return known_config(self.workspace, self.tenant)
 
     def spec(self, config: TenantConfig) -> ServiceSpec:
-        found = config.service(self.product)
-        if found is None:
-            raise InvalidInput(f"tenant {self.tenant!r} has no service {self.product!r}")
-        return found
+        return known_service(config, self.product)
 
     # ------------------------------------------------------------------ steps
 
@@ -197,7 +183,7 @@ class Backup:
                     timings["dumpSeconds"] = round(time.monotonic() - started, 3)
 
                 parallel([dumped, counted], 2, lambda action: action())
-                found = large_objects(params, config.pg_logins(self.product))
+                found = large_objects(params, config.pg_logins(self.product))  # left out
         except psycopg.Error as exc:
             raise BackendUnavailable(f"PostgreSQL: {first_line(exc)}") from None
         return PostgresPart.of(service_database(config, spec), inventory, seed, dict(sums), found)

@@ -45,6 +45,7 @@ from tenant_infra.lifecycle import (
     StackBackend,
     deploy,
     known_config,
+    known_service,
 )
 from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
 from tenant_infra.pgdata.checksum import Checksum, checksums, mismatches, new_seed
@@ -62,6 +63,7 @@ from tenant_infra.pgdata.inventory import (
     Inventory,
     differences,
     guard_table,
+    large_objects,
     read_inventory,
     stabilize,
 )
@@ -113,10 +115,7 @@ class Promoter:
         return known_config(self.workspace, self.tenant)
 
     def spec(self, config: TenantConfig | None = None) -> ServiceSpec:
-        found = (config or self.config()).service(self.product)
-        if found is None:
-            raise InvalidInput(f"tenant {self.tenant!r} has no service {self.product!r}")
-        return found
+        return known_service(config or self.config(), self.product)
 
     def admin(self, config: TenantConfig, database: str) -> dict[str, Any]:
         params = admin_params(config, self.product, self.environ, database)
@@ -404,7 +403,7 @@ class Promoter:
             ).fetchone()
         if owned and owned[0]:
             found.append("a schema was created beside the tenant's")
-        if _large_objects(dedicated, login):
+        if large_objects(dedicated, [login]):
             found.append("large objects were created")
         if found:
             return found
@@ -612,20 +611,9 @@ def _sums(
         return checksums(conn, schema, source.tables, seed)
 
 
-def _large_objects(params: Mapping[str, Any], login: str) -> int:
-    """How many large objects ``login`` owns in the database of ``params``."""
-    with connect(params) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
-            " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s",
-            (login,),
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def _refuse_large_objects(params: Mapping[str, Any], login: str) -> None:
     """Large objects live outside the schema: a copy of its tables would lose them."""
-    count = _large_objects(params, login)
+    count = large_objects(params, [login])
     if count:
         raise InvalidInput(
             f"{login} owns {count} large objects in the shared database; promotion moves "

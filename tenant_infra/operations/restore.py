@@ -50,7 +50,14 @@ from psycopg import sql
 from tenant_infra.catalog import load_catalog
 from tenant_infra.config import ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput, OperationFailed, first_line
-from tenant_infra.lifecycle import Progress, ServiceState, StackBackend, deploy, known_config
+from tenant_infra.lifecycle import (
+    Progress,
+    ServiceState,
+    StackBackend,
+    deploy,
+    known_config,
+    known_service,
+)
 from tenant_infra.migrate.executors import migrate_one
 from tenant_infra.migrate.revisions import declared_head
 from tenant_infra.migrate.targets import MigrationTarget
@@ -134,10 +141,7 @@ class Restorer:
         return known_config(self.workspace, self.tenant)
 
     def spec(self, config: TenantConfig) -> ServiceSpec:
-        found = config.service(self.product)
-        if found is None:
-            raise InvalidInput(f"tenant {self.tenant!r} has no service {self.product!r}")
-        return found
+        return known_service(config, self.product)
 
     def read(self, reference: str) -> tuple[Path, Manifest]:
         """The set, proved intact (every file's sha256)."""
@@ -339,13 +343,8 @@ class Restorer:
         elif live not in present:
             raise OperationFailed(f"neither {aside} nor {live} is there: the swap cannot go on")
         # Swapped (now or by a run killed after its commit): its plans are stale.
-        with connect(admin, autocommit=True) as conn:
-            ended = conn.execute(
-                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
-                " WHERE usename = %s AND datname = current_database()",
-                (login,),
-            ).fetchall()
-        detail["sessionsEnded"] = int(detail.get("sessionsEnded") or 0) + len(ended)
+        ended = _end_sessions(admin, login)
+        detail["sessionsEnded"] = int(detail.get("sessionsEnded") or 0) + ended
         drop_login(admin, restorer_name(login))
         if "swappedAt" not in detail:
             detail["swappedAt"] = datetime.now(UTC).isoformat()
@@ -418,20 +417,10 @@ class Restorer:
                     conn.rollback()
                     if attempt == SWAP_ATTEMPTS - 1:
                         break
-            ended += self._end_holders(admin, live, login)
+            ended += _end_sessions(admin, login)  # one of them holds a table
         raise OperationFailed(
             f"the swap could not lock {live}'s tables; run restore --resume --swap again"
         )
-
-    def _end_holders(self, admin: Mapping[str, Any], schema: str, login: str) -> int:
-        """End the sessions of ``login`` in this database: one holds a table."""
-        with connect(admin, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
-                " WHERE usename = %s AND datname = current_database()",
-                (login,),
-            ).fetchall()
-        return len(rows)
 
     def rabbitmq(self, detail: Detail) -> None:
         definitions = detail.get("definitions")
@@ -555,6 +544,17 @@ class Restorer:
                 "again with --resume, or --abort"
             ) from None
         return outcome
+
+
+def _end_sessions(admin: Mapping[str, Any], login: str) -> int:
+    """End ``login``'s sessions in the admin's database; how many there were."""
+    with connect(admin, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = %s AND datname = current_database()",
+            (login,),
+        ).fetchall()
+    return len(rows)
 
 
 def _seal(admin: Mapping[str, Any], restorer: str) -> None:

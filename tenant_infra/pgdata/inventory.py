@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,18 @@ class Inventory:
             ],
             "sequences": [s.name for s in self.sequences],
         }
+
+
+def large_objects(params: Mapping[str, Any], logins: Sequence[str]) -> int:
+    """Large objects ``logins`` own in the database of ``params``: they live outside
+    any schema, so neither a schema's copy nor its dump carries them."""
+    with psycopg.connect(**params) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata m"
+            " JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner WHERE r.rolname = ANY(%s)",
+            (list(logins),),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def stabilize(conn: psycopg.Connection[Any]) -> None:

@@ -3,10 +3,6 @@ the replay backend: data, neighbours, credentials, registry, kills and aborts.""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,7 @@ from tenant_infra.registry.operations import Operations
 from tenant_infra.workspace import InProgress, Workspace
 from tests.support import tenant_data
 from tests.support.registry import Subscriber
-from tests.support.world import ADMIN, World, admin_sql, leftovers, login_refused, world
+from tests.support.world import ADMIN, World, admin_sql, killed, leftovers, login_refused, world
 
 __all__ = ["world"]  # the fixture
 
@@ -210,15 +206,7 @@ def test_abort_before_retirement_goes_back_unless_the_new_database_was_written(w
 
 def _killed_at(world: World, tenant: str, point: str) -> None:
     """The promotion run by another process, SIGKILLed at ``point``."""
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.support.killed_promotion", str(world.root), tenant, point],
-        cwd=ROOT,
-        env={**os.environ, **world.plane.environ},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    killed(world, "tests.support.killed_promotion", tenant, point)
 
 
 @pytest.mark.parametrize("point", ["provision", "copy", "move", "repoint"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from tests.support.world import (
     MODES,
     World,
     admin_sql,
+    killed,
     leftovers,
     management,
     world,
@@ -218,15 +218,7 @@ def test_a_manifest_that_is_not_the_dump_is_refused_and_names_the_table(world: W
 
 def _killed_at(world: World, tenant: str, source: str, point: str) -> None:
     """The restore run by another process, SIGKILLed at ``point``."""
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.support.killed_restore", str(world.root), tenant, source, point],
-        cwd=ROOT,
-        env={**os.environ, **world.plane.environ},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    killed(world, "tests.support.killed_restore", tenant, source, point)
 
 
 @pytest.mark.parametrize("point", ["load", "verify", "swap"])

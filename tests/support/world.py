@@ -233,6 +233,24 @@ def count_rows(world: World, tenant: str, product: str, document: dict[str, Any]
     return int(admin_sql(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(doc["schema"], "probe")), doc["database"])[0][0])
 
 
+def killed(world: World, module: str, *args: str) -> None:
+    """``python -m <module> ROOT ARGS…`` (one of ``tests.support.killed_*``): an
+    operation in a process of its own, which must end SIGKILLed at its point."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.run(
+        [sys.executable, "-m", module, str(world.root), *args],
+        cwd=ROOT,
+        env={**os.environ, **world.plane.environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+
+
 def login_refused(params: dict[str, Any]) -> bool:
     try:
         with psycopg.connect(**params):
