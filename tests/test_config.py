@@ -231,7 +231,7 @@ def test_a_tenant_without_a_stack_file_borrows_no_platform_unless_told(tmp_path)
     told = commands.resolve_config("newco", ["ledger:SCHEMA"], stack_config=root / "stacks" / "Pulumi.acme.yaml", root=tmp_path)
     assert told.platform.postgres_for("ledger").host == commands.resolve_config("acme", root=root).platform.postgres_for("ledger").host
     (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.prod.yaml\n")
-    with pytest.raises(InvalidInput, match="platform 'stacks/Pulumi.prod.yaml' is not a file"):
+    with pytest.raises(InvalidInput, match=r"platform 'stacks/Pulumi\.prod\.yaml' is not a file"):
         commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path)
     (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.dev.yaml\n")
     assert commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path).tenant == "newco"
