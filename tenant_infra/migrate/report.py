@@ -115,11 +115,39 @@ def to_json(report: FleetReport) -> str:
     return json.dumps(to_dict(report), indent=2)
 
 
+def _render_lines(report: FleetReport, console: Console) -> None:
+    console.print(f"migrate ({report.mode}) → head {_rev(report.head)}", soft_wrap=True)
+    show_all = len(report.results) <= 50
+    for r in report.results:
+        if show_all or r.status not in ("current", "migrated"):
+            who = f"{r.label} {r.product}" if r.product else r.label
+            line = f"{who}: {r.where} {_rev(r.before)} -> {_rev(r.after)} {r.status}"
+            console.print(escape(line), soft_wrap=True, highlight=False)
+            if r.error:
+                console.print("    " + escape(r.error), soft_wrap=True, highlight=False)
+    hidden = sum(1 for r in report.results if not show_all and r.status in ("current", "migrated"))
+    if hidden:
+        console.print(f"{hidden} migrated or current tenant(s) not listed (see --format json)")
+
+
 def render_table(report: FleetReport, console: Console) -> None:
     """Every tenant row by row; beyond 50 tenants only those needing attention."""
+    # Names are never broken mid-word, nor cropped: where the table's name columns
+    # would not fit (an 80-column pipe, long ids), each tenant is a line of its own.
+    longest = {
+        "tenant": max((len(r.label) for r in report.results), default=6),
+        "where": max((len(r.where) for r in report.results), default=5),
+    }
+    if sum(longest.values()) + 50 > console.width:
+        _render_lines(report, console)
+        _summary(report, console)
+        return
     table = Table(title=f"migrate ({report.mode}) → head {_rev(report.head)}")
     for col in ("tenant", "product", "where", "before", "after", "status", "error"):
-        table.add_column(col, overflow="fold")
+        if col == "error":
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, no_wrap=True, min_width=longest.get(col))
     show_all = len(report.results) <= 50
     hidden = 0
     for r in report.results:
@@ -140,6 +168,10 @@ def render_table(report: FleetReport, console: Console) -> None:
         console.print(table)
     if hidden:
         console.print(f"{hidden} migrated or current tenant(s) not listed (see --format json)")
+    _summary(report, console)
+
+
+def _summary(report: FleetReport, console: Console) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))
     verdict = "ok" if report.ok else "FAILED"
     console.print(

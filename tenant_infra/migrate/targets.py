@@ -51,7 +51,9 @@ class MigrationTarget:
 
     @property
     def label(self) -> str:
-        return self.tenant or self.schema
+        """The tenant, or where a generic-mode target is (``--databases-like`` targets
+        are all schema ``public``: their database tells them apart)."""
+        return self.tenant or self.where
 
     @property
     def where(self) -> str:

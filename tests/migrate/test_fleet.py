@@ -394,6 +394,11 @@ def test_databases_like_generic_mode(pg: PgSandbox, product: str, tmp_path: Path
         f"{product}_g0.app",
         f"{product}_g1.app",
     ]
+    # Labelled by where they are, not all "app" (or "public").
+    assert sorted(t["tenant"] for t in json.loads(r.stdout)["tenants"]) == [
+        f"{product}_g0.app",
+        f"{product}_g1.app",
+    ]
     assert admin_exec("SELECT version_num FROM app.alembic_version", f"{product}_g1") == [("0001",)]
 
 
