@@ -18,7 +18,7 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import validate_product
 
 #: Where the per-product Alembic script directories live in a checkout.
-MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_ROOT = Path(__file__).resolve().parent / "migrations"
 
 
 class Store(StrEnum):

@@ -60,8 +60,34 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project",
+            metavar="DIR",
+            help="The project folder (Pulumi.yaml, stacks/): default $TENANT_INFRA_PROJECT, "
+            "else the nearest one upward from here.",
+        ),
+    ] = None,
 ) -> None:
     """Provision, plan and migrate isolated tenant services."""
+    from tenant_infra.workspace import PROJECT_ENV
+
+    if project is not None:
+        if not (project / "Pulumi.yaml").is_file():
+            raise InvalidInput(f"--project {project}: no Pulumi.yaml there (tenantctl init DIR)")
+        os.environ[PROJECT_ENV] = str(project.resolve())
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where the new project goes.")],
+) -> None:
+    """Scaffold a project folder: Pulumi.yaml, the program, stacks/, tenant-infra.yaml."""
+    from tenant_infra import commands
+
+    for path in commands.init(folder):
+        print(path)
 
 
 class Format(StrEnum):

@@ -97,6 +97,47 @@ def resolve_config(
     return TenantConfig.from_pulumi_values(values)
 
 
+#: What ``tenantctl init`` writes: an operator's project; the package holds the rest.
+_SCAFFOLD: Final = {
+    "Pulumi.yaml": (
+        "name: tenant-infra\n"
+        "description: One stack per tenant (tenant-infra).\n"
+        "runtime:\n"
+        "  name: python\n"
+        "stackConfigDir: stacks\n"
+    ),
+    "__main__.py": (
+        '"""Entry point for ``pulumi up`` / ``pulumi preview`` on a tenant stack."""\n\n'
+        "from tenant_infra.program import tenant_program\n\n"
+        "tenant_program()\n"
+    ),
+    "tenant-infra.yaml": (
+        "# platform: the stack file whose platform block (endpoints, never secrets) a tenant\n"
+        "# without a stack file of its own is put on. Without it, such a tenant needs\n"
+        "# --platform FILE. Name your platform's file here; never a dev one in production.\n"
+        "# platform: stacks/Pulumi.platform.yaml\n"
+    ),
+    "stacks/README.md": (
+        "One stack file per tenant, `Pulumi.<tenant>.yaml`: see the tenant-infra README,\n"
+        '"Configuration reference" (`tenantctl onboard TENANT --from FILE` writes one).\n'
+    ),
+}
+
+
+def init(folder: Path) -> list[Path]:
+    """Scaffold an operator's project folder (a new or empty one only); the program,
+    the product catalog and the built-in migrations ship in the package."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InvalidInput(f"{folder} is not empty: tenantctl init makes a new project folder")
+    written = []
+    for name, text in _SCAFFOLD.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
 def _named(found: object, tenant: str) -> str:
     """What a stack file's ``tenant-infra:tenant`` says, against the tenant asked for."""
     if found is None:

@@ -12,10 +12,14 @@ from typing import Any
 
 import pulumi
 
-from components.platform import CredentialsMount, ProductDatabase, close_maintenance_databases
-from components.providers import Providers
-from components.registry import RegistryDatabase
-from components.tenant import Tenant
+from tenant_infra.components.platform import (
+    CredentialsMount,
+    ProductDatabase,
+    close_maintenance_databases,
+)
+from tenant_infra.components.providers import Providers
+from tenant_infra.components.registry import RegistryDatabase
+from tenant_infra.components.tenant import Tenant
 from tenant_infra.config import NAMESPACE, PlatformConfig, TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import InvalidInput

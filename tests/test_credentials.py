@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.providers import Providers
+from tenant_infra.components.providers import Providers
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import InvalidInput

@@ -210,12 +210,11 @@ def landlock(readable: Iterable[Path | str], ports: Iterable[int]) -> int:
 def python_paths() -> list[Path]:
     """What the interpreter may need to read after confinement: its prefixes (standard
     library, site-packages) and this project's own packages, never a checkout root."""
-    import components
     import tenant_infra
 
     paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)]
     paths += [Path(p) for p in sys.path if p and "site-packages" in p]
-    paths += [Path(tenant_infra.__file__).parent, Path(components.__file__).parent]
+    paths += [Path(tenant_infra.__file__).parent]
     return paths
 
 

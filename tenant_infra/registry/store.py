@@ -41,7 +41,7 @@ from tenant_infra.registry.events import Event, channel, encode, new_event_id, n
 log = logging.getLogger("tenant_infra.registry")
 
 SCHEMA: Final = "registry"
-SCRIPT_LOCATION: Final = Path(__file__).resolve().parents[2] / "migrations" / "registry"
+SCRIPT_LOCATION: Final = Path(__file__).resolve().parents[1] / "migrations" / "registry"
 #: Names the platform stack (``platform/Pulumi.<stack>.yaml``) the control plane uses.
 PLATFORM_STACK_ENV: Final = "TENANT_INFRA_PLATFORM_STACK"
 ACTOR_ENV: Final = "TENANT_INFRA_ACTOR"

@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "migrate"))
 from pgsandbox import ADMIN, PgSandbox, Service, sandbox, tables, version
 
-from components.migration import ServiceMigrationProvider, head_revision
 from tenant_infra.catalog import load_catalog
+from tenant_infra.components.migration import ServiceMigrationProvider, head_revision
 from tenant_infra.migrate.targets import MigrationTarget
 
 
@@ -102,7 +102,7 @@ def test_provider_pickles_small_and_without_secrets() -> None:
 
 
 def test_mongo_migration_runs_as_the_service_user_for_products_with_versions(plan_for) -> None:
-    from components.migration import mongo_head
+    from tenant_infra.components.migration import mongo_head
 
     plan = plan_for("globex", ["ledger:SCHEMA", "tracer:SCHEMA"])
     (migration,) = plan.of_type(
@@ -123,7 +123,7 @@ def test_mongo_migration_runs_as_the_service_user_for_products_with_versions(pla
 
 
 def test_mongo_client_options_use_srv_on_atlas() -> None:
-    from components.migration import mongo_client_options
+    from tenant_infra.components.migration import mongo_client_options
 
     base = {
         "user": "ledger_acme",
@@ -139,7 +139,7 @@ def test_mongo_client_options_use_srv_on_atlas() -> None:
 
 
 def test_mongo_diff_moves_when_head_advances() -> None:
-    from components.migration import MongoMigrationProvider
+    from tenant_infra.components.migration import MongoMigrationProvider
 
     provider = MongoMigrationProvider()
     old = {
@@ -160,7 +160,7 @@ def test_mongo_failure_names_tenant_product_version_without_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A real client against a port where no server listens (fails within 200 ms)."""
-    import components.migration as migration
+    import tenant_infra.components.migration as migration
 
     original = migration.mongo_client_options
     monkeypatch.setattr(

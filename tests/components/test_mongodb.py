@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from components.mongodb import SelfHostedUserProvider
+from tenant_infra.components.mongodb import SelfHostedUserProvider
 
 ATLAS_USER = "mongodbatlas:index/databaseUser:DatabaseUser"
 SELF_HOSTED_USER = "pulumi-python:dynamic/tenant:MongoUser"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.migration import head_revision
 from tenant_infra.catalog import Store, load_catalog
+from tenant_infra.components.migration import head_revision
 
 STORE_TYPES = {
     Store.POSTGRESQL: "postgresql:index/role:Role",

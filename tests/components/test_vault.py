@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from components.vault import read_policy
+from tenant_infra.components.vault import read_policy
 
 SECRET = "vault:kv/secretV2:SecretV2"
 POLICY = "vault:index/policy:Policy"

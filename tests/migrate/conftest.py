@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # pgsandbox, shared he
 from pgsandbox import PgSandbox, sandbox
 
 REPO = Path(__file__).resolve().parents[2]
-LEDGER = REPO / "migrations" / "ledger"
-TRACER = REPO / "migrations" / "tracer"
+LEDGER = REPO / "tenant_infra" / "migrations" / "ledger"
+TRACER = REPO / "tenant_infra" / "migrations" / "tracer"
 
 
 @pytest.fixture

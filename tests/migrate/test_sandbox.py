@@ -151,7 +151,7 @@ catalog.MIGRATIONS_ROOT = Path(sys.argv[1])
 catalog.load_catalog().products[sys.argv[2]] = Product(
     name=sys.argv[2], stores=frozenset({Store.POSTGRESQL}), migrations="hostile"
 )
-from components.migration import ServiceMigrationProvider
+from tenant_infra.components.migration import ServiceMigrationProvider
 result = ServiceMigrationProvider().create(json.loads(sys.stdin.read()))
 print(result.outs["revision"])
 """

@@ -303,7 +303,7 @@ def _alembic(world: World, tenant: str, *command: str) -> None:
     pg = world.pg(tenant, "ledger")
     dsn = f"postgresql+psycopg://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
     done = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "migrations/ledger/alembic.ini"),
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "tenant_infra/migrations/ledger/alembic.ini"),
          "-x", f"schema=tenant_{tenant.replace('-', '_')}", *command],
         cwd=ROOT, env={**os.environ, "TENANT_INFRA_DSN": dsn}, capture_output=True, text=True, timeout=120,
     )

@@ -89,7 +89,7 @@ OWN = (
 
 
 def test_the_components_policy_reads_only_its_own_path() -> None:
-    from components.vault import read_policy
+    from tenant_infra.components.vault import read_policy
 
     generated = read_policy("kv", "tenants/globex/ledger")
     assert parse_policy(generated) == parse_policy(OWN)

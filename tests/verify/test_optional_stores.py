@@ -76,7 +76,7 @@ def test_mongodb_user_reaches_only_its_database() -> None:
     reason="VAULT_ADDR/VAULT_TOKEN are not set",
 )
 def test_vault_policy_reads_only_its_own_path() -> None:
-    from components.vault import read_policy
+    from tenant_infra.components.vault import read_policy
 
     access = VaultAccess(
         os.environ["VAULT_ADDR"].rstrip("/"),

@@ -26,10 +26,10 @@ from typing import Any, cast
 import pulumi
 import pulumi_postgresql as postgresql
 
-from components import PACKAGE
-from components.providers import Providers
-from components.secrets import generated_password
 from tenant_infra.catalog import IsolationMode, Limits
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.providers import Providers
+from tenant_infra.components.secrets import generated_password
 from tenant_infra.config import Promotion
 from tenant_infra.tenant import ServiceNames, pg_shared_database
 

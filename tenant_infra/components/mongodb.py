@@ -20,8 +20,8 @@ import pulumi
 import pulumi_mongodbatlas as atlas
 from pulumi import dynamic
 
-from components import PACKAGE
-from components.secrets import generated_password
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.secrets import generated_password
 from tenant_infra.config import AtlasMongo, SelfHostedMongo
 from tenant_infra.mongodb import client_options
 from tenant_infra.tenant import ServiceNames

@@ -12,20 +12,20 @@ from typing import Any
 
 import pulumi
 
-from components import PACKAGE
-from components.broker import BrokerUser, TenantVhost
-from components.migration import (
+from tenant_infra.catalog import IsolationMode, Limits, Product, Store
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.broker import BrokerUser, TenantVhost
+from tenant_infra.components.migration import (
     MongoMigration,
     ServiceMigration,
     ServiceMigrationArgs,
     head_revision,
     mongo_head,
 )
-from components.mongodb import MongoUser
-from components.postgres import PostgresArgs, PostgresStore, ServicePostgres
-from components.providers import Providers
-from components.vault import ServiceCredentials
-from tenant_infra.catalog import IsolationMode, Limits, Product, Store
+from tenant_infra.components.mongodb import MongoUser
+from tenant_infra.components.postgres import PostgresArgs, PostgresStore, ServicePostgres
+from tenant_infra.components.providers import Providers
+from tenant_infra.components.vault import ServiceCredentials
 from tenant_infra.config import AtlasMongo, Promotion
 from tenant_infra.tenant import ServiceNames
 

@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_vault as vault
 
-from components import PACKAGE
+from tenant_infra.components import PACKAGE
 from tenant_infra.tenant import ServiceNames
 
 

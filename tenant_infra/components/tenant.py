@@ -10,11 +10,11 @@ from typing import Any
 
 import pulumi
 
-from components import PACKAGE
-from components.broker import TenantVhost
-from components.providers import Providers
-from components.tenant_service import TenantService, TenantServiceArgs
 from tenant_infra.catalog import Store, load_catalog
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.broker import TenantVhost
+from tenant_infra.components.providers import Providers
+from tenant_infra.components.tenant_service import TenantService, TenantServiceArgs
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import pulumi
 import pulumi_postgresql as postgresql
 
-from components import PACKAGE
-from components.postgres import revoke_public, unprivileged_role
-from components.providers import Providers
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.postgres import revoke_public, unprivileged_role
+from tenant_infra.components.providers import Providers
 from tenant_infra.config import RegistrySettings
 from tenant_infra.registry.store import SCHEMA
 

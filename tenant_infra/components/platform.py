@@ -14,9 +14,9 @@ import pulumi
 import pulumi_postgresql as postgresql
 import pulumi_vault as vault
 
-from components import PACKAGE
-from components.postgres import revoke_public
-from components.providers import Providers
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.postgres import revoke_public
+from tenant_infra.components.providers import Providers
 from tenant_infra.tenant import pg_shared_database
 
 

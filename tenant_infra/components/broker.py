@@ -11,9 +11,9 @@ from __future__ import annotations
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 
-from components import PACKAGE
-from components.secrets import generated_password
 from tenant_infra.catalog import Limits
+from tenant_infra.components import PACKAGE
+from tenant_infra.components.secrets import generated_password
 from tenant_infra.tenant import ServiceNames, TenantNames
 
 
