@@ -18,7 +18,7 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import validate_tenant_id
 from tenant_infra.vaultclient import operator_vault
 from tenant_infra.verify.broker import BrokerVerifier
-from tenant_infra.verify.checks import CheckResult, PgVerifier
+from tenant_infra.verify.checks import CheckResult, PgVerifier, failed
 from tenant_infra.verify.connections import (
     AdminAccess,
     ConnectionsDocument,
@@ -117,6 +117,11 @@ def verify_document(
     postgres = PgVerifier(document, expected_limits, budget=budget)
     checks = postgres.run()
     limits = dict(postgres.limits)
+    # A store the product uses with no section in its document fails, never skips.
+    checks += [
+        failed(f"{store}.section", f"product {document.product} uses {store}: no {store} section")
+        for store in document.missing()
+    ]
     if document.rabbitmq is not None:
         rabbit = platform.rabbitmq if platform is not None else None
         broker = BrokerVerifier(

@@ -96,6 +96,12 @@ class ConnectionsDocument(_Section):
     rabbitmq: RabbitmqConnection | None = None
     mongodb: MongodbConnection | None = None
 
+    def missing(self) -> list[str]:
+        """The stores the product uses that the document has no section for."""
+        product = load_catalog().product(self.product)
+        present = {Store.RABBITMQ: self.rabbitmq, Store.MONGODB: self.mongodb}
+        return [s.value for s, section in present.items() if product.needs(s) and section is None]
+
     @model_validator(mode="after")
     def _derived_names(self) -> ConnectionsDocument:
         validate_tenant_id(self.tenant)
@@ -115,11 +121,18 @@ class ConnectionsDocument(_Section):
                 f"postgresql.user is {self.postgresql.user!r}, not one of the service's logins "
                 f"({names.pg_role} or a later generation)"
             )
+        # Sections follow the product's stores in the catalog: none for a store it
+        # does not use. A missing one is for its consumer to judge (a migration needs
+        # PostgreSQL only; verify fails the store's checks).
+        for store, section in ((Store.RABBITMQ, self.rabbitmq), (Store.MONGODB, self.mongodb)):
+            if section is not None and not product.needs(store):
+                raise ValueError(
+                    f"product {self.product!r} uses no {store.value}: the document's "
+                    f"{store.value} section is not its"
+                )
         if self.rabbitmq is not None:
             expected["rabbitmq.vhost"] = (self.rabbitmq.vhost, names.tenant_names.vhost)
             expected["rabbitmq.user"] = (self.rabbitmq.user, names.broker_user)
-        elif product.needs(Store.RABBITMQ):
-            raise ValueError(f"product {self.product!r} needs a rabbitmq section")
         if self.mongodb is not None:
             expected["mongodb.database"] = (
                 self.mongodb.database,

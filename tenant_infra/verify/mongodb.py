@@ -43,8 +43,8 @@ def mongodb_gate(
     """Why MongoDB is not checked (``None``: check it). SRV hosts (Atlas, no port)
     are left to the driver's own server selection."""
     mongo = document.mongodb
-    if mongo is None:
-        return skipped(MONGODB_CHECKS[0], f"product {document.product} has no MongoDB section")
+    if mongo is None:  # (a product that uses MongoDB fails mongodb.section instead)
+        return skipped(MONGODB_CHECKS[0], f"no MongoDB section for product {document.product}")
     if mongo.port is not None and not reachable(mongo.host, mongo.port):
         return skipped(
             MONGODB_CHECKS[0], f"{mongo.host}:{mongo.port} not reachable: MongoDB checks skipped"

@@ -167,3 +167,15 @@ def test_service_filter_must_match_a_document() -> None:
 def test_two_documents_for_one_service_are_refused() -> None:
     with pytest.raises(InvalidInput, match="two connections documents"):
         verify_tenant("globex", connections=[DOC, DOC], environ={})
+
+
+def test_a_store_the_product_uses_without_its_section_fails_never_skips() -> None:
+    from tenant_infra.verify.command import verify_document
+    from tenant_infra.verify.connections import AdminAccess
+
+    report = verify_document(document(mongodb=None, rabbitmq=None), AdminAccess())
+    failed = {c.name: c.reason for c in report.checks if not c.ok}
+    assert failed["mongodb.section"] == "product ledger uses mongodb: no mongodb section"
+    assert failed["rabbitmq.section"] == "product ledger uses rabbitmq: no rabbitmq section"
+    complete = verify_document(document(), AdminAccess())
+    assert not any(c.name.endswith(".section") for c in complete.checks)

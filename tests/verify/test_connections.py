@@ -70,6 +70,22 @@ def test_the_readme_shape_loads_from_a_file(tmp_path) -> None:
     assert SECRET not in repr(doc) and SECRET not in str(doc.model_dump())
 
 
+def test_sections_follow_the_products_stores() -> None:
+    """A migration needs PostgreSQL only: a missing section loads, and says so; a
+    section for a store the product does not use is refused."""
+    (doc,) = load_connections(changed("rabbitmq", None))
+    assert doc.missing() == ["rabbitmq"]
+    (doc,) = load_connections(changed("mongodb", None))
+    assert doc.missing() == ["mongodb"]
+    tracer = json.loads(
+        json.dumps(changed("product", "tracer"))
+        .replace("ledger_globex", "tracer_globex")
+        .replace('"database": "ledger"', '"database": "tracer"')
+    )
+    with pytest.raises(InvalidInput, match="product 'tracer' uses no mongodb: the document's mongodb section is not its"):
+        load_connections(tracer)
+
+
 def test_a_list_of_documents_loads_each(tmp_path) -> None:
     path = tmp_path / "c.json"
     tracer = changed("product", "tracer")
@@ -101,7 +117,6 @@ def test_database_mode_uses_the_dedicated_database() -> None:
         ("tenant", "Globex", "must be lowercase"),
         ("product", "payroll", "unknown product 'payroll'"),
         ("isolation", "ROW", "isolation"),
-        ("rabbitmq", None, "needs a rabbitmq section"),
         ("postgresql.password", None, "postgresql.password"),
         ("postgresql.port", 0, "postgresql.port"),
         ("postgresql.extra", "x", "postgresql.extra"),
