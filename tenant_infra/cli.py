@@ -537,11 +537,9 @@ def offboard(
 ) -> None:
     """Destroy a tenant's resources (grants and users before what they refer to)."""
     from tenant_infra import commands
-    from tenant_infra.tenant import validate_tenant_id
 
-    validate_tenant_id(tenant)  # before the question: bad input is never asked about
-    if retain_data and purge:
-        raise InvalidInput("choose one of --retain-data and --purge")
+    # Before the question: bad input is never asked about.
+    commands.check_offboard(tenant, retain_data=retain_data, purge=purge)
     what = "keeping its data" if retain_data else "DELETING its data" if purge else ""
     if not yes and not typer.confirm(f"Offboard tenant {tenant} {what}?".replace("  ", " ")):
         raise typer.Exit(EXIT_FAILED)

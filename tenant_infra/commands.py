@@ -424,6 +424,15 @@ def history(
     return _read_registry(workspace, backend).history(tenant)
 
 
+def check_offboard(
+    tenant: str, *, retain_data: bool = False, purge: bool = False, root: Path | None = None
+) -> None:
+    """Refuse an offboarding that cannot go on (bad id, unknown tenant, protected data
+    with no decision) before the Pulumi CLI is looked for, or a question asked."""
+    validate_tenant_id(tenant)
+    lifecycle.check_offboard(_workspace(root), tenant, retain_data, purge)
+
+
 def offboard(
     tenant: str,
     *,
@@ -434,7 +443,7 @@ def offboard(
 ) -> list[str]:
     """Destroy the tenant's resources and remove its stack; returns what was retained."""
     workspace = _workspace(root)
-    validate_tenant_id(tenant)
+    check_offboard(tenant, retain_data=retain_data, purge=purge, root=root)
     stacks = _backend(workspace, backend)
     from tenant_infra.sessions import drop_strays
 
@@ -450,6 +459,17 @@ def offboard(
     )
 
 
+def _known_services(tenant: str, services: Sequence[str], root: Path | None) -> Workspace:
+    """The tenant and its named services exist: refused before the Pulumi CLI is looked
+    for, so bad input is named as such."""
+    validate_tenant_id(tenant)
+    workspace = _workspace(root)
+    config = lifecycle.known_config(workspace, tenant)
+    for product in services:
+        lifecycle.known_service(config, validate_product(product))
+    return workspace
+
+
 def suspend(
     tenant: str,
     services: Sequence[str] = (),
@@ -462,8 +482,7 @@ def suspend(
     refused and every open session closed."""
     from tenant_infra.sessions import close_sessions
 
-    validate_tenant_id(tenant)
-    workspace = _workspace(root)
+    workspace = _known_services(tenant, services, root)
     stacks = _backend(workspace, backend)
     return lifecycle.set_suspended(
         tenant,
@@ -487,8 +506,7 @@ def resume(
     verify: Gate = ISOLATION,
 ) -> TenantStatus:
     """Resume suspended services: exactly what was declared before, verified again."""
-    validate_tenant_id(tenant)
-    workspace = _workspace(root)
+    workspace = _known_services(tenant, services, root)
     stacks = _backend(workspace, backend)
     return lifecycle.set_suspended(
         tenant,
@@ -515,8 +533,9 @@ def deregister(
     """Remove one service of the tenant, keeping (``retain_data``) or deleting its data."""
     from tenant_infra.sessions import drop_strays
 
-    validate_tenant_id(tenant)
-    workspace = _workspace(root)
+    if retain_data == purge:
+        raise InvalidInput("choose one of --retain-data and --purge")
+    workspace = _known_services(tenant, [service], root)
     stacks = _backend(workspace, backend)
     return lifecycle.deregister(
         tenant,

@@ -584,6 +584,21 @@ def deregister(
     return status
 
 
+def check_offboard(
+    workspace: Workspace, tenant: str, retain_data: bool, purge: bool
+) -> TenantConfig:
+    """What an offboarding needs decided, refused before anything (or anyone) is asked."""
+    if retain_data and purge:
+        raise InvalidInput("choose one of --retain-data and --purge")
+    config = known_config(workspace, tenant)
+    if config.protect_data and not (retain_data or purge):
+        raise InvalidInput(
+            f"tenant {tenant!r} holds protected data: pass --retain-data to keep it or "
+            "--purge to delete it"
+        )
+    return config
+
+
 def offboard(
     tenant: str,
     backend: StackBackend,
@@ -601,14 +616,7 @@ def offboard(
     can delete it) or purged (the stack destroyed and removed, the stack file too).
     Every step is an update of the stack, so a failed run is resumed by running it again.
     """
-    if retain_data and purge:
-        raise InvalidInput("choose one of --retain-data and --purge")
-    config = known_config(workspace, tenant)
-    if config.protect_data and not (retain_data or purge):
-        raise InvalidInput(
-            f"tenant {tenant!r} holds protected data: pass --retain-data to keep it or "
-            "--purge to delete it"
-        )
+    config = check_offboard(workspace, tenant, retain_data, purge)
     mode: Removal = "retain" if retain_data else "purge"
     marked = config.with_services(
         [s.model_copy(update={"removal": mode}) for s in config.services]
