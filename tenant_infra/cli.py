@@ -747,9 +747,13 @@ def api_key_revoke(
 
 
 def _console() -> Console:
-    """A terminal's own width; a wide page when piped, so names are never cut."""
+    """A terminal's own width; piped, ``$COLUMNS`` if set, else a wide page, so names
+    are never cut."""
     console = Console()
-    return console if console.is_terminal else Console(width=200)
+    if console.is_terminal:
+        return console
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 200)
 
 
 app.command("verify")(verify)

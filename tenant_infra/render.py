@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 from tenant_infra.lifecycle import (
@@ -62,7 +64,21 @@ def plan_table(plan: Plan, console: Console) -> None:
             continue
         groups.setdefault(plan.service_of(resource) or "(tenant)", []).append(resource)
     console.print(f"[bold]Tenant {plan.tenant}[/]: {sum(map(len, groups.values()))} resources")
-    for group in sorted(groups, key=lambda g: (g == "(tenant)", g)):
+    ordered = sorted(groups, key=lambda g: (g == "(tenant)", g))
+    widths = [len(_short_type(r.type)) + len(r.name) for rs in groups.values() for r in rs]
+    if max(widths, default=0) + 50 > console.width:
+        # Too narrow for a table (an 80-column terminal): a resource a line, its inputs
+        # on the next, indented; every detail stays in --format json.
+        for group in ordered:
+            console.print(f"[bold]{escape(group)}[/]", highlight=False)
+            for resource in groups[group]:
+                console.print(
+                    f"  {_short_type(resource.type)}  {escape(resource.name)}", highlight=False
+                )
+                if summary := _summary(resource):
+                    console.print(Padding(escape(summary), (0, 0, 0, 6)), highlight=False)
+        return
+    for group in ordered:
         table = Table(title=group, title_justify="left", show_lines=False, expand=False)
         table.add_column("type", no_wrap=True)
         table.add_column("name", no_wrap=True)

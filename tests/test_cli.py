@@ -121,6 +121,18 @@ def test_a_platform_is_named_with_platform(capsys: pytest.CaptureFixture[str]) -
     assert provider["inputs"]["host"] != "127.0.0.1"  # acme's platform, not the dev one
 
 
+def test_plan_reads_at_80_columns(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resource a line, its inputs indented below: nothing past 80 columns, no name
+    broken, and a fraction of the table's length."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run(capsys, "plan", "globex")
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80 and len(lines) < 100
+    assert "  postgresql:Schema  globex-ledger-postgres-shared-schema" in lines
+    assert any(line.strip().startswith("name=tenant_globex  database=ledger") for line in lines)
+
+
 def test_version_and_a_bare_tenantctl(capsys: pytest.CaptureFixture[str]) -> None:
     from importlib.metadata import version
 
