@@ -80,6 +80,23 @@ def _root(
 
 
 @app.command()
+def revision(
+    message: Annotated[str, typer.Option("--message", "-m", help="What the revision does.")],
+    product: Annotated[
+        str | None, typer.Option("--product", "-p", help="The product whose revision it is.")
+    ] = None,
+    script_location: Annotated[
+        Path | None,
+        typer.Option("--script-location", metavar="DIR", help="Another Alembic script directory."),
+    ] = None,
+) -> None:
+    """Write the product's next revision (sequential id, the project's template)."""
+    from tenant_infra import commands
+
+    print(commands.revision(product, message, script_location))
+
+
+@app.command()
 def init(
     folder: Annotated[Path, typer.Argument(help="Where the new project goes.")],
 ) -> None:

@@ -138,6 +138,42 @@ def init(folder: Path) -> list[Path]:
     return written
 
 
+def revision(product: str | None, message: str, script_location: Path | None = None) -> Path:
+    """A new revision file of ``product``'s script directory (or ``script_location``),
+    numbered after the last one (``0004_<slug>.py``), from the directory's template;
+    returns its path. The id is sequential, as the products' revisions are."""
+    from alembic import command
+    from alembic.config import Config
+
+    from tenant_infra.catalog import load_catalog
+    from tenant_infra.migrate.revisions import declared_head, declared_revisions
+
+    if not message.strip():
+        raise InvalidInput("a revision needs a message: -m MESSAGE")
+    if script_location is None:
+        if product is None:
+            raise InvalidInput("name the product (--product P) or --script-location DIR")
+        found = load_catalog().product(validate_product(product)).script_location
+        if found is None:
+            raise InvalidInput(f"product {product!r} has no migrations")
+        script_location = found
+    numbers = [int(r.revision) for r in declared_revisions(script_location) if r.revision.isdigit()]
+    rev_id = f"{max(numbers, default=0) + 1:04d}"
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    created = command.revision(
+        config,
+        message=message.strip(),
+        rev_id=rev_id,
+        head=declared_head(script_location) or "base",
+    )
+    script = created[0] if isinstance(created, list) else created
+    if script is None:
+        raise InvalidInput("alembic made no revision")
+    return Path(script.path)
+
+
 def _named(found: object, tenant: str) -> str:
     """What a stack file's ``tenant-infra:tenant`` says, against the tenant asked for."""
     if found is None:

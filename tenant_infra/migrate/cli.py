@@ -102,6 +102,20 @@ def _registry() -> Registry | None:
     return Registry.from_platform(project_root()).open()
 
 
+def _destination(location: str | Path, revision: str | None, down: bool) -> str:
+    """``heads`` by default, else a revision the script directory declares (``base``
+    too, downward): refused before any tenant is touched."""
+    if revision is None:
+        return "heads"
+    from tenant_infra.migrate.revisions import declared_revisions
+
+    known = {r.revision for r in declared_revisions(location)}
+    if revision in known or (down and revision == "base"):
+        return revision
+    shown = ", ".join(sorted(known)) or "none"
+    raise InvalidInput(f"revision {revision!r} is not in {location} (it has: {shown})")
+
+
 def migrate(
     product: Annotated[
         str | None, typer.Option("--product", "-p", help="Migrate the tenants of this product.")
@@ -161,6 +175,18 @@ def migrate(
             show_default=False,
         ),
     ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", metavar="REV", help="Upgrade to this revision, not head."),
+    ] = None,
+    downgrade_to: Annotated[
+        str | None,
+        typer.Option(
+            "--downgrade-to",
+            metavar="REV",
+            help="Downgrade to this revision (or base), one transaction per tenant.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="List pending revisions per tenant.")] = False,
     sql: Annotated[bool, typer.Option(help="Print the SQL per tenant without running it.")] = False,
     output: Annotated[
@@ -177,6 +203,10 @@ def migrate(
     refuse_password_in_argv(dsn)
     if dry_run and sql:
         raise InvalidInput("--dry-run and --sql are exclusive")
+    if to is not None and downgrade_to is not None:
+        raise InvalidInput("choose one of --to and --downgrade-to")
+    if downgrade_to is not None and (dry_run or sql):
+        raise InvalidInput("--downgrade-to runs: --dry-run and --sql show upgrades only")
     params = parse_dsn(dsn)
     targets, location, params = _resolve(
         product,
@@ -192,8 +222,11 @@ def migrate(
     from tenant_infra.migrate.report import ProgressSink, render_table, to_json
     from tenant_infra.migrate.targets import sort_for_reuse
 
-    mode: Mode = "sql" if sql else "pending" if dry_run else "upgrade"
-    registry = _registry() if product and mode == "upgrade" else None
+    destination = _destination(location, to or downgrade_to, downgrade_to is not None)
+    mode: Mode = (
+        "sql" if sql else "pending" if dry_run else "downgrade" if downgrade_to else "upgrade"
+    )
+    registry = _registry() if product and mode in ("upgrade", "downgrade") else None
     targets = sort_for_reuse(targets)
     with ProgressSink(len(targets)) as progress:
         report = migrate_fleet(
@@ -203,6 +236,7 @@ def migrate(
             concurrency=concurrency,
             canary=canary,
             mode=mode,
+            destination=destination,
             on_result=None if sql else progress,
             registry=registry,
             timeout=timeout,

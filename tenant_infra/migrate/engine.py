@@ -247,8 +247,11 @@ class TenantMigrator:
 
     # -- upgrade ----------------------------------------------------------------------
 
-    def upgrade(self, target: MigrationTarget, index: int = 0) -> TargetResult:
-        """Bring ``target`` to the destination in one transaction; never raises for a
+    def upgrade(
+        self, target: MigrationTarget, index: int = 0, *, downgrade: bool = False
+    ) -> TargetResult:
+        """Bring ``target`` to the destination in one transaction (down to it, with
+        ``downgrade``: the same connection, lock and transaction); never raises for a
         tenant's own failure (the fleet goes on), only returns it."""
         started = time.perf_counter()
         refused = self.refusal(target)
@@ -262,7 +265,10 @@ class TenantMigrator:
         def plan(rev: tuple[str, ...], _ctx: MigrationContext) -> list[RevisionStep]:
             nonlocal before, steps
             before = tuple(rev)
-            steps = script._upgrade_revs(destination, rev)  # type: ignore[arg-type]
+            if downgrade:
+                steps = script._downgrade_revs(destination, rev)  # type: ignore[arg-type]
+            else:
+                steps = script._upgrade_revs(destination, rev)  # type: ignore[arg-type]
             return steps
 
         def on_apply(
@@ -405,9 +411,9 @@ def _failed(target: MigrationTarget, index: int, error: str, started: float) -> 
 
 def _final_heads(before: tuple[str, ...], steps: list[RevisionStep]) -> str | None:
     heads = set(before)
-    for step in steps:
+    for step in steps:  # up: down revisions -> the revision; down: the reverse
         heads -= set(step.from_revisions)
-        heads.add(step.revision.revision)
+        heads |= set(step.to_revisions)
     return _heads_str(heads)
 
 

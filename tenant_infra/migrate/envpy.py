@@ -13,7 +13,9 @@ pinned to the tenant schema, version table inside it.
 
 from __future__ import annotations
 
+import logging
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection
@@ -37,8 +39,21 @@ def _online(conn: Connection, schema: str) -> None:
         context.run_migrations()
 
 
+def _log() -> None:
+    """Say what runs, as Alembic's own env.py does (``Running upgrade 0002 -> 0003``):
+    the ini's logging sections when it has them, else Alembic's INFO on stderr."""
+    config = context.config
+    if config.config_file_name and config.file_config.has_section("loggers"):
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
+    elif not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)-5.5s [%(name)s] %(message)s")
+        logging.getLogger("alembic").setLevel(logging.INFO)
+
+
 def run() -> None:
     """Entry point called by each product's env.py."""
+    if "connection" not in context.config.attributes:  # a caller's own logging stays
+        _log()
     schema = _schema()
     if context.is_offline_mode():
         context.configure(

@@ -71,7 +71,8 @@ def migrate_fleet(
     registry: Registry | None = None,
     timeout: float | None = None,
 ) -> FleetReport:
-    """Bring every target to ``destination`` (``mode="upgrade"``), or only list
+    """Bring every target to ``destination`` (``mode="upgrade"``, or down to it with
+    ``"downgrade"``), or only list
     (``"pending"``) or render (``"sql"``) what that would do.
 
     ``params`` are the libpq keywords used for targets that carry none (generic
@@ -128,7 +129,8 @@ def migrate_fleet(
     workers = max(1, min(concurrency, total))
     if mode == "sql":
         workers = 1  # SQL is printed in tenant order; rendering is cheap
-    waves = [indexed[:canary], indexed[canary:]] if canary and mode == "upgrade" else [indexed]
+    moving = mode in ("upgrade", "downgrade")
+    waves = [indexed[:canary], indexed[canary:]] if canary and moving else [indexed]
     with SandboxExecutor(job, workers) as executor:
         report.head = executor.head
         for wave_no, wave in enumerate(waves):

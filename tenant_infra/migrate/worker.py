@@ -26,7 +26,7 @@ from tenant_infra.migrate.mongo import MongoVersion, load_spec
 from tenant_infra.migrate.sandbox import clean_lines, clean_text
 from tenant_infra.migrate.targets import MigrationTarget
 
-Mode = Literal["upgrade", "pending", "sql"]
+Mode = Literal["upgrade", "downgrade", "pending", "sql"]
 
 _STATUSES: Final = frozenset({"migrated", "current", "pending", "failed", "skipped"})
 
@@ -249,6 +249,8 @@ class Worker:
         target = _target(request["target"])
         if op == "upgrade":
             result = self.migrator.upgrade(target)
+        elif op == "downgrade":
+            result = self.migrator.upgrade(target, downgrade=True)
         elif op == "pending":
             result = self.migrator.pending(target)
         elif op == "sql":

@@ -506,3 +506,41 @@ def test_each_migrated_service_revision_is_recorded_in_the_registry(
     migrations = [(h["operation"], h["reason"]) for h in history if h["operation"] == "migrate"]
     assert migrations == [("migrate", "base -> 0003")]  # once: the second run changed nothing
     assert service["revision"] == "0003"
+
+
+def test_to_and_downgrade_to_move_the_fleet_as_each_tenant(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """--to stops at a revision; --downgrade-to takes every tenant down, as its own role,
+    one transaction each; both refuse a revision the product does not have."""
+    a, b = pg.schema_tenant(product), pg.database_tenant(product)
+    base = product_args(product, write_connections(tmp_path / "c.json", [a, b]))
+
+    to = cli(*base, "--to", "0002", "--format", "json", products=(product,))
+    assert to.returncode == 0, to.stderr
+    assert {t["after"] for t in json.loads(to.stdout)["tenants"]} == {"0002"}
+    assert version(a) == version(b) == "0002" and "balances" not in tables(a)
+
+    up = cli(*base, "--format", "json", products=(product,))
+    assert up.returncode == 0 and version(a) == version(b) == "0003"
+
+    down = cli(*base, "--downgrade-to", "0001", "--format", "json", products=(product,))
+    assert down.returncode == 0, down.stderr
+    got = {t["tenant"]: t for t in json.loads(down.stdout)["tenants"]}
+    assert got[a.tenant]["status"] == "migrated" and got[a.tenant]["after"] == "0001"
+    assert got[a.tenant]["revisions"] == ["0003", "0002"]
+    assert version(a) == version(b) == "0001"
+    assert "balances" not in tables(a) and "transactions" not in tables(b)
+    assert "accounts" in tables(a)
+
+    # A tenant whose downgrade fails is left whole at its revision; the other goes on.
+    a.sql(f"CREATE TABLE {a.schema}.keepme (id uuid REFERENCES {a.schema}.accounts (id))")
+    gone = cli(*base, "--downgrade-to", "base", "--format", "json", products=(product,))
+    assert gone.returncode == 1
+    assert version(a) == "0001" and "accounts" in tables(a)
+    assert version(b) is None and tables(b) <= {"alembic_version"}
+
+    for bad in (["--to", "0009"], ["--downgrade-to", "0009"], ["--to", "0002", "--downgrade-to", "0001"]):
+        refused = cli(*base, *bad, products=(product,))
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith("tenantctl: "), refused.stderr

@@ -298,7 +298,7 @@ def test_the_fleet_form_isolates_a_failure(world: World) -> None:
     assert state["state"] == "aborted"  # nothing left open to block a restore
 
 
-def _alembic(world: World, tenant: str, *command: str) -> None:
+def _alembic(world: World, tenant: str, *command: str) -> str:
     """Plain ``alembic`` on the tenant's schema, as its login (the README's way)."""
     pg = world.pg(tenant, "ledger")
     dsn = f"postgresql+psycopg://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
@@ -308,6 +308,7 @@ def _alembic(world: World, tenant: str, *command: str) -> None:
         cwd=ROOT, env={**os.environ, "TENANT_INFRA_DSN": dsn}, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
 
 
 def test_a_backup_from_an_older_revision_is_migrated_before_it_goes_live(world: World) -> None:
@@ -315,7 +316,8 @@ def test_a_backup_from_an_older_revision_is_migrated_before_it_goes_live(world: 
     backup's rows, brought forward by the product's own revisions."""
     tenant = world.new_tenant("old")
     world.onboard(tenant, "ledger:SCHEMA")
-    _alembic(world, tenant, "downgrade", "0002")
+    said = _alembic(world, tenant, "downgrade", "0002")
+    assert "Running downgrade 0003 -> 0002" in said  # plain alembic says what it runs
     as_tenant(world, tenant, "INSERT INTO organizations (legal_name, legal_document) SELECT 'Org ' || i, 'D' || i FROM generate_series(1, 30) i")
     set_ = backup(world, tenant)
     assert json.loads(Path(set_, "manifest.json").read_text())["postgresql"]["revision"] == "0002"

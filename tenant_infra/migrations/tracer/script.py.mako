@@ -7,14 +7,16 @@ Create Date: ${create_date}
 Names are unqualified: the runner pins search_path to the tenant schema.
 """
 
-import sqlalchemy as sa
-from alembic import op
-${imports if imports else ""}
+import sqlalchemy as sa  # noqa: F401 (what the operations below are made of)
+from alembic import op  # noqa: F401
+% if imports:
+${imports}
+% endif
 
-revision = ${repr(up_revision)}
-down_revision = ${repr(down_revision)}
-branch_labels = ${repr(branch_labels)}
-depends_on = ${repr(depends_on)}
+revision = ${repr(up_revision).replace("'", '"')}
+down_revision = ${repr(down_revision).replace("'", '"')}
+branch_labels = ${repr(branch_labels).replace("'", '"')}
+depends_on = ${repr(depends_on).replace("'", '"')}
 
 
 def upgrade() -> None:
