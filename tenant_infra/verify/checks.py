@@ -465,7 +465,7 @@ class PgVerifier:
         role_limit, db_limit = int(row[0]), int(row[3])
         timeout_ms, idle_ms = _milliseconds(row[1]), _milliseconds(row[2])
         self.limits = {
-            "pg_role_connection_limit": role_limit,
+            "pg_connection_limit": role_limit,
             "pg_statement_timeout_ms": timeout_ms,
             "pg_idle_in_transaction_timeout_ms": idle_ms,
         }
@@ -483,7 +483,7 @@ class PgVerifier:
             problems.append(f"database {self.pg.database} has no connection limit")
         if self.expected is not None:
             want = {
-                "pg_role_connection_limit": self.expected.pg_connection_limit,
+                "pg_connection_limit": self.expected.pg_connection_limit,
                 "pg_statement_timeout_ms": self.expected.pg_statement_timeout_ms,
                 "pg_idle_in_transaction_timeout_ms": (
                     self.expected.pg_idle_in_transaction_timeout_ms

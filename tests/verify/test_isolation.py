@@ -51,7 +51,7 @@ def test_limits_in_force_are_reported(fleet, admin, key) -> None:
     role = tenant.plan.of_type("postgresql:index/role:Role")[0].inputs
     vhost = tenant.plan.of_type("rabbitmq:index/vHost:VHost")[0].inputs
     expected = {
-        "pg_role_connection_limit": role["connectionLimit"],
+        "pg_connection_limit": role["connectionLimit"],
         "pg_statement_timeout_ms": role["statementTimeout"],
         "broker_max_connections": int(vhost["maxConnections"]),
         "broker_max_queues": int(vhost["maxQueues"]),
