@@ -457,7 +457,9 @@ class Provisioner:
         (schema,) = plan.of_type(PG + "schema:Schema")
         (user,) = plan.of_type(RMQ + "user:User")
         (permission,) = plan.of_type(RMQ + "permissions:Permissions")
-        return {
+        from tenant_infra.catalog import Store, load_catalog
+
+        document = {
             "tenant": tenant,
             "product": product,
             "isolation": isolation,
@@ -478,6 +480,17 @@ class Provisioner:
                 "password": passwords[user.name],
             },
         }
+        if load_catalog().product(product).needs(Store.MONGODB):
+            # Its section is there, as the program writes it (its checks skip when no
+            # server answers).
+            document["mongodb"] = {
+                "host": "127.0.0.1",
+                "port": 27017,
+                "database": tenant,
+                "user": user.inputs["name"],
+                "password": passwords[user.name],
+            }
+        return document
 
     def _drop_role(self, role: str) -> None:
         """DROP OWNED where the role has objects or grants, then the role itself."""
