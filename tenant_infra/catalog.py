@@ -12,9 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from tenant_infra.errors import InvalidInput
+from tenant_infra.project import project_root
 from tenant_infra.tenant import validate_product
 
 #: Where the per-product Alembic script directories live in a checkout.
@@ -47,6 +48,8 @@ class Product(BaseModel):
     modules: dict[str, frozenset[Store]] = Field(default_factory=dict)
     #: The module key under which the product reads its RabbitMQ connection.
     rabbitmq_module: str | None = None
+    #: Where its ``migrations`` directory is: the package's, or a project's own.
+    migrations_root: Path = MIGRATIONS_ROOT
 
     def needs(self, store: Store) -> bool:
         return store in self.stores
@@ -58,7 +61,7 @@ class Product(BaseModel):
 
     @property
     def script_location(self) -> Path | None:
-        return MIGRATIONS_ROOT / self.migrations if self.migrations else None
+        return self.migrations_root / self.migrations if self.migrations else None
 
 
 class Limits(BaseModel):
@@ -107,7 +110,42 @@ class Catalog(BaseModel):
             raise InvalidInput(f"unknown tier {name!r} (known: {known})") from None
 
 
-@cache
+#: A project's own products, beside its ``Pulumi.yaml``.
+PROJECT_CATALOG = "catalog.toml"
+
+
 def load_catalog() -> Catalog:
+    """The built-in catalog, with the products of the project's ``catalog.toml`` (their
+    migrations under the project's ``migrations/``), if it has one."""
+    own = project_root() / PROJECT_CATALOG
+    return _load(own if own.is_file() else None)
+
+
+@cache
+def _load(project_catalog: Path | None) -> Catalog:
     text = resources.files("tenant_infra").joinpath("catalog.toml").read_text()
-    return Catalog.model_validate(tomllib.loads(text))
+    raw = tomllib.loads(text)
+    if project_catalog is not None:
+        try:
+            extra = tomllib.loads(project_catalog.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"{project_catalog}: cannot be read: {exc}") from None
+        unknown = set(extra) - {"products"}
+        if unknown or not isinstance(extra.get("products", {}), dict):
+            raise InvalidInput(f"{project_catalog}: only [products.<name>] tables belong here")
+        for name, spec in extra.get("products", {}).items():
+            if name in raw["products"]:
+                raise InvalidInput(f"{project_catalog}: product {name!r} is built in already")
+            if not isinstance(spec, dict):
+                raise InvalidInput(f"{project_catalog}: products.{name} must be a table")
+            raw["products"][name] = {
+                **spec,
+                "migrations_root": project_catalog.parent / "migrations",
+            }
+    try:
+        return Catalog.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        where = project_catalog or "the built-in catalog.toml"
+        raise InvalidInput(f"{where}: {field}: {first['msg']}") from None

@@ -71,7 +71,7 @@ def _root(
     ] = None,
 ) -> None:
     """Provision, plan and migrate isolated tenant services."""
-    from tenant_infra.workspace import PROJECT_ENV
+    from tenant_infra.project import PROJECT_ENV
 
     if project is not None:
         if not (project / "Pulumi.yaml").is_file():

@@ -29,8 +29,9 @@ from tenant_infra.lifecycle import (
     TenantStatus,
     for_each_tenant,
 )
+from tenant_infra.project import project_root
 from tenant_infra.tenant import validate_product, validate_tenant_id
-from tenant_infra.workspace import Workspace, project_root
+from tenant_infra.workspace import Workspace
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

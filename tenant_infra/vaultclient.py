@@ -94,7 +94,7 @@ def operator_address(
     """The operator's Vault address, checked: ``VAULT_ADDR``, else the platform
     definition (and then its mount too); ``(None, None)`` if neither names one."""
     from tenant_infra.config import platform_from_stack_file
-    from tenant_infra.workspace import project_root
+    from tenant_infra.project import project_root
 
     address, where = environ.get("VAULT_ADDR"), "VAULT_ADDR"
     defined_mount = None

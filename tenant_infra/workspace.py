@@ -25,24 +25,6 @@ class InProgress(RuntimeError):
     """Another operation holds the tenant."""
 
 
-#: The operator's project folder (``tenantctl --project DIR`` sets it).
-PROJECT_ENV = "TENANT_INFRA_PROJECT"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The operator's project folder: ``$TENANT_INFRA_PROJECT``, else the nearest folder
-    holding ``Pulumi.yaml`` and ``stacks/`` upward from ``start`` or the cwd, else the
-    cwd itself. Never the installed package's folder: the tool runs from anywhere."""
-    configured = os.environ.get(PROJECT_ENV)
-    if configured and start is None:
-        return Path(configured).resolve()
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
-            return folder
-    return here
-
-
 #: The project's defaults, beside ``Pulumi.yaml``.
 DEFAULTS_FILE = "tenant-infra.yaml"
 

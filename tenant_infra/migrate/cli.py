@@ -93,9 +93,9 @@ def _registry() -> Registry | None:
     recorded there); configured but unreachable, nothing runs."""
     import os
 
+    from tenant_infra.project import project_root
     from tenant_infra.registry import Registry
     from tenant_infra.registry.store import PLATFORM_STACK_ENV
-    from tenant_infra.workspace import project_root
 
     if not os.environ.get(PLATFORM_STACK_ENV):
         return None

@@ -28,10 +28,11 @@ from tenant_infra.config import platform_from_stack_file
 from tenant_infra.errors import BackendUnavailable, InvalidInput
 from tenant_infra.migrate.connection import ConnParams
 from tenant_infra.migrate.targets import MigrationTarget
+from tenant_infra.project import project_root
 from tenant_infra.tenant import TenantNames
 from tenant_infra.vaultclient import VaultAccess, operator_vault
 from tenant_infra.verify.connections import ConnectionsDocument, load_connections, read_from_vault
-from tenant_infra.workspace import Workspace, project_root
+from tenant_infra.workspace import Workspace
 
 Documents = dict[tuple[str, str], ConnectionsDocument]
 

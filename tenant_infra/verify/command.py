@@ -15,6 +15,7 @@ from typing import Any
 from tenant_infra.catalog import Limits, load_catalog
 from tenant_infra.config import Platform, TenantConfig, platform_from_stack_file, read_stack_file
 from tenant_infra.errors import InvalidInput
+from tenant_infra.project import project_root
 from tenant_infra.tenant import validate_tenant_id
 from tenant_infra.vaultclient import operator_vault
 from tenant_infra.verify.broker import BrokerVerifier
@@ -27,7 +28,7 @@ from tenant_infra.verify.connections import (
 )
 from tenant_infra.verify.mongodb import mongodb_checks
 from tenant_infra.verify.vault import vault_checks
-from tenant_infra.workspace import Workspace, project_root
+from tenant_infra.workspace import Workspace
 
 
 @dataclass(frozen=True)

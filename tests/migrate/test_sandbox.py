@@ -147,9 +147,11 @@ import json, sys
 from pathlib import Path
 import tenant_infra.catalog as catalog
 from tenant_infra.catalog import Product, Store
-catalog.MIGRATIONS_ROOT = Path(sys.argv[1])
 catalog.load_catalog().products[sys.argv[2]] = Product(
-    name=sys.argv[2], stores=frozenset({Store.POSTGRESQL}), migrations="hostile"
+    name=sys.argv[2],
+    stores=frozenset({Store.POSTGRESQL}),
+    migrations="hostile",
+    migrations_root=Path(sys.argv[1]),
 )
 from tenant_infra.components.migration import ServiceMigrationProvider
 result = ServiceMigrationProvider().create(json.loads(sys.stdin.read()))

@@ -58,8 +58,9 @@ from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.lifecycle import EventSink, PreviewOutcome, ResourceEvent
 from tenant_infra.plan import PlannedResource, evaluate, pulumi_config_values
 from tenant_infra.program import platform_program, tenant_program
+from tenant_infra.project import project_root
 from tenant_infra.tenant import pg_shared_database
-from tenant_infra.workspace import InProgress, Workspace, project_root
+from tenant_infra.workspace import InProgress, Workspace
 
 from . import replay_postgresql as pg
 from . import replay_rabbitmq as rmq
