@@ -12,6 +12,7 @@ import pytest
 from tenant_infra import commands
 from tests.api.conftest import Served
 from tests.support.api import decode_active, decode_connections, decode_denied
+from tests.support.world import DEV_STACK
 
 LEDGER_MODULES = {"onboarding", "transaction", "crm-api", "plugin-fees"}
 
@@ -88,7 +89,7 @@ def test_a_uuid_tenant_is_one_tenant_in_every_spelling(served: Served) -> None:
     active = decode_active(served.get("/v1/tenants/active?service=tracer", key).json())
     assert {"id": dashless, "name": tenant, "status": "active"} in active
     with pytest.raises(Exception, match="spelled otherwise"):
-        commands.onboard(dashless, ["tracer:SCHEMA"], **served.world.kwargs(), verify=None)
+        commands.onboard(dashless, ["tracer:SCHEMA"], DEV_STACK, **served.world.kwargs(), verify=None)
 
 
 def test_keys_serve_their_own_product_only(served: Served) -> None:
