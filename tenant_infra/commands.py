@@ -98,31 +98,52 @@ def resolve_config(
     return TenantConfig.from_pulumi_values(values)
 
 
-#: What ``tenantctl init`` writes: an operator's project; the package holds the rest.
-_SCAFFOLD: Final = {
-    "Pulumi.yaml": (
-        "name: tenant-infra\n"
-        "description: One stack per tenant (tenant-infra).\n"
-        "runtime:\n"
-        "  name: python\n"
-        "stackConfigDir: stacks\n"
-    ),
-    "__main__.py": (
-        '"""Entry point for ``pulumi up`` / ``pulumi preview`` on a tenant stack."""\n\n'
-        "from tenant_infra.program import tenant_program\n\n"
-        "tenant_program()\n"
-    ),
-    "tenant-infra.yaml": (
-        "# platform: the stack file whose platform block (endpoints, never secrets) a tenant\n"
-        "# without a stack file of its own is put on. Without it, such a tenant needs\n"
-        "# --platform FILE. Name your platform's file here; never a dev one in production.\n"
-        "# platform: stacks/Pulumi.platform.yaml\n"
-    ),
-    "stacks/README.md": (
-        "One stack file per tenant, `Pulumi.<tenant>.yaml`: see the tenant-infra README,\n"
-        '"Configuration reference" (`tenantctl onboard TENANT --from FILE` writes one).\n'
-    ),
-}
+def _scaffold() -> dict[str, str]:
+    """What ``tenantctl init`` writes: an operator's project; the package holds the rest.
+    Pulumi runs the programs with this interpreter's environment, where the tool is."""
+    import sys
+
+    venv = f"  options:\n    virtualenv: {sys.prefix}\n" if sys.prefix != sys.base_prefix else ""
+    runtime = f"runtime:\n  name: python\n{venv}"
+    return {
+        "Pulumi.yaml": (
+            "name: tenant-infra\n"
+            "description: One stack per tenant (tenant-infra).\n"
+            f"{runtime}stackConfigDir: stacks\n"
+        ),
+        "__main__.py": (
+            '"""Entry point for ``pulumi up`` / ``pulumi preview`` on a tenant stack."""\n\n'
+            "from tenant_infra.program import tenant_program\n\n"
+            "tenant_program()\n"
+        ),
+        "platform/Pulumi.yaml": (
+            "name: tenant-infra-platform\n"
+            "description: The shared pieces every tenant stack relies on, applied once.\n"
+            f"{runtime}"
+        ),
+        "platform/__main__.py": (
+            '"""Entry point for ``pulumi -C platform up``: shared databases, the Vault mount,\n'
+            'the registry."""\n\n'
+            "from tenant_infra.program import platform_program\n\n"
+            "platform_program()\n"
+        ),
+        "platform/README.md": (
+            "One platform stack file, `Pulumi.<stack>.yaml` (its servers, registry and Vault;\n"
+            'see the tenant-infra README, "The registry"); `TENANT_INFRA_PLATFORM_STACK=<stack>`\n'
+            "tells tenantctl which one. Then `pulumi -C platform up`.\n"
+        ),
+        "tenant-infra.yaml": (
+            "# platform: the stack file whose platform block (endpoints, never secrets) a\n"
+            "# tenant without a stack file of its own is put on. Without it, such a tenant\n"
+            "# needs --platform FILE. Never a dev one in production.\n"
+            "# platform: platform/Pulumi.prod.yaml\n"
+        ),
+        "stacks/README.md": (
+            "One stack file per tenant, `Pulumi.<tenant>.yaml`: see the tenant-infra README,\n"
+            '"Configuration reference" (`tenantctl onboard TENANT --from FILE` writes one).\n'
+        ),
+        ".gitignore": ".pulumi-work/\n.pulumi-state/\nbackups/\n",
+    }
 
 
 def init(folder: Path) -> list[Path]:
@@ -131,7 +152,7 @@ def init(folder: Path) -> list[Path]:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InvalidInput(f"{folder} is not empty: tenantctl init makes a new project folder")
     written = []
-    for name, text in _SCAFFOLD.items():
+    for name, text in _scaffold().items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -146,7 +167,7 @@ def revision(product: str | None, message: str, script_location: Path | None = N
     from alembic import command
     from alembic.config import Config
 
-    from tenant_infra.catalog import load_catalog
+    from tenant_infra.catalog import MIGRATIONS_ROOT, load_catalog
     from tenant_infra.migrate.revisions import declared_head, declared_revisions
 
     if not message.strip():
@@ -154,10 +175,19 @@ def revision(product: str | None, message: str, script_location: Path | None = N
     if script_location is None:
         if product is None:
             raise InvalidInput("name the product (--product P) or --script-location DIR")
-        found = load_catalog().product(validate_product(product)).script_location
-        if found is None:
+        spec = load_catalog().product(validate_product(product))
+        if spec.script_location is None:
             raise InvalidInput(f"product {product!r} has no migrations")
-        script_location = found
+        if spec.migrations_root == MIGRATIONS_ROOT and not _in_checkout():
+            raise InvalidInput(
+                f"product {product!r} is built in: its revisions ship in the package; write "
+                "them in a checkout of tenant-infra, or pass --script-location DIR"
+            )
+        script_location = spec.script_location
+        if not (script_location / "versions").is_dir():
+            _new_script_directory(script_location)  # a project product's first revision
+    if not (script_location / "script.py.mako").is_file():
+        raise InvalidInput(f"{script_location} is not an Alembic script directory (no template)")
     numbers = [int(r.revision) for r in declared_revisions(script_location) if r.revision.isdigit()]
     rev_id = f"{max(numbers, default=0) + 1:04d}"
     config = Config()
@@ -173,6 +203,25 @@ def revision(product: str | None, message: str, script_location: Path | None = N
     if script is None:
         raise InvalidInput("alembic made no revision")
     return Path(script.path)
+
+
+def _in_checkout() -> bool:
+    """Running from a source checkout (an editable install), not an installed wheel."""
+    from tenant_infra.catalog import MIGRATIONS_ROOT
+
+    return (MIGRATIONS_ROOT.parents[1] / "pyproject.toml").is_file()
+
+
+def _new_script_directory(location: Path) -> None:
+    """A project product's Alembic directory, from the built-in products' own files."""
+    import shutil
+
+    from tenant_infra.catalog import MIGRATIONS_ROOT
+
+    (location / "versions").mkdir(parents=True, exist_ok=True)
+    for name in ("alembic.ini", "env.py", "script.py.mako"):
+        if not (location / name).exists():
+            shutil.copy(MIGRATIONS_ROOT / "ledger" / name, location / name)
 
 
 def _named(found: object, tenant: str) -> str:
@@ -315,6 +364,17 @@ def onboard(
     validate_tenant_id(tenant)
     requested = [ServiceSpec.parse(text) for text in services]
     existing = workspace.read_config(tenant)
+    own = workspace.stack_file(tenant).resolve()
+    if existing is not None and stack_config is not None and stack_config.resolve() != own:
+        # An onboarded tenant's config is its stack file: another file names a new
+        # tenant's platform, and never silently swaps its tier, limits or endpoints.
+        borrowed = resolve_config(tenant, (), stack_config, workspace.root, identity_only=True)
+        if borrowed.platform != existing.platform:
+            raise InvalidInput(
+                f"tenant {tenant!r} is onboarded on another platform than {stack_config}'s: "
+                f"edit {own.name} to move it"
+            )
+        stack_config = None
     if existing is not None and stack_config is None:
         base = existing
     else:

@@ -20,6 +20,7 @@ from pulumi.runtime import mocks
 
 from tenant_infra.config import NAMESPACE, PlatformConfig, TenantConfig
 from tenant_infra.credentials import PLACEHOLDER, PlatformCredentials
+from tenant_infra.errors import InvalidInput
 from tenant_infra.program import platform_program, tenant_program
 
 PROJECT = "tenant-infra"
@@ -239,7 +240,10 @@ def evaluate(
         is_secret = pulumi.Output.from_input(cast(Awaitable[Any], outputs.is_secret()))
         return pulumi.Output.all(outputs, is_secret).apply(record)
 
-    evaluate()
+    try:
+        evaluate()
+    except pulumi.RunError as exc:  # the program's own refusal: one line, no traceback
+        raise InvalidInput(str(exc).strip().splitlines()[0] if str(exc).strip() else "") from None
     resources = sorted(monitor.recorded, key=lambda r: (r.parent or "", r.name, r.type))
     return resources, monitor.outputs
 

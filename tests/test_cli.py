@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,7 @@ def test_plan_table_groups_by_service(capsys: pytest.CaptureFixture[str]) -> Non
         ["promote", "nobody", "--service", "ledger"],
         ["plan", "newco", "-s", "ledger:SCHEMA", "--platform", "/nonexistent/Pulumi.prod.yaml"],
         ["offboard", "nobody", "--purge"],
+        ["onboard", "acme", "--platform", "stacks/Pulumi.dev.yaml"],
         ["suspend", "acme", "--service", "wallet"],
         ["resume", "nobody"],
         ["deregister", "acme", "--service", "tracer", "--purge"],
@@ -165,3 +167,24 @@ def test_a_reader_that_goes_away_is_not_an_error() -> None:
     reader.stdin.close()
     reader.wait(10)
     assert (writer.returncode, writer.stderr) == (0, b"")
+
+
+def test_init_scaffolds_a_project_the_tool_then_runs_in(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANT_INFRA_PROJECT", "")  # --project sets it: restored after
+    project = tmp_path / "tenants"
+    code, out, _ = run(capsys, "init", str(project))
+    assert code == 0
+    for name in ("Pulumi.yaml", "__main__.py", "platform/Pulumi.yaml", "platform/__main__.py", "tenant-infra.yaml", "stacks/README.md"):
+        assert (project / name).is_file(), name
+    assert "tenant_program()" in (project / "__main__.py").read_text()
+    assert "platform_program()" in (project / "platform" / "__main__.py").read_text()
+    code, _, err = run(capsys, "init", str(project))
+    assert code == 2 and "is not empty" in err
+    monkeypatch.chdir(tmp_path)
+    dev = Path(__file__).resolve().parents[1] / "stacks" / "Pulumi.dev.yaml"
+    code, out, err = run(capsys, "--project", str(project), "plan", "newco", "-s", "ledger:SCHEMA", "--platform", str(dev), "-f", "json")
+    assert code == 0 and json.loads(out)["tenant"] == "newco", err
+    code, _, err = run(capsys, "--project", str(tmp_path / "nowhere"), "plan", "newco")
+    assert code == 2 and "no Pulumi.yaml there" in err

@@ -19,6 +19,7 @@ from typing import Any
 import pulumi
 import pulumi.dynamic
 
+from tenant_infra.components import stale_provider
 from tenant_infra.migrate.sandbox import clean_text
 
 #: Inputs that locate the storage; a change means "migrate there", not "replace".
@@ -97,7 +98,7 @@ class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
         moved = any(_olds.get(k) != _news.get(k) for k in _LOCATION)
         behind = _olds.get("revision") != _news.get("head")
         return pulumi.dynamic.DiffResult(
-            changes=moved or behind,
+            changes=moved or behind or stale_provider(_olds),
             replaces=[k for k in ("tenant", "product") if _olds.get(k) != _news.get(k)],
             delete_before_replace=False,
         )
@@ -244,8 +245,9 @@ class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
         moved = any(_olds.get(k) != _news.get(k) for k in ("host", "port", "database", "user"))
+        behind = _olds.get("version") != _news.get("head")
         return pulumi.dynamic.DiffResult(
-            changes=moved or _olds.get("version") != _news.get("head"),
+            changes=moved or behind or stale_provider(_olds),
             replaces=[k for k in ("tenant", "product") if _olds.get(k) != _news.get(k)],
         )
 

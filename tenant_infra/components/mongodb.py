@@ -20,7 +20,7 @@ import pulumi
 import pulumi_mongodbatlas as atlas
 from pulumi import dynamic
 
-from tenant_infra.components import PACKAGE
+from tenant_infra.components import PACKAGE, stale_provider
 from tenant_infra.components.secrets import generated_password
 from tenant_infra.config import AtlasMongo, SelfHostedMongo
 from tenant_infra.mongodb import client_options
@@ -73,7 +73,9 @@ class SelfHostedUserProvider(dynamic.ResourceProvider):
         changed = [k for k in news if k != "__provider" and olds.get(k) != news.get(k)]
         replaces = [k for k in changed if k in self.REPLACE_ON]
         return dynamic.DiffResult(
-            changes=bool(changed), replaces=replaces, delete_before_replace=True
+            changes=bool(changed) or stale_provider(olds),
+            replaces=replaces,
+            delete_before_replace=True,
         )
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:

@@ -208,6 +208,15 @@ def migrate(
     if downgrade_to is not None and (dry_run or sql):
         raise InvalidInput("--downgrade-to runs: --dry-run and --sql show upgrades only")
     params = parse_dsn(dsn)
+    if to is not None or downgrade_to is not None:
+        # Checked before any tenant is discovered or touched.
+        early = script_location
+        if early is None and product:
+            from tenant_infra.catalog import load_catalog
+
+            early = load_catalog().product(product).script_location
+        if early is not None:
+            _destination(early, to or downgrade_to, downgrade_to is not None)
     targets, location, params = _resolve(
         product,
         tenant or [],

@@ -266,7 +266,10 @@ class TenantMigrator:
             nonlocal before, steps
             before = tuple(rev)
             if downgrade:
-                steps = script._downgrade_revs(destination, rev)  # type: ignore[arg-type]
+                if _at_or_below(script, destination, rev):
+                    steps = []  # a straggler of a re-run: nothing to undo
+                else:
+                    steps = script._downgrade_revs(destination, rev)  # type: ignore[arg-type]
             else:
                 steps = script._upgrade_revs(destination, rev)  # type: ignore[arg-type]
             return steps
@@ -407,6 +410,15 @@ def _known_version_table(ctx: MigrationContext, conn: Connection, schema: str) -
 
 def _failed(target: MigrationTarget, index: int, error: str, started: float) -> TargetResult:
     return TargetResult.of(target, index, "failed", error=error, started=started)
+
+
+def _at_or_below(script: ScriptDirectory, destination: str, current: tuple[str, ...]) -> bool:
+    """Every current head is ``destination`` or one of its ancestors (or there is none):
+    a downgrade to ``destination`` has nothing to do."""
+    if destination == "base":
+        return not current
+    below = {r.revision for r in script.walk_revisions(base="base", head=destination)}
+    return all(head in below for head in current)
 
 
 def _final_heads(before: tuple[str, ...], steps: list[RevisionStep]) -> str | None:

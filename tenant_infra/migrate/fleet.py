@@ -36,6 +36,9 @@ class FleetReport:
     head: str | None
     results: list[TargetResult] = field(default_factory=list)
     seconds: float = 0.0
+    #: ``heads`` (the script directory's head), or the revision of ``--to`` or
+    #: ``--downgrade-to``.
+    destination: str = "heads"
     canary_failed: bool = False
 
     @property
@@ -96,7 +99,9 @@ def migrate_fleet(
         raise InvalidInput("--timeout must be positive")
     started = time.perf_counter()
     location = script_exists(script_location)
-    report = FleetReport(mode=mode, script_location=str(script_location), head=None)
+    report = FleetReport(
+        mode=mode, script_location=str(script_location), head=None, destination=destination
+    )
     generic = any(t.params is None and not t.unavailable for t in targets)
     ports, files = reach(t.params for t in targets if t.params is not None)
     job = Job(

@@ -91,6 +91,7 @@ def to_dict(report: FleetReport) -> dict[str, Any]:
         "mode": report.mode,
         "script_location": report.script_location,
         "head": report.head,
+        "destination": report.destination,
         "seconds": round(report.seconds, 3),
         "canary_failed": report.canary_failed,
         "counts": report.counts(),
@@ -115,8 +116,14 @@ def to_json(report: FleetReport) -> str:
     return json.dumps(to_dict(report), indent=2)
 
 
+def _toward(report: FleetReport) -> str:
+    if report.destination == "heads":
+        return f"head {_rev(report.head)}"
+    return report.destination
+
+
 def _render_lines(report: FleetReport, console: Console) -> None:
-    console.print(f"migrate ({report.mode}) → head {_rev(report.head)}", soft_wrap=True)
+    console.print(f"migrate ({report.mode}) → {_toward(report)}", soft_wrap=True)
     show_all = len(report.results) <= 50
     for r in report.results:
         if show_all or r.status not in ("current", "migrated"):
@@ -142,7 +149,7 @@ def render_table(report: FleetReport, console: Console) -> None:
         _render_lines(report, console)
         _summary(report, console)
         return
-    table = Table(title=f"migrate ({report.mode}) → head {_rev(report.head)}")
+    table = Table(title=f"migrate ({report.mode}) → {_toward(report)}")
     for col in ("tenant", "product", "where", "before", "after", "status", "error"):
         if col == "error":
             table.add_column(col, overflow="fold")

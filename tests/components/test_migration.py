@@ -183,3 +183,22 @@ def test_mongo_failure_names_tenant_product_version_without_password(
         migration.MongoMigrationProvider().create(props)
     message = str(info.value)
     assert "tenant acme product ledger to version 2" in message and "hunter2" not in message
+
+
+def test_a_provider_pickled_under_the_old_package_name_is_rewritten() -> None:
+    """State from before 0.2 names ``components.migration``: the diff asks for an update,
+    which stores the provider under ``tenant_infra.components``; a current one does not."""
+    import base64
+
+    import dill
+
+    from tenant_infra.components import stale_provider
+    from tenant_infra.components.migration import ServiceMigrationProvider
+
+    current = base64.b64encode(dill.dumps(ServiceMigrationProvider)).decode()
+    old = base64.b64encode(dill.dumps(ServiceMigrationProvider).replace(b"tenant_infra.components.", b"components.")).decode()
+    assert not stale_provider({"__provider": current})
+    assert stale_provider({"__provider": old})
+    props = {"host": "h", "port": 5432, "database": "d", "schema": "s", "user": "u", "sslmode": "prefer", "revision": "0003", "head": "0003", "tenant": "t", "product": "ledger"}
+    assert not ServiceMigrationProvider().diff("t/ledger", {**props, "__provider": current}, props).changes
+    assert ServiceMigrationProvider().diff("t/ledger", {**props, "__provider": old}, props).changes
