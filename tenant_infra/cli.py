@@ -145,6 +145,9 @@ def plan(
     from tenant_infra import commands, render
 
     result = commands.plan(tenant, service or (), stack_config)
+    borrowed = commands.borrowed_platform(tenant, stack_config)
+    if borrowed is not None:  # said, never silent: whose endpoints this plan uses
+        print(f"tenantctl: {tenant} has no stack file: planned on {borrowed}", file=sys.stderr)
     if format is Format.JSON:
         print(render.dumps(result.to_json()))
     else:

@@ -224,6 +224,24 @@ def _new_script_directory(location: Path) -> None:
             shutil.copy(MIGRATIONS_ROOT / "ledger" / name, location / name)
 
 
+def borrowed_platform(
+    tenant: str, stack_config: Path | None = None, root: Path | None = None
+) -> Path | None:
+    """The stack file whose platform a tenant without one of its own is planned on, and
+    from where (``--platform``, or the project's ``tenant-infra.yaml``); ``None`` when
+    it has its own."""
+    workspace = _workspace(root)
+    if stack_config is not None:
+        return (
+            None
+            if stack_config.resolve() == workspace.stack_file(tenant).resolve()
+            else stack_config
+        )
+    if workspace.stack_file(tenant).is_file():
+        return None
+    return workspace.default_platform()
+
+
 def _named(found: object, tenant: str) -> str:
     """What a stack file's ``tenant-infra:tenant`` says, against the tenant asked for."""
     if found is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tenant_infra.errors import InvalidInput
+
 #: The operator's project folder (``tenantctl --project DIR`` sets it).
 PROJECT_ENV = "TENANT_INFRA_PROJECT"
 
@@ -20,7 +22,12 @@ def project_root(start: Path | None = None) -> Path:
     cwd itself. Never the installed package's folder: the tool runs from anywhere."""
     configured = os.environ.get(PROJECT_ENV)
     if configured and start is None:
-        return Path(configured).resolve()
+        folder = Path(configured).resolve()
+        if not (folder / "Pulumi.yaml").is_file():
+            raise InvalidInput(
+                f"{PROJECT_ENV}={configured}: no Pulumi.yaml there (tenantctl init DIR)"
+            )
+        return folder
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():

@@ -61,7 +61,12 @@ class Workspace:
             values = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise InvalidInput(f"{path}: cannot be read: {exc}") from None
-        named = values.get("platform") if isinstance(values, dict) else None
+        if not isinstance(values, dict):
+            raise InvalidInput(f"{path}: a mapping of settings (platform: FILE)")
+        unknown = sorted(set(values) - {"platform"})
+        if unknown:
+            raise InvalidInput(f"{path}: unknown setting {unknown[0]!r} (known: platform)")
+        named = values.get("platform")
         if named is None:
             return None
         if not isinstance(named, str) or not named:

@@ -105,8 +105,9 @@ def test_invalid_input_exits_2_with_one_line_and_no_stdout(
 
 
 def test_a_new_tenant_is_planned_on_the_dev_platform(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "plan", "newco", "-s", "ledger:SCHEMA", "-f", "json")
+    code, out, err = run(capsys, "plan", "newco", "-s", "ledger:SCHEMA", "-f", "json")
     assert code == 0
+    assert err.startswith("tenantctl: newco has no stack file: planned on ") and "Pulumi.dev.yaml" in err
     schema = next(
         r for r in json.loads(out)["resources"] if r["type"] == "postgresql:index/schema:Schema"
     )
@@ -188,3 +189,6 @@ def test_init_scaffolds_a_project_the_tool_then_runs_in(
     assert code == 0 and json.loads(out)["tenant"] == "newco", err
     code, _, err = run(capsys, "--project", str(tmp_path / "nowhere"), "plan", "newco")
     assert code == 2 and "no Pulumi.yaml there" in err
+    monkeypatch.setenv("TENANT_INFRA_PROJECT", str(tmp_path / "nowhere"))
+    code, _, err = run(capsys, "plan", "newco")
+    assert code == 2 and err.startswith("tenantctl: TENANT_INFRA_PROJECT=") and "no Pulumi.yaml there" in err

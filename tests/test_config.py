@@ -233,5 +233,9 @@ def test_a_tenant_without_a_stack_file_borrows_no_platform_unless_told(tmp_path)
     (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.prod.yaml\n")
     with pytest.raises(InvalidInput, match=r"platform 'stacks/Pulumi\.prod\.yaml' is not a file"):
         commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path)
+    (tmp_path / "tenant-infra.yaml").write_text("platfrom: stacks/Pulumi.dev.yaml\n")
+    with pytest.raises(InvalidInput, match="unknown setting 'platfrom' \\(known: platform\\)"):
+        commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path)
     (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.dev.yaml\n")
     assert commands.resolve_config("newco", ["ledger:SCHEMA"], root=tmp_path).tenant == "newco"
+    assert commands.borrowed_platform("newco", root=tmp_path) == (tmp_path / "stacks" / "Pulumi.dev.yaml").resolve()
