@@ -133,10 +133,12 @@ def _scaffold() -> dict[str, str]:
             "tells tenantctl which one. Then `pulumi -C platform up`.\n"
         ),
         "tenant-infra.yaml": (
-            "# platform: the stack file whose platform block (endpoints, never secrets) a\n"
-            "# tenant without a stack file of its own is put on. Without it, such a tenant\n"
-            "# needs --platform FILE. Never a dev one in production.\n"
-            "# platform: platform/Pulumi.prod.yaml\n"
+            "# platform: a file whose tenant-infra:platform block (the servers' endpoints,\n"
+            "# never secrets; as in a tenant's stack file) a tenant without a stack file of\n"
+            "# its own is put on. Without it, such a tenant needs --platform FILE. Never a\n"
+            "# dev one in production. (Not platform/'s stack files: their block is the\n"
+            "# platform program's own.)\n"
+            "# platform: platforms/prod.yaml\n"
         ),
         "stacks/README.md": (
             "One stack file per tenant, `Pulumi.<tenant>.yaml`: see the tenant-infra README,\n"
