@@ -118,13 +118,13 @@ def backup_report(results: Sequence[BackupResult], console: Console) -> None:
     table = Table("tenant", "service", "status", "set or error", box=None)
     for r in results:
         shown = r.set if r.status == "ok" else r.error
-        table.add_row(r.tenant, r.product, r.status, str(shown))
+        table.add_row(r.tenant, r.product, r.status, escape(str(shown)))
     console.print(table)
     for r in results:
         for store, why in sorted(r.skipped.items()):
-            console.print(f"{r.tenant}/{r.product}: {store} skipped: {why}")
+            console.print(escape(f"{r.tenant}/{r.product}: {store} skipped: {why}"))
         if r.warning:
-            console.print(f"{r.tenant}/{r.product}: {r.warning}")
+            console.print(escape(f"{r.tenant}/{r.product}: {r.warning}"))
 
 
 def restore_plan(plan: RestorePlan, console: Console) -> None:
@@ -139,10 +139,10 @@ def restore_plan(plan: RestorePlan, console: Console) -> None:
     )
     table = Table("table", "rows in the backup", "live rows (estimate)", box=None)
     for row in plan.tables:
-        table.add_row(str(row["name"]), str(row["rows"]), str(row["liveRowsEstimate"]))
+        table.add_row(escape(str(row["name"])), str(row["rows"]), str(row["liveRowsEstimate"]))
     console.print(table)
     for store, what in sorted(plan.stores.items()):
-        console.print(f"  {store}: {what}")
+        console.print(escape(f"  {store}: {what}"))
 
 
 def dumps(document: Any) -> str:

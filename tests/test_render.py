@@ -53,3 +53,18 @@ def test_json_summary_matches_the_markdown() -> None:
         "changes": {"create": 2, "update": 1, "delete": 1, "same": 20},
         "migrations": ["ledger: 0002 → 0003"],
     }
+
+
+def test_a_backup_report_shows_an_error_as_it_is() -> None:
+    """Markup-looking text in an error ("[secret]") is shown, never taken for a style."""
+    import io
+
+    from rich.console import Console
+
+    from tenant_infra.operations.backup import BackupResult
+    from tenant_infra.render import backup_report
+
+    out = io.StringIO()
+    failed = BackupResult("acme", "ledger", "failed", error="mongodump failed: [secret]@mongo [bold]")
+    backup_report([failed], Console(file=out, width=200))
+    assert "mongodump failed: [secret]@mongo [bold]" in out.getvalue()
