@@ -33,9 +33,14 @@ STRAY_LOCK_WAIT_SECONDS = 30
 
 
 def admin_params(
-    config: TenantConfig, product: str, environ: Mapping[str, str], dbname: str
+    config: TenantConfig,
+    product: str,
+    environ: Mapping[str, str],
+    dbname: str,
+    application: str | None = None,
 ) -> dict[str, Any]:
-    """The platform admin's connection to ``product``'s server, on ``dbname``."""
+    """The platform admin's connection to ``product``'s server, on ``dbname``; named
+    ``tenant-infra-<application>`` in ``pg_stat_activity`` when an operation says."""
     endpoint = config.platform.postgres_for(product)
     params: dict[str, Any] = {
         "host": endpoint.host,
@@ -45,6 +50,8 @@ def admin_params(
         "sslmode": endpoint.sslmode,
         "connect_timeout": 15,
     }
+    if application is not None:
+        params["application_name"] = f"tenant-infra-{application}"
     password = PlatformCredentials(environ).postgres_password_value(product)
     if password:
         params["password"] = password

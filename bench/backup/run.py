@@ -21,19 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from psycopg import sql
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.promotion.run import admin, seed  # noqa: E402
+from bench.promotion.run import admin, scratch_database, seed  # noqa: E402
 from tenant_infra import commands  # noqa: E402
 from tests.support.registry import control_plane  # noqa: E402
 from tests.support.world import World, force_cleanup  # noqa: E402
@@ -49,16 +46,10 @@ def plain_dump(schema: str, path: Path) -> float:
 
 
 def plain_restore(path: Path) -> float:
-    target = f"bench_restore_{secrets.token_hex(3)}"
-    with admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
-    try:
+    with scratch_database() as target:
         started = time.monotonic()
         subprocess.run(["pg_restore", *PG, "-d", target, str(path)], check=True)
         return time.monotonic() - started
-    finally:
-        with admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target)))
 
 
 def main() -> None:

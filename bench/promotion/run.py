@@ -15,6 +15,7 @@ tenant, its data) is untimed. Run from the checkout::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -54,11 +56,21 @@ def seed(tenant: str, transactions: int) -> None:
         conn.execute(sql.SQL("VACUUM ANALYZE"))
 
 
-def dump_restore(schema: str) -> float:
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """An empty database for one plain ``pg_restore``, dropped after it."""
     target = f"bench_restore_{secrets.token_hex(3)}"
     with admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
     try:
+        yield target
+    finally:
+        with admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target)))
+
+
+def dump_restore(schema: str) -> float:
+    with scratch_database() as target:
         started = time.monotonic()
         dump = subprocess.Popen(
             ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "-Fc", "-n", schema, "ledger"],
@@ -72,9 +84,6 @@ def dump_restore(schema: str) -> float:
         )
         assert dump.wait() == 0
         return time.monotonic() - started
-    finally:
-        with admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target)))
 
 
 def main() -> None:

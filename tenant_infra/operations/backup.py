@@ -153,8 +153,8 @@ class Backup:
             detail["skipped"] = skipped
 
     def _admin(self, config: TenantConfig, spec: ServiceSpec) -> dict[str, Any]:
-        params = admin_params(config, self.product, self.environ, service_database(config, spec))
-        return params | {"application_name": "tenant-infra-backup"}
+        database = service_database(config, spec)
+        return admin_params(config, self.product, self.environ, database, KIND)
 
     def _server_version(self, config: TenantConfig, spec: ServiceSpec) -> str:
         with psycopg.connect(**self._admin(config, spec)) as conn:

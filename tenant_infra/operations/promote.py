@@ -47,7 +47,15 @@ from tenant_infra.lifecycle import (
     known_config,
     known_service,
 )
-from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
+from tenant_infra.operations.steps import (
+    Detail,
+    Machine,
+    Mismatch,
+    Outcome,
+    Pending,
+    Step,
+    StepProgress,
+)
 from tenant_infra.pgdata.checksum import Checksum, checksums, mismatches, new_seed
 from tenant_infra.pgdata.copy import (
     CopyProgress,
@@ -82,10 +90,6 @@ VERIFY_BYTES_PER_SECOND = 165e6
 REPOINT_SECONDS = 2.0
 
 
-class Mismatch(OperationFailed):
-    """The copy is not the source: the promotion is aborted and this says where."""
-
-
 @dataclass
 class Promoter:
     """Everything the steps need; one per ``promote`` call."""
@@ -118,8 +122,7 @@ class Promoter:
         return known_service(config or self.config(), self.product)
 
     def admin(self, config: TenantConfig, database: str) -> dict[str, Any]:
-        params = admin_params(config, self.product, self.environ, database)
-        return params | {"application_name": "tenant-infra-promote"}
+        return admin_params(config, self.product, self.environ, database, KIND)
 
     def shared(self, config: TenantConfig) -> dict[str, Any]:
         return self.admin(config, pg_shared_database(self.product))

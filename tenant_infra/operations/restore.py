@@ -71,7 +71,15 @@ from tenant_infra.operations.backupset import (
     PostgresPart,
     read_set,
 )
-from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
+from tenant_infra.operations.steps import (
+    Detail,
+    Machine,
+    Mismatch,
+    Outcome,
+    Pending,
+    Step,
+    StepProgress,
+)
 from tenant_infra.pgdata.checksum import checksums, mismatches
 from tenant_infra.pgdata.copy import (
     CopyProgress,
@@ -107,10 +115,6 @@ SWAP_LOCK_WAIT = "5s"
 SWAP_ATTEMPTS = 4
 #: How long dropping a copy waits on a session holding it (then fails, to be re-run).
 DROP_LOCK_WAIT = "30s"
-
-
-class Mismatch(OperationFailed):
-    """The restored copy is not the backup: the restore is aborted and this says where."""
 
 
 def restorer_name(login: str) -> str:
@@ -155,8 +159,7 @@ class Restorer:
 
     def admin(self, config: TenantConfig) -> dict[str, Any]:
         database = service_database(config, self.spec(config))
-        params = admin_params(config, self.product, self.environ, database)
-        return params | {"application_name": "tenant-infra-restore"}
+        return admin_params(config, self.product, self.environ, database, KIND)
 
     def schemas(self, config: TenantConfig) -> set[str]:
         """Which of the live, aside and kept schemas exist."""
@@ -221,8 +224,7 @@ class Restorer:
             tenant=self.tenant,
             product=self.product,
             role=restorer,
-            params={k: str(v) for k, v in params.items() if v is not None}
-            | {"application_name": "tenant-infra-restore"},
+            params={k: str(v) for k, v in params.items() if v is not None},
         )
         result = migrate_one(str(location), target, revision)
         if result.status == "failed":

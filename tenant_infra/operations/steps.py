@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenant_infra.errors import InvalidInput, scrub
+from tenant_infra.errors import InvalidInput, OperationFailed, scrub
 from tenant_infra.registry.operations import ABORTED, DONE, Operation, Operations
 
 #: What steps share: non-secret facts, saved with each finished step.
@@ -24,6 +24,11 @@ Detail = dict[str, Any]
 #: ``(step, event)`` with event ``started``, ``done``, ``pending``, ``refused`` or
 #: ``failed``.
 StepProgress = Callable[[str, str], None]
+
+
+class Mismatch(OperationFailed):
+    """A copy is not what it was made from (a promotion's source, a restore's backup):
+    the operation aborts itself, and this says where."""
 
 
 class Pending(Exception):
