@@ -12,7 +12,7 @@ import ipaddress
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -243,6 +243,86 @@ class Promotion(_Model):
         return value
 
 
+#: One of a rotated credential's two alternating logins (``tenant.SLOTS``).
+Slot = Literal["a", "b"]
+#: A store's credential from before rotation existed: one login, the PostgreSQL owner.
+LEGACY: Final = "legacy"
+#: The stores whose credentials ``tenantctl rotate`` replaces, as the CLI names them.
+CredentialStore = Literal["postgres", "rabbitmq", "mongodb"]
+CREDENTIAL_STORES: Final[tuple[CredentialStore, ...]] = ("postgres", "rabbitmq", "mongodb")
+_STORE_OF: Final = {
+    "postgres": Store.POSTGRESQL,
+    "rabbitmq": Store.RABBITMQ,
+    "mongodb": Store.MONGODB,
+}
+
+
+class StoreLogins(_Model):
+    """One store's credential under rotation (``tenantctl rotate``).
+
+    Two logins alternate: ``current`` is the one the connections document names;
+    between a rotation's begin and finish ``previous`` stays valid beside it, until
+    finish refuses it (``revoked``), ends its sessions and drops it. ``previous`` is
+    ``legacy`` when the store's first rotation replaces its pre-rotation login.
+    """
+
+    current: Slot = "a"
+    previous: Slot | Literal["legacy"] | None = None
+    revoked: StrictBool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StoreLogins:
+        if self.previous == self.current:
+            raise ValueError("a rotation's previous login cannot be its current one")
+        if self.revoked and self.previous is None:
+            raise ValueError("revoked names no previous login")
+        return self
+
+    def other(self) -> Slot:
+        """The slot the next rotation moves to."""
+        return "b" if self.current == "a" else "a"
+
+    def revoked_slot(self, slot: str | None) -> bool:
+        """Whether ``slot`` (``None``: the legacy login) is the previous one, refused."""
+        previous = None if self.previous == LEGACY else self.previous
+        return self.revoked and slot == previous
+
+    def slots(self) -> tuple[str | None, ...]:
+        """The logins declared now: current, and previous while it is kept (``None``
+        for the legacy one)."""
+        previous = self.previous
+        if previous is None:
+            return (self.current,)
+        return (self.current, None if previous == LEGACY else previous)
+
+
+class Credentials(_Model):
+    """Each store's login model: ``None`` is the legacy single login (a service
+    provisioned before rotation existed); its first rotation moves it to two."""
+
+    postgres: StoreLogins | None = None
+    rabbitmq: StoreLogins | None = None
+    mongodb: StoreLogins | None = None
+
+    @classmethod
+    def rotating(cls, product: str) -> Credentials:
+        """How a service is registered now: each store it uses with alternating logins."""
+        stores = load_catalog().product(product).stores
+        return cls(**{name: StoreLogins() for name, store in _STORE_OF.items() if store in stores})
+
+    def of(self, store: CredentialStore) -> StoreLogins | None:
+        return cast(StoreLogins | None, getattr(self, store))
+
+    def current(self, store: CredentialStore) -> str | None:
+        """The slot the connections document names (``None``: the legacy login)."""
+        logins = self.of(store)
+        return logins.current if logins else None
+
+    def rotating_now(self) -> list[CredentialStore]:
+        """The stores between a rotation's begin and its finish."""
+        return [s for s in CREDENTIAL_STORES if (x := self.of(s)) and x.previous is not None]
+
+
 class ServiceSpec(_Model):
     """A product registered as a service of the tenant, with its isolation mode.
 
@@ -261,6 +341,8 @@ class ServiceSpec(_Model):
     #: The generation of the service's PostgreSQL login: each promotion moves it on.
     generation: Annotated[StrictInt, Field(ge=0, le=MAX_GENERATION)] = 0
     promotion: Promotion | None = None
+    #: The login model of each store, and a rotation under way (``tenantctl rotate``).
+    credentials: Credentials = Credentials()
 
     @field_validator("isolation", mode="before")
     @classmethod
@@ -299,7 +381,11 @@ class ServiceSpec(_Model):
         if mode.upper() not in IsolationMode.__members__:
             raise InvalidInput(f"unknown isolation mode {mode!r} in {text!r} (known: {modes})")
         name = load_catalog().product(product).name
-        return cls(product=name, isolation=IsolationMode(mode.upper()))
+        return cls(
+            product=name,
+            isolation=IsolationMode(mode.upper()),
+            credentials=Credentials.rotating(name),
+        )
 
 
 class TenantConfig(_Model):
@@ -354,22 +440,71 @@ class TenantConfig(_Model):
     def service(self, product: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.product == product), None)
 
+    def credentials(self, product: str) -> Credentials:
+        spec = self.service(product)
+        return spec.credentials if spec else Credentials()
+
+    def pg_owner(self, product: str) -> str:
+        """The role that owns the service's live store and everything in it."""
+        spec = self.service(product)
+        return self.names.service(product).pg_owner(spec.generation if spec else 0)
+
     def pg_login(self, product: str) -> str:
         """The PostgreSQL login the service's connections document carries now."""
         spec = self.service(product)
-        return self.names.service(product).pg_login(spec.generation if spec else 0)
+        slot = self.credentials(product).current("postgres")
+        return self.names.service(product).pg_login(spec.generation if spec else 0, slot)
 
     def pg_logins(self, product: str) -> list[str]:
-        """Every login the service's stores have now: a promotion holds two."""
+        """Every role of the service's stores (owners and logins): a promotion holds
+        two stores, a rotation two logins each."""
         spec = self.service(product)
         names: ServiceNames = self.names.service(product)
         if spec is None:
             return [names.pg_role]
-        logins = [names.pg_login(spec.generation)]
+        generations = [spec.generation]
         if spec.promotion is not None:
-            other = spec.generation - 1 if spec.promotion.repointed else spec.generation + 1
-            logins.append(names.pg_login(other))
-        return logins
+            generations.append(
+                spec.generation - 1 if spec.promotion.repointed else spec.generation + 1
+            )
+        return [role for g in generations for role in self.pg_store_roles(product, g)]
+
+    def pg_store_logins(self, product: str, generation: int) -> list[str]:
+        """The roles of the store of ``generation`` that log in while it is open."""
+        names = self.names.service(product)
+        logins = self.credentials(product).postgres
+        if logins is None:
+            return [names.pg_owner(generation)]
+        return [
+            names.pg_login(generation, slot)
+            for slot in logins.slots()
+            if not logins.revoked_slot(slot)
+        ]
+
+    def pg_store_roles(self, product: str, generation: int) -> list[str]:
+        """Every role of the store of ``generation``: its owner and its logins."""
+        names = self.names.service(product)
+        logins = self.credentials(product).postgres
+        slots = logins.slots() if logins else ()
+        return [names.pg_owner(generation)] + [
+            names.pg_login(generation, slot) for slot in slots if slot is not None
+        ]
+
+    def broker_login(self, product: str) -> str:
+        """The RabbitMQ user the service's connections document carries now."""
+        slot = self.credentials(product).current("rabbitmq")
+        return self.names.service(product).broker_login(slot)
+
+    def broker_logins(self, product: str) -> list[str]:
+        """The service's RabbitMQ users now: two between a rotation's begin and finish."""
+        logins = self.credentials(product).rabbitmq
+        names = self.names.service(product)
+        return [names.broker_login(slot) for slot in (logins.slots() if logins else (None,))]
+
+    def mongo_login(self, product: str) -> str:
+        """The MongoDB user the service's connections document carries now."""
+        slot = self.credentials(product).current("mongodb")
+        return self.names.service(product).mongo_login(slot)
 
     def protects(self, spec: ServiceSpec) -> bool:
         """Whether the service's data resources are ``protect``ed (a purge lifts it)."""

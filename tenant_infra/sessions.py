@@ -157,7 +157,7 @@ def _drop_restores(
                         psycopg.sql.Identifier(schema)
                     )
                 )
-        drop_login(params, restorer_name(config.pg_login(product)))
+        drop_login(params, restorer_name(config.pg_owner(product)))
 
 
 def close_sessions(
@@ -172,7 +172,6 @@ def close_sessions(
     catalog = load_catalog()
     closed: list[str] = []
     for product in products:
-        names = config.names.service(product)
         try:
             with _admin(config, product, env, "postgres") as conn:
                 rows = conn.execute(
@@ -187,22 +186,26 @@ def close_sessions(
         if rabbit is None or not catalog.product(product).needs(Store.RABBITMQ):
             continue
         auth = (rabbit.admin_user, credentials.rabbitmq_password_value())
-        try:
-            # Closes every connection of the user, straight from connection tracking
-            # (per-connection DELETE goes through the stats database, which lags by
-            # seconds and misses a fresh connection).
-            response = requests.delete(
-                f"{rabbit.management_url}/api/connections/username/"
-                f"{quote(names.broker_user, safe='')}",
-                auth=auth,
-                headers={"X-Reason": REASON},
-                timeout=15,
-            )
-            response.raise_for_status()
-        except requests.RequestException as exc:
-            raise BackendUnavailable(f"RabbitMQ management API: {type(exc).__name__}") from None
-        closed.append(f"rabbitmq:{names.broker_user}")
+        for user in config.broker_logins(product):
+            close_broker_connections(rabbit.management_url, auth, user)
+            closed.append(f"rabbitmq:{user}")
     return closed
+
+
+def close_broker_connections(management_url: str, auth: tuple[str, str], user: str) -> None:
+    """Close every AMQP connection of ``user``, straight from connection tracking
+    (per-connection DELETE goes through the stats database, which lags by seconds and
+    misses a fresh connection)."""
+    try:
+        response = requests.delete(
+            f"{management_url}/api/connections/username/{quote(user, safe='')}",
+            auth=auth,
+            headers={"X-Reason": REASON},
+            timeout=15,
+        )
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        raise BackendUnavailable(f"RabbitMQ management API: {type(exc).__name__}") from None
 
 
 def connect(params: Mapping[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:

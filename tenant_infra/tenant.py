@@ -30,8 +30,10 @@ from tenant_infra.errors import InvalidInput
 TENANT_ID_MAX: Final = 40
 PRODUCT_MAX: Final = 16
 PG_IDENTIFIER_MAX: Final = 63
-#: Promotions a service can go through (each gives its PostgreSQL store a new login).
+#: Promotions a service can go through (each gives its PostgreSQL store a new owner).
 MAX_GENERATION: Final = 9
+#: A rotated credential's two alternating logins (``tenantctl rotate``).
+SLOTS: Final = ("a", "b")
 
 _TENANT_ID_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _PRODUCT_RE: Final = re.compile(r"[a-z][a-z0-9]*")
@@ -189,13 +191,15 @@ class ServiceNames:
 
     @property
     def pg_role(self) -> str:
-        """The login of the service's first store (generation 0)."""
-        return self.pg_login(0)
+        """The owner of the service's first store (generation 0)."""
+        return self.pg_owner(0)
 
-    def pg_login(self, generation: int) -> str:
-        """The PostgreSQL login of the service's store of ``generation``.
+    def pg_owner(self, generation: int) -> str:
+        """The role that owns the service's store of ``generation``: its schema and
+        everything in it. Before rotation existed it was also the store's one login
+        (the *legacy* model); since, it is NOLOGIN and :meth:`pg_login` logs in.
 
-        Each promotion gives the new store a new login (credentials are never shared
+        Each promotion gives the new store a new owner (credentials are never shared
         between isolation modes), and both live side by side until the old one is
         retired. ``__`` never occurs in a principal (keys have no ``__``), so
         ``<principal>__g<n>`` cannot be another tenant's name.
@@ -204,9 +208,41 @@ class ServiceNames:
             raise InvalidInput(f"generation {generation} is not in 0..{MAX_GENERATION}")
         return self.principal if generation == 0 else f"{self.principal}__g{generation}"
 
+    def pg_login(self, generation: int, slot: str | None) -> str:
+        """The login of slot ``slot`` (``a`` or ``b``) of the store of ``generation``,
+        a member of :meth:`pg_owner` that acts as it; ``None``: the legacy owner-login.
+
+        ``<principal>__<generation><slot>``: at most 61 characters, and never an owner's
+        name (those end in ``__g<n>``) nor another service's.
+        """
+        owner = self.pg_owner(generation)
+        if slot is None:
+            return owner
+        if slot not in SLOTS:
+            raise InvalidInput(f"login slot {slot!r} is not one of {', '.join(SLOTS)}")
+        return f"{self.principal}__{generation}{slot}"
+
     def pg_logins(self) -> frozenset[str]:
-        """Every login the service may have, whatever its generation."""
-        return frozenset(self.pg_login(g) for g in range(MAX_GENERATION + 1))
+        """Every login the service may have, whatever its generation and slot."""
+        return frozenset(
+            self.pg_login(g, slot) for g in range(MAX_GENERATION + 1) for slot in (None, *SLOTS)
+        )
+
+    def broker_login(self, slot: str | None) -> str:
+        """The RabbitMQ user of ``slot``; ``None``: the legacy one (:attr:`broker_user`)."""
+        return self.broker_user if slot is None else f"{self.principal}__{_slot(slot)}"
+
+    def broker_logins(self) -> frozenset[str]:
+        """Every RabbitMQ user the service may have, whatever its slot."""
+        return frozenset(self.broker_login(slot) for slot in (None, *SLOTS))
+
+    def mongo_logins(self) -> frozenset[str]:
+        """Every MongoDB user the service may have, whatever its slot."""
+        return frozenset(self.mongo_login(slot) for slot in (None, *SLOTS))
+
+    def mongo_login(self, slot: str | None) -> str:
+        """The MongoDB user of ``slot``; ``None``: the legacy one (:attr:`mongo_user`)."""
+        return self.mongo_user if slot is None else f"{self.principal}__{_slot(slot)}"
 
     @property
     def pg_dedicated_database(self) -> str:
@@ -250,6 +286,12 @@ class ServiceNames:
     def resource_prefix(self) -> str:
         """Prefix of every Pulumi logical name of this service."""
         return f"{self.tenant}-{self.product}"
+
+
+def _slot(slot: str) -> str:
+    if slot not in SLOTS:
+        raise InvalidInput(f"login slot {slot!r} is not one of {', '.join(SLOTS)}")
+    return slot
 
 
 def pg_shared_database(product: str) -> str:

@@ -14,6 +14,7 @@ import pulumi_rabbitmq as rabbitmq
 from tenant_infra.catalog import Limits
 from tenant_infra.components import PACKAGE
 from tenant_infra.components.secrets import generated_password
+from tenant_infra.config import StoreLogins
 from tenant_infra.tenant import ServiceNames, TenantNames
 
 
@@ -40,9 +41,7 @@ class TenantVhost(pulumi.ComponentResource):
             # The provider types these as strings.
             max_connections=str(limits.broker_max_connections),
             max_queues=str(limits.broker_max_queues),
-            opts=pulumi.ResourceOptions.merge(
-                child, pulumi.ResourceOptions(protect=protect_data)
-            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=protect_data)),
         )
         # An operator policy, not a policy: tenant users cannot override the cap.
         rabbitmq.OperatorPolicy(
@@ -81,7 +80,13 @@ class TenantVhost(pulumi.ComponentResource):
 
 
 class BrokerUser(pulumi.ComponentResource):
-    """A service's user with permissions on its tenant's vhost only."""
+    """A service's user with permissions on its tenant's vhost only.
+
+    Under rotation (``logins``), two alternating users with identical permissions,
+    ``<principal>__a`` and ``__b``; the legacy user ``<principal>`` until the first
+    rotation replaces it. A revoked previous user keeps no permissions, so the vhost
+    refuses it before it is deleted.
+    """
 
     username: pulumi.Output[str]
     password: pulumi.Output[str]
@@ -94,28 +99,35 @@ class BrokerUser(pulumi.ComponentResource):
         provider: rabbitmq.Provider,
         suspended: bool = False,
         opts: pulumi.ResourceOptions | None = None,
+        logins: StoreLogins | None = None,
     ) -> None:
         super().__init__(f"{PACKAGE}:rabbitmq:BrokerUser", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=provider)
-        self.password = generated_password(f"{name}-password", self)
-        user = rabbitmq.User(
-            f"{name}-user",
-            name=names.broker_user,
-            password=self.password,
-            tags=[],
-            opts=child,
-        )
-        if not suspended:
-            # Suspended: no permissions at all, so the vhost refuses the user outright
-            # (an empty pattern would still match the default exchange, named "").
-            rabbitmq.Permissions(
-                f"{name}-permissions",
-                user=user.name,
-                vhost=vhost.name,
-                permissions=rabbitmq.PermissionsPermissionsArgs(
-                    configure=".*", write=".*", read=".*"
-                ),
+        slots: tuple[str | None, ...] = logins.slots() if logins else (None,)
+        for slot in slots:
+            # The legacy user keeps the resource names it had before rotation existed.
+            suffix = f"-{slot}" if slot else ""
+            password = generated_password(f"{name}-password{suffix}", self)
+            user = rabbitmq.User(
+                f"{name}-user{suffix}",
+                name=names.broker_login(slot),
+                password=password,
+                tags=[],
                 opts=child,
             )
-        self.username = user.name
+            if not (suspended or (logins is not None and logins.revoked_slot(slot))):
+                # Suspended or revoked: no permissions at all, so the vhost refuses the
+                # user outright (an empty pattern would still match the default
+                # exchange, named "").
+                rabbitmq.Permissions(
+                    f"{name}-permissions{suffix}",
+                    user=user.name,
+                    vhost=vhost.name,
+                    permissions=rabbitmq.PermissionsPermissionsArgs(
+                        configure=".*", write=".*", read=".*"
+                    ),
+                    opts=child,
+                )
+            if slot == (logins.current if logins else None):
+                self.username, self.password = user.name, password
         self.register_outputs({"username": self.username})

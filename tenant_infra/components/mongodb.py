@@ -22,7 +22,7 @@ from pulumi import dynamic
 
 from tenant_infra.components import PACKAGE, stale_provider
 from tenant_infra.components.secrets import generated_password
-from tenant_infra.config import AtlasMongo, SelfHostedMongo
+from tenant_infra.config import AtlasMongo, SelfHostedMongo, StoreLogins
 from tenant_infra.mongodb import client_options
 from tenant_infra.tenant import ServiceNames
 
@@ -113,7 +113,9 @@ class SelfHostedUser(dynamic.Resource, module="tenant", name="MongoUser"):
 
 
 class MongoUser(pulumi.ComponentResource):
-    """A service's MongoDB user on either backend."""
+    """A service's MongoDB user on either backend; under rotation (``logins``), two
+    alternating users with the same role, as in :class:`~tenant_infra.components.
+    broker.BrokerUser`."""
 
     username: pulumi.Output[str]
     password: pulumi.Output[str]
@@ -126,42 +128,68 @@ class MongoUser(pulumi.ComponentResource):
         atlas_provider: atlas.Provider | None,
         suspended: bool = False,
         opts: pulumi.ResourceOptions | None = None,
+        logins: StoreLogins | None = None,
     ) -> None:
         super().__init__(f"{PACKAGE}:mongodb:ServiceUser", name, None, opts)
+        slots: tuple[str | None, ...] = logins.slots() if logins else (None,)
+        for slot in slots:
+            # The legacy user keeps the resource names it had before rotation existed.
+            suffix = f"-{slot}" if slot else ""
+            refused = suspended or (logins is not None and logins.revoked_slot(slot))
+            password = generated_password(f"{name}-password{suffix}", self)
+            self._user(
+                f"{name}-user{suffix}",
+                names.mongo_login(slot),
+                password,
+                backend,
+                atlas_provider,
+                refused,
+                names,
+            )
+            if slot == (logins.current if logins else None):
+                self.username = pulumi.Output.from_input(names.mongo_login(slot))
+                self.password = password
+        self.register_outputs({"username": self.username})
+
+    def _user(
+        self,
+        name: str,
+        username: str,
+        password: pulumi.Output[str],
+        backend: AtlasMongo | SelfHostedMongo,
+        atlas_provider: atlas.Provider | None,
+        refused: bool,
+        names: ServiceNames,
+    ) -> None:
         database = names.tenant_names.mongo_database
-        self.password = generated_password(f"{name}-password", self)
         if isinstance(backend, AtlasMongo):
-            if suspended:
+            if refused:
                 # Atlas wants at least one role: a suspended service has no user at all;
                 # resuming recreates it with the same password.
-                self.username = pulumi.Output.from_input(names.mongo_user)
-                self.register_outputs({"username": self.username})
                 return
             atlas.DatabaseUser(
-                f"{name}-user",
+                name,
                 project_id=backend.project_id,
-                username=names.mongo_user,
-                password=self.password,
+                username=username,
+                password=password,
                 auth_database_name="admin",
                 roles=[atlas.DatabaseUserRoleArgs(role_name=READ_WRITE, database_name=database)],
                 scopes=[atlas.DatabaseUserScopeArgs(name=backend.cluster_name, type="CLUSTER")],
                 opts=pulumi.ResourceOptions(parent=self, provider=atlas_provider),
             )
-        else:
-            SelfHostedUser(
-                f"{name}-user",
-                {
-                    "host": backend.host,
-                    "port": backend.port,
-                    "admin_user": backend.admin_user,
-                    "auth_source": backend.auth_source,
-                    "tls": backend.tls,
-                    "database": database,
-                    "username": names.mongo_user,
-                    "password": self.password,
-                    "suspended": suspended,
-                },
-                opts=pulumi.ResourceOptions(parent=self),
-            )
-        self.username = pulumi.Output.from_input(names.mongo_user)
-        self.register_outputs({"username": self.username})
+            return
+        SelfHostedUser(
+            name,
+            {
+                "host": backend.host,
+                "port": backend.port,
+                "admin_user": backend.admin_user,
+                "auth_source": backend.auth_source,
+                "tls": backend.tls,
+                "database": database,
+                "username": username,
+                "password": password,
+                "suspended": refused,
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )

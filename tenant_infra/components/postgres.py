@@ -1,7 +1,7 @@
-"""A tenant service's PostgreSQL: its login role and its DATABASE- or SCHEMA-mode store.
+"""A tenant service's PostgreSQL: its owner and logins, and its DATABASE- or SCHEMA-mode store.
 
 In both modes the service's tables live in the schema ``tenant_<key>``, owned by the
-service's role; only the database around it differs:
+service's owner role; only the database around it differs:
 
 - DATABASE: a dedicated database ``<product>_<key>`` (resources tagged ``dedicated``);
 - SCHEMA: the product's shared database ``<product>`` (resources tagged ``shared``).
@@ -11,9 +11,18 @@ resources have distinct names, so promoting SCHEMA→DATABASE declares the dedic
 store, with new credentials, beside the shared one, copies, repoints the service and
 then drops the shared one; the Vault path stays.
 
-Least privilege: the role is a plain LOGIN role (no superuser, createdb, createrole,
-replication, RLS bypass or inherited membership) that owns its schema and may
-CONNECT to its database. Databases stay owned by the platform admin, so a tenant can
+Owner and logins: the owner role owns the schema and everything in it, and never
+logs in. Two alternating login roles per store (slots ``a`` and ``b``, see
+``tenantctl rotate``) are its members, NOINHERIT, and act as it from their first
+statement (``ALTER ROLE … SET ROLE``, the provider's ``assume_role``): whatever a
+migration or the product creates is the owner's, whichever login is current, so a
+login can be dropped without touching data. ``RESET ROLE`` reaches only the login
+itself, which holds nothing but CONNECT. A service provisioned before rotation
+existed has one login, the owner itself (*legacy*); its first rotation moves it on.
+
+Least privilege: every role is plain (no superuser, createdb, createrole,
+replication, RLS bypass or inherited membership), and each login may CONNECT to
+its database. Databases stay owned by the platform admin, so a tenant can
 neither re-open its database to PUBLIC nor create objects in its ``public`` schema;
 PUBLIC's default CONNECT/TEMP on a dedicated database is revoked.
 """
@@ -30,7 +39,7 @@ from tenant_infra.catalog import IsolationMode, Limits
 from tenant_infra.components import PACKAGE
 from tenant_infra.components.providers import Providers
 from tenant_infra.components.secrets import generated_password
-from tenant_infra.config import Promotion
+from tenant_infra.config import LEGACY, Promotion, StoreLogins
 from tenant_infra.tenant import ServiceNames, pg_shared_database
 
 
@@ -59,7 +68,7 @@ def revoke_public(
 def unprivileged_role(
     name: str,
     role: str,
-    password: pulumi.Input[str],
+    password: pulumi.Input[str] | None,
     opts: pulumi.ResourceOptions,
     login: bool = True,
     **settings: Any,
@@ -90,9 +99,11 @@ class PostgresArgs:
     #: False while the service is suspended or retained: the role keeps owning its data
     #: but cannot log in.
     login: bool = True
-    #: The generation of the live store's login (:meth:`ServiceNames.pg_login`).
+    #: The generation of the live store's owner (:meth:`ServiceNames.pg_owner`).
     generation: int = 0
     promotion: Promotion | None = None
+    #: The store's logins (``None``: the legacy owner-login), same in every store.
+    logins: StoreLogins | None = None
 
 
 @dataclass(frozen=True)
@@ -106,12 +117,18 @@ class _StoreArgs:
 
 @dataclass(frozen=True)
 class PostgresStore:
-    """One store's login and location (its password is a secret output)."""
+    """One store's current login and location (its password is a secret output)."""
 
     role: pulumi.Output[str]
     password: pulumi.Output[str]
     database: pulumi.Output[str]
     schema: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class _Login:
+    role: postgresql.Role
+    password: pulumi.Output[str]
 
 
 class ServicePostgres(pulumi.ComponentResource):
@@ -193,25 +210,58 @@ class ServicePostgres(pulumi.ComponentResource):
         )
         # Generation 0 keeps the names every service had before promotions existed.
         suffix = f"-g{store.generation}" if store.generation else ""
-        password = generated_password(f"{name}-password{suffix}", self)
-        role = unprivileged_role(
+        logins = args.logins
+        # The owner logs in only in the legacy model, and until the first rotation
+        # that replaces it finishes.
+        owner_logs_in = logins is None or (logins.previous == LEGACY and not logins.revoked)
+        settings: dict[str, Any] = {
+            "connection_limit": args.limits.pg_connection_limit,
+            "statement_timeout": args.limits.pg_statement_timeout_ms,
+            "idle_in_transaction_session_timeout": args.limits.pg_idle_in_transaction_timeout_ms,
+            "search_paths": [names.pg_schema],
+        }
+        on_server = pulumi.ResourceOptions(parent=self, provider=role_provider)
+        owner_password = (
+            generated_password(f"{name}-password{suffix}", self) if owner_logs_in else None
+        )
+        owner = unprivileged_role(
             f"{name}-role{suffix}",
-            names.pg_login(store.generation),
-            password,
-            pulumi.ResourceOptions(parent=self, provider=role_provider),
-            login=store.login,
-            connection_limit=args.limits.pg_connection_limit,
-            statement_timeout=args.limits.pg_statement_timeout_ms,
-            idle_in_transaction_session_timeout=args.limits.pg_idle_in_transaction_timeout_ms,
-            search_paths=[names.pg_schema],
+            names.pg_owner(store.generation),
+            owner_password,
+            on_server,
+            login=store.login and owner_logs_in,
+            **settings,
         )
+        current = _Login(owner, cast(pulumi.Output[str], owner_password))
+        # The owner may CONNECT only while it logs in.
+        connects: list[tuple[str, postgresql.Role]] = [("", owner)] if owner_logs_in else []
+        for slot in logins.slots() if logins else ():
+            if slot is None:
+                continue
+            revoked = logins is not None and logins.revoked_slot(slot)
+            password = generated_password(f"{name}-login-{slot}-password{suffix}", self)
+            login = unprivileged_role(
+                f"{name}-login-{slot}{suffix}",
+                names.pg_login(store.generation, slot),
+                password,
+                on_server,
+                login=store.login and not revoked,
+                roles=[owner.name],
+                assume_role=owner.name,
+                **settings,
+            )
+            connects.append((f"-{slot}", login))
+            if logins is not None and slot == logins.current:
+                current = _Login(login, password)
         database, schema = (
-            self._dedicated_store(role, store) if dedicated else self._shared_store(role, store)
+            self._dedicated_store(owner, connects, store)
+            if dedicated
+            else self._shared_store(owner, connects, store)
         )
-        return PostgresStore(role.name, password, database, schema)
+        return PostgresStore(current.role.name, current.password, database, schema)
 
     def _dedicated_store(
-        self, role: postgresql.Role, store: _StoreArgs
+        self, role: postgresql.Role, connects: list[tuple[str, postgresql.Role]], store: _StoreArgs
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         name, args, names = f"{self._name}-dedicated", self._args, self._args.names
         admin = self._stack_providers.postgres(names.product, "postgres", "admin")
@@ -237,36 +287,42 @@ class ServicePostgres(pulumi.ComponentResource):
             database.name,
             pulumi.ResourceOptions(parent=self, provider=admin, deleted_with=database),
         )
-        return database.name, self._schema_in(name, database.name, role, inside, database, store)
+        return database.name, self._schema_in(
+            name, database.name, role, connects, inside, database, store
+        )
 
     def _shared_store(
-        self, role: postgresql.Role, store: _StoreArgs
+        self, role: postgresql.Role, connects: list[tuple[str, postgresql.Role]], store: _StoreArgs
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         name, names = f"{self._name}-shared", self._args.names
         shared = pg_shared_database(names.product)
         provider = self._stack_providers.postgres(names.product, shared, "shared")
         database = pulumi.Output.from_input(shared)
-        return database, self._schema_in(name, database, role, provider, None, store)
+        return database, self._schema_in(name, database, role, connects, provider, None, store)
 
     def _schema_in(
         self,
         name: str,
         database: pulumi.Output[str],
         role: postgresql.Role,
+        connects: list[tuple[str, postgresql.Role]],
         provider: postgresql.Provider,
         deleted_with: pulumi.Resource | None,
         store: _StoreArgs,
     ) -> pulumi.Output[str]:
-        """CONNECT for the role and the tenant schema it owns, in ``database``."""
+        """CONNECT for the owner and each login (a NOINHERIT member's own), and the
+        tenant schema the owner owns, in ``database``."""
         inside = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
-        postgresql.Grant(
-            f"{name}-connect",
-            role=role.name,
-            database=database,
-            object_type="database",
-            privileges=["CONNECT"],
-            opts=inside,
-        )
+        # The owner's grant keeps its pre-rotation name; a login's is named by its slot.
+        for slot, login in connects:
+            postgresql.Grant(
+                f"{name}-connect{slot}",
+                role=login.name,
+                database=database,
+                object_type="database",
+                privileges=["CONNECT"],
+                opts=inside,
+            )
         schema = postgresql.Schema(
             f"{name}-schema",
             # A new name renames it in place (the provider's update): how a promoted

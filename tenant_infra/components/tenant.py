@@ -68,6 +68,7 @@ class Tenant(pulumi.ComponentResource):
                     data_only=spec.removal is not None,
                     generation=spec.generation,
                     promotion=spec.promotion,
+                    credentials=spec.credentials,
                 ),
                 providers,
                 self.vhost,

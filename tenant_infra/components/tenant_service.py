@@ -7,7 +7,7 @@ resource's name, parent or inputs depend on which other services exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -26,7 +26,7 @@ from tenant_infra.components.mongodb import MongoUser
 from tenant_infra.components.postgres import PostgresArgs, PostgresStore, ServicePostgres
 from tenant_infra.components.providers import Providers
 from tenant_infra.components.vault import ServiceCredentials
-from tenant_infra.config import AtlasMongo, Promotion
+from tenant_infra.config import AtlasMongo, Credentials, Promotion
 from tenant_infra.tenant import ServiceNames
 
 
@@ -45,6 +45,8 @@ class TenantServiceArgs:
     #: The live store's login generation, and a promotion under way (``tenantctl promote``).
     generation: int = 0
     promotion: Promotion | None = None
+    #: Each store's logins, and a rotation under way (``tenantctl rotate``).
+    credentials: Credentials = field(default_factory=Credentials)
 
 
 class TenantService(pulumi.ComponentResource):
@@ -77,6 +79,7 @@ class TenantService(pulumi.ComponentResource):
                 login=not (args.suspended or args.data_only),
                 generation=args.generation,
                 promotion=args.promotion,
+                logins=args.credentials.postgres,
             ),
             providers,
             child,
@@ -135,7 +138,13 @@ class TenantService(pulumi.ComponentResource):
         if args.product.needs(Store.RABBITMQ):
             assert vhost is not None and platform.rabbitmq is not None
             broker = BrokerUser(
-                f"{name}-rabbitmq", names, vhost, providers.rabbitmq(), args.suspended, child
+                f"{name}-rabbitmq",
+                names,
+                vhost,
+                providers.rabbitmq(),
+                args.suspended,
+                child,
+                args.credentials.rabbitmq,
             )
             rabbit_doc = {
                 "host": platform.rabbitmq.amqp_host,
@@ -157,6 +166,7 @@ class TenantService(pulumi.ComponentResource):
                 providers.atlas() if isinstance(backend, AtlasMongo) else None,
                 args.suspended,
                 child,
+                args.credentials.mongodb,
             )
             mongo_doc: dict[str, Any] = {
                 "host": backend.host,

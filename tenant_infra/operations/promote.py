@@ -134,15 +134,21 @@ class Promoter:
         with connect(params) as conn:
             return read_inventory(conn, schema)
 
-    def source_login(self, config: TenantConfig) -> str:
+    def source_generation(self, config: TenantConfig) -> int:
         spec = self.spec(config)
-        generation = spec.generation - 1 if _repointed(spec) else spec.generation
-        return config.names.service(self.product).pg_login(generation)
+        return spec.generation - 1 if _repointed(spec) else spec.generation
 
-    def target_login(self, config: TenantConfig) -> str:
+    def target_generation(self, config: TenantConfig) -> int:
         spec = self.spec(config)
-        generation = spec.generation if _repointed(spec) else spec.generation + 1
-        return config.names.service(self.product).pg_login(generation)
+        return spec.generation if _repointed(spec) else spec.generation + 1
+
+    def source_owner(self, config: TenantConfig) -> str:
+        """The owner of the shared store (its login too, in the legacy model)."""
+        return config.names.service(self.product).pg_owner(self.source_generation(config))
+
+    def target_owner(self, config: TenantConfig) -> str:
+        """The owner of the dedicated store: the copy creates everything as it."""
+        return config.names.service(self.product).pg_owner(self.target_generation(config))
 
     # --------------------------------------------------------------- updating
 
@@ -172,20 +178,23 @@ class Promoter:
                 self.workspace.write_config(config)
             return config
 
-    def set_login(self, config: TenantConfig, login: str, allowed: bool) -> None:
-        """Seal (or unseal) a store at once, outside the stack; the stack file says the
-        same (:meth:`record_seal`), so the next update declares it."""
+    def set_login(self, config: TenantConfig, generation: int, allowed: bool) -> None:
+        """Seal (or unseal) the store of ``generation`` at once, outside the stack: each
+        of its logins; the stack file says the same (:meth:`record_seal`), so the next
+        update declares it."""
+        logins = config.pg_store_logins(self.product, generation)
         with connect(self.admin(config, "postgres"), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} {}").format(
-                    sql.Identifier(login), sql.SQL("LOGIN" if allowed else "NOLOGIN")
+            for login in logins:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} {}").format(
+                        sql.Identifier(login), sql.SQL("LOGIN" if allowed else "NOLOGIN")
+                    )
                 )
-            )
             if not allowed:
                 conn.execute(
                     "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
-                    " WHERE usename = %s",
-                    (login,),
+                    " WHERE usename = ANY(%s)",
+                    (config.pg_store_roles(self.product, generation),),
                 )
 
     # ------------------------------------------------------------------ steps
@@ -201,7 +210,7 @@ class Promoter:
             config = config.with_service(spec)
         assert spec.promotion is not None
         detail["revision"] = spec.promotion.revision
-        detail["targetLogin"] = self.target_login(config)
+        detail["targetLogin"] = self.target_owner(config)
         self.update(config, "provisioning the dedicated store")
         # The indexes the product's migrations made: the copy drops and rebuilds these.
         with connect(self.dedicated(config)) as conn:
@@ -215,8 +224,8 @@ class Promoter:
         if _repointed(spec):
             return  # moved and repointed already (a resumed run)
         names = config.names.service(self.product)
-        schema, source_login = names.pg_schema, self.source_login(config)
-        target_login = self.target_login(config)
+        schema, source_login = names.pg_schema, self.source_owner(config)
+        target_login = self.target_owner(config)
         source_params, target_params = self.shared(config), self.dedicated(config)
         listed = self.inventory(source_params, schema)
         _refuse_large_objects(source_params, source_login)
@@ -224,7 +233,10 @@ class Promoter:
         started = time.time()
         with (
             WriteFreeze(
-                source_params, schema, [t.name for t in listed.tables], [source_login]
+                source_params,
+                schema,
+                [t.name for t in listed.tables],
+                config.pg_store_roles(self.product, self.source_generation(config)),
             ) as freeze,
             copier(target_params, target_login) as writing,
         ):
@@ -262,7 +274,7 @@ class Promoter:
             # Sealed: from here nothing reaches the source, so what was verified stays
             # the truth once the freeze ends; the stack file says so first.
             config = self.record_seal(True)
-            self.set_login(config, source_login, allowed=False)
+            self.set_login(config, self.source_generation(config), allowed=False)
             detail["sessionsEvicted"] = freeze.evict()
             sealed = self.inventory(source_params, schema)
             added = sorted({t.name for t in sealed.tables} - {t.name for t in source.tables})
@@ -342,7 +354,12 @@ class Promoter:
             )
             self.update(config.with_service(released), "lifting the retired schema's protection")
             config = self.config()
-        drop_strays(config, [self.product], self.environ, logins=[self.source_login(config)])
+        drop_strays(
+            config,
+            [self.product],
+            self.environ,
+            logins=config.pg_store_roles(self.product, self.source_generation(config)),
+        )
         self.update(
             config.with_service(self.spec(config).model_copy(update={"promotion": None})),
             "dropping the retired schema and its login",
@@ -364,17 +381,17 @@ class Promoter:
                 f"cannot abort the promotion of {self.tenant}/{self.product}: its retired "
                 "schema is being dropped; run promote --resume to finish"
             )
-        login = self.target_login(config)
-        self.set_login(config, login, allowed=False)
+        owner, generation = self.target_owner(config), self.target_generation(config)
+        self.set_login(config, generation, allowed=False)
         try:
-            found = self._written_since(config, login)
+            found = self._written_since(config, owner)
         except BaseException:
             if not spec.suspended:
-                self.set_login(config, login, allowed=True)
+                self.set_login(config, generation, allowed=True)
             raise
         if found:
             if not spec.suspended:
-                self.set_login(config, login, allowed=True)
+                self.set_login(config, generation, allowed=True)
             raise InvalidInput(
                 f"cannot abort the promotion of {self.tenant}/{self.product}: the dedicated "
                 f"database was written to since it was repointed ({found[0]}); going back "
@@ -446,7 +463,7 @@ class Promoter:
         config = self.record_seal(False)
         if spec.suspended or spec.removal is not None:
             return
-        self.set_login(config, self.source_login(config), allowed=True)
+        self.set_login(config, self.source_generation(config), allowed=True)
 
     def abort_drop_target(self, detail: Detail) -> None:
         config = self.config()
@@ -457,7 +474,7 @@ class Promoter:
             config.with_service(spec.model_copy(update={"promotion": None})),
             "dropping the dedicated store",
         )
-        drop_copier(self.admin(config, "postgres"), self.target_login(config))
+        drop_copier(self.admin(config, "postgres"), self.target_owner(config))
         detail["abortedAt"] = datetime.now(UTC).isoformat()
 
     def forward(self) -> list[Step]:
@@ -492,7 +509,7 @@ class Promoter:
             state = "suspended" if spec.suspended else "retained"
             raise InvalidInput(f"service {self.product!r} of tenant {self.tenant!r} is {state}")
         config = self.config()
-        _refuse_large_objects(self.shared(config), self.source_login(config))
+        _refuse_large_objects(self.shared(config), self.source_owner(config))
 
     def run(self, *, resume: bool, abort: bool, step_progress: StepProgress) -> Outcome:
         operations = Operations(self.registry)

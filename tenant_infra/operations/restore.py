@@ -171,8 +171,9 @@ class Restorer:
             ).fetchall()
         return {str(r[0]) for r in rows}
 
-    def login(self, config: TenantConfig) -> str:
-        return config.pg_login(self.product)
+    def owner(self, config: TenantConfig) -> str:
+        """Who owns the live data, and so the restored data once swapped in."""
+        return config.pg_owner(self.product)
 
     # ------------------------------------------------------------------ steps
 
@@ -182,7 +183,7 @@ class Restorer:
         part = _postgres(manifest)
         names = config.names.service(self.product)
         aside, admin = names.pg_restore_schema, self.admin(config)
-        restorer = restorer_name(self.login(config))
+        restorer = restorer_name(self.owner(config))
         # Whatever a killed run left is the restore's own, never live data: dropped.
         params = create_login(admin, restorer)
         with connect(admin, autocommit=True) as conn:
@@ -290,7 +291,7 @@ class Restorer:
         detail["headRevision"] = head
         if head is None or aside == head:
             return
-        restorer = restorer_name(self.login(config))
+        restorer = restorer_name(self.owner(config))
         params = login_again(admin, restorer)
         try:
             self._migrate(params, names.pg_restore_schema, restorer, head)
@@ -326,7 +327,8 @@ class Restorer:
         config = self.config()
         names = config.names.service(self.product)
         live, aside, kept = names.pg_schema, names.pg_restore_schema, names.pg_pre_restore_schema
-        login, admin = self.login(config), self.admin(config)
+        owner, admin = self.owner(config), self.admin(config)
+        logins = config.pg_logins(self.product)
         present = self.schemas(config)
         if aside in present:
             self.catch_up(detail)  # the product's head may have moved since (an --aside)
@@ -341,13 +343,13 @@ class Restorer:
                     f"schema {kept} holds the data a previous restore replaced: drop it "
                     "with restore --drop-previous first"
                 )
-            detail["sessionsEnded"] = self._swap(admin, live, aside, kept, login, detail)
+            detail["sessionsEnded"] = self._swap(admin, (live, aside, kept), owner, logins, detail)
         elif live not in present:
             raise OperationFailed(f"neither {aside} nor {live} is there: the swap cannot go on")
         # Swapped (now or by a run killed after its commit): its plans are stale.
-        ended = _end_sessions(admin, login)
+        ended = _end_sessions(admin, logins)
         detail["sessionsEnded"] = int(detail.get("sessionsEnded") or 0) + ended
-        drop_login(admin, restorer_name(login))
+        drop_login(admin, restorer_name(owner))
         if "swappedAt" not in detail:
             detail["swappedAt"] = datetime.now(UTC).isoformat()
             self.registry.record_data_replaced(
@@ -359,12 +361,18 @@ class Restorer:
             )
 
     def _swap(
-        self, admin: Mapping[str, Any], live: str, aside: str, kept: str, login: str, detail: Detail
+        self,
+        admin: Mapping[str, Any],
+        schemas: tuple[str, str, str],
+        owner: str,
+        logins: list[str],
+        detail: Detail,
     ) -> int:
         """The one transaction; the tenant's sessions holding a table are ended when
         they keep it past the wait. Returns how many were ended."""
+        live, aside, kept = schemas
         ended = 0
-        restorer = restorer_name(login)
+        restorer = restorer_name(owner)
         for attempt in range(SWAP_ATTEMPTS):
             with connect(admin) as conn:
                 try:
@@ -400,7 +408,7 @@ class Restorer:
                     )
                     conn.execute(
                         sql.SQL("REASSIGN OWNED BY {} TO {}").format(
-                            sql.Identifier(restorer), sql.Identifier(login)
+                            sql.Identifier(restorer), sql.Identifier(owner)
                         )
                     )
                     if there:
@@ -419,7 +427,7 @@ class Restorer:
                     conn.rollback()
                     if attempt == SWAP_ATTEMPTS - 1:
                         break
-            ended += _end_sessions(admin, login)  # one of them holds a table
+            ended += _end_sessions(admin, logins)  # one of them holds a table
         raise OperationFailed(
             f"the swap could not lock {live}'s tables; run restore --resume --swap again"
         )
@@ -457,7 +465,7 @@ class Restorer:
                 f"it replaced is kept as {names.pg_pre_restore_schema}; run --resume to finish"
             )
         admin = self.admin(config)
-        drop_login(admin, restorer_name(self.login(config)))
+        drop_login(admin, restorer_name(self.owner(config)))
         with connect(admin, autocommit=True) as conn:
             conn.execute(f"SET lock_timeout = '{DROP_LOCK_WAIT}'")
             conn.execute(
@@ -548,13 +556,13 @@ class Restorer:
         return outcome
 
 
-def _end_sessions(admin: Mapping[str, Any], login: str) -> int:
-    """End ``login``'s sessions in the admin's database; how many there were."""
+def _end_sessions(admin: Mapping[str, Any], logins: list[str]) -> int:
+    """End the ``logins``' sessions in the admin's database; how many there were."""
     with connect(admin, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
-            " WHERE usename = %s AND datname = current_database()",
-            (login,),
+            " WHERE usename = ANY(%s) AND datname = current_database()",
+            (logins,),
         ).fetchall()
     return len(rows)
 

@@ -54,7 +54,7 @@ def connection_info(config: TenantConfig, spec: ServiceSpec) -> dict[str, Any]:
             "host": rabbit.amqp_host,
             "port": rabbit.amqp_port,
             "vhost": config.names.vhost,
-            "username": names.broker_user,
+            "username": config.broker_login(spec.product),
             "tls": rabbit.amqp_port == 5671,
         }
     mongo = config.platform.mongodb
@@ -63,7 +63,7 @@ def connection_info(config: TenantConfig, spec: ServiceSpec) -> dict[str, Any]:
             "host": mongo.host,
             "port": mongo.port if isinstance(mongo, SelfHostedMongo) else None,
             "database": config.names.mongo_database,
-            "username": names.mongo_user,
+            "username": config.mongo_login(spec.product),
             # Self-hosted users live in the tenant's database (components/mongodb.py).
             "authSource": config.names.mongo_database
             if isinstance(mongo, SelfHostedMongo)

@@ -272,7 +272,11 @@ class BrokerVerifier:
 
     def _own_users(self) -> set[str]:
         names = TenantNames(self.doc.tenant)
-        return {names.service(product).broker_user for product in load_catalog().products}
+        return {
+            user
+            for product in load_catalog().products
+            for user in names.service(product).broker_logins()
+        }
 
     def no_foreign_permissions(self) -> CheckResult:
         name = RABBITMQ_CHECKS[4]

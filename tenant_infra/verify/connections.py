@@ -119,7 +119,7 @@ class ConnectionsDocument(_Section):
         if self.postgresql.user not in names.pg_logins():
             raise ValueError(
                 f"postgresql.user is {self.postgresql.user!r}, not one of the service's logins "
-                f"({names.pg_role} or a later generation)"
+                f"({names.pg_role}, or a later generation's or slot's)"
             )
         # Sections follow the product's stores in the catalog: none for a store it
         # does not use. A missing one is for its consumer to judge (a migration needs
@@ -132,13 +132,13 @@ class ConnectionsDocument(_Section):
                 )
         if self.rabbitmq is not None:
             expected["rabbitmq.vhost"] = (self.rabbitmq.vhost, names.tenant_names.vhost)
-            expected["rabbitmq.user"] = (self.rabbitmq.user, names.broker_user)
+            _one_of("rabbitmq.user", self.rabbitmq.user, names.broker_logins())
         if self.mongodb is not None:
             expected["mongodb.database"] = (
                 self.mongodb.database,
                 names.tenant_names.mongo_database,
             )
-            expected["mongodb.user"] = (self.mongodb.user, names.mongo_user)
+            _one_of("mongodb.user", self.mongodb.user, names.mongo_logins())
         for where, (found, wanted) in expected.items():
             if found != wanted:
                 raise ValueError(
@@ -238,3 +238,11 @@ def read_from_vault(
         data = read_secret(vault, secret, timeout)
         documents.append(parse_document(data, f"vault:{vault.mount}/{secret}"))
     return documents
+
+
+def _one_of(where: str, found: str, logins: frozenset[str]) -> None:
+    """A user of the service's, in whichever rotation slot."""
+    if found not in logins:
+        raise ValueError(
+            f"{where} is {found!r}, not one of the service's users ({', '.join(sorted(logins))})"
+        )

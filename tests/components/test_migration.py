@@ -111,15 +111,15 @@ def test_mongo_migration_runs_as_the_service_user_for_products_with_versions(pla
     inputs = migration.inputs
     assert (inputs["database"], inputs["user"], inputs["auth_source"]) == (
         "globex",
-        "ledger_globex",
+        "ledger_globex__a",
         "globex",
     )
     assert (
         inputs["head"] == mongo_head("ledger") and inputs["srv"] is False and inputs["tls"] is True
     )
-    user = plan.by_name("globex-ledger-mongodb-user")
+    user = plan.by_name("globex-ledger-mongodb-user-a")
     assert migration.secret_fingerprints["password"] == user.secret_fingerprints["password"]
-    assert "globex-ledger-mongodb-user" in migration.depends_on
+    assert "globex-ledger-mongodb-user-a" in migration.depends_on
 
 
 def test_mongo_client_options_use_srv_on_atlas() -> None:

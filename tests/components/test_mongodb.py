@@ -15,7 +15,7 @@ SELF_HOSTED_USER = "pulumi-python:dynamic/tenant:MongoUser"
 def test_atlas_user_reaches_only_the_tenant_database_on_one_cluster(plan_for) -> None:
     plan = plan_for("acme", ["ledger:DATABASE"])
     (user,) = plan.of_type(ATLAS_USER)
-    assert user.inputs["username"] == "ledger_acme"
+    assert user.inputs["username"] == "ledger_acme__a"
     assert user.inputs["authDatabaseName"] == "admin"
     assert user.inputs["roles"] == [{"roleName": "readWrite", "databaseName": "acme"}]
     # Without scopes Atlas grants the user every cluster in the project.
@@ -28,7 +28,7 @@ def test_atlas_user_reaches_only_the_tenant_database_on_one_cluster(plan_for) ->
 def test_self_hosted_user_is_created_in_the_tenant_database(plan_for) -> None:
     plan = plan_for("globex", ["ledger:SCHEMA"])
     (user,) = plan.of_type(SELF_HOSTED_USER)
-    assert (user.inputs["database"], user.inputs["username"]) == ("globex", "ledger_globex")
+    assert (user.inputs["database"], user.inputs["username"]) == ("globex", "ledger_globex__a")
     assert user.inputs["password"] == "[secret]"
     assert "__provider" in user.secret_inputs
     assert "admin_password" not in user.inputs  # read from the environment at run time

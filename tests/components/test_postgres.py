@@ -18,13 +18,14 @@ def pg_resources(plan: Plan) -> list[str]:
     return sorted(r.name for r in plan.resources if r.type.startswith("postgresql:"))
 
 
-def test_database_mode_declares_role_database_schema_and_grants(plan_for) -> None:
+def test_database_mode_declares_owner_login_database_schema_and_grants(plan_for) -> None:
     plan = plan_for("acme", ["ledger:DATABASE"])
     assert pg_resources(plan) == [
-        "acme-ledger-postgres-dedicated-connect",
+        "acme-ledger-postgres-dedicated-connect-a",
         "acme-ledger-postgres-dedicated-db",
         "acme-ledger-postgres-dedicated-revoke-public",
         "acme-ledger-postgres-dedicated-schema",
+        "acme-ledger-postgres-login-a",
         "acme-ledger-postgres-role",
     ]
     db = plan.by_name("acme-ledger-postgres-dedicated-db")
@@ -38,6 +39,21 @@ def test_database_mode_declares_role_database_schema_and_grants(plan_for) -> Non
     )
 
 
+def test_a_legacy_service_keeps_its_one_owner_login(plan_for) -> None:
+    """A stack file from before rotation: the owner logs in, as it always did."""
+    plan = plan_for("acme")  # stacks/Pulumi.acme.yaml: ledger DATABASE, no credentials
+    assert pg_resources(plan) == [
+        "acme-ledger-postgres-dedicated-connect",
+        "acme-ledger-postgres-dedicated-db",
+        "acme-ledger-postgres-dedicated-revoke-public",
+        "acme-ledger-postgres-dedicated-schema",
+        "acme-ledger-postgres-role",
+    ]
+    role = plan.by_name("acme-ledger-postgres-role")
+    assert role.inputs["login"] is True and "password" in role.secret_inputs
+    assert plan.by_name("acme-ledger-postgres-dedicated-connect").inputs["role"] == "ledger_acme"
+
+
 def test_database_mode_revokes_public_and_grants_only_connect(plan_for) -> None:
     plan = plan_for("acme", ["ledger:DATABASE"])
     revoke = plan.by_name("acme-ledger-postgres-dedicated-revoke-public")
@@ -47,16 +63,17 @@ def test_database_mode_revokes_public_and_grants_only_connect(plan_for) -> None:
         "database",
     )
     assert revoke.inputs["privileges"] == []  # an empty privilege list revokes all
-    connect = plan.by_name("acme-ledger-postgres-dedicated-connect")
-    assert connect.inputs["role"] == "ledger_acme"
+    connect = plan.by_name("acme-ledger-postgres-dedicated-connect-a")
+    assert connect.inputs["role"] == "ledger_acme__0a"
     assert connect.inputs["privileges"] == ["CONNECT"]
 
 
 def test_schema_mode_uses_the_shared_database(plan_for) -> None:
     plan = plan_for("globex", ["ledger:SCHEMA"])
     assert pg_resources(plan) == [
+        "globex-ledger-postgres-login-a",
         "globex-ledger-postgres-role",
-        "globex-ledger-postgres-shared-connect",
+        "globex-ledger-postgres-shared-connect-a",
         "globex-ledger-postgres-shared-schema",
     ]
     assert not plan.of_type(DATABASE)
@@ -69,26 +86,29 @@ def test_schema_mode_uses_the_shared_database(plan_for) -> None:
     assert schema.inputs["dropCascade"] is False
 
 
+PLAIN = ("superuser", "createDatabase", "createRole", "replication", "bypassRowLevelSecurity")
+
+
 @pytest.mark.parametrize("mode", ["DATABASE", "SCHEMA"])
-def test_role_is_least_privilege_with_limits(plan_for, mode: str) -> None:
+def test_the_owner_never_logs_in_and_its_login_acts_as_it(plan_for, mode: str) -> None:
     plan = plan_for("acme", [f"ledger:{mode}"])
-    role = plan.by_name("acme-ledger-postgres-role")
-    assert role.inputs["name"] == "ledger_acme"
-    assert role.inputs["login"] is True
-    for flag in (
-        "superuser",
-        "createDatabase",
-        "createRole",
-        "replication",
-        "bypassRowLevelSecurity",
-        "inherit",
-    ):
-        assert role.inputs[flag] is False, flag
-    assert role.inputs["connectionLimit"] == 150
-    assert role.inputs["statementTimeout"] == 60000
-    assert role.inputs["searchPaths"] == ["tenant_acme"]
-    assert role.inputs["password"] == "[secret]"
-    assert "password" in role.secret_inputs
+    owner = plan.by_name("acme-ledger-postgres-role")
+    assert owner.inputs["name"] == "ledger_acme"
+    assert owner.inputs["login"] is False and "password" not in owner.inputs
+    login = plan.by_name("acme-ledger-postgres-login-a")
+    assert login.inputs["name"] == "ledger_acme__0a"
+    assert login.inputs["login"] is True
+    # A NOINHERIT member that becomes the owner at login: what it creates is the owner's.
+    assert login.inputs["roles"] == ["ledger_acme"]
+    assert login.inputs["assumeRole"] == "ledger_acme"
+    for role in (owner, login):
+        for flag in (*PLAIN, "inherit"):
+            assert role.inputs[flag] is False, (role.name, flag)
+        assert role.inputs["connectionLimit"] == 150
+        assert role.inputs["statementTimeout"] == 60000
+        assert role.inputs["searchPaths"] == ["tenant_acme"]
+    assert login.inputs["password"] == "[secret]"
+    assert "password" in login.secret_inputs
 
 
 @pytest.mark.parametrize("mode", ["DATABASE", "SCHEMA"])
@@ -124,6 +144,7 @@ def test_role_is_dropped_through_the_database_holding_its_objects(
     """DROP OWNED runs only in the provider's database (cyrilgdn#203)."""
     plan = plan_for("acme", [f"ledger:{mode}"])
     assert plan.by_name("acme-ledger-postgres-role").provider == provider
+    assert plan.by_name("acme-ledger-postgres-login-a").provider == provider
     pg_provider = plan.by_name(provider)
     expected_db = "postgres" if mode == "DATABASE" else "ledger"
     assert pg_provider.inputs["database"] == expected_db

@@ -23,7 +23,9 @@ def reaches_only(tenant: str, resource: PlannedResource) -> None:
     """Every object a resource names belongs to ``tenant`` (or is a product's shared DB)."""
     names = TenantNames(tenant)
     products = ("ledger", "tracer", "reporter")
-    roles = {names.service(p).pg_role for p in products}
+    owners = {names.service(p).pg_role for p in products}
+    roles = {login for p in products for login in names.service(p).pg_logins()}
+    users = {user for p in products for user in names.service(p).broker_logins()}
     own_dbs = {names.service(p).pg_dedicated_database for p in products}
     inputs, kind = resource.inputs, resource.type
     if kind == "postgresql:index/grant:Grant":
@@ -33,13 +35,16 @@ def reaches_only(tenant: str, resource: PlannedResource) -> None:
         assert inputs["database"] in own_dbs | set(products)
         assert inputs.get("schema") in (None, names.pg_schema)
     elif kind == "postgresql:index/schema:Schema":
-        assert inputs["name"] == names.pg_schema and inputs["owner"] in roles
+        assert inputs["name"] == names.pg_schema and inputs["owner"] in owners
     elif kind == "postgresql:index/database:Database":
         assert inputs["name"] in own_dbs
     elif kind == "postgresql:index/role:Role":
-        assert inputs["name"] in roles and inputs.get("roles", []) == []
+        # A login is a member of its own service's owner, and of nothing else.
+        assert inputs["name"] in roles
+        assert set(inputs.get("roles", [])) <= owners
+        assert inputs.get("assumeRole") in (None, *inputs.get("roles", []))
     elif kind == "rabbitmq:index/permissions:Permissions":
-        assert inputs["vhost"] == names.vhost and inputs["user"] in roles
+        assert inputs["vhost"] == names.vhost and inputs["user"] in users
     elif kind in ("rabbitmq:index/vHost:VHost",):
         assert inputs["name"] == names.vhost
     elif kind == "rabbitmq:index/operatorPolicy:OperatorPolicy":
@@ -73,7 +78,7 @@ def credentials(plan: Plan) -> dict[str, str]:
     return {
         r.name: r.secret_fingerprints["password"]
         for r in plan.resources
-        if r.type in CREDENTIAL_CONSUMERS
+        if r.type in CREDENTIAL_CONSUMERS and "password" in r.secret_inputs
     }
 
 

@@ -25,7 +25,9 @@ def test_a_service_declares_exactly_the_stores_its_product_needs(
     needs = load_catalog().product(product).stores
     for store, type_ in STORE_TYPES.items():
         found = [r for r in plan.of_type(type_) if plan.service_of(r) == f"globex-{product}"]
-        assert len(found) == (1 if store in needs else 0), (store, found)
+        # PostgreSQL: the owner and its one login.
+        expected = (2 if store is Store.POSTGRESQL else 1) if store in needs else 0
+        assert len(found) == expected, (store, found)
     migrations = plan.of_type(MIGRATION)
     assert len(migrations) == (1 if load_catalog().product(product).migrations else 0)
 
@@ -40,7 +42,7 @@ def test_migrations_run_as_the_service_role_after_its_storage(
     migration = plan.by_name("globex-ledger-migration")
     inputs = migration.inputs
     assert (inputs["user"], inputs["database"], inputs["schema"]) == (
-        "ledger_globex",
+        "ledger_globex__0a",
         database,
         "tenant_globex",
     )
@@ -48,10 +50,10 @@ def test_migrations_run_as_the_service_role_after_its_storage(
     assert inputs["password"] == "[secret]" and "password" in migration.secret_inputs
     # depends_on a component waits for every child: role, grants and schema exist first.
     store = "dedicated" if mode == "DATABASE" else "shared"
-    for needed in ("role", f"{store}-connect", f"{store}-schema"):
+    for needed in ("role", "login-a", f"{store}-connect-a", f"{store}-schema"):
         assert f"globex-ledger-postgres-{needed}" in migration.depends_on
-    # The password handed to the migration is the role's own, not another credential.
-    role = plan.by_name("globex-ledger-postgres-role")
+    # The password handed to the migration is the login's own, not another credential.
+    role = plan.by_name("globex-ledger-postgres-login-a")
     assert migration.secret_fingerprints["password"] == role.secret_fingerprints["password"]
 
 

@@ -92,7 +92,7 @@ def _role_settings(
     conn: psycopg.Connection[Any], values: Mapping[str, Any], old: Mapping[str, Any] | None
 ) -> None:
     """``alterSearchPath`` always; ``setStatementTimeout`` (and the idle timeout) when set
-    or changed, ``RESET`` when changed back to 0."""
+    or changed, ``RESET`` when changed back to 0; then ``setAssumeRole``."""
     role = ident(values["name"])
     paths = values.get("searchPaths") or []
     conn.execute(
@@ -116,6 +116,13 @@ def _role_settings(
             )
         elif old is not None:
             conn.execute(sql.SQL("ALTER ROLE {} RESET {}").format(role, sql.SQL(setting)))
+    # ``setAssumeRole``: when set or changed, ``SET ROLE TO``; ``RESET ROLE`` when unset.
+    assume = values.get("assumeRole") or ""
+    if old is None or assume != ((old or {}).get("assumeRole") or ""):
+        if assume:
+            conn.execute(sql.SQL("ALTER ROLE {} SET ROLE TO {}").format(role, ident(assume)))
+        elif old is not None:
+            conn.execute(sql.SQL("ALTER ROLE {} RESET ROLE").format(role))
 
 
 def role_create(provider: Mapping[str, Any], values: Mapping[str, Any]) -> None:
@@ -155,10 +162,11 @@ def role_update(
             conn.execute(
                 sql.SQL("ALTER ROLE {} RENAME TO {}").format(ident(old["name"]), ident(name))
             )
-        if (password_changed or old["name"] != name) and values.get("password"):
+        if password_changed or old["name"] != name:
+            # ``setRolePassword``: an unset password is sent as '' (the server clears it).
             conn.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    ident(name), sql.Literal(values["password"])
+                    ident(name), sql.Literal(values.get("password") or "")
                 )
             )
         for key, word, default in _ROLE_FLAGS:
