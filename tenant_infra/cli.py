@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -381,6 +381,78 @@ def _print_outcome(what: str, tenant: str, service: str, result: Any, format: Fo
         print(f"{what} of {tenant}/{service}: {result.operation.state}")
         if result.pending:
             print(f"waiting: {result.pending}")
+
+
+@app.command()
+def rotate(
+    tenants: Annotated[list[str] | None, typer.Argument(help="Tenants (or --all).")] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all", help="Every tenant with the --service product.")
+    ] = False,
+    service: Annotated[str | None, typer.Option("--service", "-s", metavar="PRODUCT")] = None,
+    store: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--store", metavar="STORE", help="postgres, rabbitmq, mongodb or all (repeatable)."
+        ),
+    ] = None,
+    begin: Annotated[
+        bool, typer.Option("--begin", help="New credentials beside the old (the default).")
+    ] = False,
+    finish: Annotated[
+        bool, typer.Option("--finish", help="Revoke the old credentials, end their sessions.")
+    ] = False,
+    auto: Annotated[
+        str | None,
+        typer.Option(
+            "--auto",
+            metavar="GRACE",
+            help="Begin, wait up to GRACE (90s, 5m) for old sessions to end, finish.",
+        ),
+    ] = None,
+    drain: Annotated[
+        str | None,
+        typer.Option(
+            "--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what each phase would change.")
+    ] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 1,
+    format: FormatOption = Format.TABLE,
+) -> None:
+    """Rotate a service's credentials in two phases: both valid, then the old revoked."""
+    from tenant_infra import commands, render
+
+    if sum((begin, finish, auto is not None)) > 1:
+        raise InvalidInput("choose one of --begin, --finish and --auto")
+    phase: Literal["begin", "finish", "auto"] = (
+        "finish" if finish else "auto" if auto is not None else "begin"
+    )
+    grace = commands.parse_duration(auto).total_seconds() if auto is not None else 0.0
+    step = _step_printer("*" if all_tenants else ",".join(tenants or []), service or "", format)
+    results = commands.rotate(
+        tenants or [],
+        all_tenants=all_tenants,
+        product=service,
+        stores=store or [],
+        phase=phase,
+        grace=grace,
+        drain=commands.parse_duration(drain).total_seconds() if drain is not None else None,
+        dry_run=dry_run,
+        concurrency=concurrency,
+        progress=_progress(format),
+        step_progress=step,
+    )
+    if format is Format.JSON:
+        print(render.dumps([r.to_json() for r in results]))
+    elif dry_run:
+        render.rotation_plan(results, _console())  # type: ignore[arg-type]
+    else:
+        render.rotation_report(results, _console())  # type: ignore[arg-type]
+    if any(getattr(r, "status", "") == "failed" for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()

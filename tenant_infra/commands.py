@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import ValidationError
 
 from tenant_infra import lifecycle
-from tenant_infra.config import ServiceSpec, TenantConfig, one_line, read_stack_file
+from tenant_infra.config import (
+    CREDENTIAL_STORES,
+    CredentialStore,
+    ServiceSpec,
+    TenantConfig,
+    one_line,
+    read_stack_file,
+)
 from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
     EventSink,
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
     from tenant_infra.operations.backup import BackupResult
     from tenant_infra.operations.promote import PromotionPlan
     from tenant_infra.operations.restore import RestorePlan
+    from tenant_infra.operations.rotate import Phase, RotationPlan, RotationResult
     from tenant_infra.operations.steps import Outcome, StepProgress
     from tenant_infra.pgdata.copy import CopyProgress
     from tenant_infra.registry import Registry
@@ -730,6 +738,110 @@ def promote(
     if dry_run:
         return preview(promoter)
     return promoter.run(resume=resume, abort=abort, step_progress=step_progress or _no_steps)
+
+
+def rotate(
+    tenants: Sequence[str] = (),
+    *,
+    all_tenants: bool = False,
+    product: str | None = None,
+    stores: Sequence[str] = (),
+    phase: Phase = "begin",
+    grace: float = 0.0,
+    drain: float | None = None,
+    dry_run: bool = False,
+    concurrency: int = 1,
+    backend: StackBackend | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+    step_progress: StepProgress | None = None,
+    verify: Gate = ISOLATION,
+) -> list[RotationResult] | list[RotationPlan]:
+    """Rotate the credentials of one service (``product``) of each tenant, in two
+    phases (see :mod:`tenant_infra.operations.rotate`): ``phase`` ``begin`` stops with
+    both credentials valid, ``finish`` revokes the old one, ``auto`` does both,
+    waiting at most ``grace`` seconds for the old sessions to end. A service with an
+    open rotation goes on with it. With ``all_tenants``, every tenant using
+    ``product``, ``concurrency`` at once; one failure stops no other."""
+    from tenant_infra.operations.rotate import (
+        DEFAULT_DRAIN_SECONDS,
+        Rotator,
+        preview,
+        result_of,
+        rotate_fleet,
+    )
+
+    if phase not in ("begin", "finish", "auto"):
+        raise InvalidInput(f"unknown rotation phase {phase!r} (begin, finish or auto)")
+    if concurrency < 1:
+        raise InvalidInput("--concurrency must be at least 1")
+    if grace < 0 or (drain is not None and drain < 0):
+        raise InvalidInput("--auto and --drain take a number of seconds, at least 0")
+    chosen_stores = _credential_stores(stores)
+    workspace = _workspace(root)
+    targets: list[tuple[str, str]] = []
+    for tenant in _fleet(tenants, all_tenants, workspace):
+        try:
+            services = [s.product for s in lifecycle.known_config(workspace, tenant).services]
+        except InvalidInput:
+            if not all_tenants:
+                raise
+            targets.append((tenant, product or "?"))  # fails alone, with its reason
+            continue
+        if product is None:
+            if len(services) != 1:
+                raise InvalidInput(
+                    f"tenant {tenant!r} has {len(services)} services: name one with --service"
+                )
+            targets.append((tenant, services[0]))
+        elif product in services:
+            targets.append((tenant, product))
+        elif not all_tenants:
+            raise InvalidInput(f"tenant {tenant!r} has no service {product!r}")
+    if all_tenants and product is None:
+        raise InvalidInput("--all rotates one product's services: name it with --service")
+    if not targets:
+        raise InvalidInput(f"no tenant has a service {product!r}")
+    stacks = _backend(workspace, backend)
+    store, environ = registry(workspace, stacks), _operator_environ(stacks) or os.environ
+    gate = _verifier(workspace, verify, stacks)
+
+    def make(tenant: str, service: str) -> Callable[[], Rotator]:
+        return lambda: Rotator(
+            tenant,
+            validate_product(service),
+            stacks,
+            workspace,
+            store,
+            environ,
+            stores=chosen_stores,
+            phase=phase,
+            grace=grace,
+            drain=DEFAULT_DRAIN_SECONDS if drain is None else drain,
+            progress=progress,
+            verify=gate,
+        )
+
+    if dry_run:
+        return [preview(make(t, p)()) for t, p in targets]
+    jobs = [(t, make(t, p)) for t, p in targets]
+    if len(jobs) == 1 and not all_tenants:
+        tenant, job = jobs[0]
+        rotator = job()
+        return [result_of(tenant, rotator.product, rotator.run(step_progress or _no_steps))]
+    return rotate_fleet(jobs, concurrency, step_progress or _no_steps)
+
+
+def _credential_stores(stores: Sequence[str]) -> tuple[CredentialStore, ...]:
+    """``--store`` values (``all``, or none, is every store)."""
+    if not stores or "all" in stores:
+        return CREDENTIAL_STORES
+    unknown = [s for s in stores if s not in CREDENTIAL_STORES]
+    if unknown:
+        raise InvalidInput(
+            f"unknown store {unknown[0]!r} (known: {', '.join(CREDENTIAL_STORES)}, all)"
+        )
+    return tuple(s for s in CREDENTIAL_STORES if s in stores)
 
 
 #: Where sets go without ``--to``: ``$TENANT_INFRA_BACKUP_DIR``, else ``backups/``.

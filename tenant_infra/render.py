@@ -21,6 +21,7 @@ from tenant_infra.lifecycle import (
 from tenant_infra.operations.backup import BackupResult
 from tenant_infra.operations.promote import PromotionPlan
 from tenant_infra.operations.restore import RestorePlan
+from tenant_infra.operations.rotate import RotationPlan, RotationResult
 from tenant_infra.plan import Plan, PlannedResource
 
 #: Inputs worth a column in the human plan, by how often they identify a resource.
@@ -125,6 +126,30 @@ def backup_report(results: Sequence[BackupResult], console: Console) -> None:
             console.print(escape(f"{r.tenant}/{r.product}: {store} skipped: {why}"))
         if r.warning:
             console.print(escape(f"{r.tenant}/{r.product}: {r.warning}"))
+
+
+def rotation_plan(plans: Sequence[RotationPlan], console: Console) -> None:
+    """A rotation's preview: the logins each phase adds and removes."""
+    for plan in plans:
+        console.print(f"rotate {plan.tenant}/{plan.product}: {', '.join(plan.stores)}")
+        for phase, changes in (("begin", plan.begin), ("finish", plan.finish)):
+            console.print(f"  {phase}:" + ("" if changes else " (begun already)"))
+            for verb, sign in (("added", "+"), ("removed", "-")):
+                for name in changes.get(verb, []):
+                    console.print(escape(f"    {sign} {name}"))
+
+
+def rotation_report(results: Sequence[RotationResult], console: Console) -> None:
+    """One line per service rotated: finished, begun (waiting), or why it failed."""
+    table = Table("tenant", "service", "status", "sessions forced off, or error", box=None)
+    for r in results:
+        shown = (
+            r.error
+            if r.status == "failed"
+            else ", ".join(f"{k} {v}" for k, v in sorted(r.forced.items())) or "-"
+        )
+        table.add_row(r.tenant, r.product, r.status, escape(str(shown)))
+    console.print(table)
 
 
 def restore_plan(plan: RestorePlan, console: Console) -> None:

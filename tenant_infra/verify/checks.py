@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from tenant_infra.catalog import IsolationMode, Limits, load_catalog
-from tenant_infra.tenant import tenant_from_database, tenant_from_schema
+from tenant_infra.tenant import TenantNames, tenant_from_database, tenant_from_schema
 from tenant_infra.verify.connections import ConnectionsDocument
 
 #: Cap on the *real* cross-tenant attempts per kind (connections, schemas). The
@@ -227,21 +227,33 @@ class PgVerifier:
         )
 
     def role_attributes(self, conn: psycopg.Connection[Any]) -> CheckResult:
-        row = conn.execute(
-            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls"
-            " FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        assert row is not None
+        """Plain roles: the login (``session_user``) and the role it acts as
+        (``current_user``, the owner in the two-login model) hold no attribute, and no
+        membership but the login's in that owner."""
+        found: list[str] = []
+        member_of: list[str] = []
         labels = ("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS")
-        found = [label for label, on in zip(labels, row, strict=True) if on]
-        member_of = [
-            r[0]
-            for r in conn.execute(
-                "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
-                " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
-                " ORDER BY 1"
-            )
-        ]
+        users = conn.execute("SELECT session_user, current_user").fetchone()
+        assert users is not None
+        login, owner = str(users[0]), str(users[1])
+        for who in ("session_user", "current_user"):
+            row = conn.execute(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls"
+                f" FROM pg_roles WHERE rolname = {who}"
+            ).fetchone()
+            assert row is not None
+            found += [label for label, on in zip(labels, row, strict=True) if on]
+            member_of += [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+                    f" WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = {who})"
+                    " ORDER BY 1"
+                )
+                # The login's one membership: the owner it acts as.
+                if not (who == "session_user" and login != owner and r[0] == owner)
+            ]
+        found, member_of = list(dict.fromkeys(found)), list(dict.fromkeys(member_of))
         if found or member_of:
             parts = []
             if found:
@@ -252,7 +264,7 @@ class PgVerifier:
         return passed(
             PG_CHECKS[2],
             "plain LOGIN role: no superuser, createrole, createdb, "
-            "replication, bypassrls or memberships",
+            "replication, bypassrls or memberships but its owner's",
         )
 
     def cannot_create_in_public(self, conn: psycopg.Connection[Any]) -> CheckResult:
@@ -440,8 +452,14 @@ class PgVerifier:
         """No role but the tenant's own (superusers and the database owner aside) holds
         a privilege on, owns, or can act as, anything of the tenant's."""
         dedicated = self.doc.isolation is IsolationMode.DATABASE
+        names = TenantNames(self.doc.tenant).service(self.doc.product)
         rows = conn.execute(
-            _FOREIGN_PRIVILEGES, {"schema": self.pg.schema_name, "dedicated": dedicated}
+            _FOREIGN_PRIVILEGES,
+            {
+                "schema": self.pg.schema_name,
+                "dedicated": dedicated,
+                "own": sorted(names.pg_logins()),
+            },
         ).fetchall()
         findings = [f"{who} has {what} on {where}" for where, who, what in rows]
         if findings:
@@ -459,7 +477,7 @@ class PgVerifier:
             "SELECT r.rolconnlimit, current_setting('statement_timeout'),"
             " current_setting('idle_in_transaction_session_timeout'), d.datconnlimit"
             " FROM pg_roles r, pg_database d"
-            " WHERE r.rolname = current_user AND d.datname = current_database()"
+            " WHERE r.rolname = session_user AND d.datname = current_database()"
         ).fetchone()
         assert row is not None
         role_limit, db_limit = int(row[0]), int(row[3])
@@ -510,9 +528,11 @@ class PgVerifier:
         rows = conn.execute(
             "SELECT coalesce(d.datname, '*'), unnest(s.setconfig)"
             " FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase"
-            " WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+            " WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = session_user)"
             " ORDER BY 1, 2"
         ).fetchall()
+        acting = conn.execute("SELECT session_user <> current_user, current_user").fetchone()
+        assert acting is not None
         found: dict[str, str] = {}
         extra = []
         for database, entry in rows:
@@ -528,11 +548,16 @@ class PgVerifier:
                 self.expected.pg_idle_in_transaction_timeout_ms
             )
         allowed = {"search_path", "statement_timeout", "idle_in_transaction_session_timeout"}
+        if acting[0]:  # a login acting as its owner from its first statement
+            allowed.add("role")
+            want["role"] = str(acting[1])
         problems = extra + [f"{key} is set" for key in sorted(set(found) - allowed)]
         for key, value in want.items():
             have = found.get(key)
             if key == "search_path" and have is not None:
                 have = ", ".join(p.strip().strip('"') for p in have.split(","))
+            elif key == "role" and have is not None:
+                have = have.strip('"')
             elif have is not None:  # a timeout: 30s and 30000 are one value
                 have = str(_milliseconds(have))
             if have is None and key != "search_path":
@@ -632,10 +657,11 @@ def _milliseconds(setting: str) -> int:
 #: grant to PUBLIC or a role is listed, and so is any grant on the tenant role's large
 #: objects (which live outside every schema).
 _FOREIGN_PRIVILEGES: Final = """
-WITH me AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
+WITH me AS (SELECT oid FROM pg_roles WHERE rolname IN (current_user, session_user)),
 ok AS (
     SELECT oid FROM pg_roles WHERE rolsuper
     UNION SELECT oid FROM me
+    UNION SELECT oid FROM pg_roles WHERE rolname = ANY(%(own)s)
     UNION SELECT datdba FROM pg_database WHERE datname = current_database()
 ),
 ns AS (SELECT oid, nspname, nspowner, nspacl FROM pg_namespace WHERE nspname = %(schema)s)
@@ -680,19 +706,19 @@ SELECT 'large object ' || l.oid,
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
        a.privilege_type
   FROM pg_largeobject_metadata l, aclexplode(l.lomacl) a
- WHERE l.lomowner = (SELECT oid FROM me) AND a.grantee NOT IN (SELECT oid FROM ok)
+ WHERE l.lomowner IN (SELECT oid FROM me) AND a.grantee NOT IN (SELECT oid FROM ok)
 UNION ALL
 SELECT 'default privileges for new objects in ' || coalesce(ns.nspname, 'any schema'),
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
        a.privilege_type
   FROM pg_default_acl d LEFT JOIN ns ON ns.oid = d.defaclnamespace, aclexplode(d.defaclacl) a
- WHERE (d.defaclnamespace = (SELECT oid FROM ns) OR d.defaclrole = (SELECT oid FROM me))
+ WHERE (d.defaclnamespace = (SELECT oid FROM ns) OR d.defaclrole IN (SELECT oid FROM me))
    AND a.grantee NOT IN (SELECT oid FROM ok)
    AND NOT (a.grantee = 0 AND d.defaclobjtype IN ('f', 'T'))
 UNION ALL
 SELECT 'role ' || current_user, pg_get_userbyid(m.member), 'MEMBERSHIP'
   FROM pg_auth_members m
- WHERE m.roleid = (SELECT oid FROM me) AND m.member NOT IN (SELECT oid FROM ok)
+ WHERE m.roleid IN (SELECT oid FROM me) AND m.member NOT IN (SELECT oid FROM ok)
 UNION ALL
 SELECT 'database ' || d.datname,
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,

@@ -602,7 +602,9 @@ class ReplayBackend:
         for key in set(values) | set(old["inputs"]) | set(old["secretInputs"]):
             if key == "__provider":
                 continue
-            if key in secret_keys:
+            if key in secret_keys or key in old["secretInputs"]:
+                # A secret set, changed or unset (a password removed: the provider
+                # sends '' and the server clears it).
                 new = self.vault.fingerprint(values[key]) if key in values else None
                 if new != old["secretInputs"].get(key):
                     changed.add(key)
