@@ -352,7 +352,7 @@ def test_dry_run_shows_each_phase_and_changes_nothing(world: World) -> None:
 def test_bad_requests_are_refused_before_anything_changes(world: World) -> None:
     tenant = onboarded(world, "bad")
     before = credentials(world, tenant)
-    with pytest.raises(InvalidInput, match="no rotation .* to finish"):
+    with pytest.raises(InvalidInput, match=r"no rotation .* to finish"):
         rotate(world, tenant, "finish")
     with pytest.raises(InvalidInput, match="unknown store 'redis'"):
         commands.rotate([tenant], product="ledger", stores=["redis"], **world.kwargs())
