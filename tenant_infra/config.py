@@ -266,7 +266,7 @@ class StoreLogins(_Model):
     ``legacy`` when the store's first rotation replaces its pre-rotation login.
     """
 
-    current: Slot = "a"
+    current: Slot
     previous: Slot | Literal["legacy"] | None = None
     revoked: StrictBool = False
 
@@ -308,7 +308,13 @@ class Credentials(_Model):
     def rotating(cls, product: str) -> Credentials:
         """How a service is registered now: each store it uses with alternating logins."""
         stores = load_catalog().product(product).stores
-        return cls(**{name: StoreLogins() for name, store in _STORE_OF.items() if store in stores})
+        return cls(
+            **{
+                name: StoreLogins(current="a")
+                for name, store in _STORE_OF.items()
+                if store in stores
+            }
+        )
 
     def of(self, store: CredentialStore) -> StoreLogins | None:
         return cast(StoreLogins | None, getattr(self, store))

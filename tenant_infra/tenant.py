@@ -319,6 +319,15 @@ def tenant_from_database(product: str, database: str) -> str | None:
     return _valid_or_none(database.removeprefix(prefix).replace("_", "-"))
 
 
+#: What follows a principal in an owner's name (``__g<n>``) or a login's (``__<n><slot>``).
+_ROLE_SUFFIX: Final = re.compile(r"__(?:g[0-9]|[0-9][ab])\Z")
+
+
+def tenant_from_role(product: str, role: str) -> str | None:
+    """The tenant whose service of ``product`` a PostgreSQL role (owner or login) is."""
+    return tenant_from_database(product, _ROLE_SUFFIX.sub("", role))
+
+
 def _valid_or_none(tenant: str) -> str | None:
     try:
         return validate_tenant_id(tenant)

@@ -160,7 +160,15 @@ def test_onboard_moves_services_to_ready_through_migrating(
     assert seen == [("ledger", "provisioning"), ("ledger", "migrating"), ("ledger", "ready")]
     assert result.service("ledger").revision == "0003"
     written = yaml.safe_load((root / "stacks" / "Pulumi.newco.yaml").read_text())["config"]
-    assert written["tenant-infra:services"] == [{"product": "ledger", "isolation": "SCHEMA"}]
+    # A service registered now has two alternating logins per store, slot a current.
+    a = {"current": "a"}
+    assert written["tenant-infra:services"] == [
+        {
+            "product": "ledger",
+            "isolation": "SCHEMA",
+            "credentials": {"postgres": a, "rabbitmq": a, "mongodb": a},
+        }
+    ]
     assert stacks.tags("newco")["tenant-infra:state:ledger"] == "ready"
     status = commands.status("newco", backend=stacks, root=root)
     assert (

@@ -26,7 +26,12 @@ import psycopg
 from psycopg import sql
 
 from tenant_infra.catalog import IsolationMode, Limits, load_catalog
-from tenant_infra.tenant import TenantNames, tenant_from_database, tenant_from_schema
+from tenant_infra.tenant import (
+    TenantNames,
+    tenant_from_database,
+    tenant_from_role,
+    tenant_from_schema,
+)
 from tenant_infra.verify.connections import ConnectionsDocument
 
 #: Cap on the *real* cross-tenant attempts per kind (connections, schemas). The
@@ -290,8 +295,11 @@ class PgVerifier:
         others = [
             (r[0], r[1], r[2], r[3])
             for r in conn.execute(
-                "SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'),"
-                " has_schema_privilege(n.oid, 'CREATE'),"
+                # As the owner the session acts as, or as its login after SET ROLE NONE.
+                "SELECT n.nspname, has_schema_privilege(current_user, n.oid, 'USAGE')"
+                " OR has_schema_privilege(session_user, n.oid, 'USAGE'),"
+                " has_schema_privilege(current_user, n.oid, 'CREATE')"
+                " OR has_schema_privilege(session_user, n.oid, 'CREATE'),"
                 " (SELECT count(*) FROM information_schema.tables t"
                 "   WHERE t.table_schema = n.nspname)"
                 " FROM pg_namespace n WHERE n.nspname LIKE 'tenant\\_%%' AND n.nspname <> %s"
@@ -369,7 +377,8 @@ class PgVerifier:
             r[0]
             for r in conn.execute(
                 "SELECT datname FROM pg_database WHERE datname = ANY(%s)"
-                " AND has_database_privilege(oid, 'CONNECT')",
+                " AND (has_database_privilege(current_user, oid, 'CONNECT')"
+                " OR has_database_privilege(session_user, oid, 'CONNECT'))",
                 ([t[0] for t in targets],),
             )
         }
@@ -411,7 +420,8 @@ class PgVerifier:
                 "SELECT d.datname, count(*) FROM pg_shdepend s"
                 " JOIN pg_database d ON d.oid = s.dbid"
                 " WHERE s.refclassid = 'pg_authid'::regclass"
-                " AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+                " AND s.refobjid IN (SELECT oid FROM pg_roles"
+                "   WHERE rolname IN (current_user, session_user))"
                 " AND d.datname <> current_database() GROUP BY 1 ORDER BY 1"
             )
         ]
@@ -618,7 +628,7 @@ class PgVerifier:
             for role, limit in conn.execute(
                 "SELECT rolname, rolconnlimit FROM pg_roles WHERE rolcanlogin ORDER BY 1"
             )
-            if any(tenant_from_database(p, role) is not None for p in products)
+            if any(tenant_from_role(p, role) is not None for p in products)
         ]
         unlimited = [role for role, limit in tenants if limit < 0]
         used = sum(limit for _, limit in tenants if limit > 0)

@@ -28,7 +28,7 @@ def connect_postgres(pg: dict[str, object], schema_mode: bool) -> list[tuple[obj
         conn.execute("CREATE TABLE IF NOT EXISTS api_probe (n int)")
         conn.execute("INSERT INTO api_probe VALUES (1)")
         return conn.execute(
-            "SELECT current_schema(), current_user, count(*) FROM api_probe GROUP BY 1, 2"
+            "SELECT current_schema(), session_user, count(*) FROM api_probe GROUP BY 1, 2"
         ).fetchall()
 
 
@@ -85,7 +85,7 @@ def test_a_uuid_tenant_is_one_tenant_in_every_spelling(served: Served) -> None:
         assert response.status_code == 200, (spelling, response.text)
         body = decode_connections(response.json())
         assert (body["id"], body["tenantSlug"]) == (dashless, tenant)
-        assert body["databases"]["tracer"]["postgresql"]["username"] == f"tracer_{tenant.replace('-', '_')}"
+        assert body["databases"]["tracer"]["postgresql"]["username"] == f"tracer_{tenant.replace('-', '_')}__0a"
     active = decode_active(served.get("/v1/tenants/active?service=tracer", key).json())
     assert {"id": dashless, "name": tenant, "status": "active"} in active
     with pytest.raises(Exception, match="spelled otherwise"):

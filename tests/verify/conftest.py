@@ -118,6 +118,7 @@ def apply_role(r: PlannedResource, password: str) -> None:
             "idleInTransactionSessionTimeout",
             "searchPaths",
             "roles",
+            "assumeRole",
             "skipDropRole",
             "skipReassignOwned",
         },
@@ -136,7 +137,7 @@ def apply_role(r: PlannedResource, password: str) -> None:
         sql.SQL("CREATE ROLE {} {} PASSWORD {} CONNECTION LIMIT {}").format(
             role,
             sql.SQL(" ").join(sql.SQL(on if value else off) for on, off, value in flags),
-            sql.Literal(password),
+            sql.Literal(password if "password" in i else None),
             sql.Literal(int(i.get("connectionLimit", -1))),
         )
     )
@@ -160,6 +161,8 @@ def apply_role(r: PlannedResource, password: str) -> None:
         )
     for member_of in i.get("roles") or []:
         admin_sql(sql.SQL("GRANT {} TO {}").format(ident(member_of), role))
+    if i.get("assumeRole"):
+        admin_sql(sql.SQL("ALTER ROLE {} SET ROLE TO {}").format(role, ident(i["assumeRole"])))
 
 
 def apply_database(r: PlannedResource) -> None:
@@ -401,7 +404,11 @@ class Provisioner:
             ):
                 raise AssertionError(f"fixture does not know resource type {r.type}")
         for kind in PG_ORDER:
-            for r in (r for r in applied if r.type == PG + kind):
+            # An owner before the logins that are its members.
+            of_kind = sorted(
+                (r for r in applied if r.type == PG + kind), key=lambda r: bool(r.inputs.get("roles"))
+            )
+            for r in of_kind:
                 self._apply_pg(r, passwords)
         unknown_pg = {r.type for r in applied if r.type.startswith(PG)} - {PG + k for k in PG_ORDER}
         assert not unknown_pg, f"fixture does not know {sorted(unknown_pg)}"
@@ -453,7 +460,8 @@ class Provisioner:
         tenant: str, product: str, isolation: str, plan: Plan, passwords: dict[str, str]
     ) -> dict[str, Any]:
         """The connections document, from the plan's resources and the fixture's passwords."""
-        (role,) = plan.of_type(PG + "role:Role")
+        # The login the document names: the one role that logs in (the owner never does).
+        (role,) = [r for r in plan.of_type(PG + "role:Role") if r.inputs.get("login")]
         (schema,) = plan.of_type(PG + "schema:Schema")
         (user,) = plan.of_type(RMQ + "user:User")
         (permission,) = plan.of_type(RMQ + "permissions:Permissions")

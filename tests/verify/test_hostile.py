@@ -14,9 +14,16 @@ from tests.verify.test_broken import failing
 
 
 def as_tenant(tenant, *statements: str | sql.Composable) -> None:
+    """The tenant's own session. Its login acts as the owner from the first statement;
+    to change its own settings it first drops back to itself (``SET ROLE NONE``), as
+    any tenant may."""
     with psycopg.connect(**tenant.pg(), autocommit=True) as conn:
         for statement in statements:
+            text = statement if isinstance(statement, str) else statement.as_string(conn)
+            if text.startswith("ALTER ROLE"):
+                conn.execute("SET ROLE NONE")
             conn.execute(statement)
+            conn.execute("RESET ROLE")
 
 
 def test_catalog_look_alikes_and_a_shadowing_search_path_fool_nothing(provision, admin) -> None:
@@ -184,8 +191,9 @@ def test_what_a_tenant_leaves_outside_its_database_is_seen(provision, admin) -> 
     found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
     assert "outside its database: postgres (1), template1 (1)" in found["pg.maintenance_database"]
     assert "client_encoding is set" in found["pg.role_settings"]  # and verify still ran
+    owner = tenant.role.split("__")[0]  # what the login made as the owner it acts as
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="template1", autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(tenant.role)))
+        conn.execute(sql.SQL("DROP OWNED BY {}, {}").format(sql.Identifier(tenant.role), sql.Identifier(owner)))
 
 
 def test_column_grants_are_seen(provision, admin) -> None:
