@@ -59,6 +59,7 @@ def test_a_tier_change_updates_limits_in_place_and_keeps_the_data(world: World, 
     world.onboard(tenant, f"ledger:{mode}")
     write_rows(world, tenant, "ledger")
     role = world.backend.document(tenant, "ledger")["postgresql"]["user"]
+    database = world.backend.document(tenant, "ledger")["postgresql"]["database"]
     oid_before = admin_sql("SELECT oid FROM pg_roles WHERE rolname = %s", params=(role,))
     workspace = Workspace(world.root)
     config = workspace.read_config(tenant)
@@ -72,7 +73,7 @@ def test_a_tier_change_updates_limits_in_place_and_keeps_the_data(world: World, 
     config_rows = admin_sql("SELECT rolconfig FROM pg_roles WHERE rolname = %s", params=(role,))
     assert "statement_timeout=60000" in config_rows[0][0]
     if mode == "DATABASE":
-        assert admin_sql("SELECT datconnlimit FROM pg_database WHERE datname = %s", params=(role,)) == [(100,)]
+        assert admin_sql("SELECT datconnlimit FROM pg_database WHERE datname = %s", params=(database,)) == [(100,)]
     limits = management(f"vhost-limits/{tenant}").json()[0]["value"]
     assert limits == {"max-connections": 500, "max-queues": 1000}
     policy = management(f"operator-policies/{tenant}/tenant-queue-limits").json()
