@@ -60,7 +60,8 @@ def assert_promoted(world: World, tenant: str, before: dict[str, Checksum], old:
     key = tenant.replace("-", "_")
     assert doc["isolation"] == "DATABASE" and doc["tenant"] == tenant
     assert doc["postgresql"]["database"] == f"ledger_{key}"
-    assert doc["postgresql"]["user"] == f"ledger_{key}__g1" != old["postgresql"]["user"]
+    # The dedicated store's own login (its owner is ledger_<key>__g1).
+    assert doc["postgresql"]["user"] == f"ledger_{key}__1a" != old["postgresql"]["user"]
     assert doc["postgresql"]["password"] != old["postgresql"]["password"]
     assert service_sums(world, tenant, "ledger") == before
     assert login_refused(_params(old))
@@ -103,7 +104,7 @@ def test_promotion_moves_the_data_renews_credentials_and_leaves_neighbours_alone
         key = tenant.replace("-", "_")
         # The source waits aside, unreachable, identical.
         assert sums("ledger", f"retired_tenant_{key}") == before
-        assert admin_sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", params=(f"ledger_{key}",)) == [(False,)]
+        assert admin_sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", params=(f"ledger_{key}__0a",)) == [(False,)]
 
         received = [e for e in events.received() if e["tenant_id"] == tenant]
         types = [e["event_type"] for e in received]
@@ -112,7 +113,7 @@ def test_promotion_moves_the_data_renews_credentials_and_leaves_neighbours_alone
             "SELECT isolation, connection FROM registry.services WHERE tenant_id = %s", (tenant,)
         )[0]
         assert row["isolation"] == "DATABASE"
-        assert row["connection"]["postgresql"]["username"] == f"ledger_{key}__g1"
+        assert row["connection"]["postgresql"]["username"] == f"ledger_{key}__1a"
         history = [h["reason"] for h in world.plane.rows(
             "SELECT reason FROM registry.history WHERE tenant_id = %s AND operation = 'promote' ORDER BY id", (tenant,))]
         assert "promote step move done" in history and "promote step repoint done" in history
@@ -120,6 +121,7 @@ def test_promotion_moves_the_data_renews_credentials_and_leaves_neighbours_alone
         # Retirement: dropped when asked, and then nothing of the SCHEMA store is left.
         done = promote(world, tenant, resume=True, drop_source=True)
         assert done.ran == ["retire"] and done.operation.state == "done"
+        assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname LIKE %s", params=(f"ledger\\_{key}\\_\\_0%",)) == []
         assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(f"ledger_{key}",)) == []
         assert admin_sql("SELECT 1 FROM pg_namespace WHERE nspname LIKE %s", "ledger", (f"%tenant_{key}",)) == []
         assert spec(world, tenant).promotion is None and spec(world, tenant).generation == 1
@@ -171,7 +173,7 @@ def test_a_planted_difference_aborts_and_nothing_is_lost(world: World) -> None:
         conn.execute("UPDATE balances SET version = version + 1")
         conn.commit()
     assert admin_sql("SELECT 1 FROM pg_database WHERE datname = %s", params=(f"ledger_{key}",)) == []
-    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(f"ledger_{key}__g1",)) == []
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = ANY(%s)", params=([f"ledger_{key}__g1", f"ledger_{key}__1a"],)) == []
     assert spec(world, tenant).promotion is None
     last = Operations(world.registry()).last(tenant, "ledger", "promote")
     assert last is not None and last.state == "aborted"
@@ -218,7 +220,7 @@ def test_killed_anywhere_it_resumes_and_converges(world: World, point: str) -> N
     _killed_at(world, tenant, point)
     if point in ("provision", "copy"):
         # Not sealed yet: the killed freeze let go, and writes go on (its login too).
-        assert admin_sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", params=(f"ledger_{key}",)) == [(True,)]
+        assert admin_sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", params=(f"ledger_{key}__0a",)) == [(True,)]
         admin_sql(f"UPDATE tenant_{key}.balances SET version = version + 7", "ledger")
         before = sums("ledger", f"tenant_{key}")
     with pytest.raises(InvalidInput, match="--resume"):
