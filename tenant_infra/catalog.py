@@ -12,7 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tenant_infra.errors import InvalidInput
 from tenant_infra.project import project_root
@@ -79,6 +87,21 @@ class Limits(BaseModel):
     broker_queue_max_length: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
     #: Bytes per queue: a count cap alone lets large messages fill broker memory or disk.
     broker_queue_max_bytes: Annotated[StrictInt, Field(ge=1, le=1 << 50)]
+    #: Life of a Vault token the service's auth role issues, in seconds: the token must
+    #: be renewed (or the instance log in again) within it. At least a minute, at most
+    #: 32 days (Vault's default ``max_lease_ttl``, which caps every token anyway).
+    vault_token_ttl_s: Annotated[StrictInt, Field(ge=60, le=2_764_800)]
+    #: No renewal takes such a token past this, in seconds: then the instance logs in again.
+    vault_token_max_ttl_s: Annotated[StrictInt, Field(ge=60, le=2_764_800)]
+
+    @model_validator(mode="after")
+    def _token_ttls(self) -> Limits:
+        if self.vault_token_ttl_s > self.vault_token_max_ttl_s:
+            raise ValueError(
+                f"vault_token_ttl_s ({self.vault_token_ttl_s}) is longer than "
+                f"vault_token_max_ttl_s ({self.vault_token_max_ttl_s})"
+            )
+        return self
 
 
 class Catalog(BaseModel):

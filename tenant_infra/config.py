@@ -33,6 +33,8 @@ from tenant_infra.catalog import IsolationMode, Limits, Store, load_catalog
 from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import (
     MAX_GENERATION,
+    PRODUCT_MAX,
+    TENANT_ID_MAX,
     ServiceNames,
     TenantNames,
     validate_product,
@@ -128,11 +130,133 @@ class RabbitmqEndpoint(_Model):
     reserved_connections: Annotated[StrictInt, Field(ge=0)] = 10
 
 
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR block (address/prefix)") from None
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+#: A Vault mount path of the platform's (one segment).
+VaultMount = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+#: A SecretID may stay valid at most 32 days (Vault's default ``max_lease_ttl``).
+_SECRET_ID_TTL_MAX: Final = 2_764_800
+
+
+class AppRoleAuth(_Model):
+    """AppRole (the default): each service's role on the platform's ``approle`` mount.
+
+    The stack declares the role only; its RoleID (an identifier, not a credential) is
+    a stack output. SecretIDs are credentials and never pass through a stack: the
+    deployment pipeline issues one per product instance, response-wrapped (README, "How
+    a product instance logs in to Vault").
+    """
+
+    method: Literal["approle"]
+    #: Where the platform program mounts the auth method (once per Vault).
+    mount: VaultMount = "approle"
+    #: How long a SecretID stays valid, in seconds (30 days by default; 0 is refused: a
+    #: SecretID that never expires outlives every rotation).
+    secret_id_ttl: Annotated[StrictInt, Field(ge=60, le=_SECRET_ID_TTL_MAX)] = 2_592_000
+    #: Logins one SecretID allows (0: any number within its TTL, so an instance can log
+    #: in again when its token reaches its max TTL).
+    secret_id_num_uses: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 0
+    #: Where a SecretID may be used from, and a token it got (empty: anywhere).
+    secret_id_bound_cidrs: tuple[Cidr, ...] = ()
+    token_bound_cidrs: tuple[Cidr, ...] = ()
+
+
+#: ``{tenant}`` and ``{product}`` in a Kubernetes name are replaced by the service's.
+_K8S_PLACEHOLDERS: Final = {"{tenant}": "t" * TENANT_ID_MAX, "{product}": "p" * PRODUCT_MAX}
+
+
+def _k8s_name(limit: int, grammar: str, what: str) -> Any:
+    def check(value: str) -> str:
+        widest = value
+        for placeholder, longest in _K8S_PLACEHOLDERS.items():
+            widest = widest.replace(placeholder, longest)
+        if "{" in widest or "}" in widest:
+            raise ValueError(f"{what} {value!r}: only {{tenant}} and {{product}} are replaced")
+        if not re.fullmatch(grammar, widest):
+            raise ValueError(f"{what} {value!r} is not a Kubernetes name (a-z, 0-9, '-')")
+        if len(widest) > limit:
+            raise ValueError(
+                f"{what} {value!r} may be longer than {limit} characters (with a "
+                f"{TENANT_ID_MAX}-character tenant id)"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+K8sNamespace = Annotated[
+    str, _k8s_name(63, r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?", "namespace")  # DNS-1123 label
+]
+K8sServiceAccount = Annotated[
+    str, _k8s_name(253, r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?", "service account")  # subdomain
+]
+
+
+class KubernetesBinding(_Model):
+    """The one service account, in one namespace, whose pods may log in as a service."""
+
+    namespace: K8sNamespace
+    service_account: K8sServiceAccount
+
+    def render(self, names: ServiceNames) -> tuple[str, str]:
+        """``(namespace, service account)`` for one service."""
+
+        def fill(template: str) -> str:
+            return template.replace("{tenant}", names.tenant).replace("{product}", names.product)
+
+        return fill(self.namespace), fill(self.service_account)
+
+
+class KubernetesAuth(_Model):
+    """Kubernetes auth: each service's role admits one service account of one namespace.
+
+    ``service_accounts`` maps a product (or ``default``) to its binding. Without
+    ``{tenant}`` in it, every tenant's role of that product admits the same pods (the
+    product's instances then serve every tenant, and may read every tenant's secret of
+    that product); with it, a tenant's own instances only.
+    """
+
+    method: Literal["kubernetes"]
+    mount: VaultMount = "kubernetes"
+    service_accounts: dict[str, KubernetesBinding] = Field(min_length=1)
+    #: The ``aud`` claim a service account token must carry (Vault checks it if set).
+    audience: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,253}$")] | None = None
+    token_bound_cidrs: tuple[Cidr, ...] = ()
+
+    @field_validator("service_accounts")
+    @classmethod
+    def _products(cls, value: dict[str, KubernetesBinding]) -> dict[str, KubernetesBinding]:
+        catalog = load_catalog()
+        for key in value:
+            if key != "default":
+                catalog.product(validate_product(key))
+        return value
+
+    def binding_for(self, product: str) -> KubernetesBinding:
+        binding = self.service_accounts.get(product) or self.service_accounts.get("default")
+        if binding is None:
+            raise InvalidInput(
+                f"platform.vault.auth.serviceAccounts has no entry for product {product!r}"
+            )
+        return binding
+
+
+VaultAuth = Annotated[AppRoleAuth | KubernetesAuth, Field(discriminator="method")]
+
+
 class VaultEndpoint(_Model):
     address: HttpUrl
-    kv_mount: str = Field("secret", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    kv_mount: VaultMount = "secret"
     #: Use the token as given: a child token would expire (20 min) mid-way through long runs.
     skip_child_token: bool = True
+    #: How a product instance logs in to get a token holding only its service's policy.
+    auth: VaultAuth = Field(default_factory=lambda: AppRoleAuth(method="approle"))
 
     @field_validator("address", mode="before")
     @classmethod
@@ -431,6 +555,8 @@ class TenantConfig(_Model):
                 raise ValueError(f"product {spec.product!r} needs platform.rabbitmq")
             if product.needs(Store.MONGODB) and self.platform.mongodb is None:
                 raise ValueError(f"product {spec.product!r} needs platform.mongodb")
+            if isinstance(self.platform.vault.auth, KubernetesAuth):
+                self.platform.vault.auth.binding_for(spec.product)
         self.effective_limits()
         return self
 

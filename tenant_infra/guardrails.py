@@ -34,6 +34,9 @@ OPERATOR_POLICY: Final = "rabbitmq:index/operatorPolicy:OperatorPolicy"
 BROKER_POLICY: Final = "rabbitmq:index/policy:Policy"
 VAULT_SECRET: Final = "vault:kv/secretV2:SecretV2"
 VAULT_POLICY: Final = "vault:index/policy:Policy"
+APPROLE_ROLE: Final = "vault:appRole/authBackendRole:AuthBackendRole"
+KUBERNETES_ROLE: Final = "vault:kubernetes/authBackendRole:AuthBackendRole"
+VAULT_AUTH_ROLES: Final = frozenset({APPROLE_ROLE, KUBERNETES_ROLE})
 ATLAS_USER: Final = "mongodbatlas:index/databaseUser:DatabaseUser"
 MONGO_USER: Final = "pulumi-python:dynamic/tenant:MongoUser"
 
@@ -207,6 +210,13 @@ def tenant_prefixed_names(r: Resource, ctx: Context) -> list[str]:
 
 
 _VAULT_PATH: Final = re.compile(r"^[^/]+/(data|metadata)/tenants/([^/]+)/([a-z][a-z0-9]*)$")
+#: What a service's policy may grant its token on itself (it carries no ``default``
+#: policy): the same as ``tenant_infra.components.vault.TOKEN_SELF``.
+TOKEN_SELF: Final[Mapping[str, frozenset[str]]] = {
+    "auth/token/lookup-self": frozenset({"read"}),
+    "auth/token/renew-self": frozenset({"update"}),
+    "auth/token/revoke-self": frozenset({"update"}),
+}
 
 
 def vault_paths_own_tenant(r: Resource, ctx: Context) -> list[str]:
@@ -223,11 +233,45 @@ def vault_paths_own_tenant(r: Resource, ctx: Context) -> list[str]:
         if name not in {ctx.names.service(p).vault_policy for p in products}:
             problems.append(f"policy name {name!r} is not tenant-{ctx.tenant}-<product>")
         for path, caps in parse_policy(str(r.props.get("policy", ""))).items():
+            if path in TOKEN_SELF:
+                if caps - TOKEN_SELF[path]:
+                    problems.append(f"policy grants {sorted(caps - TOKEN_SELF[path])} on {path!r}")
+                continue
             match = _VAULT_PATH.match(path)
             if not match or match.group(2) != ctx.tenant or match.group(3) not in products:
                 problems.append(f"policy grants {sorted(caps)} on {path!r}")
             elif caps - {"read"}:
                 problems.append(f"policy grants {sorted(caps - {'read'})} on {path!r}")
+    return problems
+
+
+def vault_auth_role_own_policy(r: Resource, ctx: Context) -> list[str]:
+    """An auth role is one service's, named as its policy, and its tokens carry that
+    policy alone: no other service's, no ``default`` (the platform's to edit), and a
+    login needs a SecretID or the one bound service account."""
+    if r.type not in VAULT_AUTH_ROLES:
+        return []
+    p, problems = r.props, []
+    services = {ctx.names.service(x) for x in load_catalog().products}
+    role = p.get("roleName")
+    own = next((s for s in services if s.vault_auth_role == role), None)
+    if role is not UNKNOWN and own is None:
+        problems.append(f"role {role!r} is not tenant-{ctx.tenant}-<product>")
+    policies = p.get("tokenPolicies")
+    if policies is not UNKNOWN and (own is None or policies != [own.vault_policy]):
+        wanted = f"only [{own.vault_policy!r}]" if own else "its own service's policy only"
+        problems.append(f"tokens carry {policies!r}, not {wanted}")
+    if p.get("tokenNoDefaultPolicy") is not True:
+        problems.append("tokens would carry the default policy too (tokenNoDefaultPolicy)")
+    if r.type == APPROLE_ROLE and p.get("bindSecretId") is False:
+        problems.append("a login needs no SecretID (bindSecretId is false)")
+    if r.type == KUBERNETES_ROLE:
+        for key in ("boundServiceAccountNames", "boundServiceAccountNamespaces"):
+            value = p.get(key)
+            if value is UNKNOWN:
+                continue
+            if not isinstance(value, list) or len(value) != 1 or "*" in str(value[0]):
+                problems.append(f"{key} is {value!r}, not one name")
     return problems
 
 
@@ -291,12 +335,15 @@ def limits_present(r: Resource, _ctx: Context) -> list[str]:
         wanted = ("connectionLimit",)
     elif r.type == VHOST:
         wanted = ("maxConnections", "maxQueues")
+    elif r.type in VAULT_AUTH_ROLES:
+        wanted = ("tokenTtl", "tokenMaxTtl")
     problems = []
     for key in wanted:
         if r.props.get(key) is UNKNOWN:
             continue
         value = _limit(r.props.get(key))
-        if value is None or value < 0 or (key == "statementTimeout" and value == 0):
+        unbounded = key in ("statementTimeout", "tokenTtl", "tokenMaxTtl") and value == 0
+        if value is None or value < 0 or unbounded:
             problems.append(f"{key} is not set")
     return problems
 
@@ -304,6 +351,7 @@ def limits_present(r: Resource, _ctx: Context) -> list[str]:
 RESOURCE_RULES: Final[Mapping[str, ResourceRule]] = {
     "tenant-prefixed-names": tenant_prefixed_names,
     "vault-paths-own-tenant": vault_paths_own_tenant,
+    "vault-auth-role-own-policy": vault_auth_role_own_policy,
     "rabbitmq-permissions-own-vhost": rabbitmq_permissions_own_vhost,
     "no-privileged-principals": no_privileged_principals,
     "credentials-are-secret": credentials_are_secret,
@@ -344,12 +392,14 @@ STACK_RULES: Final[Mapping[str, StackRule]] = {
 DESCRIPTIONS: Final[Mapping[str, str]] = {
     "tenant-prefixed-names": "Logical and backend names belong to the stack's tenant.",
     "vault-paths-own-tenant": "Vault secrets and policy paths stay under tenants/<tenant>/.",
+    "vault-auth-role-own-policy": "A Vault auth role's tokens carry its own service's policy "
+    "only, no default policy, and a login is bound (SecretID, one service account).",
     "rabbitmq-permissions-own-vhost": "RabbitMQ permissions only on the tenant's vhost.",
     "no-privileged-principals": "No superuser/createrole/createdb/replication/bypassrls roles, "
     "memberships, tagged broker users or grants to PUBLIC.",
     "credentials-are-secret": "Credential inputs are Pulumi secrets.",
     "data-protected": "Databases, schemas and vhosts are protected.",
-    "limits-present": "Roles, dedicated databases and vhosts carry their limits.",
+    "limits-present": "Roles, dedicated databases, vhosts and Vault auth roles carry their limits.",
     "queue-limit-per-vhost": "Each vhost has a queue-length operator policy.",
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 
 from tenant_infra.components.platform import (
+    AuthMount,
     CredentialsMount,
     ProductDatabase,
     close_maintenance_databases,
@@ -112,6 +113,7 @@ def platform_program(credentials: PlatformCredentials | None = None) -> dict[str
             if endpoint.close_maintenance_databases:
                 close_maintenance_databases(providers, server)
         mount = CredentialsMount(config.platform.vault.kv_mount, providers, config.protect_data)
+        auth = AuthMount(config.platform.vault.auth, providers, config.protect_data)
         registry = (
             RegistryDatabase(config.registry, providers, config.protect_data)
             if config.registry is not None
@@ -119,7 +121,11 @@ def platform_program(credentials: PlatformCredentials | None = None) -> dict[str
         )
     except InvalidInput as exc:
         raise pulumi.RunError(str(exc)) from None
-    outputs: dict[str, Any] = {"sharedDatabases": databases, "kvMount": mount.path}
+    outputs: dict[str, Any] = {
+        "sharedDatabases": databases,
+        "kvMount": mount.path,
+        "vaultAuthMount": auth.path,
+    }
     if registry is not None:
         outputs["registryDatabase"] = registry.database
     for key, value in outputs.items():

@@ -283,6 +283,13 @@ class ServiceNames:
         return f"tenant-{self.tenant}-{self.product}"
 
     @property
+    def vault_auth_role(self) -> str:
+        """The service's role on the platform's Vault auth mount (AppRole or Kubernetes),
+        named as its policy, the only one its tokens carry. At most 64 characters, of
+        ``[a-z0-9-]``: within Vault's role-name grammar (``\\w[\\w.@-]*\\w``)."""
+        return f"tenant-{self.tenant}-{self.product}"
+
+    @property
     def resource_prefix(self) -> str:
         """Prefix of every Pulumi logical name of this service."""
         return f"{self.tenant}-{self.product}"

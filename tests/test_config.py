@@ -123,6 +123,70 @@ def test_malformed_endpoints_are_refused(changes: dict[str, Any], rule: str) -> 
     assert "hunter2" not in message
 
 
+K8S = {"namespace": "tenants", "serviceAccount": "{product}-{tenant}"}
+
+
+@pytest.mark.parametrize(
+    ("auth", "rule"),
+    [
+        ({"method": "ldap"}, "vault.auth"),
+        ({"mount": "approle"}, "vault.auth"),  # the method is named, never guessed
+        ({"method": "approle", "roleId": "fixed"}, "roleId: Extra inputs are not permitted"),
+        ({"method": "approle", "mount": "../sys"}, "vault.auth.approle.mount"),
+        ({"method": "approle", "secretIdTtl": 0}, "secretIdTtl"),
+        ({"method": "approle", "secretIdBoundCidrs": ["10.0.0.1/8"]}, "not a CIDR block"),
+        ({"method": "approle", "tokenBoundCidrs": ["everywhere"]}, "not a CIDR block"),
+        ({"method": "kubernetes"}, "serviceAccounts"),
+        ({"method": "kubernetes", "serviceAccounts": {}}, "serviceAccounts"),
+        (
+            {"method": "kubernetes", "serviceAccounts": {"ledger": K8S}},
+            "no entry for product 'tracer'",
+        ),
+        (
+            {"method": "kubernetes", "serviceAccounts": {"ledgr": K8S}},
+            "unknown product 'ledgr'",
+        ),
+        (
+            {"method": "kubernetes", "serviceAccounts": {"default": K8S | {"serviceAccount": "*"}}},
+            "not a Kubernetes name",
+        ),
+        (
+            {"method": "kubernetes", "serviceAccounts": {"default": K8S | {"namespace": "{team}"}}},
+            "only {tenant} and {product}",
+        ),
+        (
+            {
+                "method": "kubernetes",
+                "serviceAccounts": {"default": K8S | {"namespace": "tenant-{tenant}-{product}"}},
+            },
+            "longer than 63 characters",
+        ),
+        (
+            {"method": "kubernetes", "serviceAccounts": {"default": K8S | {"role": "x"}}},
+            "Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_bad_vault_auth_options_are_refused(auth: dict[str, Any], rule: str) -> None:
+    assert rule in refused(with_platform(vault__auth=auth))
+
+
+def test_vault_auth_is_approle_on_its_own_mount_unless_told() -> None:
+    auth = TenantConfig.from_pulumi_values(globex()).platform.vault.auth
+    assert (auth.method, auth.mount) == ("approle", "approle")
+    k8s = {"method": "kubernetes", "serviceAccounts": {"default": K8S}}
+    auth = TenantConfig.from_pulumi_values(with_platform(vault__auth=k8s)).platform.vault.auth
+    assert (auth.method, auth.mount) == ("kubernetes", "kubernetes")
+
+
+def test_token_ttls_longer_than_their_max_are_refused() -> None:
+    limits = {"vault_token_ttl_s": 7200, "vault_token_max_ttl_s": 3600}
+    assert "vault_token_ttl_s (7200) is longer than vault_token_max_ttl_s (3600)" in refused(
+        globex() | {"tenant-infra:limits": limits}
+    )
+    assert "vault_token_ttl_s" in refused(globex() | {"tenant-infra:limits": {"vault_token_ttl_s": 0}})
+
+
 def test_a_product_needing_a_missing_store_is_refused() -> None:
     values = globex()
     del values["tenant-infra:platform"]["rabbitmq"]

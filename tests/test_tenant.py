@@ -45,6 +45,7 @@ def all_names(tenant: str, product: str) -> dict[str, str]:
         "pg_database": svc.pg_dedicated_database,
         "vault_secret": svc.vault_secret,
         "vault_policy": svc.vault_policy,
+        "vault_auth_role": svc.vault_auth_role,
     }
 
 
@@ -62,6 +63,9 @@ def test_every_valid_id_maps_to_safe_names_in_every_backend(tenant: str, product
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", names["stack"])
     for segment in names["vault_secret"].split("/"):
         assert segment not in ("", ".", "..")
+    # Vault's role-name grammar (framework.GenericNameRegex), one path segment.
+    assert re.fullmatch(r"\w(?:[\w.@-]*\w)?", names["vault_auth_role"])
+    assert len(names["vault_auth_role"]) <= 64
 
 
 @given(valid_ids, valid_ids, st.sampled_from(PRODUCTS), st.sampled_from(PRODUCTS))
@@ -69,7 +73,7 @@ def test_distinct_services_never_share_a_name(t1: str, t2: str, p1: str, p2: str
     if (t1, p1) == (t2, p2):
         return
     a, b = all_names(t1, p1), all_names(t2, p2)
-    per_service = ("pg_role", "pg_database", "vault_secret", "vault_policy")
+    per_service = ("pg_role", "pg_database", "vault_secret", "vault_policy", "vault_auth_role")
     for key in per_service:
         assert a[key] != b[key], key
     if t1 != t2:

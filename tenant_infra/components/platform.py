@@ -6,6 +6,8 @@
 - On servers the platform controls (``closeMaintenanceDatabases``), PUBLIC's CONNECT
   on ``postgres`` and ``template1`` taken: tenant roles cannot leave objects there.
 - The Vault KV v2 mount holding every tenant service's credentials.
+- The Vault auth method product instances log in with (AppRole or Kubernetes), on
+  which every tenant stack declares its services' roles.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pulumi_vault as vault
 from tenant_infra.components import PACKAGE
 from tenant_infra.components.postgres import revoke_public
 from tenant_infra.components.providers import Providers
+from tenant_infra.config import AppRoleAuth, KubernetesAuth
 from tenant_infra.tenant import pg_shared_database
 
 
@@ -93,4 +96,37 @@ class CredentialsMount(pulumi.ComponentResource):
             ),
         )
         self.path = kv.path
+        self.register_outputs({"path": self.path})
+
+
+class AuthMount(pulumi.ComponentResource):
+    """The auth method every tenant service's role lives on, at ``auth.mount``.
+
+    Protected like the KV mount: disabling it deletes every tenant's roles with it. For
+    Kubernetes, the method's own configuration (the cluster's API address, its CA, and
+    how Vault reviews service account tokens: ``auth/<mount>/config``) belongs to whoever
+    runs the cluster, and is written there (README, "How a product instance logs in").
+    """
+
+    path: pulumi.Output[str]
+
+    def __init__(
+        self,
+        auth: AppRoleAuth | KubernetesAuth,
+        providers: Providers,
+        protect_data: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        name = "platform-vault-auth"
+        super().__init__(f"{PACKAGE}:platform:AuthMount", name, None, opts)
+        backend = vault.AuthBackend(
+            f"{name}-{auth.method}",
+            path=auth.mount,
+            type=auth.method,
+            description="tenant-infra: product instances log in as their tenant service",
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=providers.vault(), protect=protect_data
+            ),
+        )
+        self.path = backend.path
         self.register_outputs({"path": self.path})

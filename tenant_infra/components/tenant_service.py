@@ -216,8 +216,11 @@ class TenantService(pulumi.ComponentResource):
             pulumi.Output.from_input(document),
             providers.vault(),
             child,
+            auth=platform.vault.auth,
+            limits=args.limits,
+            suspended=args.suspended,
         )
-        info["vault"] = {"path": credentials.path, "policy": credentials.policy_name}
+        info["vault"] = credentials.info
         self.postgres = postgres
         self.info = pulumi.Output.from_input(info)
         self.register_outputs({"info": self.info})

@@ -1,7 +1,9 @@
 """Vault checks: the service's policy reads its own secret path and nothing else.
 
 They run when ``VAULT_ADDR`` and ``VAULT_TOKEN`` are set. The policy text is read
-and parsed (only ``<mount>/data|metadata/tenants/<tenant>/<product>``, read only),
+and parsed (only ``<mount>/data|metadata/tenants/<tenant>/<product>``, read only, and
+the token's hold on itself that stands in for the ``default`` policy: look itself up,
+renew and revoke itself),
 then enforced for real: a short-lived token holding only that policy reads its own
 secret and is refused another tenant's (or a canary path no tenant can own).
 """
@@ -12,7 +14,7 @@ from typing import Any, Final
 
 import requests
 
-from tenant_infra.guardrails import parse_policy
+from tenant_infra.guardrails import TOKEN_SELF, parse_policy
 from tenant_infra.tenant import TenantNames
 from tenant_infra.vaultclient import VaultAccess, session
 from tenant_infra.verify.checks import MAX_PROBES, CheckResult, failed, passed, skipped
@@ -26,15 +28,19 @@ VAULT_CHECKS: Final = ("vault.policy_reads_only_own_path", "vault.policy_enforce
 
 def policy_problems(hcl: str, mount: str, secret: str) -> list[str]:
     """What in the policy reaches beyond reading the service's own secret."""
-    allowed = {f"{mount}/data/{secret}", f"{mount}/metadata/{secret}"}
+    allowed = {
+        f"{mount}/data/{secret}": frozenset({"read"}),
+        f"{mount}/metadata/{secret}": frozenset({"read"}),
+        **TOKEN_SELF,
+    }
     rules = parse_policy(hcl)
     problems = [
         f"grants {sorted(caps)} on {path}" for path, caps in rules.items() if path not in allowed
     ]
     problems += [
-        f"grants {sorted(caps - {'read'})} on {path}"
+        f"grants {sorted(caps - allowed[path])} on {path}"
         for path, caps in rules.items()
-        if path in allowed and caps - {"read"}
+        if path in allowed and caps - allowed[path]
     ]
     if f"{mount}/data/{secret}" not in rules:
         problems.append(f"does not grant read on {mount}/data/{secret}")

@@ -45,6 +45,19 @@ def test_credentials_mount_is_kv_v2() -> None:
     )
 
 
+def test_the_auth_method_is_mounted_once_where_tenant_stacks_declare_their_roles() -> None:
+    (approle,) = dev_plan().of_type("vault:index/authBackend:AuthBackend")
+    assert (approle.inputs["path"], approle.inputs["type"]) == ("approle", "approle")
+    platform = read_stack_file(DEV)["tenant-infra:platform"]
+    platform["vault"]["auth"] = {
+        "method": "kubernetes",
+        "mount": "k8s-tenants",
+        "serviceAccounts": {"default": {"namespace": "{product}", "serviceAccount": "{tenant}"}},
+    }
+    (kubernetes,) = dev_plan(platform=platform).of_type("vault:index/authBackend:AuthBackend")
+    assert (kubernetes.inputs["path"], kubernetes.inputs["type"]) == ("k8s-tenants", "kubernetes")
+
+
 def test_protect_follows_config() -> None:
     assert not any(r.protect for r in dev_plan().resources)
     protected = {r.type for r in dev_plan(protectData=True).resources if r.protect}
@@ -52,6 +65,7 @@ def test_protect_follows_config() -> None:
         "postgresql:index/database:Database",
         "postgresql:index/schema:Schema",  # the registry's
         "vault:index/mount:Mount",
+        "vault:index/authBackend:AuthBackend",  # disabling it deletes every tenant's roles
     }
 
 

@@ -55,7 +55,17 @@ def reaches_only(tenant: str, resource: PlannedResource) -> None:
         for path in re.findall(r'path "([^"]+)"', inputs["policy"]):
             assert re.fullmatch(
                 rf"[^/]+/(data|metadata)/tenants/{re.escape(tenant)}/[a-z0-9]+", path
+            ) or path in (
+                "auth/token/lookup-self",
+                "auth/token/renew-self",
+                "auth/token/revoke-self",
             )
+    elif kind in (
+        "vault:appRole/authBackendRole:AuthBackendRole",
+        "vault:kubernetes/authBackendRole:AuthBackendRole",
+    ):
+        assert inputs["tokenPolicies"] == [inputs["roleName"]]
+        assert inputs["roleName"] in {names.service(p).vault_policy for p in products}
     elif kind == "mongodbatlas:index/databaseUser:DatabaseUser":
         assert {r["databaseName"] for r in inputs["roles"]} == {names.mongo_database}
     elif kind == "pulumi-python:dynamic/tenant:MongoUser":
@@ -119,5 +129,11 @@ def test_stack_outputs_hold_connection_info_but_no_secret(plan_for) -> None:
     )
     assert ledger["rabbitmq"]["vhost"] == "globex"
     assert ledger["vault"]["path"] == "tenants-kv/tenants/globex/ledger"
+    assert ledger["vault"]["auth"] == {
+        "method": "approle",
+        "mount": "approle",
+        "role": "tenant-globex-ledger",
+        "roleId": None,  # Vault's to generate: not known under mocks
+    }
     for store in ("postgresql", "rabbitmq", "mongodb"):
         assert "password" not in ledger[store]

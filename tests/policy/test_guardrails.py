@@ -13,7 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from tenant_infra import commands
+from tenant_infra.config import TenantConfig
 from tenant_infra.guardrails import (
+    KUBERNETES_ROLE,
     UNKNOWN,
     Context,
     Resource,
@@ -21,7 +23,7 @@ from tenant_infra.guardrails import (
     plain,
     stack_of,
 )
-from tenant_infra.plan import Plan, PlannedResource
+from tenant_infra.plan import Plan, PlannedResource, plan
 
 STACKS = ["acme", "globex", "dev"]
 
@@ -156,6 +158,66 @@ CASES = [
         "vault-paths-own-tenant",
         "policy name",
     ),
+    (
+        "policy:Policy",
+        with_inputs(policy='path "auth/token/create" { capabilities = ["update"] }'),
+        "vault-paths-own-tenant",
+        "auth/token/create",
+    ),
+    (
+        "policy:Policy",
+        with_inputs(policy='path "auth/token/renew-self" { capabilities = ["update", "sudo"] }'),
+        "vault-paths-own-tenant",
+        "['sudo']",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(tokenPolicies=["tenant-globex-tracer"]),
+        "vault-auth-role-own-policy",
+        "not only ['tenant-globex-ledger']",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(tokenPolicies=["tenant-globex-ledger", "default"]),
+        "vault-auth-role-own-policy",
+        "'default'",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(tokenPolicies=["tenant-acme-ledger"]),
+        "vault-auth-role-own-policy",
+        "tenant-acme-ledger",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(roleName="tenant-acme-ledger"),
+        "vault-auth-role-own-policy",
+        "role 'tenant-acme-ledger'",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(tokenNoDefaultPolicy=None),
+        "vault-auth-role-own-policy",
+        "default policy",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(bindSecretId=False),
+        "vault-auth-role-own-policy",
+        "needs no SecretID",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(tokenTtl=None),
+        "limits-present",
+        "tokenTtl is not set",
+    ),
+    (
+        "authBackendRole:AuthBackendRole",
+        with_inputs(tokenMaxTtl=0),
+        "limits-present",
+        "tokenMaxTtl is not set",
+    ),
 ]
 
 
@@ -168,6 +230,34 @@ def test_each_bad_graph_is_caught_by_the_named_rule(
     # A renamed vhost also leaves the tenant's own vhost without its queue policy.
     assert policy in {v.policy for v in found} <= {policy, "queue-limit-per-vhost"}, found
     assert any(message in v.message for v in found), found
+
+
+def kubernetes_plan() -> Plan:
+    config = commands.resolve_config("globex")
+    vault = config.platform.vault.model_dump(by_alias=True) | {
+        "auth": {
+            "method": "kubernetes",
+            "serviceAccounts": {
+                "default": {"namespace": "{product}", "serviceAccount": "{tenant}"}
+            },
+        }
+    }
+    platform = config.platform.model_dump(by_alias=True) | {"vault": vault}
+    return plan(TenantConfig.model_validate(config.model_dump() | {"platform": platform}))
+
+
+def test_kubernetes_roles_pass_and_a_wildcard_binding_is_caught() -> None:
+    good = kubernetes_plan()
+    assert good.of_type(KUBERNETES_ROLE)
+    assert check_stack(resources(good), context("globex")) == []
+    for key in ("boundServiceAccountNames", "boundServiceAccountNamespaces"):
+        bad = mutated(
+            good, "kubernetes/authBackendRole:AuthBackendRole", with_inputs(**{key: ["*"]})
+        )
+        found = check_stack(bad, context("globex"))
+        assert [(v.policy, v.message) for v in found] == [
+            ("vault-auth-role-own-policy", f"{key} is ['*'], not one name")
+        ]
 
 
 def test_a_password_that_is_not_secret_is_caught(plans) -> None:

@@ -855,8 +855,8 @@ class ReplayBackend:
         raise ReplayError(f"the replay does not know resource type {kind}")
 
     def _vault_call(self, op: str, kind: str, values: Mapping[str, Any]) -> None:
-        """Vault's HTTP API, as hashicorp/terraform-provider-vault's kv_secret_v2, policy
-        and mount resources call it; only with ``VAULT_ADDR`` set."""
+        """Vault's HTTP API, as hashicorp/terraform-provider-vault's kv_secret_v2, policy,
+        mount, auth backend and auth role resources call it; only with ``VAULT_ADDR`` set."""
         address = self.environ["VAULT_ADDR"].rstrip("/")
         headers = {"X-Vault-Token": self.environ.get("VAULT_TOKEN", "")}
         if kind == "vault:kv/secretV2:SecretV2":
@@ -876,6 +876,21 @@ class ReplayBackend:
             path = f"sys/mounts/{values['path']}"
             body = {"type": values["type"], "options": values.get("options") or {}}
             calls = [("POST", path, body)] if op == "write" else [("DELETE", path, None)]
+        elif kind == "vault:index/authBackend:AuthBackend":
+            # auth_backend.go: sys/auth/<path> enabled with its type, disabled on delete.
+            path = f"sys/auth/{values['path']}"
+            body = {"type": values["type"], "description": values.get("description", "")}
+            calls = [("POST", path, body)] if op == "write" else [("DELETE", path, None)]
+        elif kind in VAULT_AUTH_ROLES:
+            # approle_auth_backend_role.go and kubernetes_auth_backend_role.go: the role's
+            # fields (token_* from tokenutil) written at auth/<backend>/role/<name>.
+            path = f"auth/{values['backend']}/role/{values['roleName']}"
+            body = {
+                _snake(key): value
+                for key, value in values.items()
+                if key not in ("backend", "roleName") and value is not None
+            }
+            calls = [("POST", path, body)] if op == "write" else [("DELETE", path, None)]
         else:
             raise ReplayError(f"the replay does not know resource type {kind}")
         for method, path, body in calls:
@@ -886,6 +901,20 @@ class ReplayBackend:
                 method == "DELETE" and response.status_code == 404
             ):
                 raise ReplayError(f"Vault {method} {path}: HTTP {response.status_code}")
+
+
+#: Vault auth roles (the upstream provider's approle and kubernetes role resources).
+VAULT_AUTH_ROLES = frozenset(
+    {
+        "vault:appRole/authBackendRole:AuthBackendRole",
+        "vault:kubernetes/authBackendRole:AuthBackendRole",
+    }
+)
+
+
+def _snake(key: str) -> str:
+    """A provider input's name as Vault's API spells it (``tokenTtl`` → ``token_ttl``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
 
 
 def _load_provider(blob: str) -> Any:
@@ -904,7 +933,7 @@ def _force_new(kind: str) -> frozenset[str]:
     if kind.startswith(RMQ):
         return rmq.FORCE_NEW.get(kind.removeprefix(RMQ), frozenset())
     if kind.startswith("vault:"):
-        return frozenset({"mount", "name", "path", "type"})
+        return frozenset({"mount", "name", "path", "type", "backend", "roleName"})
     return frozenset()
 
 

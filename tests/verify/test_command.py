@@ -85,6 +85,10 @@ def test_vault_is_skipped_without_access() -> None:
 OWN = (
     'path "kv/data/tenants/globex/ledger" {\n  capabilities = ["read"]\n}\n'
     'path "kv/metadata/tenants/globex/ledger" {\n  capabilities = ["read"]\n}\n'
+    # What the token may do to itself, in place of the default policy it does not carry.
+    'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}\n'
+    'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}\n'
+    'path "auth/token/revoke-self" {\n  capabilities = ["update"]\n}\n'
 )
 
 
@@ -112,6 +116,11 @@ def test_the_components_policy_reads_only_its_own_path() -> None:
             'path "kv/metadata/tenants/globex/ledger" { capabilities = ["read"] }',
             "does not grant read",
         ),
+        (
+            OWN.replace('["update"]', '["update", "sudo"]', 1),
+            "grants ['sudo'] on auth/token/renew-self",
+        ),
+        (OWN + 'path "auth/token/create" { capabilities = ["update"] }', "auth/token/create"),
     ],
 )
 def test_policies_reaching_further_are_named(hcl, problem) -> None:
