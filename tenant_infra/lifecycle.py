@@ -462,6 +462,27 @@ def deploy(
         return TenantStatus(tenant, list(statuses.values()))
 
 
+def deploy_step(
+    config: TenantConfig,
+    product: str,
+    what: str,
+    backend: StackBackend,
+    workspace: Workspace,
+    *,
+    progress: Progress | None = None,
+    verify: Callable[[str, str], None] | None = None,
+    journal: Journal | None = None,
+) -> None:
+    """An update as one step of a day-2 operation on ``product``: the update failing,
+    or the service failing its gate, fails the step (``what`` says which); the next
+    run of the step retries."""
+    status = deploy(config, backend, workspace, progress or _no_progress, verify, journal=journal)
+    service = status.service(product)
+    if status.error or service.state is ServiceState.FAILED:
+        reason = status.error or service.reason
+        raise OperationFailed(f"{what}: {reason}")
+
+
 def _starting_state(
     spec: ServiceSpec, previous: TenantConfig | None, tags: dict[str, str]
 ) -> ServiceState:

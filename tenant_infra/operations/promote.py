@@ -41,9 +41,8 @@ from tenant_infra.errors import InvalidInput, OperationFailed, first_line
 from tenant_infra.lifecycle import (
     Journal,
     Progress,
-    ServiceState,
     StackBackend,
-    deploy,
+    deploy_step,
     known_config,
     known_service,
 )
@@ -154,18 +153,16 @@ class Promoter:
 
     def update(self, config: TenantConfig, what: str) -> None:
         """Write ``config`` and bring the stack to it; a failure fails the step."""
-        status = deploy(
+        deploy_step(
             config,
+            self.product,
+            f"promotion of {self.tenant}/{self.product}: {what}",
             self.backend,
             self.workspace,
-            self.progress or _no_progress,
-            self.verify,
+            progress=self.progress,
+            verify=self.verify,
             journal=self.journal,
         )
-        service = status.service(self.product)
-        if status.error or service.state is ServiceState.FAILED:
-            reason = status.error or service.reason
-            raise OperationFailed(f"promotion of {self.tenant}/{self.product}: {what}: {reason}")
 
     def record_seal(self, sealed: bool) -> TenantConfig:
         """The seal in the stack file, so that any later update declares it too."""
@@ -615,10 +612,6 @@ def preview(promoter: Promoter) -> PromotionPlan:
 
 def _repointed(spec: ServiceSpec) -> bool:
     return spec.promotion is not None and spec.promotion.repointed
-
-
-def _no_progress(_tenant: str, _status: Any) -> None:
-    return None
 
 
 def _sums(

@@ -52,9 +52,8 @@ from tenant_infra.config import ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput, OperationFailed, first_line
 from tenant_infra.lifecycle import (
     Progress,
-    ServiceState,
     StackBackend,
-    deploy,
+    deploy_step,
     known_config,
     known_service,
 )
@@ -442,12 +441,14 @@ class Restorer:
             return
         if not vhost.exists(config, self.environ):
             self.backend.refresh(config.tenant, _no_event)
-            status = deploy(config, self.backend, self.workspace, self.progress or _no_progress)
-            service = status.service(self.product)
-            if status.error or service.state is ServiceState.FAILED:
-                raise OperationFailed(
-                    f"reprovisioning vhost {config.names.vhost}: {status.error or service.reason}"
-                )
+            deploy_step(
+                config,
+                self.product,
+                f"reprovisioning vhost {config.names.vhost}",
+                self.backend,
+                self.workspace,
+                progress=self.progress,
+            )
             detail["vhostReprovisioned"] = True
         vhost.apply(config, definitions, self.environ)
         detail["rabbitmq"] = vhost.counts(definitions, vhost.APPLIED)
@@ -583,10 +584,6 @@ def _postgres(manifest: Manifest) -> PostgresPart:
     if manifest.postgresql is None:
         raise InvalidInput(f"backup {manifest.stamp} holds no PostgreSQL data")
     return manifest.postgresql
-
-
-def _no_progress(_tenant: str, _status: Any) -> None:
-    return None
 
 
 def _no_event(_event: Any) -> None:

@@ -54,9 +54,8 @@ from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFaile
 from tenant_infra.lifecycle import (
     Journal,
     Progress,
-    ServiceState,
     StackBackend,
-    deploy,
+    deploy_step,
     known_config,
     known_service,
 )
@@ -77,10 +76,6 @@ _STORE: dict[CredentialStore, Store] = {
     "rabbitmq": Store.RABBITMQ,
     "mongodb": Store.MONGODB,
 }
-
-
-def _no_progress(_tenant: str, _status: Any) -> None:
-    return None
 
 
 def next_logins(logins: StoreLogins | None) -> StoreLogins:
@@ -207,18 +202,16 @@ class Rotator:
 
     def update(self, config: TenantConfig, what: str) -> None:
         """Bring the stack to ``config``; a failure fails the step (a re-run retries)."""
-        status = deploy(
+        deploy_step(
             config,
+            self.product,
+            f"rotation of {self.tenant}/{self.product}: {what}",
             self.backend,
             self.workspace,
-            self.progress or _no_progress,
-            self.verify,
+            progress=self.progress,
+            verify=self.verify,
             journal=self.journal,
         )
-        service = status.service(self.product)
-        if status.error or service.state is ServiceState.FAILED:
-            reason = status.error or service.reason
-            raise OperationFailed(f"rotation of {self.tenant}/{self.product}: {what}: {reason}")
 
     # ------------------------------------------------------------------ steps
 
