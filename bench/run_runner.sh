@@ -14,9 +14,12 @@
 #              migrated as that role, credentials from a connections file (0600)
 #   *_generic  tenantctl migrate --schemas-like 'tenant_%' --dsn ... (run_tool.sh)
 #   floor2     the harness's 2-session psql floor
+#   dj_mp      django-tenants' multiprocessing executor (the harness's run_peer.sh)
+#   noop_product  after_product run once untimed, then timed again: every tenant at head
+# Every tenantctl case also records the peak RSS of its main process (/usr/bin/time).
 # Untimed: fresh database, N schemas (and roles), CHECKPOINT. Timed: one tenantctl
 # process, start-up included. Checked: every schema at 0003 with the 6 tables.
-# Output: lines "utc case N K seconds" appended to $RAW (bench/results/runner.tsv).
+# Output: lines "utc case N K seconds rss_kb" appended to $RAW (bench/results/runner.tsv).
 # Prerequisites: (cd $HARNESS && ./pg_cluster.sh start)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -83,16 +86,23 @@ product_setup() {  # product_setup N: database ledger, roles ledger_NNNN owning 
     settle ledger
 }
 
-run_product() {  # run_product CODE N K -> seconds
-    local code=$1 n=$2 k=$3 docs=$WORK/documents-$2.json log=$WORK/$1_product_$2_$3.log t0 t1
+migrate_product() {  # migrate_product CODE N K LOG: one tenantctl --product run (peak RSS in LOG.rss)
+    local code=$1 n=$2 k=$3 log=$4 docs=$WORK/documents-$2.json
     [[ -f $docs ]] || documents "$n" "$docs"
-    product_setup "$n"
-    t0=$(now)
     TENANT_INFRA_ADMIN_DSN="postgresql://postgres@127.0.0.1:55432/postgres" \
+        /usr/bin/time -f '%M' -o "$log.rss" \
         "$PYTHON" -c "$(boot "$(checkout "$code")")" migrate --product ledger \
         --script-location "$HARNESS/workload/alembic" --connections "$docs" \
         --concurrency "$k" --format json >"$log" 2>"$log.err" \
         || { tail -5 "$log.err" >&2; die "$code product run failed (log: $log)"; }
+}
+
+run_product() {  # run_product CODE N K [noop] -> seconds
+    local code=$1 n=$2 k=$3 log=$WORK/$1_product_$2_$3${4:+_noop}.log t0 t1
+    product_setup "$n"
+    [[ -z ${4:-} ]] || migrate_product "$code" "$n" "$k" "$log.first"
+    t0=$(now)
+    migrate_product "$code" "$n" "$k" "$log"
     t1=$(now)
     verify_result ledger "$n" 2>/dev/null
     verify_alembic_versions ledger "$n" 2>/dev/null
@@ -116,10 +126,21 @@ fi
 for item in "${PLAN[@]}"; do
     IFS=: read -r case_ n k <<<"$item"
     case $case_ in
-        before_product|after_product) secs=$(run_product "${case_%_product}" "$n" "$k") ;;
-        before_generic|after_generic) secs=$(run_generic "${case_%_generic}" "$n" "$k") ;;
-        floor2) secs=$("$HARNESS/run_floor.sh" "$n" 2 2>/dev/null | grep '^floor_seconds=' | cut -d= -f2) ;;
+        before_product|after_product)
+            run_product "${case_%_product}" "$n" "$k" >"$WORK/secs"; secs=$(<"$WORK/secs")
+            rss=$(tail -1 "$WORK/${case_%_product}_product_${n}_${k}.log.rss") ;;
+        noop_product)
+            run_product after "$n" "$k" noop >"$WORK/secs"; secs=$(<"$WORK/secs")
+            rss=$(tail -1 "$WORK/after_product_${n}_${k}_noop.log.rss") ;;
+        before_generic|after_generic)
+            secs=$(run_generic "${case_%_generic}" "$n" "$k"); rss=- ;;
+        floor2)
+            secs=$("$HARNESS/run_floor.sh" "$n" 2 2>/dev/null | grep '^floor_seconds=' | cut -d= -f2)
+            rss=- ;;
+        dj_mp)
+            secs=$("$HARNESS/run_peer.sh" "$n" multiprocessing 2>/dev/null | grep '^peer_seconds=' | cut -d= -f2)
+            rss=- ;;
         *) die "unknown case $case_" ;;
     esac
-    printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$case_" "$n" "$k" "$secs" | tee -a "$RAW"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$case_" "$n" "$k" "$secs" "$rss" | tee -a "$RAW"
 done

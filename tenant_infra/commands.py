@@ -767,7 +767,6 @@ def rotate(
         DEFAULT_DRAIN_SECONDS,
         Rotator,
         preview,
-        result_of,
         rotate_fleet,
     )
 
@@ -826,9 +825,7 @@ def rotate(
         return [preview(make(t, p)()) for t, p in targets]
     jobs = [(t, make(t, p)) for t, p in targets]
     if len(jobs) == 1 and not all_tenants:
-        tenant, job = jobs[0]
-        rotator = job()
-        return [result_of(tenant, rotator.product, rotator.run(step_progress or _no_steps))]
+        return [jobs[0][1]().run(step_progress or _no_steps)]
     return rotate_fleet(jobs, concurrency, step_progress or _no_steps)
 
 

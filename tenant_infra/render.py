@@ -150,6 +150,8 @@ def rotation_report(results: Sequence[RotationResult], console: Console) -> None
         )
         table.add_row(r.tenant, r.product, r.status, escape(str(shown)))
     console.print(table)
+    for message in dict.fromkeys(r.pending for r in results if r.pending):
+        console.print(escape(f"next: {message}"))
 
 
 def restore_plan(plan: RestorePlan, console: Console) -> None:

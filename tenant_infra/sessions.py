@@ -25,7 +25,7 @@ from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import BackendUnavailable, OperationFailed, first_line, scrub
-from tenant_infra.tenant import pg_shared_database
+from tenant_infra.tenant import MAX_GENERATION, pg_shared_database
 
 REASON = "tenant-infra: service suspended"
 #: How long a purge waits on another session's lock before failing (to be run again).
@@ -70,12 +70,15 @@ def drop_strays(
 ) -> list[str]:
     """``DROP OWNED BY`` the services' roles (or only ``logins``) in every database but
     their own stores where they own or hold something (``pg_shdepend``); returns
-    ``<database>:<role>``."""
+    ``<database>:<role>``. For a purge (every role), the slot logins' in their own
+    stores too: the provider drops a login without ``REASSIGN``/``DROP OWNED``
+    (``components/postgres.py``), so nothing of theirs may be left anywhere."""
     env = os.environ if environ is None else environ
     dropped: list[str] = []
     for product in products:
         names = config.names.service(product)
         dropped_logins = list(logins) if logins is not None else config.pg_logins(product)
+        owners = {names.pg_owner(g) for g in range(MAX_GENERATION + 1)}
         spec = config.service(product)
         stores = {
             IsolationMode.DATABASE: names.pg_dedicated_database,
@@ -106,7 +109,7 @@ def drop_strays(
                         " AND r.rolname = ANY(%s) ORDER BY 1, 2",
                         (dropped_logins,),
                     )
-                    if row[0] not in own
+                    if row[0] not in own or (logins is None and row[1] not in owners)
                 ]
                 present = conn.execute(
                     "SELECT datname FROM pg_catalog.pg_database WHERE datname = ANY(%s)",

@@ -16,9 +16,11 @@ logs in. Two alternating login roles per store (slots ``a`` and ``b``, see
 ``tenantctl rotate``) are its members, NOINHERIT, and act as it from their first
 statement (``ALTER ROLE … SET ROLE``, the provider's ``assume_role``): whatever a
 migration or the product creates is the owner's, whichever login is current, so a
-login can be dropped without touching data. ``RESET ROLE`` reaches only the login
-itself, which holds nothing but CONNECT. A service provisioned before rotation
-existed has one login, the owner itself (*legacy*); its first rotation moves it on.
+login can be dropped without touching data. ``RESET ROLE`` returns to the owner;
+``SET ROLE NONE`` reaches the login itself, which holds nothing but CONNECT (what it
+makes there is handed to the owner before it is dropped, never to the admin). A
+service provisioned before rotation existed has one login, the owner itself
+(*legacy*); its first rotation moves it on.
 
 Least privilege: every role is plain (no superuser, createdb, createrole,
 replication, RLS bypass or inherited membership), and each login may CONNECT to
@@ -248,6 +250,10 @@ class ServicePostgres(pulumi.ComponentResource):
                 login=store.login and not revoked,
                 roles=[owner.name],
                 assume_role=owner.name,
+                # The provider's delete would REASSIGN what the login owns to the
+                # platform admin: a tenant's function made SECURITY DEFINER as the
+                # admin. The rotation hands it to the owner first (operations/rotate).
+                skip_reassign_owned=True,
                 **settings,
             )
             connects.append((f"-{slot}", login))
@@ -271,10 +277,14 @@ class ServicePostgres(pulumi.ComponentResource):
             template="template0",
             encoding="UTF8",
             connection_limit=args.limits.pg_connection_limit,
-            # Destroyed before the role: the role owns the schema inside, and its DROP
-            # OWNED runs in `postgres` only, so DROP ROLE needs this database gone first.
+            # Destroyed before the roles: the owner owns the schema inside, a login may
+            # own a large object there, and DROP OWNED runs in `postgres` only, so
+            # DROP ROLE needs this database gone first.
             opts=pulumi.ResourceOptions(
-                parent=self, provider=admin, depends_on=[role], protect=store.protect
+                parent=self,
+                provider=admin,
+                depends_on=[login for _, login in connects] + [role],
+                protect=store.protect,
             ),
         )
         # Everything inside the dedicated database goes away with it: no REVOKE or

@@ -3,26 +3,27 @@
 A password change alone would cut off every consumer until it refetched (PostgreSQL
 keeps one password per role), so each store has two alternating logins (slots ``a``
 and ``b``; see :mod:`tenant_infra.components.postgres`) and a rotation moves from
-one to the other on the step machine (:mod:`tenant_infra.operations.steps`):
+one to the other, as two operations of the step machine
+(:mod:`tenant_infra.operations.steps`), each resumable:
 
-1. ``begin``: the other slot's login is declared beside the current one, with a new
-   password, and the connections document (same Vault path, a new version) names it;
-   an update of the stack. Both work now.
-2. ``announce``: the registry records it and publishes ``tenant.credentials.rotated``
-   per store, after the document is in Vault; consumers refetch.
-3. ``await``: ``--begin`` stops here (the operation stays open); ``--finish`` goes
-   on; ``--auto GRACE`` waits until the old login has no session, at most GRACE.
-4. ``revoke``: the old login is refused (PostgreSQL NOLOGIN, RabbitMQ and MongoDB
-   without permissions); an update.
-5. ``drain``: its open sessions get ``drain`` to end, then are ended; the count is
-   reported.
-6. ``drop``: the old login is dropped (an update), and ``check`` proves it is gone.
+- **begin** (``--begin``): ``begin`` declares the other slot's login beside the
+  current one, with a new password, and the connections document (same Vault path,
+  a new version) names it: an update of the stack; ``announce`` records it in the
+  registry and publishes ``tenant.credentials.rotated`` per store. Both work now.
+  The operation ends there: between the phases the rotation lives in the stack file
+  alone, so backups and restores of the service go on meanwhile.
+- **finish** (``--finish``; ``--auto GRACE`` first waits until the old login has no
+  session, at most GRACE): ``revoke`` refuses the old login (PostgreSQL NOLOGIN,
+  RabbitMQ and MongoDB without permissions: an update); ``drain`` gives its sessions
+  ``drain`` to end, then ends them; ``drop`` hands whatever the old login owns to the
+  service's owner (never to the platform admin), clears its grants in every database,
+  and drops it (an update); ``check`` proves it gone.
 
 A legacy store (one login, the PostgreSQL owner itself) is moved to the two-login
 model by its first rotation: its old login is the owner, which finish refuses but
-never drops (it owns the data). Every phase goes through the stack file, then an
-update, so the state never drifts; killed anywhere, a re-run converges, and at no
-moment is there no valid credential. A rotation cannot be aborted once begun
+never drops (it owns the data). Every phase writes the stack file, then updates the
+stack, so the state never drifts; killed anywhere, the same command converges, and at
+no moment is there no valid credential. A rotation cannot be aborted once begun
 (consumers may hold the new credential): it is finished.
 """
 
@@ -38,8 +39,9 @@ from urllib.parse import quote
 
 import psycopg
 import requests
+from psycopg import sql
 
-from tenant_infra.catalog import Store, load_catalog
+from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import (
     CREDENTIAL_STORES,
     LEGACY,
@@ -59,10 +61,11 @@ from tenant_infra.lifecycle import (
     known_config,
     known_service,
 )
-from tenant_infra.operations.steps import Detail, Machine, Outcome, Pending, Step, StepProgress
+from tenant_infra.operations.steps import Detail, Machine, Step, StepProgress
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
-from tenant_infra.sessions import admin_params, close_broker_connections, connect
+from tenant_infra.sessions import admin_params, close_broker_connections, connect, drop_strays
+from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import Workspace
 
 KIND = "rotate"
@@ -200,8 +203,10 @@ class Rotator:
                 self.workspace.write_config(config)
             return config
 
-    def update(self, config: TenantConfig, what: str) -> None:
-        """Bring the stack to ``config``; a failure fails the step (a re-run retries)."""
+    def update(self, config: TenantConfig, what: str, gate: bool = True) -> None:
+        """Bring the stack to ``config``; a failure fails the step (a re-run retries).
+        ``gate`` False: no isolation check after it (refusing the old login changes
+        nothing the check reads; it runs after the drop, on the final state)."""
         deploy_step(
             config,
             self.product,
@@ -209,7 +214,7 @@ class Rotator:
             self.backend,
             self.workspace,
             progress=self.progress,
-            verify=self.verify,
+            verify=self.verify if gate else None,
             journal=self.journal,
         )
 
@@ -234,20 +239,14 @@ class Rotator:
             self.registry.record_rotation(self.tenant, self.product, store)
         detail["announcedAt"] = datetime.now(UTC).isoformat()
 
-    def wait(self, detail: Detail) -> None:
-        if self.phase == "begin":
-            raise Pending(
-                "both credentials are valid: once the consumers have moved (they refetch on "
-                "tenant.credentials.rotated), run rotate --finish (or --auto GRACE)"
-            )
-        if self.phase != "auto":
-            return
+    def wait_for_sessions(self, stores: Sequence[CredentialStore]) -> int:
+        """``--auto``: until the old logins have no session, at most ``grace``; how
+        many are left."""
         config, deadline = self.config(), time.monotonic() + self.grace
         while True:
-            left = sum(self.sessions(config, store) for store in detail["stores"])
+            left = sum(self.sessions(config, store) for store in stores)
             if left == 0 or time.monotonic() >= deadline:
-                detail["sessionsLeftAfterGrace"] = left
-                return
+                return left
             self.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def revoke(self, detail: Detail) -> None:
@@ -256,7 +255,12 @@ class Rotator:
                 return logins
             return logins.model_copy(update={"revoked": True})
 
-        self.update(self.write(refused, detail["stores"]), "refusing the old credentials")
+        config = self.config()
+        # The logins this finish replaces, kept before the stack file forgets them.
+        detail.setdefault("old", {s: self.old_logins(config, s) for s in detail["stores"]})
+        self.update(
+            self.write(refused, detail["stores"]), "refusing the old credentials", gate=False
+        )
         detail.setdefault("revokedAt", time.time())
 
     def drain_step(self, detail: Detail) -> None:
@@ -266,11 +270,10 @@ class Rotator:
         config = self.config()
         forced: dict[str, int] = {}
         for store in detail["stores"]:
-            forced[store] = self._end(config, store)
+            forced[store] = self._end(config, store, detail["old"].get(store, []))
         detail["sessionsForcedOff"] = forced
 
-    def _end(self, config: TenantConfig, store: CredentialStore) -> int:
-        old = self.old_logins(config, store)
+    def _end(self, config: TenantConfig, store: CredentialStore, old: list[str]) -> int:
         if not old:
             return 0
         if store == "postgres":
@@ -293,7 +296,8 @@ class Rotator:
 
     def drop(self, detail: Detail) -> None:
         config = self.config()
-        detail["dropped"] = {s: self.old_logins(config, s) for s in detail["stores"]}
+        old: dict[str, list[str]] = detail["old"]
+        self._release(config, old.get("postgres", []))
 
         def dropped(logins: StoreLogins | None) -> StoreLogins | None:
             if logins is None or logins.previous is None:
@@ -302,10 +306,44 @@ class Rotator:
 
         self.update(self.write(dropped, detail["stores"]), "dropping the old credentials")
 
+    def _release(self, config: TenantConfig, old: list[str]) -> None:
+        """Nothing may keep the old PostgreSQL logins (the legacy owner aside) from
+        being dropped, nor go to the platform admin when they are: in the store,
+        what they own goes to the owner (``REASSIGN OWNED``) and their grants go
+        (``DROP OWNED``); in every other database, both go (:func:`drop_strays`).
+        The provider's own ``REASSIGN OWNED … TO <admin>`` is off for logins."""
+        owner = config.pg_owner(self.product)
+        logins = [login for login in old if login != owner]
+        if not logins:
+            return
+        spec = self.spec(config)
+        names = config.names.service(self.product)
+        store = (
+            names.pg_dedicated_database
+            if spec.isolation is IsolationMode.DATABASE
+            else pg_shared_database(self.product)
+        )
+        params = admin_params(config, self.product, self.environ, store, KIND)
+        with connect(params, autocommit=True) as conn:
+            present = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", (logins,)
+                )
+            ]
+            for login in present:
+                conn.execute(
+                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                        sql.Identifier(login), sql.Identifier(owner)
+                    )
+                )
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(login)))
+        drop_strays(config, [self.product], self.environ, logins=logins)
+
     def check(self, detail: Detail) -> None:
         """The old logins are gone (a legacy owner: refused), the current ones there."""
         config = self.config()
-        dropped: dict[str, list[str]] = detail["dropped"]
+        dropped: dict[str, list[str]] = detail["old"]
         for store, logins in dropped.items():
             if store == "postgres":
                 self._check_postgres(config, logins)
@@ -343,11 +381,11 @@ class Rotator:
             if response.status_code != 404:
                 raise OperationFailed(f"the old RabbitMQ user {user} is still there")
 
-    def steps(self) -> list[Step]:
+    def begin_steps(self) -> list[Step]:
+        return [Step("begin", self.begin), Step("announce", self.announce)]
+
+    def finish_steps(self) -> list[Step]:
         return [
-            Step("begin", self.begin),
-            Step("announce", self.announce),
-            Step("await", self.wait),
             Step("revoke", self.revoke),
             Step("drain", self.drain_step),
             Step("drop", self.drop),
@@ -356,17 +394,8 @@ class Rotator:
 
     # -------------------------------------------------------------- the verb
 
-    def check_start(self, machine: Machine) -> bool:
-        """Whether a rotation is open; refuse, before anything changes, what cannot be
-        rotated (a finish with nothing begun, a suspended or retained service)."""
-        open_one = machine.current() is not None
-        if open_one:
-            return True
-        if self.phase == "finish":
-            raise InvalidInput(
-                f"no rotation of {self.tenant}/{self.product} to finish: begin one with "
-                "rotate --begin (or --auto GRACE)"
-            )
+    def refuse(self) -> None:
+        """What cannot begin a rotation: a suspended, retained or promoted service."""
         spec = self.spec()
         if spec.suspended or spec.removal is not None:
             state = "suspended" if spec.suspended else "retained"
@@ -376,22 +405,74 @@ class Rotator:
                 f"service {self.product!r} of tenant {self.tenant!r} is being promoted: "
                 "finish the promotion first"
             )
-        self.chosen()
-        return False
 
-    def run(self, step_progress: StepProgress) -> Outcome:
-        """Begin, go on with, or finish the service's rotation: an open one is always
-        resumed (``--begin`` again after a kill converges)."""
+    def run(self, step_progress: StepProgress) -> RotationResult:
+        """Begin, finish, or both: an open phase is always resumed first, so running the
+        same command again after a kill converges."""
         machine = Machine(Operations(self.registry), self.tenant, self.product, KIND, step_progress)
         with machine.held():
-            resume = self.check_start(machine)
             try:
-                return machine.run(self.steps(), resume=resume, detail={})
+                open_one = machine.current()
+                if open_one is not None:
+                    phase = open_one.detail.get("phase")
+                    steps = self.begin_steps() if phase == "begin" else self.finish_steps()
+                    machine.run(steps, resume=True, detail={})
+                rotating = self.spec().credentials.rotating_now()
+                if rotating:
+                    self._same_stores(rotating)
+                else:
+                    if open_one is not None:  # the finish just resumed
+                        return self._result("finished", forced=open_one.detail)
+                    if self.phase == "finish":
+                        raise InvalidInput(
+                            f"no rotation of {self.tenant}/{self.product} to finish: begin "
+                            "one with rotate --begin (or --auto GRACE)"
+                        )
+                    self.refuse()
+                    stores = self.chosen()
+                    machine.run(self.begin_steps(), resume=False, detail={"phase": "begin"})
+                    rotating = stores
+                if self.phase == "begin":
+                    return self._result(
+                        "begun",
+                        "both credentials are valid: once the consumers have moved (they "
+                        "refetch on tenant.credentials.rotated), run rotate --finish",
+                    )
+                left = self.wait_for_sessions(rotating) if self.phase == "auto" else None
+                outcome = machine.run(
+                    self.finish_steps(),
+                    resume=False,
+                    detail={"phase": "finish", "stores": list(rotating)}
+                    | ({} if left is None else {"sessionsLeftAfterGrace": left}),
+                )
+                return self._result("finished", forced=outcome.operation.detail)
             except psycopg.Error as exc:
                 raise OperationFailed(
                     f"rotation of {self.tenant}/{self.product} stopped: {first_line(exc)}; "
                     "run it again"
                 ) from None
+
+    def _same_stores(self, rotating: Sequence[CredentialStore]) -> None:
+        """A rotation under way goes on with its own stores: another ``--store`` is
+        refused rather than silently ignored."""
+        asked = set(self.chosen())
+        if self.stores != CREDENTIAL_STORES and asked != set(rotating):
+            raise InvalidInput(
+                f"a rotation of {', '.join(rotating)} of {self.tenant}/{self.product} is under "
+                "way: finish it before rotating other stores"
+            )
+
+    def _result(
+        self, status: str, pending: str | None = None, forced: Mapping[str, Any] | None = None
+    ) -> RotationResult:
+        counts = (forced or {}).get("sessionsForcedOff") or {}
+        return RotationResult(
+            self.tenant,
+            self.product,
+            status,
+            {k: int(v) for k, v in counts.items()},
+            pending=pending,
+        )
 
 
 # -------------------------------------------------------------------- preview
@@ -473,6 +554,8 @@ class RotationResult:
     product: str
     status: str
     forced: dict[str, int] = field(default_factory=dict)
+    #: For ``begun``: what to do next.
+    pending: str | None = None
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -482,15 +565,11 @@ class RotationResult:
             "status": self.status,
             "sessionsForcedOff": self.forced,
         }
+        if self.pending:
+            found["pending"] = self.pending
         if self.error:
             found["error"] = self.error
         return found
-
-
-def result_of(tenant: str, product: str, outcome: Outcome) -> RotationResult:
-    forced = outcome.operation.detail.get("sessionsForcedOff") or {}
-    status = "begun" if outcome.pending else "finished"
-    return RotationResult(tenant, product, status, {k: int(v) for k, v in forced.items()})
 
 
 def rotate_fleet(
@@ -505,7 +584,7 @@ def rotate_fleet(
         rotator: Rotator | None = None
         try:
             rotator = make()
-            return result_of(tenant, rotator.product, rotator.run(step_progress))
+            return rotator.run(step_progress)
         except Exception as exc:
             product = rotator.product if rotator else "?"
             return RotationResult(tenant, product, "failed", error=first_line(exc))

@@ -16,6 +16,7 @@ an operator needs only the connections document, no admin password.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -249,14 +250,15 @@ class PgVerifier:
             assert row is not None
             found += [label for label, on in zip(labels, row, strict=True) if on]
             member_of += [
-                str(r[0])
+                str(r[0]) + (" (WITH ADMIN OPTION)" if r[1] else "")
                 for r in conn.execute(
-                    "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+                    "SELECT r.rolname, m.admin_option FROM pg_auth_members m"
+                    " JOIN pg_roles r ON r.oid = m.roleid"
                     f" WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = {who})"
                     " ORDER BY 1"
                 )
-                # The login's one membership: the owner it acts as.
-                if not (who == "session_user" and login != owner and r[0] == owner)
+                # The login's one membership: the owner it acts as, without ADMIN OPTION.
+                if not (who == "session_user" and login != owner and r[0] == owner and not r[1])
             ]
         found, member_of = list(dict.fromkeys(found)), list(dict.fromkeys(member_of))
         if found or member_of:
@@ -631,7 +633,14 @@ class PgVerifier:
             if any(tenant_from_role(p, role) is not None for p in products)
         ]
         unlimited = [role for role, limit in tenants if limit < 0]
-        used = sum(limit for _, limit in tenants if limit > 0)
+        # A store's alternating logins count once, at the larger limit: both hold the
+        # tier's limit only between a rotation's begin and finish (README, rotation).
+        stores: dict[str, int] = {}
+        for role, limit in tenants:
+            # The login's owner's name: a legacy owner logs in beside its first login.
+            key = _STORE_LOGIN.sub(lambda m: "" if m[1] == "0" else f"__g{m[1]}", role)
+            stores[key] = max(stores.get(key, 0), limit)
+        used = sum(limit for limit in stores.values() if limit > 0)
         available = maximum - superusers - reserved
         if unlimited or used > available:
             what = f"{len(unlimited)} tenant role(s) without a limit; " if unlimited else ""
@@ -649,6 +658,10 @@ class PgVerifier:
         )
 
 
+#: A slot login's suffix (``__<generation><slot>``), after its owner's name.
+_STORE_LOGIN: Final = re.compile(r"__([0-9])[ab]\Z")
+
+
 def _milliseconds(setting: str) -> int:
     """A time setting as ``current_setting`` shows it (``30s``, ``1min``, ``0``)."""
     units = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -659,24 +672,31 @@ def _milliseconds(setting: str) -> int:
     return int(text) if text.isdigit() else -1
 
 
-#: Foreign privileges on a tenant's objects, as ``(where, who, what)``. Allowed: the
-#: tenant role, superusers (who bypass privileges anyway) and the database owner
-#: (the platform admin). ``PUBLIC`` appears as grantee 0. Functions and types keep
+#: Foreign privileges on a tenant's objects, as ``(where, who, what)``. Everything in
+#: the schema is owned by the service's owner (``current_user``: a login acts as it);
+#: grants are allowed to it, superusers (who bypass privileges anyway) and the database
+#: owner (the platform admin). The service's logins own nothing in this database and
+#: hold nothing but their membership in the owner (no ADMIN OPTION) and, in a dedicated
+#: database, CONNECT: what a login holds survives its rotation, and what it owns would
+#: go to whoever drops it. ``PUBLIC`` appears as grantee 0. Functions and types keep
 #: PUBLIC's implicit EXECUTE and USAGE while their ACL is untouched (NULL: harmless
 #: without USAGE on the schema, which the schema ACL check covers); any explicit
 #: grant to PUBLIC or a role is listed, and so is any grant on the tenant role's large
 #: objects (which live outside every schema).
 _FOREIGN_PRIVILEGES: Final = """
 WITH me AS (SELECT oid FROM pg_roles WHERE rolname IN (current_user, session_user)),
+owner AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
+logins AS (
+    SELECT oid FROM pg_roles WHERE rolname = ANY(%(own)s) AND rolname <> current_user
+),
 ok AS (
     SELECT oid FROM pg_roles WHERE rolsuper
-    UNION SELECT oid FROM me
-    UNION SELECT oid FROM pg_roles WHERE rolname = ANY(%(own)s)
+    UNION SELECT oid FROM owner
     UNION SELECT datdba FROM pg_database WHERE datname = current_database()
 ),
 ns AS (SELECT oid, nspname, nspowner, nspacl FROM pg_namespace WHERE nspname = %(schema)s)
 SELECT 'schema ' || ns.nspname, pg_get_userbyid(ns.nspowner), 'OWNERSHIP'
-  FROM ns WHERE ns.nspowner NOT IN (SELECT oid FROM ok)
+  FROM ns WHERE ns.nspowner NOT IN (SELECT oid FROM owner)
 UNION ALL
 SELECT 'schema ' || ns.nspname,
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
@@ -685,7 +705,23 @@ SELECT 'schema ' || ns.nspname,
 UNION ALL
 SELECT ns.nspname || '.' || c.relname, pg_get_userbyid(c.relowner), 'OWNERSHIP'
   FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
- WHERE c.relowner NOT IN (SELECT oid FROM ok)
+ WHERE c.relowner NOT IN (SELECT oid FROM owner)
+UNION ALL
+SELECT ns.nspname || '.' || p.proname || '()', pg_get_userbyid(p.proowner), 'OWNERSHIP'
+  FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+ WHERE p.proowner NOT IN (SELECT oid FROM owner)
+UNION ALL
+SELECT 'type ' || ns.nspname || '.' || t.typname, pg_get_userbyid(t.typowner), 'OWNERSHIP'
+  FROM pg_type t JOIN ns ON ns.oid = t.typnamespace
+ WHERE t.typowner NOT IN (SELECT oid FROM owner)
+UNION ALL
+SELECT s.classid::regclass || ' ' || s.objid || ' in ' || coalesce(d.datname, 'the cluster'),
+       pg_get_userbyid(s.refobjid),
+       CASE s.deptype WHEN 'o' THEN 'OWNERSHIP' WHEN 'a' THEN 'A GRANT' ELSE 'A POLICY' END
+  FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
+ WHERE s.refobjid IN (SELECT oid FROM logins) AND s.deptype IN ('o', 'a', 'r')
+   AND s.refclassid = 'pg_authid'::regclass
+   AND NOT (s.classid = 'pg_database'::regclass AND s.deptype = 'a')
 UNION ALL
 SELECT ns.nspname || '.' || c.relname,
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
@@ -726,9 +762,12 @@ SELECT 'default privileges for new objects in ' || coalesce(ns.nspname, 'any sch
    AND a.grantee NOT IN (SELECT oid FROM ok)
    AND NOT (a.grantee = 0 AND d.defaclobjtype IN ('f', 'T'))
 UNION ALL
-SELECT 'role ' || current_user, pg_get_userbyid(m.member), 'MEMBERSHIP'
+SELECT 'role ' || pg_get_userbyid(m.roleid), pg_get_userbyid(m.member),
+       CASE WHEN m.admin_option THEN 'MEMBERSHIP WITH ADMIN OPTION' ELSE 'MEMBERSHIP' END
   FROM pg_auth_members m
  WHERE m.roleid IN (SELECT oid FROM me) AND m.member NOT IN (SELECT oid FROM ok)
+   AND NOT (m.roleid IN (SELECT oid FROM owner) AND m.member IN (SELECT oid FROM logins)
+            AND NOT m.admin_option)
 UNION ALL
 SELECT 'database ' || d.datname,
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
@@ -736,5 +775,6 @@ SELECT 'database ' || d.datname,
   FROM pg_database d, aclexplode(d.datacl) a
  WHERE %(dedicated)s AND d.datname = current_database()
    AND a.grantee NOT IN (SELECT oid FROM ok)
+   AND NOT (a.grantee IN (SELECT oid FROM logins) AND a.privilege_type = 'CONNECT')
 ORDER BY 1, 2, 3
 """

@@ -36,9 +36,8 @@ __all__ = ["world"]  # the fixture
 
 def rotate(world: World, tenant: str, phase: str = "begin", **kwargs: Any) -> RotationResult:
     kwargs.setdefault("drain", 0)
-    (result,) = commands.rotate(
-        [tenant], product="ledger", phase=phase, verify=world.verify, **world.kwargs(), **kwargs
-    )
+    kwargs.setdefault("verify", world.verify)
+    (result,) = commands.rotate([tenant], product="ledger", phase=phase, **world.kwargs(), **kwargs)
     assert isinstance(result, RotationResult)
     return result
 
@@ -295,6 +294,50 @@ def test_a_legacy_service_moves_to_owner_and_logins_and_rotates_twice(
     # The product's migrations still run, as the new login acting as the owner.
     outcome = commands.up([tenant], verify=world.verify, **world.kwargs())
     assert all(r.ok for r in outcome), [r.reason for r in outcome]
+
+
+@pytest.mark.parametrize("mode", ["SCHEMA", "DATABASE"])
+def test_what_the_old_login_made_goes_to_the_owner_never_to_the_admin(
+    world: World, mode: str
+) -> None:
+    """A hostile tenant, as its login itself (SET ROLE NONE), makes a SECURITY DEFINER
+    function, a large object and default privileges; a neighbour aims a grant at that
+    login. The finish still drops it, and nothing it made runs as the admin."""
+    tenant, neighbour = onboarded(world, "hst", f"ledger:{mode}"), onboarded(world, "nbh")
+    key = tenant.replace("-", "_")
+    owner, old = f"ledger_{key}", world.backend.document(tenant, "ledger")
+    login = old["postgresql"]["user"]
+    with psycopg.connect(**pg_params(old), autocommit=True) as conn:
+        conn.execute(f"GRANT USAGE, CREATE ON SCHEMA tenant_{key} TO {login}")  # as the owner
+        conn.execute("SET ROLE NONE")
+        conn.execute(
+            f"CREATE FUNCTION tenant_{key}.lift() RETURNS text LANGUAGE plpgsql SECURITY DEFINER"
+            f" AS $$BEGIN EXECUTE 'ALTER ROLE {owner} SUPERUSER'; RETURN current_user; END$$"
+        )
+        conn.execute("SELECT lo_create(0)")
+        conn.execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC")
+    with psycopg.connect(**world.pg(neighbour, "ledger"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE bait (v int)")
+        conn.execute(f"GRANT SELECT ON bait TO {login}")
+    # verify sees what the login holds (pg.no_foreign_privileges) and would stop the
+    # updates; without its gate, the finish must still clean up.
+    with pytest.raises(Exception, match="has OWNERSHIP on pg_largeobject"):
+        world.verify(tenant, "ledger")
+    assert rotate(world, tenant, "begin", verify=None).status == "begun"
+    assert rotate(world, tenant, "finish", verify=None).status == "finished"
+    database = old["postgresql"]["database"]
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(login,)) == []
+    assert admin_sql(
+        "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'lift'", database
+    ) == [(owner,)]
+    with (
+        psycopg.connect(**world.pg(tenant, "ledger"), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(f"SELECT tenant_{key}.lift()")
+    assert admin_sql("SELECT rolsuper FROM pg_roles WHERE rolname = %s", params=(owner,)) == [(False,)]
+    world.verify(tenant, "ledger")
+    world.verify(neighbour, "ledger")
 
 
 def test_killed_after_begin_a_rerun_converges(world: World) -> None:
