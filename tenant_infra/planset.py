@@ -1,0 +1,356 @@
+"""Plan sets: every tenant of a tree planned offline, one JSON document each, in a folder.
+
+A **tree** is a project folder (``stacks/``, a project's ``catalog.toml`` and
+``migrations/``) and the ``tenant_infra`` package whose program plans it: the folder's
+own when it holds one (a checkout of tenant-infra), else the installed tool. A git
+ref's tree is materialized with ``git archive`` into a temporary folder.
+
+Planning runs in worker processes (:mod:`tenant_infra.planworker`), each started with
+the tree's package first on ``PYTHONPATH`` and kept warm across many tenants, as many
+at once as there are cores; every plan goes to disk as it is made, so this process
+holds one line per tenant, never a plan. This module imports no Pulumi.
+
+The folder holds ``manifest.json`` (the tree's label, its program's identity, the
+salt of its secret digests, and per tenant its stack file's digest and any error)
+and ``<tenant>.json`` per planned tenant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import tenant_infra
+from tenant_infra import planworker
+from tenant_infra.errors import InvalidInput
+from tenant_infra.workspace import Workspace
+
+MANIFEST = "manifest.json"
+#: The manifest's format (the per-tenant documents carry :data:`planworker.FORMAT`).
+FORMAT = 1
+#: A worker is replaced after this many tenants, so its memory stays bounded.
+TENANTS_PER_WORKER = 500
+#: A side with fewer tenants left than this gets no second worker (start-up ~1.5 s).
+_MIN_SHARE = 24
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A project folder and the folder holding the ``tenant_infra`` that plans it."""
+
+    project: Path
+    code: Path
+    label: str
+
+    @classmethod
+    def of(cls, project: Path, label: str) -> Tree:
+        own = project / "tenant_infra" / "__init__.py"
+        code = project if own.is_file() else Path(tenant_infra.__file__).resolve().parents[1]
+        return cls(project.resolve(), code.resolve(), label)
+
+    def stack_digests(self) -> dict[str, str]:
+        """Every tenant with a stack file, and the SHA-256 of that file."""
+        workspace = Workspace(self.project)
+        if not workspace.stacks_dir.is_dir():
+            return {}
+        return {
+            tenant: hashlib.sha256(workspace.stack_file(tenant).read_bytes()).hexdigest()
+            for tenant in workspace.tenants()
+        }
+
+    def identity(self) -> str:
+        """A digest of everything but the stack files that a plan depends on: the
+        package's files, the project's own products, this interpreter and every
+        installed distribution's version, and the worker. Two trees with the same
+        identity plan the same stack file the same way."""
+        digest = hashlib.sha256(f"{FORMAT}/{planworker.FORMAT}\n{sys.version}\n".encode())
+        digest.update(Path(planworker.__file__).read_bytes())
+        versions = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+        digest.update("\n".join(versions).encode())
+        roots = [(self.code / "tenant_infra", "pkg")]
+        roots += [(self.project / "catalog.toml", "catalog"), (self.project / "migrations", "mig")]
+        for root, tag in roots:
+            files = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+            for path in files:
+                if path.is_file() and "__pycache__" not in path.parts:
+                    rel = path.relative_to(root).as_posix() if path != root else ""
+                    digest.update(f"\0{tag}/{rel}\0".encode())
+                    digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+@contextmanager
+def git_tree(project: Path, ref: str) -> Iterator[Tree]:
+    """The tree of ``ref`` in the project's git repository, in a temporary folder."""
+    project = project.resolve()
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(project), *args], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise InvalidInput(f"--diff {ref}: not a saved plan set, nor a git ref of {project}")
+        return done.stdout.strip()
+
+    if ref.startswith("-"):
+        raise InvalidInput(f"--diff {ref}: not a saved plan set, nor a git ref")
+    commit = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    top = Path(git("rev-parse", "--show-toplevel")).resolve()
+    rel = project.relative_to(top)
+    with tempfile.TemporaryDirectory(prefix="tenant-infra-base-") as tmp:
+        paths = [] if rel == Path(".") else ["--", rel.as_posix()]
+        archive = subprocess.Popen(
+            ["git", "-C", str(top), "archive", "--format=tar", commit, *paths],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert archive.stdout is not None
+        with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
+            tar.extractall(tmp, filter="data")
+        if archive.wait() != 0:
+            raise InvalidInput(f"--diff {ref}: git archive failed")
+        folder = Path(tmp) / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        yield Tree.of(folder, f"{ref} ({commit[:12]})")
+
+
+@dataclass
+class Entry:
+    """A tenant of a plan set: its stack file's digest, and why it has no plan."""
+
+    stack: str
+    error: str | None = None
+    resources: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stack": self.stack, "error": self.error, "resources": self.resources}
+
+
+@dataclass
+class PlanSet:
+    """A folder of per-tenant plans (see the module's docstring)."""
+
+    directory: Path
+    label: str
+    identity: str
+    salt: str
+    tenants: dict[str, Entry] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, directory: Path) -> PlanSet:
+        path = directory / MANIFEST
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != FORMAT:
+                raise InvalidInput(f"{directory}: a plan set of another format ({raw['format']})")
+            tenants = {
+                str(t): Entry(str(e["stack"]), e.get("error"), int(e.get("resources", 0)))
+                for t, e in raw["tenants"].items()
+            }
+            return cls(
+                directory, str(raw["label"]), str(raw["identity"]), str(raw["salt"]), tenants
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise InvalidInput(f"{directory}: not a plan set (no readable {MANIFEST})") from None
+
+    def save(self) -> None:
+        document = {
+            "format": FORMAT,
+            "label": self.label,
+            "identity": self.identity,
+            "salt": self.salt,
+            "tenants": {t: e.to_json() for t, e in sorted(self.tenants.items())},
+        }
+        tmp = self.directory / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
+        os.replace(tmp, self.directory / MANIFEST)
+
+    def plan(self, tenant: str) -> dict[str, Any] | None:
+        """The tenant's plan document, or ``None`` when it has none."""
+        entry = self.tenants.get(tenant)
+        if entry is None or entry.error is not None:
+            return None
+        document: dict[str, Any] = json.loads((self.directory / f"{tenant}.json").read_text())
+        if document.get("format") != planworker.FORMAT:
+            raise InvalidInput(f"{self.directory}: {tenant}.json is of another format")
+        return document
+
+
+def is_plan_set(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def new_salt() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass
+class Job:
+    """Tenants of one tree to plan into ``out`` (a new :class:`PlanSet`)."""
+
+    tree: Tree
+    out: PlanSet
+    tenants: Sequence[str]
+    digests: Mapping[str, str]
+
+
+def plan_sets(jobs: Sequence[Job], workers: int | None = None) -> None:
+    """Plan every job's tenants with at most ``workers`` processes (default: the cores),
+    filling each job's plan set and saving its manifest. A tenant that cannot be planned
+    (an invalid stack file, a program that refuses it) is an error of its own."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    sides = [_Side(job) for job in jobs]
+    for side in sides:
+        side.job.out.directory.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def pick() -> _Side | None:
+        with lock:
+            open_sides = [
+                s for s in sides if s.queue and (s.active == 0 or len(s.queue) >= _MIN_SHARE)
+            ]
+            if not open_sides:
+                return None
+            side = max(open_sides, key=lambda s: len(s.queue) / (s.active + 1))
+            side.active += 1
+            return side
+
+    def drive() -> None:
+        while (side := pick()) is not None:
+            try:
+                side.run(lock)
+            finally:
+                with lock:
+                    side.active -= 1
+
+    threads = [threading.Thread(target=drive, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for side in sides:
+        side.job.out.save()
+
+
+class _Side:
+    """One job's queue of tenants and the worker processes that drain it."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.queue: deque[str] = deque(job.tenants)
+        self.active = 0
+        self.broken: str | None = None  # the tree's program cannot even be imported
+
+    def _record(self, lock: threading.Lock, tenant: str, error: str | None, count: int) -> None:
+        with lock:
+            self.job.out.tenants[tenant] = Entry(self.job.digests[tenant], error, count)
+
+    def _next(self, lock: threading.Lock) -> str | None:
+        with lock:
+            return self.queue.popleft() if self.queue else None
+
+    def run(self, lock: threading.Lock) -> None:
+        """Start one worker and feed it tenants until the queue is empty (or it has had
+        its share); a tenant in hand when the worker dies fails alone."""
+        if self.broken is not None:
+            while (tenant := self._next(lock)) is not None:
+                self._record(lock, tenant, self.broken, 0)
+            return
+        tree, out = self.job.tree, self.job.out
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(tree.code), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        env["TENANT_INFRA_PROJECT"] = str(tree.project)
+        job = {"project": str(tree.project), "out": str(out.directory), "salt": out.salt}
+        with tempfile.TemporaryFile() as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-P", str(Path(planworker.__file__).resolve())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                cwd=tree.project,
+                text=True,
+            )
+            assert worker.stdin is not None and worker.stdout is not None
+            try:
+                self._feed(worker.stdin, worker.stdout, job, lock, log)
+            finally:
+                worker.stdin.close()
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
+                worker.stdout.close()
+
+    def _feed(
+        self,
+        requests: IO[str],
+        replies: IO[str],
+        job: dict[str, str],
+        lock: threading.Lock,
+        log: IO[bytes],
+    ) -> None:
+        try:
+            requests.write(json.dumps(job) + "\n")
+            requests.flush()
+            ready = json.loads(replies.readline() or "{}")
+        except (OSError, ValueError):
+            ready = {}
+        if not ready.get("ready"):
+            with lock:
+                self.broken = f"the planner did not start: {_last_line(log)}"
+            return
+        package = Path(str(ready.get("package"))).resolve()
+        if not package.is_relative_to(self.job.tree.code):
+            with lock:
+                self.broken = f"the planner imported {package}, not {self.job.tree.code}'s"
+            return
+        for _ in range(TENANTS_PER_WORKER):
+            tenant = self._next(lock)
+            if tenant is None:
+                return
+            try:
+                requests.write(tenant + "\n")
+                requests.flush()
+                reply = json.loads(replies.readline() or "{}")
+            except (OSError, ValueError):
+                reply = {}
+            if reply.get("tenant") != tenant:
+                self._record(lock, tenant, f"the planner stopped: {_last_line(log)}", 0)
+                return  # a new worker takes the rest
+            self._record(lock, tenant, reply.get("error"), int(reply.get("resources") or 0))
+
+
+def _last_line(log: IO[bytes]) -> str:
+    log.seek(0)
+    lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else "no message"
+
+
+def copy_plans(source: PlanSet, target: PlanSet, tenants: Sequence[str]) -> None:
+    """Put ``source``'s plans of ``tenants`` in ``target`` (same salt: same digests)."""
+    for tenant in tenants:
+        entry = source.tenants[tenant]
+        if entry.error is None:
+            shutil.copyfile(
+                source.directory / f"{tenant}.json", target.directory / f"{tenant}.json"
+            )
+        target.tenants[tenant] = Entry(entry.stack, entry.error, entry.resources)
