@@ -176,6 +176,12 @@ def plan(
     exit_code: Annotated[
         bool, typer.Option("--exit-code", help="With --diff: exit 1 when anything changes.")
     ] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache", help="With --all: plan everything, reusing no plan made before."
+        ),
+    ] = False,
     format: Annotated[
         PlanFormat,
         typer.Option("--format", "-f", help="table, json, or markdown (--diff, for a PR)."),
@@ -190,10 +196,10 @@ def plan(
     if all_tenants:
         if tenant is not None or service or stack_config is not None:
             raise InvalidInput("--all plans every stack file: no tenant, --service or --platform")
-        _plan_all(diff, save, jobs, exit_code, format)
+        _plan_all(diff, save, jobs, exit_code, not no_cache, format)
         return
-    if diff is not None or save is not None or jobs is not None or exit_code:
-        raise InvalidInput("--diff, --save, --jobs and --exit-code go with --all")
+    if diff is not None or save is not None or jobs is not None or exit_code or no_cache:
+        raise InvalidInput("--diff, --save, --jobs, --exit-code and --no-cache go with --all")
     if tenant is None:
         raise InvalidInput("name the tenant to plan, or pass --all")
     if format is PlanFormat.MARKDOWN:
@@ -212,7 +218,12 @@ def plan(
 
 
 def _plan_all(
-    diff: str | None, save: Path | None, jobs: int | None, exit_code: bool, format: PlanFormat
+    diff: str | None,
+    save: Path | None,
+    jobs: int | None,
+    exit_code: bool,
+    cache: bool,
+    format: PlanFormat,
 ) -> None:
     """``plan --all``: the fleet planned (and saved), or diffed against a base."""
     from tenant_infra import commands, render
@@ -220,14 +231,14 @@ def _plan_all(
     if diff is None:
         if format is PlanFormat.MARKDOWN or exit_code:
             raise InvalidInput("--format markdown and --exit-code go with --diff BASE")
-        plans = commands.plan_all(save=save, workers=jobs)
+        plans = commands.plan_all(save=save, workers=jobs, cache=cache)
         if format is PlanFormat.JSON:
             print(render.dumps(render.plan_set_json(plans)))
         else:
             print(render.plan_set_text(plans), end="")
         _finish(all(e.error is None for e in plans.tenants.values()))
         return
-    result = commands.plan_diff(diff, save=save, workers=jobs)
+    result = commands.plan_diff(diff, save=save, workers=jobs, cache=cache)
     if format is PlanFormat.JSON:
         print(render.dumps(result.to_json()))
     elif format is PlanFormat.MARKDOWN:

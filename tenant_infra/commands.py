@@ -277,14 +277,18 @@ def plan(
 
 
 def plan_all(
-    *, save: Path | None = None, workers: int | None = None, root: Path | None = None
+    *,
+    save: Path | None = None,
+    workers: int | None = None,
+    cache: bool = True,
+    root: Path | None = None,
 ) -> PlanSet:
     """Every tenant with a stack file planned offline, in worker processes (as many as
     ``workers``, default the cores); into ``save``, a plan set that ``plan_diff`` can
     take as its base, when given. A tenant that cannot be planned fails alone."""
     from tenant_infra import plandiff
 
-    return plandiff.plan_checkout(_workspace(root).root, save, workers)
+    return plandiff.plan_checkout(_workspace(root).root, save, workers, cache)
 
 
 def plan_diff(
@@ -292,14 +296,16 @@ def plan_diff(
     *,
     save: Path | None = None,
     workers: int | None = None,
+    cache: bool = True,
     root: Path | None = None,
 ) -> FleetDiff:
     """What the checkout changes, tenant by tenant, against ``base``: a git ref (its
     program and its stack files) or a saved plan set. Offline: no engine, no
-    credentials. ``save`` keeps the checkout's plan set."""
+    credentials. ``save`` keeps the checkout's plan set; ``cache`` reuses (and keeps)
+    plans made before under the same program, in ``.pulumi-work/plan_cache``."""
     from tenant_infra import plandiff
 
-    return plandiff.diff(base, _workspace(root).root, save, workers)
+    return plandiff.diff(base, _workspace(root).root, save, workers, cache)
 
 
 def _fleet_configs(workspace: Workspace, besides: str) -> Iterator[TenantConfig]:

@@ -18,14 +18,16 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tenant_infra.errors import InvalidInput
 from tenant_infra.planset import (
+    Entry,
     Job,
+    PlanCache,
     PlanSet,
     Tree,
     copy_plans,
@@ -316,27 +318,41 @@ def compare_sets(
 # ------------------------------------------------------------------ the whole run
 
 
-def plan_checkout(project: Path, save: Path | None = None, workers: int | None = None) -> PlanSet:
-    """Every tenant of the checkout planned into ``save`` (else a temporary folder,
-    whose plans are gone on return: the entries stay)."""
+def plan_checkout(
+    project: Path, save: Path | None = None, workers: int | None = None, cache: bool = True
+) -> PlanSet:
+    """Every tenant of the checkout planned, into ``save`` when given (a plan set that
+    :func:`diff` takes as its base). The entries are returned; without ``save`` the
+    plans themselves are gone, or in the cache."""
     tree = Tree.of(project, HEAD_LABEL)
-    digests = tree.stack_digests()
+    target = _fresh(save) if save else None
     with ExitStack() as stack:
-        folder = _fresh(save) if save else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        out = PlanSet(folder, tree.label, tree.identity(), new_salt())
-        plan_sets([Job(tree, out, sorted(digests), digests)], workers)
-        return out
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tenant-infra-plans-")))
+        store = stack.enter_context(_cache(project)) if cache else None
+        digests = tree.stack_digests()
+        salt = store.salt if store else new_salt()
+        plans, job = _prepare(tree, tree.identity(), digests, salt, store, tmp / "head")
+        plan_sets([job] if job else [], workers)
+        _merge(plans, job, store)
+        if target is not None:
+            _write(plans, target)
+        return plans
 
 
 def diff(
-    base: str, project: Path, save: Path | None = None, workers: int | None = None
+    base: str,
+    project: Path,
+    save: Path | None = None,
+    workers: int | None = None,
+    cache: bool = True,
 ) -> FleetDiff:
     """What the checkout at ``project`` changes against ``base`` (a saved plan set's
     folder, else a git ref), for every tenant with a stack file on either side.
 
     A tenant whose stack file is the same on both sides, under programs of the same
-    identity (:meth:`Tree.identity`), is unchanged without being planned (its saved
-    plan is reused where ``save`` asks for one)."""
+    identity (:meth:`Tree.identity`), is unchanged without being planned. With
+    ``cache``, plans made under a program before (by any run, on either side) are
+    reused from the project's ``.pulumi-work/plan_cache``."""
     saved = is_plan_set(Path(base))
     if save and saved and save.resolve() == Path(base).resolve():
         raise InvalidInput(f"--save {save}: that is the plan set diffed against")
@@ -344,33 +360,88 @@ def diff(
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tenant-infra-plans-")))
         head_digests = head_tree.stack_digests()
-        jobs = []
         if saved:
             base_set = PlanSet.open(Path(base))
             base_digests = {t: e.stack for t, e in base_set.tenants.items()}
+            base_identity, salt = base_set.identity, base_set.salt
         else:
             base_tree = stack.enter_context(git_tree(project, base))
             base_digests = base_tree.stack_digests()
-            base_set = PlanSet(tmp / "base", base_tree.label, base_tree.identity(), new_salt())
-        head_set = PlanSet(
-            _fresh(save) if save else tmp / "head", HEAD_LABEL, head_tree.identity(), base_set.salt
-        )
+            base_identity = base_tree.identity()
+        target = _fresh(save) if save else None
+        store = stack.enter_context(_cache(project)) if cache else None
+        if not saved:
+            salt = store.salt if store else new_salt()
+        head_identity = head_tree.identity()
+        # The same program and the same stack file plan the same: no need to look.
         same = frozenset(
             t
             for t, digest in head_digests.items()
-            if head_set.identity == base_set.identity and base_digests.get(t) == digest
+            if head_identity == base_identity and base_digests.get(t) == digest
         )
+        base_job = None
         if not saved:
-            jobs.append(Job(base_tree, base_set, sorted(set(base_digests) - same), base_digests))
-        # A saved base's plans of the same tenants are the checkout's too.
-        reused = same if saved else frozenset()
-        wanted = set(head_digests) - (same if saved or not save else frozenset())
-        jobs.append(Job(head_tree, head_set, sorted(wanted), head_digests))
-        plan_sets(jobs, workers)
-        copy_plans(base_set, head_set, sorted(reused))
-        if save:
-            head_set.save()
+            wanted = {t: d for t, d in base_digests.items() if t not in same}
+            base_set, base_job = _prepare(base_tree, base_identity, wanted, salt, store, tmp / "b")
+        skip = same if saved or target is None else frozenset()
+        wanted = {t: d for t, d in head_digests.items() if t not in skip}
+        head_set, head_job = _prepare(head_tree, head_identity, wanted, salt, store, tmp / "h")
+        plan_sets([j for j in (base_job, head_job) if j is not None], workers)
+        _merge(base_set, base_job, store)
+        _merge(head_set, head_job, store)
+        if saved:  # a saved base's plans of the same tenants are the checkout's too
+            for tenant in same:
+                entry = base_set.tenants[tenant]
+                path = entry.path or base_set.directory / f"{tenant}.json"
+                head_set.tenants[tenant] = Entry(entry.stack, entry.error, entry.resources, path)
+        if target is not None:
+            _write(head_set, target)
         return compare_sets(base_set, head_set, frozenset() if saved else same)
+
+
+@contextmanager
+def _cache(project: Path) -> Iterator[PlanCache | None]:
+    store = PlanCache(project / ".pulumi-work" / "plan_cache")
+    with store.locked() as found:
+        yield found
+        if found is not None:
+            found.prune()
+
+
+def _prepare(
+    tree: Tree,
+    identity: str,
+    digests: Mapping[str, str],
+    salt: str,
+    store: PlanCache | None,
+    scratch: Path,
+) -> tuple[PlanSet, Job | None]:
+    """A side's plan set (what the cache has of it) and the job planning the rest."""
+    if store is not None and store.salt == salt:
+        found = store.lookup(tree.label, identity, digests)
+        missing = sorted(t for t in digests if t not in found.tenants)
+        if not missing:
+            return found, None
+        staged = PlanSet(store.staging(), tree.label, identity, salt)
+        return found, Job(tree, staged, missing, digests)
+    out = PlanSet(scratch, tree.label, identity, salt)
+    return out, Job(tree, out, sorted(digests), digests)
+
+
+def _merge(plans: PlanSet, job: Job | None, store: PlanCache | None) -> None:
+    """A job's plans into its side's set (through the cache, when it was staged there)."""
+    if job is None or job.out is plans:
+        return
+    if store is not None:
+        store.store(job.out)
+    plans.tenants.update(job.out.tenants)
+    shutil.rmtree(job.out.directory, ignore_errors=True)
+
+
+def _write(plans: PlanSet, target: Path) -> None:
+    saved = PlanSet(target, plans.label, plans.identity, plans.salt)
+    copy_plans(plans, saved, sorted(plans.tenants))
+    saved.save()
 
 
 def _fresh(folder: Path) -> Path:

@@ -17,6 +17,7 @@ and ``<tenant>.json`` per planned tenant.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from typing import IO, Any
 
 import tenant_infra
 from tenant_infra import planworker
-from tenant_infra.errors import InvalidInput
+from tenant_infra.errors import InvalidInput, scrub
 from tenant_infra.workspace import Workspace
 
 MANIFEST = "manifest.json"
@@ -136,6 +137,10 @@ class Entry:
     stack: str
     error: str | None = None
     resources: int = 0
+    #: Where the plan is when not in its set's folder (a cached plan).
+    path: Path | None = field(default=None, compare=False)
+    #: The planner failed, not the tenant: worth planning again next time.
+    transient: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"stack": self.stack, "error": self.error, "resources": self.resources}
@@ -185,7 +190,8 @@ class PlanSet:
         entry = self.tenants.get(tenant)
         if entry is None or entry.error is not None:
             return None
-        document: dict[str, Any] = json.loads((self.directory / f"{tenant}.json").read_text())
+        path = entry.path or self.directory / f"{tenant}.json"
+        document: dict[str, Any] = json.loads(path.read_text())
         if document.get("format") != planworker.FORMAT:
             raise InvalidInput(f"{self.directory}: {tenant}.json is of another format")
         return document
@@ -256,9 +262,17 @@ class _Side:
         self.active = 0
         self.broken: str | None = None  # the tree's program cannot even be imported
 
-    def _record(self, lock: threading.Lock, tenant: str, error: str | None, count: int) -> None:
+    def _record(
+        self,
+        lock: threading.Lock,
+        tenant: str,
+        error: str | None,
+        count: int,
+        transient: bool = False,
+    ) -> None:
         with lock:
-            self.job.out.tenants[tenant] = Entry(self.job.digests[tenant], error, count)
+            entry = Entry(self.job.digests[tenant], error, count, transient=transient)
+            self.job.out.tenants[tenant] = entry
 
     def _next(self, lock: threading.Lock) -> str | None:
         with lock:
@@ -269,7 +283,7 @@ class _Side:
         its share); a tenant in hand when the worker dies fails alone."""
         if self.broken is not None:
             while (tenant := self._next(lock)) is not None:
-                self._record(lock, tenant, self.broken, 0)
+                self._record(lock, tenant, self.broken, 0, transient=True)
             return
         tree, out = self.job.tree, self.job.out
         env = dict(os.environ)
@@ -334,7 +348,8 @@ class _Side:
             except (OSError, ValueError):
                 reply = {}
             if reply.get("tenant") != tenant:
-                self._record(lock, tenant, f"the planner stopped: {_last_line(log)}", 0)
+                why = f"the planner stopped: {_last_line(log)}"
+                self._record(lock, tenant, why, 0, transient=True)
                 return  # a new worker takes the rest
             self._record(lock, tenant, reply.get("error"), int(reply.get("resources") or 0))
 
@@ -342,15 +357,111 @@ class _Side:
 def _last_line(log: IO[bytes]) -> str:
     log.seek(0)
     lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else "no message"
+    return scrub(lines[-1].strip()[:300]) if lines else "no message"
 
 
 def copy_plans(source: PlanSet, target: PlanSet, tenants: Sequence[str]) -> None:
     """Put ``source``'s plans of ``tenants`` in ``target`` (same salt: same digests)."""
+    target.directory.mkdir(parents=True, exist_ok=True)
     for tenant in tenants:
         entry = source.tenants[tenant]
         if entry.error is None:
             shutil.copyfile(
-                source.directory / f"{tenant}.json", target.directory / f"{tenant}.json"
+                entry.path or source.directory / f"{tenant}.json",
+                target.directory / f"{tenant}.json",
             )
         target.tenants[tenant] = Entry(entry.stack, entry.error, entry.resources)
+
+
+class PlanCache:
+    """Plans kept between runs, by the program's identity and the stack file's digest
+    (``<project>/.pulumi-work/plan_cache``): what was planned once under a program is
+    not planned again, whichever run or side asks. One salt for all of them, so any
+    two are comparable; a run that finds the cache busy plans without it."""
+
+    #: Programs (identities) kept, the most recently used.
+    KEEP = 4
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @contextmanager
+    def locked(self) -> Iterator[PlanCache | None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @property
+    def salt(self) -> str:
+        path = self.folder / "salt"
+        if not path.is_file():
+            path.write_text(new_salt())
+        return path.read_text().strip()
+
+    def _index(self, identity: str) -> tuple[Path, dict[str, Any]]:
+        folder = self.folder / identity[:40]
+        try:
+            index: dict[str, Any] = json.loads((folder / "index.json").read_text())
+        except (OSError, ValueError):
+            index = {}
+        return folder, index
+
+    def lookup(self, label: str, identity: str, digests: Mapping[str, str]) -> PlanSet:
+        """The cached plans of this program for these stack files (entries pointing at
+        the cache's files); the tenants missing are the ones to plan."""
+        folder, index = self._index(identity)
+        found = PlanSet(folder, label, identity, self.salt)
+        for tenant, digest in digests.items():
+            key = f"{tenant}.{digest[:24]}"
+            known = index.get(key)
+            if not isinstance(known, dict):
+                continue
+            path = folder / f"{key}.json"
+            if known.get("error") or path.is_file():
+                found.tenants[tenant] = Entry(
+                    digest, known.get("error"), int(known.get("resources") or 0), path
+                )
+        if folder.is_dir():
+            os.utime(folder)  # recently used: kept by prune()
+        return found
+
+    def store(self, planned: PlanSet) -> None:
+        """Move a freshly planned set's plans into the cache (same salt)."""
+        folder, index = self._index(planned.identity)
+        folder.mkdir(parents=True, exist_ok=True)
+        for tenant, entry in planned.tenants.items():
+            key = f"{tenant}.{entry.stack[:24]}"
+            if entry.transient:
+                continue
+            if entry.error is None:
+                os.replace(planned.directory / f"{tenant}.json", folder / f"{key}.json")
+                entry.path = folder / f"{key}.json"
+            index[key] = {"error": entry.error, "resources": entry.resources}
+        tmp = folder / "index.json.tmp"
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, folder / "index.json")
+
+    def prune(self) -> None:
+        """Keep the plans of the :attr:`KEEP` programs used last (and no staging left
+        behind by a run that was killed: the lock is held)."""
+        for staging in self.folder.glob(".staging-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        programs = sorted(
+            (p for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in programs[self.KEEP :]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def staging(self) -> Path:
+        """A folder on the cache's file system for plans being made (moved, not copied)."""
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.folder))

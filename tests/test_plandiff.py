@@ -147,7 +147,10 @@ def test_a_tier_change_shows_only_for_that_tiers_tenants(repo: Path) -> None:
     for tenant in diff.tenants:
         for resource in tenant.changed:
             # The role's limit, and a dedicated database's own (DATABASE mode).
-            assert resource.type in ("postgresql:index/role:Role", "postgresql:index/database:Database")
+            assert resource.type in (
+                "postgresql:index/role:Role",
+                "postgresql:index/database:Database",
+            )
             assert [(c.key, c.old, c.new) for c in resource.changes] == [
                 ("connectionLimit", 10, 12)
             ]
@@ -316,3 +319,29 @@ def test_unknown_base_is_one_line(repo: Path, capsys: pytest.CaptureFixture[str]
         main(["--project", str(repo), "plan", "--all", "--diff", "no-such-ref"])
     out, err = capsys.readouterr()
     assert info.value.code == 2 and out == "" and "no-such-ref" in err and err.count("\n") == 1
+
+
+def test_plans_made_once_under_a_program_are_not_made_again(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edit(repo / "tenant_infra/components/broker.py", lambda s: s + "\n# a comment\n")
+    first = commands.plan_diff("HEAD", root=repo, workers=2)
+    planned: list[str] = []
+    real = plandiff.plan_sets
+
+    def watched(jobs, workers=None):  # type: ignore[no-untyped-def]
+        planned.extend(t for job in jobs for t in job.tenants)
+        real(jobs, workers)
+
+    monkeypatch.setattr(plandiff, "plan_sets", watched)
+    second = commands.plan_diff("HEAD", root=repo, workers=2)
+    assert planned == [] and second.to_json() == first.to_json()
+    # A changed stack file is planned again, on the checkout's side only.
+    edit(
+        repo / "stacks/Pulumi.alpha.yaml", lambda s: s.replace("tier: standard", "tier: enterprise")
+    )
+    third = commands.plan_diff("HEAD", root=repo, workers=2)
+    assert planned == ["alpha"] and changed_tenants(third) == {"alpha"}
+    # Without the cache, everything is planned.
+    commands.plan_diff("HEAD", root=repo, workers=2, cache=False)
+    assert len(planned) == 1 + 2 * len(TENANTS)
