@@ -36,10 +36,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 import tenant_infra
 from tenant_infra import planworker
+from tenant_infra.config import NAMESPACE
 from tenant_infra.errors import InvalidInput, scrub
-from tenant_infra.workspace import Workspace
+from tenant_infra.workspace import Workspace, is_tenant_id
 
 MANIFEST = "manifest.json"
 #: The manifest's format (the per-tenant documents carry :data:`planworker.FORMAT`).
@@ -65,14 +68,16 @@ class Tree:
         return cls(project.resolve(), code.resolve(), label)
 
     def stack_digests(self) -> dict[str, str]:
-        """Every tenant with a stack file, and the SHA-256 of that file."""
-        workspace = Workspace(self.project)
-        if not workspace.stacks_dir.is_dir():
-            return {}
-        return {
-            tenant: hashlib.sha256(workspace.stack_file(tenant).read_bytes()).hexdigest()
-            for tenant in workspace.tenants()
-        }
+        """Every tenant with a stack file (:meth:`Workspace.tenants`' rule), and the
+        SHA-256 of that file."""
+        stacks = Workspace(self.project).stacks_dir
+        found = {}
+        for path in sorted(stacks.glob("Pulumi.*.yaml")) if stacks.is_dir() else []:
+            text = path.read_bytes()
+            tenant = _named_tenant(path.name, text)
+            if tenant is not None and path.name == f"Pulumi.{tenant}.yaml":
+                found[tenant] = hashlib.sha256(text).hexdigest()
+        return found
 
     def identity(self) -> str:
         """A digest of everything but the stack files that a plan depends on: the
@@ -93,6 +98,26 @@ class Tree:
                     digest.update(f"\0{tag}/{rel}\0".encode())
                     digest.update(path.read_bytes())
         return digest.hexdigest()
+
+
+def _named_tenant(name: str, text: bytes) -> str | None:
+    """The tenant a stack file names, as :meth:`Workspace.tenants` reads it (a file that
+    cannot be read names the tenant of its file name), with libyaml where there is one:
+    a fleet has a thousand files. The workers read each file in full."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        document = yaml.load(text, Loader=loader)  # a safe loader, C or Python
+        config = document.get("config") or {} if isinstance(document, dict) else None
+        readable = isinstance(config, dict) and not any(
+            isinstance(v, dict) and "secure" in v for v in config.values()
+        )
+    except (yaml.YAMLError, ValueError, RecursionError):
+        config, readable = None, False
+    if not readable or not isinstance(config, dict):
+        named = name.removeprefix("Pulumi.").removesuffix(".yaml")
+        return named if is_tenant_id(named) else None
+    tenant = config.get(f"{NAMESPACE}:tenant")
+    return tenant if isinstance(tenant, str) else None
 
 
 @contextmanager
