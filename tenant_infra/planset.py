@@ -42,13 +42,15 @@ import tenant_infra
 from tenant_infra import planworker
 from tenant_infra.config import NAMESPACE
 from tenant_infra.errors import InvalidInput, scrub
+from tenant_infra.migrate.sandbox import sandbox_environ
 from tenant_infra.workspace import Workspace, is_tenant_id
 
 MANIFEST = "manifest.json"
 #: The manifest's format (the per-tenant documents carry :data:`planworker.FORMAT`).
 FORMAT = 1
-#: A worker is replaced after this many tenants, so its memory stays bounded.
-TENANTS_PER_WORKER = 500
+#: A worker is replaced after this many tenants, so its memory stays bounded (a warm
+#: worker measured flat at ~133 MB from its 50th tenant to its 400th).
+TENANTS_PER_WORKER = 1000
 #: A side with fewer tenants left than this gets no second worker (start-up ~1.5 s).
 _MIN_SHARE = 24
 
@@ -311,10 +313,10 @@ class _Side:
                 self._record(lock, tenant, self.broken, 0, transient=True)
             return
         tree, out = self.job.tree, self.job.out
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(tree.code), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
+        # The tree's code runs with no credential of this process's (as a sandbox's
+        # does), its package first on the path.
+        env = sandbox_environ()
+        env["PYTHONPATH"] = os.pathsep.join([str(tree.code), *filter(None, sys.path)])
         env["TENANT_INFRA_PROJECT"] = str(tree.project)
         job = {"project": str(tree.project), "out": str(out.directory), "salt": out.salt}
         with tempfile.TemporaryFile() as log:

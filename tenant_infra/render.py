@@ -18,6 +18,7 @@ from tenant_infra.lifecycle import (
     TenantStatus,
     migration_product,
 )
+from tenant_infra.migrate.sandbox import clean_text
 from tenant_infra.operations.backup import BackupResult
 from tenant_infra.operations.promote import PromotionPlan
 from tenant_infra.operations.restore import RestorePlan
@@ -269,8 +270,10 @@ def _change_line(change: Change) -> str:
 
 def tenant_diff_lines(diff: TenantDiff) -> list[str]:
     """One tenant's (or one group's) diff, a line each, marked as ``diff`` marks them."""
+    # An error may quote a stack file: one line, no backtick (it sits in a code block).
     lines = [
-        f"! {side if side == 'base' else 'checkout'}: {why}" for side, why in diff.errors.items()
+        f"! {'base' if side == 'base' else 'checkout'}: " + clean_text(why).replace("`", "'")
+        for side, why in diff.errors.items()
     ]
     if diff.status == "new":
         lines.append("! a stack file BASE does not have")

@@ -48,6 +48,11 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+@pytest.fixture(autouse=True)
+def _project_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENANT_INFRA_PROJECT", "")  # --project sets it: restored after
+
+
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository whose one commit holds the tool's package and five stack files."""
