@@ -445,10 +445,12 @@ def _write(plans: PlanSet, target: Path) -> None:
 
 
 def _fresh(folder: Path) -> Path:
-    """``folder`` emptied for a new plan set: new, empty, or a plan set already."""
+    """``folder`` ready for a new plan set: new, empty, or a plan set already (whose
+    manifest and plans go; nothing else in it is touched)."""
     if folder.exists():
         if not folder.is_dir() or (any(folder.iterdir()) and not is_plan_set(folder)):
             raise InvalidInput(f"--save {folder}: not an empty folder nor a plan set")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+        for old in folder.glob("*.json"):
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -16,6 +16,7 @@ import yaml
 
 from tenant_infra import commands, plandiff, render
 from tenant_infra.cli import main
+from tenant_infra.errors import InvalidInput
 from tenant_infra.planset import PlanSet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +276,15 @@ def test_a_saved_plan_set_is_a_base(repo: Path, tmp_path: Path) -> None:
         e.error is None for e in plans.tenants.values()
     )
     assert PlanSet.open(base).tenants.keys() == plans.tenants.keys()
+    # Saved again (from the cache): its own files go, nothing else; a folder of other
+    # files is refused.
+    (base / "notes.txt").write_text("mine")
+    commands.plan_all(save=base, workers=2, root=repo)
+    assert (base / "notes.txt").read_text() == "mine" and PlanSet.open(
+        base
+    ).tenants.keys() == plans.tenants.keys()
+    with pytest.raises(InvalidInput, match="not an empty folder nor a plan set"):
+        commands.plan_all(save=repo / "stacks", root=repo)
     edit(
         repo / "tenant_infra/catalog.toml",
         lambda s: s.replace("broker_max_queues = 1000", "broker_max_queues = 1200"),
