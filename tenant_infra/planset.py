@@ -124,36 +124,52 @@ def _named_tenant(name: str, text: bytes) -> str | None:
 
 @contextmanager
 def git_tree(project: Path, ref: str) -> Iterator[Tree]:
-    """The tree of ``ref`` in the project's git repository, in a temporary folder."""
+    """The tree of ``ref`` in the project's git repository, in a temporary folder.
+
+    Stack files git does not track (untracked or ignored) have no version at ``ref``:
+    as ``git diff`` leaves them out, the tree gets them as they are in the checkout.
+    """
     project = project.resolve()
 
-    def git(*args: str) -> str:
+    def git(*args: str, check: bool = True) -> str | None:
         done = subprocess.run(
             ["git", "-C", str(project), *args], capture_output=True, text=True, check=False
         )
         if done.returncode != 0:
+            if not check:
+                return None
             raise InvalidInput(f"--diff {ref}: not a saved plan set, nor a git ref of {project}")
         return done.stdout.strip()
 
     if ref.startswith("-"):
         raise InvalidInput(f"--diff {ref}: not a saved plan set, nor a git ref")
-    commit = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    top = Path(git("rev-parse", "--show-toplevel")).resolve()
+    commit = str(git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
+    top = Path(str(git("rev-parse", "--show-toplevel"))).resolve()
     rel = project.relative_to(top)
     with tempfile.TemporaryDirectory(prefix="tenant-infra-base-") as tmp:
-        paths = [] if rel == Path(".") else ["--", rel.as_posix()]
-        archive = subprocess.Popen(
-            ["git", "-C", str(top), "archive", "--format=tar", commit, *paths],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert archive.stdout is not None
-        with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
-            tar.extractall(tmp, filter="data")
-        if archive.wait() != 0:
-            raise InvalidInput(f"--diff {ref}: git archive failed")
+        # A project folder that did not exist at the ref is an empty tree.
+        if (
+            rel == Path(".")
+            or git("cat-file", "-e", f"{commit}:{rel.as_posix()}", check=False) is not None
+        ):
+            paths = [] if rel == Path(".") else ["--", rel.as_posix()]
+            archive = subprocess.Popen(
+                ["git", "-C", str(top), "archive", "--format=tar", commit, *paths],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert archive.stdout is not None
+            with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
+                tar.extractall(tmp, filter="data")
+            if archive.wait() != 0:
+                raise InvalidInput(f"--diff {ref}: git archive failed")
         folder = Path(tmp) / rel
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "stacks").mkdir(parents=True, exist_ok=True)
+        for name in str(git("ls-files", "--others", "-z", "--", "stacks")).split("\0"):
+            path = Path(name)
+            untracked = path.parent == Path("stacks") and path.name.startswith("Pulumi.")
+            if untracked and not (folder / path).exists() and (project / path).is_file():
+                shutil.copyfile(project / path, folder / path)
         yield Tree.of(folder, f"{ref} ({commit[:12]})")
 
 

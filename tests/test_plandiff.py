@@ -180,6 +180,48 @@ def test_a_stack_file_change_added_and_removed_tenants(repo: Path) -> None:
     assert "delta-tracer" in added and "delta-rabbitmq-vhost" in added and not by["delta"].removed
 
 
+def test_stack_files_git_does_not_track_are_the_same_on_both_sides(repo: Path) -> None:
+    """As `git diff` leaves untracked files out: a fleet whose stack files are generated
+    (untracked, or ignored) shows what the program's change does to it."""
+    (repo / "stacks" / "Pulumi.golf.yaml").write_text(
+        stack_file("golf", "standard", [("ledger", "SCHEMA")])
+    )
+    (repo / "stacks" / "Pulumi.hotel.yaml").write_text(
+        stack_file("hotel", "standard", [("reporter", "SCHEMA")])
+    )
+    (repo / ".gitignore").write_text("stacks/Pulumi.hotel.yaml\n")
+    edit(
+        repo / "tenant_infra/components/broker.py",
+        lambda s: s.replace(
+            'description=f"tenant {tenant.tenant}"',
+            'description=f"tenant {tenant.tenant}, brokered"',
+        ),
+    )
+    diff = commands.plan_diff("HEAD", root=repo, workers=2)
+    assert changed_tenants(diff) == BROKERED | {"golf"}
+    assert {t.status for t in diff.tenants if t.tenant in ("golf", "hotel")} == {
+        "changed",
+        "unchanged",
+    }
+
+
+def test_a_project_in_a_folder_of_its_repository(origin: Path, tmp_path: Path) -> None:
+    top = tmp_path / "mono"
+    shutil.copytree(origin, top / "infra", ignore=shutil.ignore_patterns(".git", ".pulumi-work"))
+    (top / "README.md").write_text("a monorepo\n")
+    git(top, "init", "-q")
+    git(top, "add", "-A")
+    git(top, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "base")
+    edit(
+        top / "infra/tenant_infra/catalog.toml",
+        lambda s: s.replace(
+            "[tiers.starter]\npg_connection_limit = 10", "[tiers.starter]\npg_connection_limit = 12"
+        ),
+    )
+    diff = commands.plan_diff("HEAD", root=top / "infra", workers=2)
+    assert changed_tenants(diff) == {"bravo", "echo"}
+
+
 def test_an_invalid_stack_file_fails_alone(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     edit(repo / "stacks/Pulumi.delta.yaml", lambda s: s.replace("tier: standard", "tier: platinum"))
     edit(repo / "tenant_infra/components/broker.py", lambda s: s + "\n# a comment\n")
