@@ -171,6 +171,7 @@ def test_a_stack_file_change_added_and_removed_tenants(repo: Path) -> None:
     (stacks / "Pulumi.foxtrot.yaml").write_text(
         stack_file("foxtrot", "starter", [("tracer", "SCHEMA")])
     )
+    git(repo, "add", "stacks")  # a new file git knows (an untracked one is the same on both sides)
     diff = commands.plan_diff("HEAD", root=repo, workers=2)
     by = {t.tenant: t for t in diff.tenants}
     assert changed_tenants(diff) == {"bravo", "delta", "foxtrot"}
