@@ -134,27 +134,120 @@ StackConfigOption = Annotated[
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
+class PlanFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
 @app.command()
 def plan(
-    tenant: Annotated[str, typer.Argument(help="Tenant id (the JWT tenantId claim).")],
+    tenant: Annotated[
+        str | None, typer.Argument(help="Tenant id (the JWT tenantId claim).")
+    ] = None,
     service: ServiceOption = None,
     stack_config: StackConfigOption = None,
-    format: FormatOption = Format.TABLE,
+    all_tenants: Annotated[
+        bool, typer.Option("--all", help="Every tenant with a stack file, in parallel.")
+    ] = False,
+    diff: Annotated[
+        str | None,
+        typer.Option(
+            "--diff",
+            metavar="BASE",
+            help="With --all: what this checkout changes per tenant against BASE, a git "
+            "ref or a saved plan set.",
+        ),
+    ] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option("--save", metavar="DIR", help="With --all: keep the plan set in DIR."),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            max=256,
+            help="With --all: worker processes (default: the cores).",
+        ),
+    ] = None,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="With --diff: exit 1 when anything changes.")
+    ] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache", help="With --all: plan everything, reusing no plan made before."
+        ),
+    ] = False,
+    format: Annotated[
+        PlanFormat,
+        typer.Option("--format", "-f", help="table, json, or markdown (--diff, for a PR)."),
+    ] = PlanFormat.TABLE,
 ) -> None:
-    """Show every resource the tenant's stack would declare (offline: no Pulumi CLI needed)."""
+    """Show every resource the tenant's stack would declare (offline: no Pulumi CLI needed).
+
+    With --all --diff BASE: what this checkout changes, tenant by tenant, against BASE.
+    """
     from tenant_infra import commands, render
 
+    if all_tenants:
+        if tenant is not None or service or stack_config is not None:
+            raise InvalidInput("--all plans every stack file: no tenant, --service or --platform")
+        _plan_all(diff, save, jobs, exit_code, not no_cache, format)
+        return
+    if diff is not None or save is not None or jobs is not None or exit_code or no_cache:
+        raise InvalidInput("--diff, --save, --jobs, --exit-code and --no-cache go with --all")
+    if tenant is None:
+        raise InvalidInput("name the tenant to plan, or pass --all")
+    if format is PlanFormat.MARKDOWN:
+        raise InvalidInput("--format markdown is for --all --diff")
     result = commands.plan(tenant, service or (), stack_config)
     borrowed = commands.borrowed_platform(tenant, stack_config)
     if borrowed is not None:  # said, never silent: whose endpoints this plan uses
         print(f"tenantctl: {tenant} has no stack file: planned on {borrowed}", file=sys.stderr)
-    if format is Format.JSON:
+    if format is PlanFormat.JSON:
         print(render.dumps(result.to_json()))
     else:
         render.plan_table(result, _console())
     for problem in result.problems:
         print(f"tenantctl: {problem}", file=sys.stderr)
     _finish(not result.problems)
+
+
+def _plan_all(
+    diff: str | None,
+    save: Path | None,
+    jobs: int | None,
+    exit_code: bool,
+    cache: bool,
+    format: PlanFormat,
+) -> None:
+    """``plan --all``: the fleet planned (and saved), or diffed against a base."""
+    from tenant_infra import commands, render
+
+    if diff is None:
+        if format is PlanFormat.MARKDOWN or exit_code:
+            raise InvalidInput("--format markdown and --exit-code go with --diff BASE")
+        plans = commands.plan_all(save=save, workers=jobs, cache=cache)
+        if format is PlanFormat.JSON:
+            print(render.dumps(render.plan_set_json(plans)))
+        else:
+            print(render.plan_set_text(plans), end="")
+        _finish(all(e.error is None for e in plans.tenants.values()))
+        return
+    result = commands.plan_diff(diff, save=save, workers=jobs, cache=cache)
+    if format is PlanFormat.JSON:
+        print(render.dumps(result.to_json()))
+    elif format is PlanFormat.MARKDOWN:
+        print(render.plan_diff_markdown(result), end="")
+    else:
+        print(render.plan_diff_text(result), end="")
+    for failed in result.failed:
+        print(f"tenantctl: {failed.tenant}: {failed.errors['head']}", file=sys.stderr)
+    _finish(not result.failed and not (exit_code and result.changed))
 
 
 TenantsArgument = Annotated[list[str] | None, typer.Argument(help="Tenant ids.")]
@@ -612,8 +705,13 @@ def history(
         table.add_column(column, overflow="fold")
     for e in entries:
         table.add_row(
-            str(e["at"]), e["product"] or "-", e["operation"], e["old_state"] or "-",
-            e["new_state"], e["reason"], e["actor"],
+            str(e["at"]),
+            e["product"] or "-",
+            e["operation"],
+            e["old_state"] or "-",
+            e["new_state"],
+            e["reason"],
+            e["actor"],
         )
     _console().print(table)
 
@@ -821,8 +919,13 @@ def api_key_list(format: FormatOption = Format.TABLE) -> None:
     for k in listed:
         revoked = f"{k['revoked_at']} by {k['revoked_by']}" if k["revoked_at"] else "-"
         table.add_row(
-            k["id"], k["scope"], k["product"] or "*", k["note"], str(k["created_at"]),
-            k["created_by"], revoked,
+            k["id"],
+            k["scope"],
+            k["product"] or "*",
+            k["note"],
+            str(k["created_at"]),
+            k["created_by"],
+            revoked,
         )
     _console().print(table)
 

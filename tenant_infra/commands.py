@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from tenant_infra.operations.rotate import Phase, RotationPlan, RotationResult
     from tenant_infra.operations.steps import Outcome, StepProgress
     from tenant_infra.pgdata.copy import CopyProgress
+    from tenant_infra.plandiff import FleetDiff
+    from tenant_infra.planset import PlanSet
     from tenant_infra.registry import Registry
 
 #: Stack config keys that describe the platform, not a tenant: safe to borrow from
@@ -280,6 +282,38 @@ def plan(
         return planned
     fleet = [config, *_fleet_configs(_workspace(None), besides=tenant)]
     return dataclasses.replace(planned, problems=tuple(budget.problems(fleet)))
+
+
+def plan_all(
+    *,
+    save: Path | None = None,
+    workers: int | None = None,
+    cache: bool = True,
+    root: Path | None = None,
+) -> PlanSet:
+    """Every tenant with a stack file planned offline, in worker processes (as many as
+    ``workers``, default the cores); into ``save``, a plan set that ``plan_diff`` can
+    take as its base, when given. A tenant that cannot be planned fails alone."""
+    from tenant_infra import plandiff
+
+    return plandiff.plan_checkout(_workspace(root).root, save, workers, cache)
+
+
+def plan_diff(
+    base: str,
+    *,
+    save: Path | None = None,
+    workers: int | None = None,
+    cache: bool = True,
+    root: Path | None = None,
+) -> FleetDiff:
+    """What the checkout changes, tenant by tenant, against ``base``: a git ref (its
+    program and its stack files) or a saved plan set. Offline: no engine, no
+    credentials. ``save`` keeps the checkout's plan set; ``cache`` reuses (and keeps)
+    plans made before under the same program, in ``.pulumi-work/plan_cache``."""
+    from tenant_infra import plandiff
+
+    return plandiff.diff(base, _workspace(root).root, save, workers, cache)
 
 
 def _fleet_configs(workspace: Workspace, besides: str) -> Iterator[TenantConfig]:

@@ -18,11 +18,14 @@ from tenant_infra.lifecycle import (
     TenantStatus,
     migration_product,
 )
+from tenant_infra.migrate.sandbox import clean_text
 from tenant_infra.operations.backup import BackupResult
 from tenant_infra.operations.promote import PromotionPlan
 from tenant_infra.operations.restore import RestorePlan
 from tenant_infra.operations.rotate import RotationPlan, RotationResult
 from tenant_infra.plan import Plan, PlannedResource
+from tenant_infra.plandiff import Change, FleetDiff, TenantDiff
+from tenant_infra.planset import PlanSet
 
 #: Inputs worth a column in the human plan, by how often they identify a resource.
 _KEY_INPUTS = (
@@ -264,3 +267,156 @@ def fleet_table(results: Sequence[FleetResult], console: Console) -> None:
     for result in results:
         table.add_row(result.tenant, "ok" if result.ok else "[red]failed[/]", result.error)
     console.print(table)
+
+
+# ---------------------------------------------------------------- fleet plan diff
+
+#: A pull-request comment holds 65,536 characters: the Markdown stops short of it.
+_COMMENT_BUDGET = 60_000
+#: Values longer than this are cut in Markdown and text (never in JSON).
+_VALUE_WIDTH = 160
+_NAMES_SHOWN = 40
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 1] + "…"
+
+
+def _change_line(change: Change) -> str:
+    key = f"({change.key})" if change.option else change.key
+    if change.secret:
+        verb = "changed" if change.had and change.has else "added" if change.has else "removed"
+        return f"{key}: [secret] {verb}"
+    if not change.had:
+        return f"{key}: (none) → {_shown(change.new)}"
+    if not change.has:
+        return f"{key}: {_shown(change.old)} → (none)"
+    return f"{key}: {_shown(change.old)} → {_shown(change.new)}"
+
+
+def tenant_diff_lines(diff: TenantDiff) -> list[str]:
+    """One tenant's (or one group's) diff, a line each, marked as ``diff`` marks them."""
+    # An error may quote a stack file: one line, no backtick (it sits in a code block).
+    lines = [
+        f"! {'base' if side == 'base' else 'checkout'}: " + clean_text(why).replace("`", "'")
+        for side, why in diff.errors.items()
+    ]
+    if diff.status == "new":
+        lines.append("! a stack file BASE does not have")
+    if diff.status == "gone":
+        lines.append("! a stack file only BASE has")
+    lines += [f"+ {_short_type(t)}  {n}" for t, n in diff.added]
+    for resource in diff.changed:
+        lines.append(f"~ {_short_type(resource.type)}  {resource.name}")
+        lines += [f"    {_change_line(c)}" for c in resource.changes]
+    lines += [f"- {_short_type(t)}  {n}" for t, n in diff.removed]
+    return lines
+
+
+def _counts(diff: TenantDiff) -> str:
+    if diff.status == "failed":
+        return "failed"
+    parts = [
+        f"{n} {verb}"
+        for n, verb in (
+            (len(diff.added), "to add"),
+            (len(diff.changed), "to change"),
+            (len(diff.removed), "to remove"),
+        )
+        if n
+    ]
+    prefix = {"new": "new stack file", "gone": "stack file removed"}.get(diff.status)
+    return ", ".join([*([prefix] if prefix else []), *parts]) or diff.status
+
+
+def _names(tenants: Sequence[str], limit: int = _NAMES_SHOWN) -> str:
+    shown = ", ".join(tenants[:limit])
+    return shown + (f" … and {len(tenants) - limit} more" if len(tenants) > limit else "")
+
+
+def _headline(diff: FleetDiff) -> list[str]:
+    s = diff.summary()
+    return [
+        f"{diff.head} against {diff.base}: {s['tenants']} tenant(s), {s['changed']} changed, "
+        f"{s['unchanged']} unchanged, {s['new']} new, {s['gone']} gone, {s['failed']} failed.",
+        f"Resources: {s['resourcesAdded']} to add, {s['resourcesChanged']} to change, "
+        f"{s['resourcesRemoved']} to remove.",
+    ]
+
+
+def plan_diff_markdown(diff: FleetDiff) -> str:
+    """For a pull-request comment: the fleet first, then one collapsed block per group
+    of tenants with the same change; within GitHub's size for a comment."""
+    resources = _headline(diff)[1]
+    lines = ["## tenant-infra plan diff", "", f"`{diff.head}` against `{diff.base}`.", ""]
+    s = diff.summary()
+    lines.append(
+        f"**{s['tenants']}** tenant(s) planned offline: **{s['changed']} changed**, "
+        f"{s['unchanged']} unchanged, {s['new']} new, {s['gone']} gone, "
+        f"**{s['failed']} failed**. {resources}"
+    )
+    groups = diff.groups()
+    if not groups:
+        lines += ["", "No tenant's resources change."]
+        return "\n".join(lines) + "\n"
+    lines += ["", "| tenants | change |", "|---:|---|"]
+    for group in groups:
+        lines.append(f"| {len(group.tenants)} | {_counts(group.diff)} |")
+    if any(len(g.tenants) > 1 for g in groups):
+        lines += [
+            "",
+            "In a block for several tenants, `<tenant>` stands for each one's id "
+            "(with `_` for `-` where PostgreSQL names it).",
+        ]
+    size = sum(len(line) + 1 for line in lines)
+    for index, group in enumerate(groups):
+        who = "tenant" if len(group.tenants) == 1 else "tenants"
+        block = [
+            "",
+            f"<details><summary><b>{len(group.tenants)} {who}</b> ({_names(group.tenants, 3)}): "
+            f"{_counts(group.diff)}</summary>",
+            "",
+            f"Tenants: {_names(group.tenants)}",
+            "",
+            "```diff",
+            *tenant_diff_lines(group.diff),
+            "```",
+            "",
+            "</details>",
+        ]
+        cost = sum(len(line) + 1 for line in block)
+        if size + cost > _COMMENT_BUDGET:
+            rest = groups[index:]
+            lines += [
+                "",
+                f"… {len(rest)} more group(s) of {sum(len(g.tenants) for g in rest)} tenant(s) "
+                "not shown here: `tenantctl plan --all --diff BASE --format json` has them all.",
+            ]
+            break
+        lines += block
+        size += cost
+    return "\n".join(lines) + "\n"
+
+
+def plan_diff_text(diff: FleetDiff) -> str:
+    """The same for a terminal: the fleet, then each group's lines."""
+    lines = _headline(diff)
+    for group in diff.groups():
+        lines += ["", f"{_names(group.tenants)}: {_counts(group.diff)}"]
+        lines += [f"  {line}" for line in tenant_diff_lines(group.diff)]
+    return "\n".join(lines) + "\n"
+
+
+def plan_set_json(plans: PlanSet) -> list[dict[str, Any]]:
+    return [
+        {"tenant": t, "resources": e.resources, "error": e.error}
+        for t, e in sorted(plans.tenants.items())
+    ]
+
+
+def plan_set_text(plans: PlanSet) -> str:
+    failed = {t: e.error for t, e in plans.tenants.items() if e.error is not None}
+    lines = [f"{len(plans.tenants)} tenant(s) planned offline, {len(failed)} failed."]
+    lines += [f"{tenant}: {why}" for tenant, why in sorted(failed.items())]
+    return "\n".join(lines) + "\n"
