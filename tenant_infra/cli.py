@@ -482,7 +482,9 @@ def rotate(
     all_tenants: Annotated[
         bool, typer.Option("--all", help="Every tenant with the --service product.")
     ] = False,
-    service: Annotated[str | None, typer.Option("--service", "-s", metavar="PRODUCT")] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", "--product", "-s", metavar="PRODUCT")
+    ] = None,
     store: Annotated[
         list[str] | None,
         typer.Option(
