@@ -228,6 +228,13 @@ class ServiceNames:
             self.pg_login(g, slot) for g in range(MAX_GENERATION + 1) for slot in (None, *SLOTS)
         )
 
+    def pg_slot_logins(self) -> frozenset[str]:
+        """Every slot login the service may have (never an owner), whatever its
+        generation."""
+        return frozenset(
+            self.pg_login(g, slot) for g in range(MAX_GENERATION + 1) for slot in SLOTS
+        )
+
     def broker_login(self, slot: str | None) -> str:
         """The RabbitMQ user of ``slot``; ``None``: the legacy one (:attr:`broker_user`)."""
         return self.broker_user if slot is None else f"{self.principal}__{_slot(slot)}"

@@ -470,7 +470,9 @@ class PgVerifier:
             {
                 "schema": self.pg.schema_name,
                 "dedicated": dedicated,
-                "own": sorted(names.pg_logins()),
+                # The service's slot logins: they own and hold nothing (the owners of
+                # its stores, a promotion's included, are not among them).
+                "own": sorted(names.pg_slot_logins()),
             },
         ).fetchall()
         findings = [f"{who} has {what} on {where}" for where, who, what in rows]
