@@ -110,12 +110,17 @@ class TenantDiff:
         }
 
     def anonymous(self) -> TenantDiff:
-        """This diff with the tenant's id (and its ``_`` form) read as ``<tenant>``."""
+        """This diff with the tenant's id read as ``<tenant>`` and its ``_`` form as
+        ``<tenant_key>``: two spellings stay two (a rename from one to the other is a
+        change, never ``<tenant> → <tenant>``)."""
         pattern = _id_pattern(self.tenant)
+
+        def placeholder(match: re.Match[str]) -> str:
+            return "<tenant>" if match[0] == self.tenant else "<tenant_key>"
 
         def sub(value: Any) -> Any:
             if isinstance(value, str):
-                return pattern.sub("<tenant>", value)
+                return pattern.sub(placeholder, value)
             if isinstance(value, list):
                 return [sub(v) for v in value]
             if isinstance(value, dict):

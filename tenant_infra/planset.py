@@ -79,6 +79,12 @@ class Tree:
             tenant = _named_tenant(path.name, text)
             if tenant is not None and path.name == f"Pulumi.{tenant}.yaml":
                 found[tenant] = hashlib.sha256(text).hexdigest()
+                continue
+            # A tenant's file that names nobody, or another tenant, is that tenant's
+            # error (as ``plan TENANT`` says), never a tenant gone from the fleet.
+            named = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+            if is_tenant_id(named):
+                found[named] = hashlib.sha256(text).hexdigest()
         return found
 
     def identity(self) -> str:
@@ -262,7 +268,7 @@ def plan_sets(jobs: Sequence[Job], workers: int | None = None) -> None:
     """Plan every job's tenants with at most ``workers`` processes (default: the cores),
     filling each job's plan set and saving its manifest. A tenant that cannot be planned
     (an invalid stack file, a program that refuses it) is an error of its own."""
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or _cores())
     sides = [_Side(job) for job in jobs]
     for side in sides:
         side.job.out.directory.mkdir(parents=True, exist_ok=True)
@@ -283,6 +289,9 @@ def plan_sets(jobs: Sequence[Job], workers: int | None = None) -> None:
         while (side := pick()) is not None:
             try:
                 side.run(lock)
+            except Exception as exc:  # a worker that could not even be started
+                with lock:
+                    side.broken = f"the planner could not run: {scrub(str(exc))[:200]}"
             finally:
                 with lock:
                     side.active -= 1
@@ -293,7 +302,22 @@ def plan_sets(jobs: Sequence[Job], workers: int | None = None) -> None:
     for thread in threads:
         thread.join()
     for side in sides:
+        # Every tenant asked for has an entry: none goes missing (and so "gone").
+        for tenant in side.job.tenants:
+            if tenant not in side.job.out.tenants:
+                why = side.broken or "not planned: its planner stopped"
+                side.job.out.tenants[tenant] = Entry(
+                    side.job.digests[tenant], why, 0, transient=True
+                )
         side.job.out.save()
+
+
+def _cores() -> int:
+    """The cores this process may use (a container's CPU set, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class _Side:
@@ -482,7 +506,9 @@ class PlanCache:
         folder.mkdir(parents=True, exist_ok=True)
         for tenant, entry in planned.tenants.items():
             key = f"{tenant}.{entry.stack[:24]}"
-            if entry.transient:
+            # Only plans are kept: an error may be the machine's (a full disk, memory),
+            # so the tenant is planned again next time rather than failed for good.
+            if entry.transient or entry.error is not None:
                 continue
             if entry.error is None:
                 os.replace(planned.directory / f"{tenant}.json", folder / f"{key}.json")
