@@ -403,3 +403,23 @@ def test_plans_made_once_under_a_program_are_not_made_again(
     # Without the cache, everything is planned.
     commands.plan_diff("HEAD", root=repo, workers=2, cache=False)
     assert len(planned) == 1 + 2 * len(TENANTS)
+
+
+def test_a_stack_file_naming_another_tenant_fails_instead_of_going(repo: Path) -> None:
+    """Review: a file that names nobody, or another tenant, is its tenant's error (as
+    ``plan TENANT`` says), never a tenant gone with every resource to remove."""
+    edit(repo / "stacks/Pulumi.bravo.yaml", lambda s: s.replace("tenant: bravo", "tenant: alpha"))
+    diff = commands.plan_diff("HEAD", root=repo, workers=2)
+    statuses = {t.tenant: t.status for t in diff.tenants}
+    assert statuses["bravo"] == "failed", statuses
+    assert "gone" not in statuses.values()
+
+
+def test_the_two_spellings_of_an_id_stay_apart_in_a_group() -> None:
+    """Review: a rename from ``charlie-eu`` to ``charlie_eu`` is a change, never
+    ``<tenant> → <tenant>``."""
+    change = plandiff.Change("name", "charlie-eu", "charlie_eu")
+    resource = plandiff.ResourceChange("postgresql:index/database:Database", "db", (change,))
+    diff = plandiff.TenantDiff("charlie-eu", "changed", (), (), (resource,))
+    (anonymous,) = diff.anonymous().changed[0].changes
+    assert (anonymous.old, anonymous.new) == ("<tenant>", "<tenant_key>")
