@@ -505,6 +505,11 @@ class Promoter:
         if spec.suspended or spec.removal is not None:
             state = "suspended" if spec.suspended else "retained"
             raise InvalidInput(f"service {self.product!r} of tenant {self.tenant!r} is {state}")
+        if spec.credentials.rotating_now():
+            raise InvalidInput(
+                f"the credentials of {self.tenant}/{self.product} are being rotated: finish "
+                "the rotation first (tenantctl rotate --finish)"
+            )
         config = self.config()
         _refuse_large_objects(self.shared(config), self.source_owner(config))
 

@@ -404,6 +404,13 @@ def test_bad_requests_are_refused_before_anything_changes(world: World) -> None:
     with pytest.raises(InvalidInput, match="unknown rotation phase"):
         commands.rotate([tenant], product="ledger", phase="later", **world.kwargs())  # type: ignore[arg-type]
     assert credentials(world, tenant) == before
+    # Between the phases: another store is refused, and so is a promotion.
+    assert rotate(world, tenant, "begin", stores=["postgres"]).status == "begun"
+    with pytest.raises(InvalidInput, match=r"rotation of postgres .* is under way"):
+        rotate(world, tenant, "finish", stores=["rabbitmq"])
+    with pytest.raises(InvalidInput, match="being rotated"):
+        commands.promote(tenant, "ledger", **world.kwargs())
+    assert rotate(world, tenant, "finish").status == "finished"
 
 
 def test_the_fleet_form_isolates_a_failing_tenant(world: World) -> None:
