@@ -504,6 +504,14 @@ def known_config(workspace: Workspace, tenant: str) -> TenantConfig:
     return config
 
 
+def refuse_inactive(config: TenantConfig, spec: ServiceSpec) -> None:
+    """A day-2 operation that needs the service's logins refuses a suspended or
+    retained service, before anything changes."""
+    if spec.suspended or spec.removal is not None:
+        state = "suspended" if spec.suspended else "retained"
+        raise InvalidInput(f"service {spec.product!r} of tenant {config.tenant!r} is {state}")
+
+
 def known_service(config: TenantConfig, product: str) -> ServiceSpec:
     found = config.service(product)
     if found is None:

@@ -45,6 +45,7 @@ from tenant_infra.lifecycle import (
     deploy_step,
     known_config,
     known_service,
+    refuse_inactive,
 )
 from tenant_infra.operations.steps import (
     Detail,
@@ -502,9 +503,7 @@ class Promoter:
                 f"service {self.product!r} of tenant {self.tenant!r} is in "
                 f"{spec.isolation.value} mode already"
             )
-        if spec.suspended or spec.removal is not None:
-            state = "suspended" if spec.suspended else "retained"
-            raise InvalidInput(f"service {self.product!r} of tenant {self.tenant!r} is {state}")
+        refuse_inactive(self.config(), spec)
         if spec.credentials.rotating_now():
             raise InvalidInput(
                 f"the credentials of {self.tenant}/{self.product} are being rotated: finish "

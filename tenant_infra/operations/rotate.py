@@ -60,6 +60,7 @@ from tenant_infra.lifecycle import (
     deploy_step,
     known_config,
     known_service,
+    refuse_inactive,
 )
 from tenant_infra.operations.steps import Detail, Machine, Step, StepProgress
 from tenant_infra.registry import Registry
@@ -397,9 +398,7 @@ class Rotator:
     def refuse(self) -> None:
         """What cannot begin a rotation: a suspended, retained or promoted service."""
         spec = self.spec()
-        if spec.suspended or spec.removal is not None:
-            state = "suspended" if spec.suspended else "retained"
-            raise InvalidInput(f"service {self.product!r} of tenant {self.tenant!r} is {state}")
+        refuse_inactive(self.config(), spec)
         if spec.promotion is not None:
             raise InvalidInput(
                 f"service {self.product!r} of tenant {self.tenant!r} is being promoted: "
