@@ -374,7 +374,8 @@ LEGACY: Final = "legacy"
 #: The stores whose credentials ``tenantctl rotate`` replaces, as the CLI names them.
 CredentialStore = Literal["postgres", "rabbitmq", "mongodb"]
 CREDENTIAL_STORES: Final[tuple[CredentialStore, ...]] = ("postgres", "rabbitmq", "mongodb")
-_STORE_OF: Final = {
+#: Each rotated store's catalog store.
+STORE_OF: Final[dict[CredentialStore, Store]] = {
     "postgres": Store.POSTGRESQL,
     "rabbitmq": Store.RABBITMQ,
     "mongodb": Store.MONGODB,
@@ -435,7 +436,7 @@ class Credentials(_Model):
         return cls(
             **{
                 name: StoreLogins(current="a")
-                for name, store in _STORE_OF.items()
+                for name, store in STORE_OF.items()
                 if store in stores
             }
         )

@@ -41,10 +41,11 @@ import psycopg
 import requests
 from psycopg import sql
 
-from tenant_infra.catalog import IsolationMode, Store, load_catalog
+from tenant_infra.catalog import IsolationMode, load_catalog
 from tenant_infra.config import (
     CREDENTIAL_STORES,
     LEGACY,
+    STORE_OF,
     Credentials,
     CredentialStore,
     ServiceSpec,
@@ -75,11 +76,6 @@ Phase = Literal["begin", "finish", "auto"]
 DEFAULT_DRAIN_SECONDS = 30.0
 #: How often ``--auto`` looks at the old login's sessions.
 POLL_SECONDS = 1.0
-_STORE: dict[CredentialStore, Store] = {
-    "postgres": Store.POSTGRESQL,
-    "rabbitmq": Store.RABBITMQ,
-    "mongodb": Store.MONGODB,
-}
 
 
 def next_logins(logins: StoreLogins | None) -> StoreLogins:
@@ -126,7 +122,7 @@ class Rotator:
     def chosen(self) -> list[CredentialStore]:
         """The requested stores the product uses; refused when it uses none of them."""
         needs = load_catalog().product(self.product).stores
-        chosen = [s for s in self.stores if _STORE[s] in needs]
+        chosen = [s for s in self.stores if STORE_OF[s] in needs]
         if not chosen:
             raise InvalidInput(
                 f"product {self.product!r} uses none of {', '.join(self.stores)}: nothing to rotate"
