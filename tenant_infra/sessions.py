@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -126,11 +127,12 @@ def drop_strays(
                     # must fail the purge in a while (it can be run again), not hang it.
                     conn.execute(f"SET lock_timeout = '{STRAY_LOCK_WAIT_SECONDS}s'")
                     try:
-                        conn.execute(
-                            psycopg.sql.SQL("DROP OWNED BY {}").format(
-                                psycopg.sql.Identifier(login)
+                        with acting_for(conn, [login]):
+                            conn.execute(
+                                psycopg.sql.SQL("DROP OWNED BY {}").format(
+                                    psycopg.sql.Identifier(login)
+                                )
                             )
-                        )
                     except psycopg.errors.LockNotAvailable:
                         raise OperationFailed(
                             f"dropping what {login} holds in {database} waited "
@@ -161,6 +163,89 @@ def _drop_restores(
                     )
                 )
         drop_login(params, restorer_name(config.pg_owner(product)))
+
+
+@contextlib.contextmanager
+def acting_for(conn: psycopg.Connection[Any], roles: Sequence[str]) -> Iterator[None]:
+    """``REASSIGN``/``DROP OWNED`` need the admin to hold ``roles``' privileges: a
+    superuser does; a ``CREATEROLE`` admin is granted them for the while, as the
+    provider's ``withRolesGranted`` does, and they are revoked after."""
+    row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
+    found = row.fetchone()
+    granted: list[str] = []
+    if not (found and found[0]):
+        for role in roles:
+            member = conn.execute(
+                "SELECT pg_catalog.pg_has_role(current_user, %s, 'USAGE')", (role,)
+            ).fetchone()
+            if not (member and member[0]):
+                conn.execute(
+                    psycopg.sql.SQL("GRANT {} TO CURRENT_USER").format(psycopg.sql.Identifier(role))
+                )
+                granted.append(role)
+    try:
+        yield
+    finally:
+        for role in granted:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(
+                    psycopg.sql.SQL("REVOKE {} FROM CURRENT_USER").format(
+                        psycopg.sql.Identifier(role)
+                    )
+                )
+
+
+def release_logins(
+    config: TenantConfig,
+    product: str,
+    environ: Mapping[str, str],
+    logins: Sequence[str],
+    owner: str,
+    stores: Sequence[str],
+) -> None:
+    """Before slot logins are dropped (the provider drops them without ``REASSIGN`` or
+    ``DROP OWNED``, so that nothing of a tenant's goes to the platform admin): in the
+    service's ``stores``, what they own goes to ``owner`` and their grants go; in every
+    other database, both go (:func:`drop_strays`). A neighbour's open transaction on
+    something granted to them fails this in a while (run it again), never hangs it."""
+    identifiers = [psycopg.sql.Identifier(login) for login in logins]
+    for database in stores:
+        params = admin_params(config, product, environ, database)
+        try:
+            with psycopg.connect(**params, autocommit=True) as conn:
+                present = {
+                    str(r[0])
+                    for r in conn.execute(
+                        "SELECT datname FROM pg_catalog.pg_database WHERE datname = %s",
+                        (database,),
+                    )
+                }
+                there = [
+                    login
+                    for (login,) in conn.execute(
+                        "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
+                        (list(logins),),
+                    )
+                ]
+                if not present or not there:
+                    continue
+                conn.execute(f"SET lock_timeout = '{STRAY_LOCK_WAIT_SECONDS}s'")
+                with acting_for(conn, [*there, owner]):
+                    for login in identifiers:
+                        if login.as_string(conn).strip('"') not in there:
+                            continue
+                        conn.execute(
+                            psycopg.sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                                login, psycopg.sql.Identifier(owner)
+                            )
+                        )
+                        conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(login))
+        except psycopg.errors.LockNotAvailable:
+            raise OperationFailed(
+                f"releasing {', '.join(logins)} in {database} waited {STRAY_LOCK_WAIT_SECONDS} s "
+                "on another session's transaction; run it again once that ends"
+            ) from None
+    drop_strays(config, [product], environ, logins=list(logins))
 
 
 def close_sessions(

@@ -77,7 +77,7 @@ from tenant_infra.pgdata.inventory import (
 )
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
-from tenant_infra.sessions import admin_params, connect, drop_strays
+from tenant_infra.sessions import admin_params, connect, drop_strays, release_logins
 from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import Workspace
 
@@ -175,6 +175,16 @@ class Promoter:
                 config = config.with_service(spec.model_copy(update={"promotion": promotion}))
                 self.workspace.write_config(config)
             return config
+
+    def release(self, config: TenantConfig, generation: int, store: str) -> None:
+        """Before the store of ``generation`` is dropped: its slot logins' objects and
+        grants, wherever they are (:func:`release_logins`; the provider drops a login
+        without them), and what its owner holds outside its store."""
+        roles = config.pg_store_roles(self.product, generation)
+        owner, logins = roles[0], roles[1:]
+        if logins:
+            release_logins(config, self.product, self.environ, logins, owner, [store])
+        drop_strays(config, [self.product], self.environ, logins=[owner])
 
     def set_login(self, config: TenantConfig, generation: int, allowed: bool) -> None:
         """Seal (or unseal) the store of ``generation`` at once, outside the stack: each
@@ -352,12 +362,7 @@ class Promoter:
             )
             self.update(config.with_service(released), "lifting the retired schema's protection")
             config = self.config()
-        drop_strays(
-            config,
-            [self.product],
-            self.environ,
-            logins=config.pg_store_roles(self.product, self.source_generation(config)),
-        )
+        self.release(config, self.source_generation(config), pg_shared_database(self.product))
         self.update(
             config.with_service(self.spec(config).model_copy(update={"promotion": None})),
             "dropping the retired schema and its login",
@@ -468,6 +473,11 @@ class Promoter:
         spec = self.spec(config)
         if spec.promotion is None:
             return
+        self.release(
+            config,
+            self.target_generation(config),
+            config.names.service(self.product).pg_dedicated_database,
+        )
         self.update(
             config.with_service(spec.model_copy(update={"promotion": None})),
             "dropping the dedicated store",

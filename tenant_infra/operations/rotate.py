@@ -39,7 +39,6 @@ from urllib.parse import quote
 
 import psycopg
 import requests
-from psycopg import sql
 
 from tenant_infra.catalog import IsolationMode, load_catalog
 from tenant_infra.config import (
@@ -66,7 +65,12 @@ from tenant_infra.lifecycle import (
 from tenant_infra.operations.steps import Detail, Machine, Step, StepProgress
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
-from tenant_infra.sessions import admin_params, close_broker_connections, connect, drop_strays
+from tenant_infra.sessions import (
+    admin_params,
+    close_broker_connections,
+    connect,
+    release_logins,
+)
 from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import Workspace
 
@@ -305,37 +309,19 @@ class Rotator:
 
     def _release(self, config: TenantConfig, old: list[str]) -> None:
         """Nothing may keep the old PostgreSQL logins (the legacy owner aside) from
-        being dropped, nor go to the platform admin when they are: in the store,
-        what they own goes to the owner (``REASSIGN OWNED``) and their grants go
-        (``DROP OWNED``); in every other database, both go (:func:`drop_strays`).
-        The provider's own ``REASSIGN OWNED … TO <admin>`` is off for logins."""
+        being dropped, nor go to the platform admin when they are
+        (:func:`~tenant_infra.sessions.release_logins`)."""
         owner = config.pg_owner(self.product)
         logins = [login for login in old if login != owner]
         if not logins:
             return
-        spec = self.spec(config)
         names = config.names.service(self.product)
         store = (
             names.pg_dedicated_database
-            if spec.isolation is IsolationMode.DATABASE
+            if self.spec(config).isolation is IsolationMode.DATABASE
             else pg_shared_database(self.product)
         )
-        params = admin_params(config, self.product, self.environ, store, KIND)
-        with connect(params, autocommit=True) as conn:
-            present = [
-                str(r[0])
-                for r in conn.execute(
-                    "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", (logins,)
-                )
-            ]
-            for login in present:
-                conn.execute(
-                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(
-                        sql.Identifier(login), sql.Identifier(owner)
-                    )
-                )
-                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(login)))
-        drop_strays(config, [self.product], self.environ, logins=logins)
+        release_logins(config, self.product, self.environ, logins, owner, [store])
 
     def check(self, detail: Detail) -> None:
         """The old logins are gone (a legacy owner: refused), the current ones there."""

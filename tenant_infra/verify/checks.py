@@ -413,15 +413,16 @@ class PgVerifier:
         """PostgreSQL grants PUBLIC CONNECT on ``postgres`` by default: the role may get
         in, but must be able to create nothing there."""
         name, db = PG_CHECKS[7], MAINTENANCE_DATABASE
-        # What the role owns or holds in any database but its own (a large object in
-        # postgres or template1 needs no privilege, and template1 is copied into every
-        # database made from it); pg_shdepend is a shared catalog every role reads.
+        # What the role owns in any database but its own (a large object in postgres or
+        # template1 needs no privilege, and template1 is copied into every database made
+        # from it); pg_shdepend is a shared catalog every role reads. What others grant
+        # to it is their doing, not the tenant's (and purges and rotations clear it).
         elsewhere = [
             f"{database} ({count})"
             for database, count in conn.execute(
                 "SELECT d.datname, count(*) FROM pg_shdepend s"
                 " JOIN pg_database d ON d.oid = s.dbid"
-                " WHERE s.refclassid = 'pg_authid'::regclass"
+                " WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o'"
                 " AND s.refobjid IN (SELECT oid FROM pg_roles"
                 "   WHERE rolname IN (current_user, session_user))"
                 " AND d.datname <> current_database() GROUP BY 1 ORDER BY 1"
@@ -677,10 +678,12 @@ def _milliseconds(setting: str) -> int:
 #: Foreign privileges on a tenant's objects, as ``(where, who, what)``. Everything in
 #: the schema is owned by the service's owner (``current_user``: a login acts as it);
 #: grants are allowed to it, superusers (who bypass privileges anyway) and the database
-#: owner (the platform admin). The service's logins own nothing in this database and
-#: hold nothing but their membership in the owner (no ADMIN OPTION) and, in a dedicated
-#: database, CONNECT: what a login holds survives its rotation, and what it owns would
-#: go to whoever drops it. ``PUBLIC`` appears as grantee 0. Functions and types keep
+#: owner (the platform admin). The service's logins own nothing anywhere (what a login
+#: owns would outlive it; the rotation hands it to the owner) and hold nothing on the
+#: tenant's objects but their membership in the owner (no ADMIN OPTION) and, in a
+#: dedicated database, CONNECT. Grants *to* a login on others' objects are not the
+#: tenant's doing (any owner may grant to any role): the rotation clears them.
+#: ``PUBLIC`` appears as grantee 0. Functions and types keep
 #: PUBLIC's implicit EXECUTE and USAGE while their ACL is untouched (NULL: harmless
 #: without USAGE on the schema, which the schema ACL check covers); any explicit
 #: grant to PUBLIC or a role is listed, and so is any grant on the tenant role's large
@@ -718,12 +721,10 @@ SELECT 'type ' || ns.nspname || '.' || t.typname, pg_get_userbyid(t.typowner), '
  WHERE t.typowner NOT IN (SELECT oid FROM owner)
 UNION ALL
 SELECT s.classid::regclass || ' ' || s.objid || ' in ' || coalesce(d.datname, 'the cluster'),
-       pg_get_userbyid(s.refobjid),
-       CASE s.deptype WHEN 'o' THEN 'OWNERSHIP' WHEN 'a' THEN 'A GRANT' ELSE 'A POLICY' END
+       pg_get_userbyid(s.refobjid), 'OWNERSHIP'
   FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
- WHERE s.refobjid IN (SELECT oid FROM logins) AND s.deptype IN ('o', 'a', 'r')
+ WHERE s.refobjid IN (SELECT oid FROM logins) AND s.deptype = 'o'
    AND s.refclassid = 'pg_authid'::regclass
-   AND NOT (s.classid = 'pg_database'::regclass AND s.deptype = 'a')
 UNION ALL
 SELECT ns.nspname || '.' || c.relname,
        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,

@@ -336,8 +336,16 @@ def test_what_the_old_login_made_goes_to_the_owner_never_to_the_admin(
     ):
         conn.execute(f"SELECT tenant_{key}.lift()")
     assert admin_sql("SELECT rolsuper FROM pg_roles WHERE rolname = %s", params=(owner,)) == [(False,)]
+    # A grant a neighbour makes to the current login is not the tenant's doing: its
+    # verify still passes, and its next rotation clears the grant.
+    current = world.backend.document(tenant, "ledger")["postgresql"]["user"]
+    with psycopg.connect(**world.pg(neighbour, "ledger"), autocommit=True) as conn:
+        conn.execute(f"GRANT SELECT ON bait TO {current}")
     world.verify(tenant, "ledger")
-    world.verify(neighbour, "ledger")
+    with pytest.raises(AssertionError, match=f"{current} has SELECT on"):
+        world.verify(neighbour, "ledger")  # the neighbour shared its table: its finding
+    assert rotate(world, tenant, "auto", grace=0.0).status == "finished"
+    assert admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(current,)) == []
 
 
 def test_killed_after_begin_a_rerun_converges(world: World) -> None:
