@@ -105,7 +105,7 @@ from tenant_infra.pgdata.inventory import (
 )
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
-from tenant_infra.sessions import admin_params, connect
+from tenant_infra.sessions import admin_params, connect, end_sessions
 from tenant_infra.workspace import Workspace
 
 KIND = "restore"
@@ -346,7 +346,7 @@ class Restorer:
         elif live not in present:
             raise OperationFailed(f"neither {aside} nor {live} is there: the swap cannot go on")
         # Swapped (now or by a run killed after its commit): its plans are stale.
-        ended = _end_sessions(admin, logins)
+        ended = end_sessions(admin, logins, here_only=True)
         detail["sessionsEnded"] = int(detail.get("sessionsEnded") or 0) + ended
         drop_login(admin, restorer_name(owner))
         if "swappedAt" not in detail:
@@ -426,7 +426,7 @@ class Restorer:
                     conn.rollback()
                     if attempt == SWAP_ATTEMPTS - 1:
                         break
-            ended += _end_sessions(admin, logins)  # one of them holds a table
+            ended += end_sessions(admin, logins, here_only=True)  # one of them holds a table
         raise OperationFailed(
             f"the swap could not lock {live}'s tables; run restore --resume --swap again"
         )
@@ -555,17 +555,6 @@ class Restorer:
                 "again with --resume, or --abort"
             ) from None
         return outcome
-
-
-def _end_sessions(admin: Mapping[str, Any], logins: list[str]) -> int:
-    """End the ``logins``' sessions in the admin's database; how many there were."""
-    with connect(admin, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
-            " WHERE usename = ANY(%s) AND datname = current_database()",
-            (logins,),
-        ).fetchall()
-    return len(rows)
 
 
 def _seal(admin: Mapping[str, Any], restorer: str) -> None:

@@ -69,6 +69,7 @@ from tenant_infra.sessions import (
     admin_params,
     close_broker_connections,
     connect,
+    end_sessions,
     release_logins,
 )
 from tenant_infra.tenant import pg_shared_database
@@ -278,13 +279,7 @@ class Rotator:
         if not old:
             return 0
         if store == "postgres":
-            with connect(self._admin(config), autocommit=True) as conn:
-                rows = conn.execute(
-                    "SELECT pg_catalog.pg_terminate_backend(pid, 5000)"
-                    " FROM pg_catalog.pg_stat_activity WHERE usename = ANY(%s)",
-                    (old,),
-                ).fetchall()
-            return len(rows)
+            return end_sessions(self._admin(config), old)
         if store == "rabbitmq":
             rabbit = config.platform.rabbitmq
             assert rabbit is not None
