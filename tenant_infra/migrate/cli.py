@@ -192,6 +192,15 @@ def migrate(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="Report format.")
     ] = OutputFormat.table,
+    bulk_read: Annotated[
+        bool,
+        typer.Option(
+            help="On the way to head, first read the version tables through the --dsn"
+            " connection, a few statements per 500 schemas, and report tenants already"
+            " there as current without a process or connection of their own (README:"
+            " The bulk read). --no-bulk-read asks each tenant on its own connection.",
+        ),
+    ] = True,
 ) -> None:
     """Bring every tenant of a product (or every matching schema/database) to head.
 
@@ -208,6 +217,7 @@ def migrate(
     if downgrade_to is not None and (dry_run or sql):
         raise InvalidInput("--downgrade-to runs: --dry-run and --sql show upgrades only")
     params = parse_dsn(dsn)
+    platform = params  # discovery's (--product) or the runner's (generic) connection
     if to is not None or downgrade_to is not None:
         # Checked before any tenant is discovered or touched.
         early = script_location
@@ -249,6 +259,7 @@ def migrate(
             on_result=None if sql else progress,
             registry=registry,
             timeout=timeout,
+            read_in_bulk=platform if bulk_read else None,
         )
     if sql:
         for result in report.results:

@@ -40,6 +40,8 @@ class FleetReport:
     #: ``--downgrade-to``.
     destination: str = "heads"
     canary_failed: bool = False
+    #: Tenants found at head by the bulk read, never handed to a process.
+    read_in_bulk: int = 0
 
     @property
     def failed(self) -> list[TargetResult]:
@@ -61,6 +63,29 @@ def _skipped(index: int, target: MigrationTarget) -> TargetResult:
     return TargetResult.of(target, index, "skipped", error="not attempted: a canary tenant failed")
 
 
+def _current_in_bulk(
+    indexed: list[tuple[int, MigrationTarget]],
+    params: Mapping[str, str],
+    head: str | None,
+    collect: Callable[[Iterable[TargetResult]], bool],
+) -> list[tuple[int, MigrationTarget]]:
+    """Report the targets the bulk read finds at ``head``; return the others."""
+    if head is None:  # an empty script directory: the runner decides
+        return indexed
+    from tenant_infra.migrate.versions import at_head
+
+    readable = [t for _, t in indexed if not t.unavailable]
+    current = at_head(params, readable, head) if readable else set()
+    if not current:
+        return indexed
+    collect(
+        TargetResult.of(t, i, "current", before=head, after=head)
+        for i, t in indexed
+        if t in current
+    )
+    return [(i, t) for i, t in indexed if t not in current]
+
+
 def migrate_fleet(
     targets: Sequence[MigrationTarget],
     script_location: str | Path,
@@ -73,6 +98,7 @@ def migrate_fleet(
     on_result: OnResult | None = None,
     registry: Registry | None = None,
     timeout: float | None = None,
+    read_in_bulk: Mapping[str, str] | None = None,
 ) -> FleetReport:
     """Bring every target to ``destination`` (``mode="upgrade"``, or down to it with
     ``"downgrade"``), or only list
@@ -86,6 +112,10 @@ def migrate_fleet(
     ``canary`` > 0 migrates that many targets first and stops if any fails.
     ``registry``: each tenant service's new revision is recorded there, with history.
     ``timeout``: seconds one tenant may take; past it, its process is killed and it fails.
+    ``read_in_bulk``: a platform connection (the discovery DSN, or generic mode's) that
+    reads the version tables first (:mod:`~tenant_infra.migrate.versions`): on the way
+    to head, a tenant already there is reported ``current`` without a process of its
+    own (counted in :attr:`FleetReport.read_in_bulk`).
 
     Revision code runs only in sandboxed processes (:mod:`~tenant_infra.migrate.
     sandbox`): one per tenant target, holding only that tenant's parameters; ``params``
@@ -135,9 +165,14 @@ def migrate_fleet(
     if mode == "sql":
         workers = 1  # SQL is printed in tenant order; rendering is cheap
     moving = mode in ("upgrade", "downgrade")
-    waves = [indexed[:canary], indexed[canary:]] if canary and moving else [indexed]
     with SandboxExecutor(job, workers) as executor:
         report.head = executor.head
+        if read_in_bulk is not None and mode == "upgrade" and destination == "heads":
+            waiting = len(indexed)
+            indexed = _current_in_bulk(indexed, read_in_bulk, report.head, collect)
+            report.read_in_bulk = waiting - len(indexed)
+        # The canary wave is made of tenants that have something to do.
+        waves = [indexed[:canary], indexed[canary:]] if canary and moving else [indexed]
         for wave_no, wave in enumerate(waves):
             if not wave:
                 continue
@@ -147,7 +182,7 @@ def migrate_fleet(
                     report.results.append(_skipped(index, target))
                 break
     seen = {r.index for r in report.results}
-    for index, target in indexed:  # a target nobody answered for failed, never vanished
+    for index, target in enumerate(targets):  # nobody answered: failed, never vanished
         if index not in seen:
             report.results.append(
                 TargetResult.of(target, index, "failed", error="no result from the runner")

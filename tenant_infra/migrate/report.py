@@ -95,6 +95,7 @@ def to_dict(report: FleetReport) -> dict[str, Any]:
         "seconds": round(report.seconds, 3),
         "canary_failed": report.canary_failed,
         "counts": report.counts(),
+        "read_in_bulk": report.read_in_bulk,
         "tenants": [
             {
                 "tenant": r.label,
@@ -181,6 +182,8 @@ def render_table(report: FleetReport, console: Console) -> None:
 def _summary(report: FleetReport, console: Console) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))
     verdict = "ok" if report.ok else "FAILED"
+    bulk = f" ({report.read_in_bulk} current by the bulk read)" if report.read_in_bulk else ""
     console.print(
-        f"{len(report.results)} tenant(s): {counts or 'none'} in {report.seconds:.1f}s: {verdict}"
+        f"{len(report.results)} tenant(s): {counts or 'none'}{bulk} in {report.seconds:.1f}s:"
+        f" {verdict}"
     )
