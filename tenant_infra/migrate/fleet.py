@@ -7,6 +7,7 @@ the stragglers: tenants at head cost one version-table read each.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tenant_infra.errors import InvalidInput
 from tenant_infra.migrate.connection import with_libpq_environment
 from tenant_infra.migrate.engine import TargetResult
 from tenant_infra.migrate.executors import Job, Mode, SandboxExecutor
+from tenant_infra.migrate.revisions import declared_head
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.migrate.worker import reach, script_exists
 
@@ -165,16 +167,22 @@ def migrate_fleet(
     if mode == "sql":
         workers = 1  # SQL is printed in tenant order; rendering is cheap
     moving = mode in ("upgrade", "downgrade")
-    with SandboxExecutor(job, workers) as executor:
-        report.head = executor.head
-        if read_in_bulk is not None and mode == "upgrade" and destination == "heads":
-            waiting = len(indexed)
-            indexed = _current_in_bulk(indexed, read_in_bulk, report.head, collect)
-            report.read_in_bulk = waiting - len(indexed)
-        # The canary wave is made of tenants that have something to do.
-        waves = [indexed[:canary], indexed[canary:]] if canary and moving else [indexed]
+    if read_in_bulk is not None and mode == "upgrade" and destination == "heads":
+        # The head as the sandbox reads it (statically), so that a fleet at head
+        # starts no sandbox at all.
+        report.head = declared_head(location)
+        waiting = len(indexed)
+        indexed = _current_in_bulk(indexed, read_in_bulk, report.head, collect)
+        report.read_in_bulk = waiting - len(indexed)
+    # The canary wave is made of tenants that have something to do.
+    waves = [indexed[:canary], indexed[canary:]] if canary and moving else [indexed]
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if indexed or not total:  # an empty fleet still learns its head from the sandbox
+            executor = stack.enter_context(SandboxExecutor(job, workers))
+            report.head = executor.head
         for wave_no, wave in enumerate(waves):
-            if not wave:
+            if not wave or executor is None:
                 continue
             if collect(executor.map(wave)) and canary and wave_no == 0 and len(waves) > 1:
                 report.canary_failed = True
