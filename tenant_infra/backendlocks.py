@@ -199,7 +199,7 @@ def judge(
     stale_after: timedelta = DEFAULT_STALE_AFTER,
     now: datetime | None = None,
     hostname: str | None = None,
-    alive: PulseCheck = process_alive,
+    alive: PulseCheck | None = None,
 ) -> Finding:
     """Live, stale or unreadable: a process of this host is asked; another host's lock
     is stale only once older than ``stale_after`` (its process cannot be asked)."""
@@ -210,7 +210,7 @@ def judge(
         return Finding(lock, Verdict.UNREADABLE, lock.problem, age, False)
     assert lock.pid is not None and age is not None
     if lock.hostname == here:
-        if alive(lock.pid):
+        if (alive or process_alive)(lock.pid):
             return Finding(lock, Verdict.LIVE, f"process {lock.pid} is running", age, True)
         return Finding(lock, Verdict.STALE, f"process {lock.pid} on this host is gone", age, True)
     if age > stale_after:
@@ -230,7 +230,8 @@ def inspect(
         try:
             locks = store.locks(stack)
         except (OSError, BackendUnavailable) as exc:
-            reason = escape(scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else ""))
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = escape(scrub(first), 200)
             locks = [BackendLock(stack, "(its lock folder)", problem=f"cannot be read: {reason}")]
         for lock in locks:
             yield judge(lock, **judging)
