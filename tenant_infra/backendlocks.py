@@ -16,6 +16,8 @@ What the Pulumi CLI does (pulumi/pulumi ``pkg/backend/diy/lock.go``, ``store.go`
   gone *on the same host* themselves; a lock from another host (a pod that was
   evicted, an operator that restarted: pulumi-kubernetes-operator#1293) always counts
   as live, and needs ``pulumi cancel``.
+- ``pulumi cancel`` (``CancelCurrentUpdate`` in ``backend.go``) deletes every file of the
+  stack's lock folder, checking nothing.
 - ``postgres://`` keeps the same keys as rows ``(key text, data bytea, updated_at)`` of
   the table ``pulumi_state`` (``?table=`` names another).
 
@@ -293,6 +295,8 @@ class FileLocks:
         return [(*LOCKS, ORGANIZATION, self.project, stack), (*LOCKS, stack)]
 
     def locks(self, stack: str) -> list[BackendLock]:
+        if stack in ("", ".", "..") or "/" in stack or "\0" in stack:
+            raise OSError(f"{escape(stack)!r} is not a stack name")  # `..` would climb out
         found: list[BackendLock] = []
         for parts in self._folders(stack):
             fd = self._open_folder(parts)

@@ -196,6 +196,22 @@ def test_symlinks_are_never_followed(tmp_path: Path) -> None:
     assert not (folder / "link.json").exists() and secret.exists()
 
 
+def test_names_that_would_climb_out_are_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    write_lock(tmp_path, "acme", lock_content(DEAD, HERE, NOW))  # beside the backend, not in it
+    for name in ("..", ".", "", "a/../../..", "x\0y"):
+        (found,) = findings(state, name)
+        assert found.verdict is Verdict.UNREADABLE and "not a stack name" in found.why
+
+
+def test_a_fifo_is_not_read(tmp_path: Path) -> None:
+    folder = write_lock(tmp_path, "acme", lock_content(DEAD, HERE, NOW)).parent
+    os.mkfifo(folder / "pipe.json")
+    found = sorted(findings(tmp_path, "acme"), key=lambda f: f.verdict)
+    assert [f.verdict for f in found] == [Verdict.STALE, Verdict.UNREADABLE]
+    assert found[1].why == "not a regular file"
+
+
 def test_a_folder_stuffed_with_files_is_named_not_read(tmp_path: Path) -> None:
     for _ in range(backendlocks.MAX_LOCKS_PER_STACK + 5):
         write_lock(tmp_path, "acme", lock_content(DEAD, HERE, NOW))
