@@ -44,6 +44,8 @@ from tenant_infra.workspace import InProgress
 
 MIN_CLI_VERSION = (3, 211, 0)  # stack tags on self-managed backends (pulumi#19882)
 PROJECT = "tenant-infra"
+#: The default state backend: a ``file://`` backend in this folder of the project.
+STATE_DIR = ".pulumi-state"
 
 
 class PulumiUnavailable(BackendUnavailable):
@@ -101,7 +103,7 @@ def backend_env(root: Path, environ: Mapping[str, str] = os.environ) -> dict[str
         "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
     }
     if not environ.get("PULUMI_BACKEND_URL"):
-        state = root / ".pulumi-state"
+        state = root / STATE_DIR
         state.mkdir(exist_ok=True)
         env["PULUMI_BACKEND_URL"] = state.resolve().as_uri()
     return env

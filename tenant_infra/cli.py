@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
@@ -645,22 +646,91 @@ def restore(
     _print_outcome("restore", tenant, service, result, format)
 
 
+StaleAfterOption = Annotated[
+    str,
+    typer.Option(
+        "--stale-after",
+        metavar="DURATION",
+        help="A backend lock from another host older than this is stale (90m, 1h, 2d).",
+    ),
+]
+
+
 @app.command()
 def status(
     tenant: Annotated[str | None, typer.Argument(help="A tenant (default: all).")] = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Also read the stack; report any drift.")
     ] = False,
+    stale_after: StaleAfterOption = "1h",
     format: FormatOption = Format.TABLE,
 ) -> None:
-    """Services, isolation modes, states and revisions, read from the registry."""
+    """Services, isolation modes, states and revisions, read from the registry; and
+    the stacks whose state backend lock outlived its process (on stderr)."""
     from tenant_infra import commands
 
     if tenant is None and refresh:
         raise InvalidInput("--refresh needs a tenant")
+    limit = commands.parse_duration(stale_after)
     results = [commands.status(tenant, refresh=refresh)] if tenant else commands.list_tenants()
-    shown = _show_status(results, format)
-    _finish(not any(r.drift for r in shown))
+    seen: list[str] = []
+
+    def noted(statuses: Iterable[TenantStatus]) -> Iterable[TenantStatus]:
+        for result in statuses:
+            seen.append(result.tenant)
+            yield result
+
+    shown = _show_status(noted(results), format)
+    stale = _stale_locks(seen, limit)
+    _finish(not any(r.drift for r in shown) and not stale)
+
+
+def _stale_locks(tenants: Sequence[str], stale_after: timedelta) -> bool:
+    """One stderr line per stale or unreadable backend lock; whether there was any."""
+    from tenant_infra import commands
+    from tenant_infra.automation import PROJECT
+    from tenant_infra.backendlocks import LockInspectionUnavailable
+
+    try:
+        findings = commands.backend_locks(tenants, stale_after=stale_after)
+    except LockInspectionUnavailable as exc:
+        print(f"tenantctl: {exc}", file=sys.stderr)
+        return False
+    for finding in findings:
+        print(finding.line(PROJECT), file=sys.stderr)
+    return bool(findings)
+
+
+@app.command()
+def unlock(
+    tenant: Annotated[str, typer.Argument(help="The tenant whose stack stays locked.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Also clear a lock from another host (or a file that is not a lock) older "
+            "than --stale-after: you made sure no update of the stack runs there.",
+        ),
+    ] = False,
+    stale_after: StaleAfterOption = "1h",
+) -> None:
+    """Clear the state backend lock a killed update left on the tenant's stack, once
+    sure no update runs (`pulumi cancel` for tenantctl)."""
+    from tenant_infra import commands
+    from tenant_infra.automation import PROJECT
+
+    limit = commands.parse_duration(stale_after)
+
+    def confirm(findings: Sequence[Any]) -> bool:
+        for finding in findings:
+            print(finding.line(PROJECT), file=sys.stderr)
+        question = f"Remove {len(findings)} lock file(s) of stack {tenant}?"
+        return yes or typer.confirm(question, abort=True)  # no: "aborted", exit 1
+
+    removed = commands.unlock(tenant, force=force, stale_after=limit, confirm=confirm)
+    done = f"{len(removed)} backend lock(s) removed" if removed else "not locked"
+    print(f"stack {tenant}: {done}")
 
 
 @app.command("list")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from tenant_infra import plan as offline_plan
     from tenant_infra.api.documents import DocumentSource
     from tenant_infra.api.keys import Scope
+    from tenant_infra.backendlocks import Finding
     from tenant_infra.operations.backup import BackupResult
     from tenant_infra.operations.promote import PromotionPlan
     from tenant_infra.operations.restore import RestorePlan
@@ -581,6 +582,94 @@ def history(
     workspace = _workspace(root)
     validate_tenant_id(tenant)
     return _read_registry(workspace, backend).history(tenant)
+
+
+# ------------------------------------------------------------ the state backend's locks
+
+
+def backend_locks(
+    tenants: Iterable[str],
+    *,
+    stale_after: timedelta | None = None,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Finding]:
+    """The locks of these tenants' stacks that outlived their process, or cannot be
+    read (``tenantctl status``): one folder listing per stack on ``file://``, one query
+    on ``postgres://``, never a listing of the backend's stacks (it would download
+    every stack's state). Raises :class:`~tenant_infra.backendlocks.
+    LockInspectionUnavailable` for a backend whose locks only the CLI reads."""
+    from tenant_infra import backendlocks
+    from tenant_infra.automation import PROJECT
+
+    workspace = _workspace(root)
+    env = os.environ if environ is None else environ
+    store = backendlocks.open_store(backendlocks.backend_url(workspace.root, env), PROJECT)
+    limit = stale_after or backendlocks.DEFAULT_STALE_AFTER
+    try:
+        found = backendlocks.inspect(store, list(tenants), stale_after=limit)
+        return [f for f in found if f.verdict is not backendlocks.Verdict.LIVE]
+    finally:
+        store.close()
+
+
+def unlock(
+    tenant: str,
+    *,
+    force: bool = False,
+    stale_after: timedelta | None = None,
+    confirm: Callable[[Sequence[Finding]], bool] | None = None,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    judging: Mapping[str, Any] | None = None,
+) -> list[Finding]:
+    """Clear the backend locks of the tenant's stack, once sure no update runs.
+
+    The tenant's own lock is held throughout (no ``tenantctl`` operation can start, or
+    is running); each backend lock must have lost its process (this host), or be older
+    than ``stale_after`` with ``force`` (another host: its process cannot be asked).
+    Anything else refuses in one line, and nothing is removed. ``confirm`` sees what
+    would go (``False``: nothing does). The clearing is recorded in the registry when
+    one is configured. Returns what was removed. ``judging`` is for tests
+    (``hostname``, ``alive``, ``now``).
+    """
+    from tenant_infra import backendlocks
+    from tenant_infra.automation import PROJECT
+    from tenant_infra.registry.store import PLATFORM_STACK_ENV, Registry
+
+    workspace = _workspace(root)
+    validate_tenant_id(tenant)
+    if not workspace.stack_file(tenant).is_file():
+        raise InvalidInput(f"unknown tenant {tenant!r}: no stack file")
+    env = os.environ if environ is None else environ
+    limit = stale_after or backendlocks.DEFAULT_STALE_AFTER
+    store = backendlocks.open_store(backendlocks.backend_url(workspace.root, env), PROJECT)
+    try:
+        with workspace.lock(tenant):
+            findings = list(
+                backendlocks.inspect(store, [tenant], stale_after=limit, **(judging or {}))
+            )
+            for finding in findings:
+                backendlocks.check_removable(finding, force=force, stale_after=limit)
+            if not findings:
+                return []
+            # Reached before anything is removed: what cannot be recorded is not done.
+            recorder = (
+                Registry.from_platform(workspace.root, env).open()
+                if env.get(PLATFORM_STACK_ENV)
+                else None
+            )
+            if confirm is not None and not confirm(findings):
+                return []
+            for finding in findings:
+                store.remove(finding.lock)
+            if recorder is not None:
+                recorder.record_unlock(
+                    tenant, "; ".join(backendlocks.describe(f) for f in findings)
+                )
+            return findings
+    finally:
+        store.close()
 
 
 def check_offboard(

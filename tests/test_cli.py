@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,125 @@ def test_init_scaffolds_a_project_the_tool_then_runs_in(
     monkeypatch.setenv("TENANT_INFRA_PROJECT", str(tmp_path / "nowhere"))
     code, _, err = run(capsys, "plan", "newco")
     assert code == 2 and err.startswith("tenantctl: TENANT_INFRA_PROJECT=") and "no Pulumi.yaml there" in err
+
+
+# ----------------------------------------------------------- state backend locks
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project with three tenants in its registry and a file:// state backend."""
+    import shutil
+
+    from tenant_infra import commands
+    from tests.support.registry import control_plane
+    from tests.test_lifecycle import MemoryStacks
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "stacks", tmp_path / "stacks")
+    (tmp_path / "Pulumi.yaml").write_text((root / "Pulumi.yaml").read_text())
+    monkeypatch.setenv("TENANT_INFRA_PROJECT", str(tmp_path))
+    monkeypatch.setenv("PULUMI_BACKEND_URL", (tmp_path / "state").as_uri())
+    with control_plane(tmp_path) as plane:
+        for key, value in plane.environ.items():
+            monkeypatch.setenv(key, value)
+        stacks = MemoryStacks()
+        for tenant in ("acme", "dev", "globex"):
+            commands.onboard(tenant, backend=stacks, root=tmp_path, verify=None)
+        yield tmp_path
+
+
+def _lock(fleet: Path, tenant: str, content: bytes) -> Path:
+    from tests.test_backendlocks import write_lock
+
+    return write_lock(fleet / "state", tenant, content)
+
+
+def _dead_here(monkeypatch: pytest.MonkeyPatch, minutes: int = 30) -> bytes:
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from tenant_infra import backendlocks
+    from tests.test_backendlocks import DEAD, lock_content
+
+    monkeypatch.setattr(backendlocks, "process_alive", lambda pid: pid != DEAD)
+    return lock_content(DEAD, socket.gethostname(), datetime.now(UTC) - timedelta(minutes=minutes))
+
+
+def test_status_names_stale_and_unreadable_backend_locks(
+    fleet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from tenant_infra.cli import app
+
+    _lock(fleet, "globex", _dead_here(monkeypatch))
+    _lock(fleet, "acme", b"\x1b[2J{not json")
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 1, result.output
+    assert "acme" in result.stdout and "globex" in result.stdout and "dev" in result.stdout
+    globex, acme = sorted(result.stderr.splitlines())
+    assert globex.startswith("stale backend lock: globex: pid 4000001 on host ")
+    assert "on this host is gone; clear it with `tenantctl unlock globex`" in globex
+    assert acme.startswith(
+        "unreadable backend lock: acme: .pulumi/locks/organization/tenant-infra/acme/"
+    )
+    assert "\x1b" not in result.stderr
+    one = CliRunner().invoke(app, ["status", "dev"])
+    assert (one.exit_code, one.stderr) == (0, "")
+
+
+def test_status_on_an_object_store_says_so_once(
+    fleet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from tenant_infra.cli import app
+
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "s3://bucket/state")
+    result = CliRunner().invoke(app, ["status", "--format", "json"])
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["tenants"]) == 3
+    assert (
+        result.stderr.count("\n") == 1
+        and "lock inspection for s3:// backends needs the Pulumi CLI" in result.stderr
+    )
+
+
+def test_unlock_asks_then_clears(fleet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from tenant_infra.cli import app
+
+    path = _lock(fleet, "globex", _dead_here(monkeypatch))
+    other = _lock(fleet, "acme", _dead_here(monkeypatch))
+    declined = CliRunner().invoke(app, ["unlock", "globex"], input="n\n")
+    assert declined.exit_code == 1 and path.exists()
+    result = CliRunner().invoke(app, ["unlock", "globex", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "stack globex: 1 backend lock(s) removed\n"
+    assert not path.exists() and other.exists()
+    again = CliRunner().invoke(app, ["unlock", "globex", "--yes"])
+    assert again.stdout == "stack globex: not locked\n"
+
+
+def test_unlock_refuses_in_one_line(
+    fleet: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_backendlocks import lock_content
+
+    now = datetime.now(UTC)
+    running = _lock(fleet, "acme", lock_content(os.getpid(), socket.gethostname(), now))
+    code, out, err = run(capsys, "unlock", "acme", "--yes", "--force")
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "an update is running" in err
+    running.unlink()
+    _lock(fleet, "acme", lock_content(7, "pod-7", now - timedelta(hours=3)))
+    code, out, err = run(capsys, "unlock", "acme", "--yes")
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "then pass --force" in err
+    code, out, err = run(capsys, "unlock", "acme", "--yes", "--stale-after", "soon")
+    assert code == 2 and "duration" in err
+    code, out, _ = run(capsys, "unlock", "acme", "--yes", "--force")
+    assert (code, out) == (0, "stack acme: 1 backend lock(s) removed\n")

@@ -376,6 +376,23 @@ class Registry:
                 self.actor,
             )
 
+    def record_unlock(self, tenant: str, reason: str) -> bool:
+        """A stale backend lock of the tenant's stack was cleared: one history entry,
+        its state unchanged, no event (nothing changed for products). ``False`` when
+        the registry does not know the tenant."""
+        try:
+            with self.connect() as conn, conn.transaction():
+                row = conn.execute(
+                    f"SELECT state FROM {SCHEMA}.tenants WHERE id = %s", (tenant,)
+                ).fetchone()
+                if row is None:
+                    return False
+                state = str(row["state"])
+                _history(conn, tenant, None, "unlock", state, state, reason, self.actor)
+        except psycopg.Error as exc:
+            raise _reported(f"recording unlock of {tenant}", exc) from None
+        return True
+
     # ------------------------------------------------------------------ events
 
     def drain(self) -> int:
