@@ -138,6 +138,45 @@ def head_of(script: ScriptDirectory) -> str | None:
     return _heads_str(script.get_heads())
 
 
+def pin(conn: Connection, target: MigrationTarget, params: Mapping[str, str]) -> None:
+    """Take the tenant's migration lock in the open transaction (its version table,
+    created if need be, ``EXCLUSIVE``), then confine unqualified names to its schema.
+    ``params`` open a second session to name a holder that never lets go."""
+    table = f"{quote_ident(target.schema)}.alembic_version"
+    # Bounded: a holder that never lets go fails this tenant in a while, named.
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
+    try:
+        created = conn.begin_nested()
+        try:
+            conn.exec_driver_sql(VERSION_TABLE_DDL.format(table=table))
+            created.commit()
+        except Exception as exc:  # a concurrent first run created it: lock that one
+            created.rollback()
+            if _sqlstate(exc) not in (DUPLICATE_TABLE, UNIQUE_VIOLATION):
+                raise
+        conn.exec_driver_sql(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+    except Exception as exc:
+        if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
+            raise
+        raise RuntimeError(
+            f"the migration lock of {target.where} has been held for {LOCK_WAIT_SECONDS}"
+            f" s by {_holders(params, table)}; nothing was changed"
+        ) from None
+    conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+    conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
+
+
+def _holders(params: Mapping[str, str], table: str) -> str:
+    """Who holds ``table``'s lock (user and application), from a fresh session."""
+    try:
+        with connect(params) as other:
+            rows = other.execute(_HOLDERS_SQL, {"table": table}).fetchall()
+    except Exception:
+        return "another session"
+    shown = [f"user {u or '?'} ({a or 'no application name'})" for u, a in rows]
+    return ", ".join(shown) or "another session"
+
+
 class TenantMigrator:
     """Per-process state: one script directory, one connection at a time, many targets.
 
@@ -211,40 +250,6 @@ class TenantMigrator:
             self._conn = None
             self._conn_key = None
 
-    def _pin(self, conn: Connection, target: MigrationTarget) -> None:
-        table = f"{quote_ident(target.schema)}.alembic_version"
-        # Bounded: a holder that never lets go fails this tenant in a while, named.
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
-        try:
-            created = conn.begin_nested()
-            try:
-                conn.exec_driver_sql(VERSION_TABLE_DDL.format(table=table))
-                created.commit()
-            except Exception as exc:  # a concurrent first run created it: lock that one
-                created.rollback()
-                if _sqlstate(exc) not in (DUPLICATE_TABLE, UNIQUE_VIOLATION):
-                    raise
-            conn.exec_driver_sql(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        except Exception as exc:
-            if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
-                raise
-            raise RuntimeError(
-                f"the migration lock of {target.where} has been held for {LOCK_WAIT_SECONDS}"
-                f" s by {self._holders(target, table)}; nothing was changed"
-            ) from None
-        conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
-        conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
-
-    def _holders(self, target: MigrationTarget, table: str) -> str:
-        """Who holds ``table``'s lock (user and application), from a fresh session."""
-        try:
-            with connect(self._params_for(target)) as other:
-                rows = other.execute(_HOLDERS_SQL, {"table": table}).fetchall()
-        except Exception:
-            return "another session"
-        shown = [f"user {u or '?'} ({a or 'no application name'})" for u, a in rows]
-        return ", ".join(shown) or "another session"
-
     # -- upgrade ----------------------------------------------------------------------
 
     def upgrade(
@@ -285,7 +290,7 @@ class TenantMigrator:
         try:
             conn = self._connection(target)
             with conn.begin():
-                self._pin(conn, target)
+                pin(conn, target, self._params_for(target))
                 with EnvironmentContext(
                     self.config, script, fn=plan, destination_rev=destination
                 ) as env:
@@ -468,3 +473,29 @@ def render_sql(
             env.execute(f"SET LOCAL search_path TO {quote_ident(target.schema)}")
             env.run_migrations()
     return buf.getvalue()
+
+
+def render_revision(script: ScriptDirectory, revision: str, schema: str) -> str:
+    """One revision's upgrade as offline SQL, without the version table's statements
+    (the runner of rendered SQL keeps that table itself). Runs the revision's code:
+    only in a sandbox child (see :mod:`tenant_infra.migrate.rendered`)."""
+    from alembic.operations import Operations
+
+    buf = io.StringIO()
+    ctx = MigrationContext.configure(
+        dialect_name="postgresql",
+        opts={
+            "as_sql": True,
+            "output_buffer": buf,
+            "literal_binds": True,
+            "transactional_ddl": True,
+            "version_table_schema": schema,
+        },
+    )
+    found = script.get_revision(revision)
+    if found is None:
+        raise ValueError(f"no revision {revision!r}")
+    with Operations.context(ctx):
+        found.module.upgrade()
+    return buf.getvalue()
+

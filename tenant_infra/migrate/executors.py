@@ -20,9 +20,10 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from tenant_infra.errors import BackendUnavailable
 from tenant_infra.migrate.engine import TargetResult
@@ -79,6 +80,26 @@ class SandboxExecutor:
         tb: TracebackType | None,
     ) -> None:
         self._sandbox.__exit__(exc_type, exc, tb)
+
+    def render(self, revisions: Sequence[str], schemas: Sequence[str]) -> Mapping[str, Any]:
+        """Ask one fresh child, given no tenant's parameters, for each revision's offline
+        SQL under each probe schema (:mod:`~tenant_infra.migrate.rendered`); its reply
+        is untrusted data: ``{}`` when it gave none."""
+        try:
+            lane = self._open()
+        except BackendUnavailable:
+            return {}
+        try:
+            reply = lane.request(
+                {"op": "render", "revisions": list(revisions), "schemas": list(schemas)},
+                self.job.timeout,
+            )
+        except TimedOut:
+            return {}
+        finally:
+            lane.close()
+        rendered = (reply or {}).get("rendered")
+        return rendered if isinstance(rendered, dict) else {}
 
     def map(self, targets: Iterable[tuple[int, MigrationTarget]]) -> Iterator[TargetResult]:
         source = iter(targets)

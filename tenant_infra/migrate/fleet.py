@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tenant_infra.errors import InvalidInput
-from tenant_infra.migrate.connection import with_libpq_environment
+from tenant_infra.migrate.connection import with_database, with_libpq_environment
 from tenant_infra.migrate.engine import TargetResult
 from tenant_infra.migrate.executors import Job, Mode, SandboxExecutor
+from tenant_infra.migrate.rendered import RenderedScript, apply, prepare
 from tenant_infra.migrate.revisions import declared_head
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.migrate.worker import reach, script_exists
@@ -44,6 +45,10 @@ class FleetReport:
     canary_failed: bool = False
     #: Tenants found at head by the bulk read, never handed to a process.
     read_in_bulk: int = 0
+    #: Revisions applied from SQL rendered once (revision → SQL), and those that
+    #: declared ``render_once`` but ran online (revision → why).
+    rendered: dict[str, str] = field(default_factory=dict)
+    online: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[TargetResult]:
@@ -86,6 +91,36 @@ def _current_in_bulk(
         if t in current
     )
     return [(i, t) for i, t in indexed if t not in current]
+
+
+def _apply_rendered(
+    rendered: RenderedScript,
+    wave: list[tuple[int, MigrationTarget]],
+    params: Mapping[str, str],
+    workers: int,
+    timeout: float | None,
+    collect: Callable[[Iterable[TargetResult]], bool],
+) -> tuple[bool, list[tuple[int, MigrationTarget]]]:
+    """Migrate what the rendered SQL can, ``workers`` tenants at a time, on their own
+    connections; return whether any failed, and the tenants left for the runner."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[int, MigrationTarget]) -> TargetResult | None:
+        index, target = item
+        if target.unavailable:
+            return None
+        own = target.params if target.params is not None else with_database(params, target.database)
+        return apply(rendered, target, own, index, timeout)
+
+    left: list[tuple[int, MigrationTarget]] = []
+    failed = False
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item, result in zip(wave, pool.map(one, wave), strict=True):
+            if result is None:
+                left.append(item)
+            else:
+                failed = collect([result]) or failed
+    return failed, left
 
 
 def migrate_fleet(
@@ -181,10 +216,21 @@ def migrate_fleet(
         if indexed or not total:  # an empty fleet still learns its head from the sandbox
             executor = stack.enter_context(SandboxExecutor(job, workers))
             report.head = executor.head
+        rendered = None
+        if executor is not None and mode == "upgrade" and destination == "heads":
+            rendered = prepare(str(location), executor.render)
+            if rendered is not None:
+                report.rendered = dict(rendered.sql)
+                report.online = dict(rendered.refused)
         for wave_no, wave in enumerate(waves):
             if not wave or executor is None:
                 continue
-            if collect(executor.map(wave)) and canary and wave_no == 0 and len(waves) > 1:
+            failed = False
+            if rendered is not None and rendered.sql:
+                failed, wave = _apply_rendered(rendered, wave, params, workers, timeout, collect)
+            if wave and collect(executor.map(wave)):
+                failed = True
+            if failed and canary and wave_no == 0 and len(waves) > 1:
                 report.canary_failed = True
                 for index, target in waves[1]:
                     report.results.append(_skipped(index, target))

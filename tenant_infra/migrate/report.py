@@ -96,6 +96,8 @@ def to_dict(report: FleetReport) -> dict[str, Any]:
         "canary_failed": report.canary_failed,
         "counts": report.counts(),
         "read_in_bulk": report.read_in_bulk,
+        "rendered_once": sorted(report.rendered),
+        "online_despite_render_once": dict(report.online),
         "tenants": [
             {
                 "tenant": r.label,
@@ -183,6 +185,10 @@ def _summary(report: FleetReport, console: Console) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))
     verdict = "ok" if report.ok else "FAILED"
     bulk = f" ({report.read_in_bulk} current by the bulk read)" if report.read_in_bulk else ""
+    if report.rendered:
+        console.print(f"rendered once, applied as text: {' '.join(sorted(report.rendered))}")
+    for revision, why in sorted(report.online.items()):
+        console.print(escape(f"revision {revision} declares render_once but ran online: {why}"))
     console.print(
         f"{len(report.results)} tenant(s): {counts or 'none'}{bulk} in {report.seconds:.1f}s:"
         f" {verdict}"

@@ -20,9 +20,12 @@ from alembic.script.revision import Revision, RevisionMap
 
 from tenant_infra.errors import InvalidInput
 
+#: A revision's own declaration that its offline SQL is its whole effect, the same for
+#: every tenant: ``render_once = True`` (see :mod:`tenant_infra.migrate.rendered`).
+RENDER_ONCE: Final = "render_once"
 #: Files Alembic loads from ``versions/`` (``alembic.script.base._only_source_rev_file``).
 _REVISION_FILE: Final = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
-_FIELDS: Final = ("revision", "down_revision", "depends_on", "branch_labels")
+_FIELDS: Final = ("revision", "down_revision", "depends_on", "branch_labels", RENDER_ONCE)
 
 
 def _identifiers(path: Path) -> dict[str, Any]:
@@ -84,6 +87,8 @@ def _identifiers(path: Path) -> dict[str, Any]:
             or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
         ):
             raise InvalidInput(f"{path}: {key} must be None, a string or a list of strings")
+    if not isinstance(found.get(RENDER_ONCE, False), bool):
+        raise InvalidInput(f"{path}: {RENDER_ONCE} must be True or False")
     return found
 
 
@@ -93,23 +98,32 @@ def _tuple(value: Any) -> str | tuple[str, ...] | None:
     return tuple(str(v) for v in value)
 
 
-def declared_revisions(script_location: str | Path) -> list[Revision]:
+def _declared(script_location: str | Path) -> list[dict[str, Any]]:
     versions = Path(script_location) / "versions"
     if not versions.is_dir():
         raise InvalidInput(f"{script_location} is not an Alembic script directory (no versions/)")
-    revisions = []
-    for path in sorted(versions.iterdir()):
-        if path.is_file() and _REVISION_FILE.match(path.name):
-            ids = _identifiers(path)
-            revisions.append(
-                Revision(
-                    ids["revision"],
-                    _tuple(ids.get("down_revision")),
-                    dependencies=_tuple(ids.get("depends_on")),
-                    branch_labels=_tuple(ids.get("branch_labels")),
-                )
-            )
-    return revisions
+    return [
+        _identifiers(path)
+        for path in sorted(versions.iterdir())
+        if path.is_file() and _REVISION_FILE.match(path.name)
+    ]
+
+
+def declared_revisions(script_location: str | Path) -> list[Revision]:
+    return [
+        Revision(
+            ids["revision"],
+            _tuple(ids.get("down_revision")),
+            dependencies=_tuple(ids.get("depends_on")),
+            branch_labels=_tuple(ids.get("branch_labels")),
+        )
+        for ids in _declared(script_location)
+    ]
+
+
+def declared_render_once(script_location: str | Path) -> frozenset[str]:
+    """The revisions that declare ``render_once = True``."""
+    return frozenset(ids["revision"] for ids in _declared(script_location) if ids.get(RENDER_ONCE))
 
 
 def declared_head(script_location: str | Path) -> str | None:

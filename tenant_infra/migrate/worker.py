@@ -246,6 +246,8 @@ class Worker:
         op = request.get("op")
         if op == "mongo":
             return self._mongo(request)
+        if op == "render":
+            return self._render(request)
         target = _target(request["target"])
         if op == "upgrade":
             result = self.migrator.upgrade(target)
@@ -258,6 +260,21 @@ class Worker:
         else:
             return {"status": "failed", "error": f"unknown request {op!r}"}
         return _reply(result)
+
+    def _render(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Each revision's offline SQL, once per probe schema (the operator compares)."""
+        from tenant_infra.migrate.engine import render_revision
+
+        out: dict[str, Any] = {}
+        for revision in request.get("revisions") or []:
+            try:
+                out[str(revision)] = [
+                    render_revision(self.migrator.script, str(revision), str(schema))
+                    for schema in request.get("schemas") or []
+                ]
+            except Exception as exc:
+                out[str(revision)] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return {"rendered": out}
 
     def _mongo(self, request: Mapping[str, Any]) -> dict[str, Any]:
         from pymongo import MongoClient

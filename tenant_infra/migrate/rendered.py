@@ -1,0 +1,193 @@
+"""Revisions rendered once and applied to many tenants, without a process per tenant.
+
+Per tenant, the online runner costs a confined child, Alembic's context and
+SQLAlchemy's execution of every statement (``bench/RESULTS.md``), to send the same
+DDL every tenant gets. A revision whose offline SQL is its whole effect can be
+rendered once and sent to each tenant as text. Which revisions those are is never
+guessed: a revision *declares* it (``render_once = True``, read statically, as its
+identifiers are), and the declaration is checked:
+
+- the revision is rendered in a sandbox child (it is product code), twice, under two
+  probe schemas: SQL that differs between them depends on the tenant's schema, and
+  the revision runs online;
+- a revision that cannot render offline (it reads the live connection) runs online;
+- only a linear history is rendered (no branches, merges or dependencies).
+
+Each tenant is then migrated on its own connection (its role's, in ``--product``
+mode), in one transaction, under the same lock as the online runner
+(:func:`~tenant_infra.migrate.engine.pin`): its version is read under the lock, and
+only if every revision from there to head is rendered does the text run; otherwise
+the tenant goes to the online runner, untouched. No product code runs in this
+process: the SQL is data that product code produced, run as the tenant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import text
+
+from tenant_infra.migrate.connection import connect, first_line
+from tenant_infra.migrate.engine import TargetResult, pin
+from tenant_infra.migrate.revisions import declared_render_once, declared_revisions
+from tenant_infra.migrate.sandbox import clean_text
+from tenant_infra.migrate.targets import MigrationTarget
+from tenant_infra.tenant import quote_ident
+
+#: Schemas the revisions are rendered under; SQL that names either is refused.
+PROBES: Final = ("tenant_infra_probe_a", "tenant_infra_probe_b")
+#: The largest rendering taken from a child, per revision.
+MAX_SQL: Final = 16 * 1024 * 1024
+
+Ask = Callable[[Sequence[str], Sequence[str]], Mapping[str, Any]]
+"""(revisions, probe schemas) → a child's untrusted reply: revision → [SQL per probe]
+or an error line."""
+
+
+@dataclass(frozen=True)
+class RenderedScript:
+    """The script directory's linear history and the SQL of its rendered revisions."""
+
+    chain: tuple[str, ...]
+    sql: Mapping[str, str] = field(default_factory=dict)
+    #: Revisions that declared ``render_once`` but run online, and why.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def head(self) -> str:
+        return self.chain[-1]
+
+    def path(self, current: frozenset[str]) -> tuple[str, ...] | None:
+        """The revisions from ``current`` to head, if every one of them is rendered
+        (none: at head, or not a version this history knows)."""
+        if not current:
+            start = 0
+        elif len(current) == 1 and (version := next(iter(current))) in self.chain:
+            start = self.chain.index(version) + 1
+        else:
+            return None
+        steps = self.chain[start:]
+        return steps if steps and all(r in self.sql for r in steps) else None
+
+
+def linear_chain(script_location: str) -> tuple[str, ...] | None:
+    """The revisions base → head, read statically, if the history is one line."""
+    revisions = declared_revisions(script_location)
+    below: dict[str | None, str] = {}
+    for rev in revisions:
+        down = rev.down_revision
+        if rev.dependencies or (down is not None and not isinstance(down, str)):
+            return None
+        if down in below:  # a branch
+            return None
+        below[down] = rev.revision
+    chain: list[str] = []
+    at: str | None = None
+    while at in below:
+        at = below[at]
+        chain.append(at)
+    return tuple(chain) if chain and len(chain) == len(revisions) else None
+
+
+def prepare(script_location: str, ask: Ask) -> RenderedScript | None:
+    """Render the revisions that declare ``render_once`` and keep those that pass;
+    ``None`` when none is declared or the history is not linear."""
+    chain = linear_chain(script_location)
+    if chain is None:
+        return None
+    declared = [r for r in chain if r in declared_render_once(script_location)]
+    if not declared:
+        return None
+    reply = ask(declared, PROBES)
+    sql: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for revision in declared:
+        got = reply.get(revision)
+        if isinstance(got, str):
+            refused[revision] = "it cannot render offline: " + clean_text(got)
+        elif not (
+            isinstance(got, list)
+            and len(got) == len(PROBES)
+            and all(isinstance(s, str) and len(s) <= MAX_SQL for s in got)
+        ):
+            refused[revision] = "no rendering came back"
+        elif got[0] != got[1] or any(probe in got[0] for probe in PROBES):
+            refused[revision] = "its SQL depends on the tenant's schema"
+        else:
+            sql[revision] = got[0]
+    return RenderedScript(chain, sql, refused)
+
+
+class _Handoff(Exception):
+    """The tenant's version is not one the rendered path starts from."""
+
+
+def apply(
+    script: RenderedScript,
+    target: MigrationTarget,
+    params: Mapping[str, str],
+    index: int,
+    timeout: float | None = None,
+) -> TargetResult | None:
+    """Migrate one tenant with the rendered SQL, in one transaction under its lock;
+    ``None``: nothing was changed and the online runner takes it."""
+    if target.role and params.get("user") != target.role:
+        return None  # the runner refuses it, in its own words
+    started = time.perf_counter()
+    table = f"{quote_ident(target.schema)}.alembic_version"
+    before: frozenset[str] = frozenset()
+    steps: tuple[str, ...] = ()
+    running: str | None = None
+    try:
+        conn = connect(params)
+    except Exception as exc:
+        return TargetResult.of(target, index, "failed", error=str(exc), started=started)
+    try:
+        with conn, conn.begin():
+            if timeout is not None:
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
+            pin(conn, target, params)
+            rows = conn.exec_driver_sql(f"SELECT version_num FROM {table}")
+            before = frozenset(str(r[0]) for r in rows)
+            found = script.path(before)
+            if found is None:
+                raise _Handoff
+            steps = found
+            for running in steps:
+                conn.exec_driver_sql(script.sql[running])
+            running = None
+            versions = {"new": script.head, "old": next(iter(before), None)}
+            if before:
+                conn.execute(
+                    text(f"UPDATE {table} SET version_num = :new WHERE version_num = :old"),
+                    versions,
+                )
+            else:
+                conn.execute(text(f"INSERT INTO {table} (version_num) VALUES (:new)"), versions)
+    except _Handoff:
+        return None
+    except Exception as exc:
+        what = f"revision {running}: " if running else ""
+        shown = ",".join(sorted(before)) or None
+        return TargetResult.of(
+            target,
+            index,
+            "failed",
+            before=shown,
+            after=shown,
+            revisions=steps,
+            error=what + first_line(exc),
+            started=started,
+        )
+    return TargetResult.of(
+        target,
+        index,
+        "migrated",
+        before=",".join(sorted(before)) or None,
+        after=script.head,
+        revisions=steps,
+        started=started,
+    )
