@@ -20,7 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed
+from tenant_infra.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    BackendUnavailable,
+    InvalidInput,
+    OperationFailed,
+)
 from tenant_infra.lifecycle import (
     EventSink,
     Progress,
@@ -39,9 +45,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-EXIT_INVALID = 2
-EXIT_FAILED = 1
 
 
 def _version(value: bool) -> None:
@@ -507,9 +510,7 @@ def rotate(
     ] = None,
     drain: Annotated[
         str | None,
-        typer.Option(
-            "--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."
-        ),
+        typer.Option("--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each phase would change.")
