@@ -81,7 +81,10 @@ def load_snapshot(path: Path, product: str) -> Snapshot:
     for i, item in enumerate(tenants):
         if not isinstance(item, dict) or not isinstance(item.get("tenant"), str):
             raise InvalidInput(f"--targets {where}: tenants[{i}] has no 'tenant' string")
-        tenant = validate_tenant_id(item["tenant"])
+        try:
+            tenant = validate_tenant_id(item["tenant"])
+        except InvalidInput as exc:
+            raise InvalidInput(f"--targets {where}: tenants[{i}]: {exc}") from None
         if item.get("isolation") not in ISOLATIONS:
             raise InvalidInput(
                 f"--targets {where}: tenants[{i}].isolation must be SCHEMA or DATABASE"
