@@ -217,7 +217,10 @@ def render_migrate_job(spec: MigrateJobSpec, snapshot: Snapshot) -> MigrateJob:
                             "values": [EXIT_INVALID],
                         },
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
                 ]
             },
             "template": {
