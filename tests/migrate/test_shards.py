@@ -419,3 +419,78 @@ def test_a_retryable_failure_exits_1_even_beside_a_deterministic_one(
         ]
     )[0]
     assert code == 2 and "already exists" in report["tenants"][0]["error"]
+
+
+def test_the_job_s_command_over_a_registry_snapshot_records_each_shard_s_tenants(
+    pg: PgSandbox, product: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a pod runs, end to end: the snapshot rendered from the registry, then
+    ``--shards 2 --targets FILE`` with JOB_COMPLETION_INDEX; a tenant the registry has
+    and the server lacks fails, alone; every shard records its revisions."""
+    import yaml
+
+    from tenant_infra import commands
+    from tenant_infra.config import TenantConfig
+    from tenant_infra.kubernetes.migrate_job import MigrateJobSpec
+    from tenant_infra.registry import Change, Registry, ServiceChange
+    from tests.support.registry import control_plane
+
+    svcs = fleet(pg, product, 6)
+    ghost = PgSandbox.new_tenant("ghost")
+    platform = yaml.safe_load(
+        (Path(__file__).parents[2] / "stacks" / "Pulumi.dev.yaml").read_text()
+    )
+    with control_plane(tmp_path) as plane:
+        (tmp_path / "Pulumi.yaml").write_text("name: tenant-infra\n")  # the project folder
+        registry = Registry.from_platform(plane.root, plane.environ).open()
+        for tenant, mode in [*((s.tenant, s.isolation) for s in svcs), (ghost, "SCHEMA")]:
+            config = TenantConfig.model_validate(
+                {
+                    "tenant": tenant,
+                    "services": [{"product": product, "isolation": mode}],
+                    "platform": platform["config"]["tenant-infra:platform"],
+                }
+            )
+            registry.record(
+                Change(tenant, "onboard", config, [ServiceChange(product, mode, "ready")])
+            )
+        monkeypatch.setenv("TENANT_INFRA_PLATFORM_STACK", plane.stack)
+        job = commands.render_migrate_job(MigrateJobSpec(product, 2, "img:1"), root=plane.root)
+        snap = tmp_path / "targets.json"
+        snap.write_text(job.config_map["data"]["targets.json"])
+        conn_file = write_connections(tmp_path / "c.json", svcs)
+        script = counting_script(tmp_path / "s")
+        container = job.job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][2:] == [
+            "--product",
+            product,
+            "--shards",
+            "2",
+            "--targets",
+            "/snapshot/targets.json",
+        ]
+        shards = []
+        for i in range(2):
+            cmd, env = shard_command(
+                product, conn_file, script, *container["command"][4:6], "--targets", str(snap)
+            )
+            env |= {
+                INDEX_ENV: str(i),
+                "TENANT_INFRA_PLATFORM_STACK": plane.stack,
+                "TENANT_INFRA_PROJECT": str(tmp_path),
+            }
+            shards.append((cmd, env))
+        runs = run_all(shards)
+        rows = {
+            r["tenant_id"]: r["revision"]
+            for r in plane.rows("SELECT tenant_id, revision FROM registry.services")
+        }
+    got = {t["tenant"]: t for _, report, _ in runs for t in report["tenants"]}
+    assert set(got) == {s.tenant for s in svcs} | {ghost}
+    assert got[ghost]["status"] == "failed" and "not found on the server" in got[ghost]["error"]
+    for i, (code, _, err) in enumerate(runs):
+        assert code == (2 if shard_of(ghost, product, 2) == i else 0), err
+    for svc in svcs:
+        assert got[svc.tenant]["status"] == "migrated" and applied(svc) == ["0001", "0002"]
+        assert rows[svc.tenant] == "0002"  # recorded by the shard that migrated it
+    assert rows[ghost] is None
