@@ -21,7 +21,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tenant_infra.errors import BackendUnavailable, InvalidInput, OperationFailed
+from tenant_infra.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    BackendUnavailable,
+    InvalidInput,
+    OperationFailed,
+)
 from tenant_infra.lifecycle import (
     EventSink,
     Progress,
@@ -40,9 +46,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-EXIT_INVALID = 2
-EXIT_FAILED = 1
 
 
 def _version(value: bool) -> None:
@@ -508,9 +511,7 @@ def rotate(
     ] = None,
     drain: Annotated[
         str | None,
-        typer.Option(
-            "--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."
-        ),
+        typer.Option("--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each phase would change.")
@@ -1021,6 +1022,68 @@ def _console() -> Console:
         return console
     columns = os.environ.get("COLUMNS", "")
     return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 200)
+
+
+render_app = typer.Typer(
+    help="Write Kubernetes manifests for the fleet (nothing is applied).", no_args_is_help=True
+)
+app.add_typer(render_app, name="render")
+
+
+@render_app.command("migrate-job")
+def render_migrate_job(
+    product: Annotated[
+        str, typer.Option("--product", "-p", help="The product whose tenants the Job migrates.")
+    ],
+    shards: Annotated[
+        int, typer.Option("--shards", metavar="K", help="Shards: the Job's completions.")
+    ],
+    image: Annotated[str, typer.Option("--image", help="The image holding tenantctl.")],
+    namespace: Annotated[str, typer.Option("--namespace", help="Namespace of both objects.")] = (
+        "default"
+    ),
+    parallelism: Annotated[
+        int | None,
+        typer.Option(help="Shards running at once (default: min(K, 4)).", show_default=False),
+    ] = None,
+    backoff_limit_per_index: Annotated[
+        int, typer.Option(help="Retries of one shard after a retryable failure (exit 1).")
+    ] = 2,
+    max_failed_indexes: Annotated[
+        int | None,
+        typer.Option(
+            help="Failed shards past which the Job stops (default: a tenth of K, at least 1).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        str,
+        typer.Option("--out", metavar="DIR|-", help="A folder for the two files, or - for stdout."),
+    ] = "-",
+) -> None:
+    """A ConfigMap with the product's targets snapshot (from the registry) and an Indexed
+    Job migrating it in K shards: pod JOB_COMPLETION_INDEX=i runs `tenantctl migrate
+    --shards K`, shard i (0-based). Exit code 2 of a pod fails its shard at once
+    (FailIndex); exit 1 is retried. README: The migration Job."""
+    from tenant_infra import commands
+    from tenant_infra.kubernetes.migrate_job import MigrateJobSpec
+
+    spec = MigrateJobSpec(
+        product,
+        shards,
+        image,
+        namespace,
+        parallelism,
+        backoff_limit_per_index,
+        max_failed_indexes,
+    )
+    job = commands.render_migrate_job(spec)
+    print(f"{job.name}: {job.tenants} tenant(s) of {product} in {shards} shard(s)", file=sys.stderr)
+    if out == "-":
+        print(job.yaml(), end="")
+        return
+    for path in job.write(Path(out)):
+        print(path)
 
 
 app.command("verify")(verify)

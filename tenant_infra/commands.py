@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from tenant_infra.api.documents import DocumentSource
     from tenant_infra.api.keys import Scope
     from tenant_infra.backendlocks import Finding
+    from tenant_infra.kubernetes.migrate_job import MigrateJob, MigrateJobSpec
     from tenant_infra.operations.backup import BackupResult
     from tenant_infra.operations.promote import PromotionPlan
     from tenant_infra.operations.restore import RestorePlan
@@ -670,6 +671,21 @@ def unlock(
             return findings
     finally:
         store.close()
+def render_migrate_job(
+    spec: MigrateJobSpec, *, backend: StackBackend | None = None, root: Path | None = None
+) -> MigrateJob:
+    """A fleet migration of ``spec.product`` as an Indexed Job, with its targets snapshot
+    taken from the registry now (README "The migration Job"). Reads only: the registry
+    is reached, never migrated, and nothing is applied to a cluster."""
+    from tenant_infra.catalog import load_catalog
+    from tenant_infra.kubernetes.migrate_job import render_migrate_job as render
+    from tenant_infra.migrate.snapshot import from_registry
+
+    validate_product(spec.product)
+    if load_catalog().product(spec.product).script_location is None:
+        raise InvalidInput(f"product {spec.product!r} has no migrations")
+    rows = _read_registry(_workspace(root), backend).tenants(product=spec.product)
+    return render(spec, from_registry(rows, spec.product))
 
 
 def check_offboard(

@@ -3,6 +3,14 @@
 import os
 import re
 from collections.abc import Mapping
+from typing import Final
+
+#: Exit codes of every command: 1 failed (running again may succeed), 2 invalid input
+#: (nothing ran). A sharded ``tenantctl migrate`` also exits 2 when running it again
+#: is not worth it (README "The migration Job"), which an Indexed Job's
+#: ``podFailurePolicy`` turns into ``FailIndex``.
+EXIT_FAILED: Final = 1
+EXIT_INVALID: Final = 2
 
 
 class InvalidInput(ValueError):

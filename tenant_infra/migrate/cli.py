@@ -2,7 +2,8 @@
 
 Register with ``app.command("migrate")(migrate)``. Invalid input raises
 :class:`InvalidInput` (printed as one line, exit 2); a run with any failed tenant
-exits 1 after the report.
+exits 1 after the report. A sharded run (``--shard``/``--shards``: a pod of an Indexed
+Job) exits 2 instead when no failure is worth retrying (see :func:`migrate`'s help).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from tenant_infra.errors import InvalidInput
+from tenant_infra.errors import EXIT_FAILED, EXIT_INVALID, InvalidInput
+from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn, refuse_password_in_argv
+from tenant_infra.migrate.shards import INDEX_ENV, Shard, resolve_shard, select
 
 if TYPE_CHECKING:
     from tenant_infra.migrate.executors import Mode
+    from tenant_infra.migrate.fleet import FleetReport
+    from tenant_infra.migrate.snapshot import Snapshot
     from tenant_infra.migrate.targets import MigrationTarget
     from tenant_infra.registry import Registry
-from tenant_infra.migrate.connection import ADMIN_DSN_ENV, parse_dsn, refuse_password_in_argv
 
 
 class OutputFormat(StrEnum):
@@ -38,14 +42,22 @@ def _resolve(
     databases_like: str | None,
     schema: str,
     params: dict[str, str],
+    shard: Shard | None = None,
+    snapshot: Snapshot | None = None,
 ) -> tuple[list[MigrationTarget], Path, dict[str, str]]:
     """Targets, script directory, and the connection parameters of targets without
-    their own (``{}`` for ``--product``: each tenant connects as its own role)."""
+    their own (``{}`` for ``--product``: each tenant connects as its own role).
+
+    ``snapshot``: the tenants are the snapshot's rather than the server's (each one
+    the server lacks fails alone). ``shard``: only that shard's tenants, chosen
+    before any credential is looked up.
+    """
     from tenant_infra.migrate.targets import (
         connects_as_superuser,
         discover_databases_like,
         discover_product,
         discover_schemas_like,
+        snapshot_targets,
     )
     from tenant_infra.tenant import validate_tenant_id
 
@@ -70,10 +82,23 @@ def _resolve(
                 "warning: tenant discovery connects as a superuser; it needs only CONNECT "
                 "(README: Security model)\n"
             )
-        found = discover_product(params, product, tenants)
+        if snapshot is not None:
+            entries = select(snapshot.entries, shard, lambda e: (e.tenant, product))
+            if tenants:
+                unknown = sorted(set(tenants) - {e.tenant for e in snapshot.entries})
+                if unknown:
+                    raise InvalidInput(f"not in the targets snapshot: {', '.join(unknown)}")
+                entries = [e for e in entries if e.tenant in tenants]
+            found = snapshot_targets(params, product, entries)
+        else:
+            found = select(
+                discover_product(params, product, tenants),
+                shard,
+                lambda t: (t.tenant or "", product),
+            )
         return attach_credentials(found, documents), location, {}
-    if tenants:
-        raise InvalidInput("--tenant needs --product")
+    if tenants or shard is not None or snapshot is not None:
+        raise InvalidInput("--tenant, --shard, --shards and --targets need --product")
     if connections:
         raise InvalidInput("--connections needs --product (generic mode connects with --dsn)")
     if script_location is None:
@@ -201,6 +226,37 @@ def migrate(
             " The bulk read). --no-bulk-read asks each tenant on its own connection.",
         ),
     ] = True,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/K",
+            help="With --product: only shard I of K, 0-based (I = 0..K-1, as "
+            f"{INDEX_ENV}); a stable hash of each tenant decides its shard.",
+            show_default=False,
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            metavar="K",
+            help=f"With --product in an Indexed Job: shard ${INDEX_ENV} of K "
+            "(the same as --shard $JOB_COMPLETION_INDEX/K).",
+            show_default=False,
+        ),
+    ] = None,
+    targets_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--targets",
+            metavar="FILE",
+            help="With --product: the tenants come from this targets snapshot "
+            "(tenantctl render migrate-job), not from the server; each one the server "
+            "lacks fails alone.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Bring every tenant of a product (or every matching schema/database) to head.
 
@@ -208,8 +264,23 @@ def migrate(
     the others. In --product mode each tenant is migrated on a connection as its own
     role <product>_<key> (credentials from --connections or Vault); the --dsn user
     only lists the tenants. Generic mode runs with the DSN user's privileges.
+
+    Exit codes: 0 every tenant at the destination; 1 a tenant failed, or a server was
+    unreachable (running again may succeed); 2 invalid input, nothing ran. With --shard
+    or --shards, also 2 when every failure is deterministic (a revision's error, no
+    credentials, a snapshot's tenant missing on the server): not worth retrying.
     """
+    import os
+
     refuse_password_in_argv(dsn)
+    chosen = resolve_shard(shard, shards, os.environ)  # before any connection
+    snapshot = None
+    if targets_file is not None:
+        if not product:
+            raise InvalidInput("--targets needs --product")
+        from tenant_infra.migrate.snapshot import load_snapshot
+
+        snapshot = load_snapshot(targets_file, product)
     if dry_run and sql:
         raise InvalidInput("--dry-run and --sql are exclusive")
     if to is not None and downgrade_to is not None:
@@ -236,6 +307,8 @@ def migrate(
         databases_like,
         schema,
         params,
+        chosen,
+        snapshot,
     )
     from tenant_infra.migrate.fleet import migrate_fleet
     from tenant_infra.migrate.report import ProgressSink, render_table, to_json
@@ -273,4 +346,12 @@ def migrate(
     else:
         render_table(report, Console())
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(exit_code(report, sharded=chosen is not None))
+
+
+def exit_code(report: FleetReport, *, sharded: bool) -> int:
+    """A failed run's exit code (the help's "Exit codes"). Unsharded runs keep exiting 1 on
+    any failure; a shard exits 2 when a retry of its pod would meet the same failures."""
+    if sharded and not report.worth_retrying:
+        return EXIT_INVALID
+    return EXIT_FAILED

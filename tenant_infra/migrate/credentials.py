@@ -69,9 +69,7 @@ def no_credentials(tenant: str, product: str) -> str:
     )
 
 
-def vault_for(
-    tenant: str, environ: Mapping[str, str], workspace: Workspace
-) -> VaultAccess | None:
+def vault_for(tenant: str, environ: Mapping[str, str], workspace: Workspace) -> VaultAccess | None:
     """The operator's Vault, with the mount the tenant's stack file names (if any)."""
     mount = None
     stack = workspace.stack_file(tenant)
@@ -129,18 +127,23 @@ def attach_credentials(
     env = os.environ if environ is None else environ
     if workspace is None:
         workspace = Workspace(project_root())
-    if any((t.tenant, t.product) not in documents for t in targets):
+    if any((t.tenant, t.product) not in documents for t in targets if not t.unavailable):
         operator_vault(env, root=workspace.root)  # a bad VAULT_ADDR: exit 2, nothing run
     out: list[MigrationTarget] = []
     for target in targets:
         tenant, product = target.tenant or target.label, target.product or "?"
+        if target.unavailable:  # not on the server: no credentials to look for
+            out.append(target)
+            continue
         try:
             document = _document(target, documents, env, workspace)
             target = _check(document, target)
-        except LookupError as exc:
-            out.append(replace(target, unavailable=str(exc)))
-        except (InvalidInput, BackendUnavailable) as exc:
-            # Vault said no, a stack file or a stored document is invalid: this tenant only.
+        except LookupError as exc:  # no document, or one for other storage: recurs
+            out.append(replace(target, unavailable=str(exc), permanent=True))
+        except InvalidInput as exc:  # a stack file or a stored document is invalid
+            reason = f"no credentials for tenant {tenant} product {product}: {exc}"
+            out.append(replace(target, unavailable=reason, permanent=True))
+        except BackendUnavailable as exc:  # Vault unreachable or refusing: may pass
             reason = f"no credentials for tenant {tenant} product {product}: {exc}"
             out.append(replace(target, unavailable=reason))
         else:

@@ -59,6 +59,30 @@ def _sqlstate(exc: BaseException) -> str | None:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None)
 
 
+#: SQLSTATE classes of failures that may pass when run again: connection exception,
+#: transaction rollback (serialization, deadlock), insufficient resources, operator
+#: intervention (shutdown, cancel), system error, internal error; and lock_not_available.
+_TRANSIENT_CLASSES: Final = frozenset({"08", "40", "53", "57", "58", "XX"})
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    """Whether a tenant's failure would recur on a retry, judged by SQLSTATE.
+
+    A server error outside the transient classes (a duplicate table, a violated
+    constraint, a refused login) is the revision's or the tenant's own: it recurs.
+    An error without SQLSTATE is a lost or refused connection (a driver error), or
+    Python raised in a revision (which recurs); anything else counts as transient.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    state = _sqlstate(exc)
+    if state is not None:
+        return state != LOCK_NOT_AVAILABLE and state[:2] not in _TRANSIENT_CLASSES
+    if isinstance(exc, DBAPIError | RuntimeError | OSError):
+        return False  # a driver's connection failure, our lock wait, a socket: may pass
+    return isinstance(exc, Exception)
+
+
 _HOLDERS_SQL = text(
     "SELECT DISTINCT a.usename, a.application_name FROM pg_catalog.pg_locks l"
     " JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
@@ -85,6 +109,10 @@ class TargetResult:
     seconds: float = 0.0
     sql: str | None = None
     worker: int = field(default_factory=os.getpid)
+    #: A failure that running again would meet again (a revision's error, a refusal, no
+    #: credentials): not worth a retry. ``False`` for anything that may pass (a lost
+    #: connection, a lock held too long, a killed process), and for any doubt.
+    deterministic: bool = False
 
     @classmethod
     def of(
@@ -98,6 +126,7 @@ class TargetResult:
         revisions: tuple[str, ...] = (),
         error: str | None = None,
         started: float | None = None,
+        deterministic: bool = False,
     ) -> TargetResult:
         """A result for ``target``; ``started`` (``perf_counter``) gives ``seconds``."""
         return cls(
@@ -111,6 +140,7 @@ class TargetResult:
             revisions=revisions,
             error=error,
             seconds=time.perf_counter() - started if started is not None else 0.0,
+            deterministic=deterministic,
         )
 
 
@@ -261,7 +291,7 @@ class TenantMigrator:
         started = time.perf_counter()
         refused = self.refusal(target)
         if refused:
-            return _failed(target, index, refused, started)
+            return _failed(target, index, refused, started, _refusal_recurs(target))
         before: tuple[str, ...] = ()
         steps: list[RevisionStep] = []
         applied: list[str] = []
@@ -317,6 +347,7 @@ class TenantMigrator:
                 revisions=tuple(s.revision.revision for s in steps),
                 error=what + first_line(exc),
                 started=started,
+                deterministic=is_deterministic(exc),
             )
         after = _final_heads(before, steps) if steps else _heads_str(before)
         return TargetResult.of(
@@ -348,13 +379,13 @@ class TenantMigrator:
         started = time.perf_counter()
         refused = self.refusal(target)
         if refused:
-            return _failed(target, index, refused, started)
+            return _failed(target, index, refused, started, _refusal_recurs(target))
         try:
             heads = self.current(target)
             steps = self.script._upgrade_revs(self.destination, heads)  # type: ignore[arg-type]
         except Exception as exc:
             self.close()
-            return _failed(target, index, first_line(exc), started)
+            return _failed(target, index, first_line(exc), started, is_deterministic(exc))
         return TargetResult.of(
             target,
             index,
@@ -413,8 +444,18 @@ def _known_version_table(ctx: MigrationContext, conn: Connection, schema: str) -
     ctx._ensure_version_table = ensure_version_table  # type: ignore[method-assign]
 
 
-def _failed(target: MigrationTarget, index: int, error: str, started: float) -> TargetResult:
-    return TargetResult.of(target, index, "failed", error=error, started=started)
+def _refusal_recurs(target: MigrationTarget) -> bool:
+    """A role mismatch recurs; an unavailable target's reason says for itself."""
+    return target.permanent if target.unavailable else True
+
+
+def _failed(
+    target: MigrationTarget, index: int, error: str, started: float, deterministic: bool = True
+) -> TargetResult:
+    """A target refused or failed before its transaction (a refusal recurs on a retry)."""
+    return TargetResult.of(
+        target, index, "failed", error=error, started=started, deterministic=deterministic
+    )
 
 
 def _at_or_below(script: ScriptDirectory, destination: str, current: tuple[str, ...]) -> bool:

@@ -144,9 +144,14 @@ class SandboxExecutor:
     def _attempt(
         self, index: int, target: MigrationTarget, lanes: _Lanes, started: float
     ) -> TargetResult:
-        if target.unavailable:  # no credentials: nothing to fork for
+        if target.unavailable:  # no credentials, not on the server: nothing to fork for
             return TargetResult.of(
-                target, index, "failed", error=target.unavailable, started=started
+                target,
+                index,
+                "failed",
+                error=target.unavailable,
+                started=started,
+                deterministic=target.permanent,
             )
         own = target.params is not None  # a tenant's own credentials: a child of its own
         try:

@@ -59,6 +59,12 @@ class FleetReport:
         """True only if no tenant failed and none was skipped by a failed canary."""
         return not self.canary_failed and not self.failed
 
+    @property
+    def worth_retrying(self) -> bool:
+        """Whether running again may change the outcome: some failure was not
+        deterministic (a lost connection, a lock held too long, a killed process)."""
+        return any(not r.deterministic for r in self.failed)
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.results:

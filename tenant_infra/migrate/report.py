@@ -108,6 +108,7 @@ def to_dict(report: FleetReport) -> dict[str, Any]:
                 "status": r.status,
                 "revisions": list(r.revisions),
                 "error": r.error,
+                "deterministic": r.deterministic,
                 "seconds": round(r.seconds, 4),
             }
             for r in report.results

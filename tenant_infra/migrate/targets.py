@@ -8,12 +8,13 @@ tables live in schema ``tenant_<key>``; the mode only decides the database
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, text
 
 from tenant_infra.errors import InvalidInput
 from tenant_infra.migrate.connection import ConnParams, connect, with_database
+from tenant_infra.migrate.snapshot import SnapshotEntry
 from tenant_infra.tenant import (
     TenantNames,
     pg_shared_database,
@@ -38,7 +39,9 @@ class MigrationTarget:
     ``params``: the libpq keywords of this target's own connection (``--product``:
     the tenant role's, password included; kept out of ``repr``; reaches a worker
     only inside the pickled target). ``unavailable``: why the target cannot be
-    attempted (no credentials); it is then reported as failed without connecting.
+    attempted (no credentials, not on the server); it is then reported as failed
+    without connecting, and ``permanent`` says whether a retry would find the same
+    (no document, no schema) or may not (Vault unreachable).
     """
 
     schema: str
@@ -48,6 +51,7 @@ class MigrationTarget:
     role: str | None = None
     params: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     unavailable: str | None = field(default=None, compare=False)
+    permanent: bool = field(default=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -58,7 +62,6 @@ class MigrationTarget:
     @property
     def where(self) -> str:
         return f"{self.database}.{self.schema}" if self.database else self.schema
-
 
 
 def service_target(tenant: str, product: str, database: str) -> MigrationTarget:
@@ -122,6 +125,26 @@ def connects_as_superuser(admin: ConnParams) -> bool:
     return bool(row and row[0])
 
 
+def _on_server(admin: ConnParams, product: str) -> list[MigrationTarget]:
+    """Every tenant service of ``product`` the admin connection's server holds."""
+    out: list[MigrationTarget] = []
+    with connect(admin) as conn:
+        databases = _databases_like(conn, _like_escape(product + "_") + "%")
+        shared = pg_shared_database(product)
+        has_shared = bool(_databases_like(conn, _like_escape(shared)))
+    if has_shared:
+        with connect(with_database(admin, shared)) as conn:
+            for schema in _schemas_like(conn, _like_escape("tenant_") + "%"):
+                tenant = tenant_from_schema(schema)
+                if tenant:
+                    out.append(schema_mode_target(tenant, product))
+    for database in databases:
+        tenant = tenant_from_database(product, database)
+        if tenant:
+            out.append(database_mode_target(tenant, product))
+    return out
+
+
 def discover_product(
     admin: ConnParams, product: str, tenants: Sequence[str] = ()
 ) -> list[MigrationTarget]:
@@ -138,25 +161,54 @@ def discover_product(
     """
     validate_product(product)
     wanted = set(tenants)
-    out: list[MigrationTarget] = []
-    with connect(admin) as conn:
-        databases = _databases_like(conn, _like_escape(product + "_") + "%")
-        shared = pg_shared_database(product)
-        has_shared = bool(_databases_like(conn, _like_escape(shared)))
-    if has_shared:
-        with connect(with_database(admin, shared)) as conn:
-            for schema in _schemas_like(conn, _like_escape("tenant_") + "%"):
-                tenant = tenant_from_schema(schema)
-                if tenant and (not wanted or tenant in wanted):
-                    out.append(schema_mode_target(tenant, product))
-    for database in databases:
-        tenant = tenant_from_database(product, database)
-        if tenant and (not wanted or tenant in wanted):
-            out.append(database_mode_target(tenant, product))
+    out = [t for t in _on_server(admin, product) if not wanted or t.tenant in wanted]
     missing = wanted - {t.tenant for t in out}
     if missing:
         raise InvalidInput(
             f"no {product} schema or database found for tenant(s): {', '.join(sorted(missing))}"
+        )
+    return out
+
+
+def snapshot_targets(
+    admin: ConnParams, product: str, entries: Sequence[SnapshotEntry]
+) -> list[MigrationTarget]:
+    """The targets of a snapshot's ``entries``, where the snapshot says each one lives.
+
+    The server is asked what it holds (as :func:`discover_product` does) only to tell
+    the snapshot's tenants it lacks: each of those is a target that fails alone, named,
+    and that a retry would not find either (``permanent``). Found in the other
+    isolation mode, the snapshot is stale (promoted since): that fails too, saying so.
+    """
+    validate_product(product)
+    if not entries:
+        return []
+    found = {(t.tenant, t.database): t for t in _on_server(admin, product)}
+    modes = {t.tenant: t for t in found.values()}
+    out: list[MigrationTarget] = []
+    for entry in entries:
+        target = (
+            schema_mode_target(entry.tenant, product)
+            if entry.isolation == "SCHEMA"
+            else database_mode_target(entry.tenant, product)
+        )
+        if (target.tenant, target.database) in found:
+            out.append(target)
+            continue
+        elsewhere = modes.get(entry.tenant)
+        why = (
+            f"found in database {elsewhere.database} instead: the snapshot is stale, render "
+            "the Job again"
+            if elsewhere is not None
+            else "render the Job again if it was offboarded since"
+        )
+        out.append(
+            replace(
+                target,
+                unavailable=f"tenant {entry.tenant} of the targets snapshot ({entry.isolation} "
+                f"mode) not found on the server: no schema {target.where}; {why}",
+                permanent=True,
+            )
         )
     return out
 

@@ -158,6 +158,9 @@ def result_of(
         revisions=tuple(_text(r) or "?" for r in revisions) if isinstance(revisions, list) else (),
         error=error,
         started=started,
+        # The child's judgement of its failure: a wrong one only changes whether a
+        # sharded run is retried, never what is migrated.
+        deterministic=status == "failed" and reply.get("deterministic") is True,
     )
     result.sql = clean_lines(sql) if isinstance(sql, str) else None
     result.worker = worker
@@ -242,7 +245,7 @@ class Worker:
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         if self.refusal:
-            return {"status": "failed", "error": self.refusal}
+            return {"status": "failed", "error": self.refusal, "deterministic": True}
         op = request.get("op")
         if op == "mongo":
             return self._mongo(request)
@@ -301,6 +304,7 @@ def _reply(result: TargetResult) -> dict[str, Any]:
         "revisions": list(result.revisions),
         "error": result.error,
         "sql": result.sql,
+        "deterministic": result.deterministic,
     }
 
 

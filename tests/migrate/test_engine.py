@@ -293,3 +293,47 @@ def test_the_rendered_sql_runs_from_base_and_from_a_revision(pg: PgSandbox, prod
                 assert "IN EXCLUSIVE MODE" in (rendered.sql or "")
     finally:
         m.close()
+
+
+class _ServerError(Exception):
+    """A driver error as psycopg raises one: its SQLSTATE in ``sqlstate``."""
+
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def test_which_failures_a_retry_would_meet_again() -> None:
+    """The exit code of a sharded run (2: FailIndex, 1: retry) rests on this."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from tenant_infra.errors import BackendUnavailable
+    from tenant_infra.migrate.engine import is_deterministic
+
+    lasting = ["42P07", "42601", "23505", "2BP01", "28P01", "3F000", "22012"]
+    passing = ["08006", "08001", "40001", "40P01", "53300", "57P01", "57014", "58030", "XX000"]
+    for state in lasting:
+        wrapped = ProgrammingError("stmt", {}, _ServerError(state))
+        assert is_deterministic(wrapped) and is_deterministic(_ServerError(state)), state
+    for state in [*passing, "55P03"]:
+        assert not is_deterministic(OperationalError("stmt", {}, _ServerError(state))), state
+    assert not is_deterministic(OperationalError("connect", {}, _ServerError(None)))
+    assert not is_deterministic(BackendUnavailable("cannot connect"))
+    assert not is_deterministic(RuntimeError("the migration lock ... has been held for 60 s"))
+    assert not is_deterministic(ConnectionResetError())
+    assert is_deterministic(NameError("name 'op' is not defined"))  # a revision's own bug
+    assert is_deterministic(KeyError("Can't locate revision"))
+
+
+def test_a_child_s_reply_is_deterministic_only_when_it_failed_and_says_so() -> None:
+    from tenant_infra.migrate.worker import result_of
+
+    target = MigrationTarget("tenant_acme", tenant="acme", product="ledger")
+    for reply, want in [
+        ({"status": "failed", "error": "x", "deterministic": True}, True),
+        ({"status": "failed", "error": "x", "deterministic": "yes"}, False),
+        ({"status": "failed", "error": "x"}, False),
+        ({"status": "migrated", "deterministic": True}, False),
+        (None, False),  # the child ended without a word: killed, maybe by the OOM killer
+    ]:
+        assert result_of(reply, target, 0, 0.0, 1).deterministic is want, reply

@@ -1,0 +1,1 @@
+"""Kubernetes manifests for running the fleet beyond one machine (rendered, never applied)."""
