@@ -507,9 +507,7 @@ def rotate(
     ] = None,
     drain: Annotated[
         str | None,
-        typer.Option(
-            "--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."
-        ),
+        typer.Option("--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each phase would change.")
@@ -941,6 +939,81 @@ def api_key_revoke(
 
     commands.revoke_api_key(key)
     print(f"revoked {key}")
+
+
+render_app = typer.Typer(
+    help="Write manifests that run the fleet on other engines.", no_args_is_help=True
+)
+app.add_typer(render_app, name="render")
+
+
+@render_app.command("kubernetes")
+def render_kubernetes(
+    tenants: TenantsArgument = None,
+    all_tenants: AllOption = False,
+    image: Annotated[
+        str,
+        typer.Option(
+            "--image", metavar="IMAGE", help="The workspace image, pinned (REPO:TAG or @sha256)."
+        ),
+    ] = "",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", metavar="URL", help="Shared state backend (s3://, gs://, azblob://, ...)."
+        ),
+    ] = "",
+    secrets_provider: Annotated[
+        str,
+        typer.Option(
+            "--secrets-provider", metavar="URL", help="passphrase, or a KMS URL (awskms://...)."
+        ),
+    ] = "",
+    namespace: Annotated[
+        str, typer.Option("--namespace", metavar="NS", help="Where the Stacks and Secrets are.")
+    ] = "",
+    service_account: Annotated[
+        str | None,
+        typer.Option("--service-account", metavar="SA", help="The workspace pods' identity."),
+    ] = None,
+    wave_size: Annotated[
+        int | None,
+        typer.Option("--wave-size", metavar="K", help="Tenants in the canary wave 0 (10)."),
+    ] = None,
+    out: Annotated[
+        str, typer.Option("--out", metavar="DIR", help="Where to write (-: stdout).")
+    ] = "k8s",
+) -> None:
+    """A ConfigMap and a Pulumi Kubernetes Operator Stack per tenant, a file each."""
+    from tenant_infra import commands
+
+    for option, value in (
+        ("--image", image),
+        ("--backend", backend),
+        ("--secrets-provider", secrets_provider),
+        ("--namespace", namespace),
+    ):
+        if not value:
+            raise InvalidInput(f"{option} is required")
+    result = commands.render_kubernetes(
+        tenants or (),
+        all_tenants=all_tenants,
+        image=image,
+        backend=backend,
+        secrets_provider=secrets_provider,
+        namespace=namespace,
+        service_account=service_account,
+        wave_size=wave_size,
+        out=None if out == "-" else Path(out),
+    )
+    if result.text is not None:
+        sys.stdout.write(result.text)
+    else:
+        last = max(result.waves.values(), default=0)
+        print(f"wrote {len(result.written)} tenants to {out} (waves 0..{last})")
+    for tenant, reason in sorted(result.failed.items()):
+        print(f"tenantctl: {tenant}: {reason}", file=sys.stderr)
+    _finish(result.ok)
 
 
 def _console() -> Console:
