@@ -1229,12 +1229,14 @@ def render_kubernetes(
     wave_size: int | None = None,
     out: Path | None = Path("k8s"),
     root: Path | None = None,
+    workers: int | None = None,
 ) -> KubernetesRender:
     """One ConfigMap and one operator ``Stack`` per tenant, a file each in ``out``
     (``None``: returned as text). A tenant whose stack file is invalid fails alone.
 
     Arguments that concern the whole fleet (image, backend, namespace...) are checked
-    first: a wrong one fails the call before anything is written.
+    first: a wrong one fails the call before anything is written. ``workers``: processes
+    for a large fleet (default: this machine's cores).
     """
     from tenant_infra.kubernetes import stacks
 
@@ -1273,7 +1275,9 @@ def render_kubernetes(
             raise InvalidInput(f"unknown tenant {unknown[0]!r}: no stack file")
     if not chosen and not failed:
         raise InvalidInput("no tenant selected: name tenants or pass --all")
-    rendered = stacks.render_fleet(fleet, dict.fromkeys(chosen), target, size)
+    rendered = stacks.render_fleet(
+        fleet, dict.fromkeys(chosen), target, size, workers=workers or _cores()
+    )
     failed |= rendered.failed
     waves = {t: rendered.waves[t] for t in rendered.manifests}
     if out is None:
@@ -1281,9 +1285,14 @@ def render_kubernetes(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for tenant, text in rendered.manifests.items():
+        # Written in place, not through a renamed temporary file: that doubles the time
+        # of 10,000 files, and a render cut short is simply run again.
         path = out / f"{rendered.names[tenant]}.yaml"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        path.write_text(text)
         written.append(path)
     return KubernetesRender(written, None, waves, failed)
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
