@@ -67,9 +67,12 @@ def test_every_manifest_validates(fleet: tuple[Path, commands.KubernetesRender])
     _root, result = fleet
     assert result.ok, result.failed
     assert len(result.written) == 60
+    names = []
     for name, objects in documents(result).items():
         assert [o["kind"] for o in objects] == ["ConfigMap", "Stack"], name
         assert manifest_errors(objects) == [], name
+        names.append(objects[1]["metadata"]["name"])
+    assert len(set(names)) == len(names) and max(map(len, names)) == 42
 
 
 def test_unknown_fields_are_refused(fleet: tuple[Path, commands.KubernetesRender]) -> None:
@@ -285,3 +288,24 @@ def test_digest_pinned_images_and_passphrase_are_accepted(tmp_path: Path) -> Non
     (objects,) = documents(result).values()
     assert objects[1]["spec"]["workspaceTemplate"]["spec"]["image"] == image
     assert {"PULUMI_CONFIG_PASSPHRASE", "PULUMI_ACCESS_TOKEN"} <= set(objects[1]["spec"]["envRefs"])
+
+
+def test_two_tenants_given_one_stack_name_both_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Astronomically unlikely (a 40-bit hash collision on a 23-character prefix), and
+    then neither Stack may overwrite the other."""
+    first, second, third = write_fleet(tmp_path, 3)
+    real = TenantNames.k8s_stack.fget
+    assert real is not None
+    monkeypatch.setattr(
+        TenantNames,
+        "k8s_stack",
+        property(lambda n: "tenant-same" if n.tenant in (first, second) else real(n)),
+    )
+    result = render(tmp_path)
+    assert result.failed == {
+        second: f"Stack name tenant-same is also {first}'s",
+        first: f"Stack name tenant-same is also {second}'s",
+    }
+    assert [p.name for p in result.written] == [f"{TenantNames(third).k8s_stack}.yaml"]
