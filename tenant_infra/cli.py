@@ -507,7 +507,9 @@ def rotate(
     ] = None,
     drain: Annotated[
         str | None,
-        typer.Option("--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."),
+        typer.Option(
+            "--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each phase would change.")

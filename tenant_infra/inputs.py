@@ -114,7 +114,8 @@ def load_yaml(text: str, what: str, where: str) -> Any:
         raise InvalidInput(f"{what} {where!r} is nested deeper than {MAX_DEPTH}") from None
     except (ValueError, OverflowError):  # a date out of range, a number too long
         raise InvalidInput(
-            f"{what} {where!r} holds a value that cannot be read (a date or number out of range?)"
+            f"{what} {where!r} holds a value that cannot be read (a date or number out of "
+            "range?)"
         ) from None
     return shallow(value, what, where)
 
