@@ -507,9 +507,7 @@ def rotate(
     ] = None,
     drain: Annotated[
         str | None,
-        typer.Option(
-            "--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."
-        ),
+        typer.Option("--drain", metavar="DURATION", help="Time refused sessions get to end (30s)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each phase would change.")
@@ -956,23 +954,32 @@ def render_kubernetes(
     image: Annotated[
         str,
         typer.Option(
-            "--image", metavar="IMAGE", help="The workspace image, pinned (REPO:TAG or @sha256)."
+            "--image",
+            metavar="IMAGE",
+            help="Required: the workspace image, pinned (REPO:TAG or @sha256).",
         ),
     ] = "",
     backend: Annotated[
         str,
         typer.Option(
-            "--backend", metavar="URL", help="Shared state backend (s3://, gs://, azblob://, ...)."
+            "--backend",
+            metavar="URL",
+            help="Required: the shared state backend (s3://, gs://, ...).",
         ),
     ] = "",
     secrets_provider: Annotated[
         str,
         typer.Option(
-            "--secrets-provider", metavar="URL", help="passphrase, or a KMS URL (awskms://...)."
+            "--secrets-provider",
+            metavar="URL",
+            help="Required: passphrase, or a KMS URL (awskms://...).",
         ),
     ] = "",
     namespace: Annotated[
-        str, typer.Option("--namespace", metavar="NS", help="Where the Stacks and Secrets are.")
+        str,
+        typer.Option(
+            "--namespace", metavar="NS", help="Required: where the Stacks and Secrets are."
+        ),
     ] = "",
     service_account: Annotated[
         str | None,
