@@ -16,6 +16,7 @@
 #   floor2     the harness's 2-session psql floor
 #   dj_mp      django-tenants' multiprocessing executor (the harness's run_peer.sh)
 #   noop_product  after_product run once untimed, then timed again: every tenant at head
+#   noop_online   the same with --no-bulk-read: each tenant asked on its own connection
 # Every tenantctl case also records the peak RSS of its main process (/usr/bin/time).
 # Untimed: fresh database, N schemas (and roles), CHECKPOINT. Timed: one tenantctl
 # process, start-up included. Checked: every schema at 0003 with the 6 tables.
@@ -93,7 +94,7 @@ migrate_product() {  # migrate_product CODE N K LOG: one tenantctl --product run
         /usr/bin/time -f '%M' -o "$log.rss" \
         "$PYTHON" -c "$(boot "$(checkout "$code")")" migrate --product ledger \
         --script-location "$HARNESS/workload/alembic" --connections "$docs" \
-        --concurrency "$k" --format json >"$log" 2>"$log.err" \
+        --concurrency "$k" --format json ${EXTRA_ARGS:-} >"$log" 2>"$log.err" \
         || { tail -5 "$log.err" >&2; die "$code product run failed (log: $log)"; }
 }
 
@@ -132,6 +133,9 @@ for item in "${PLAN[@]}"; do
         noop_product)
             run_product after "$n" "$k" noop >"$WORK/secs"; secs=$(<"$WORK/secs")
             rss=$(tail -1 "$WORK/after_product_${n}_${k}_noop.log.rss") ;;
+        noop_online)  # the same, each tenant asked on its own connection (no bulk read)
+            EXTRA_ARGS=--no-bulk-read run_product after "$n" "$k" noop >"$WORK/secs"
+            secs=$(<"$WORK/secs"); rss=$(tail -1 "$WORK/after_product_${n}_${k}_noop.log.rss") ;;
         before_generic|after_generic)
             secs=$(run_generic "${case_%_generic}" "$n" "$k"); rss=- ;;
         floor2)

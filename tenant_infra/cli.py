@@ -1014,6 +1014,90 @@ def api_key_revoke(
     print(f"revoked {key}")
 
 
+render_app = typer.Typer(
+    help="Write Kubernetes manifests for the fleet (nothing is applied).", no_args_is_help=True
+)
+app.add_typer(render_app, name="render")
+
+
+@render_app.command("kubernetes")
+def render_kubernetes(
+    tenants: TenantsArgument = None,
+    all_tenants: AllOption = False,
+    image: Annotated[
+        str,
+        typer.Option(
+            "--image",
+            metavar="IMAGE",
+            help="Required: the workspace image, pinned (REPO:TAG or @sha256).",
+        ),
+    ] = "",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            metavar="URL",
+            help="Required: the shared state backend (s3://, gs://, ...).",
+        ),
+    ] = "",
+    secrets_provider: Annotated[
+        str,
+        typer.Option(
+            "--secrets-provider",
+            metavar="URL",
+            help="Required: passphrase, or a KMS URL (awskms://...).",
+        ),
+    ] = "",
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace", metavar="NS", help="Required: where the Stacks and Secrets are."
+        ),
+    ] = "",
+    service_account: Annotated[
+        str | None,
+        typer.Option("--service-account", metavar="SA", help="The workspace pods' identity."),
+    ] = None,
+    wave_size: Annotated[
+        int | None,
+        typer.Option("--wave-size", metavar="K", help="Tenants in the canary wave 0 (10)."),
+    ] = None,
+    out: Annotated[
+        str, typer.Option("--out", metavar="DIR", help="Where to write (-: stdout).")
+    ] = "k8s",
+) -> None:
+    """A ConfigMap and a Pulumi Kubernetes Operator Stack per tenant, a file each."""
+    from tenant_infra import commands
+
+    for option, value in (
+        ("--image", image),
+        ("--backend", backend),
+        ("--secrets-provider", secrets_provider),
+        ("--namespace", namespace),
+    ):
+        if not value:
+            raise InvalidInput(f"{option} is required")
+    result = commands.render_kubernetes(
+        tenants or (),
+        all_tenants=all_tenants,
+        image=image,
+        backend=backend,
+        secrets_provider=secrets_provider,
+        namespace=namespace,
+        service_account=service_account,
+        wave_size=wave_size,
+        out=None if out == "-" else Path(out),
+    )
+    if result.text is not None:
+        sys.stdout.write(result.text)
+    else:
+        last = max(result.waves.values(), default=0)
+        print(f"wrote {len(result.written)} tenants to {out} (waves 0..{last})")
+    for tenant, reason in sorted(result.failed.items()):
+        print(f"tenantctl: {tenant}: {reason}", file=sys.stderr)
+    _finish(result.ok)
+
+
 def _console() -> Console:
     """A terminal's own width; piped, ``$COLUMNS`` if set, else a wide page, so names
     are never cut."""
@@ -1022,12 +1106,6 @@ def _console() -> Console:
         return console
     columns = os.environ.get("COLUMNS", "")
     return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 200)
-
-
-render_app = typer.Typer(
-    help="Write Kubernetes manifests for the fleet (nothing is applied).", no_args_is_help=True
-)
-app.add_typer(render_app, name="render")
 
 
 @render_app.command("migrate-job")

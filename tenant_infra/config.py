@@ -732,11 +732,12 @@ class PlatformConfig(_Model):
         return self
 
 
-def read_stack_file(path: Path) -> dict[str, Any]:
-    """Read a ``Pulumi.<stack>.yaml`` into its flat ``config`` mapping."""
+def read_stack_file(path: Path, *, libyaml: bool = False) -> dict[str, Any]:
+    """Read a ``Pulumi.<stack>.yaml`` into its flat ``config`` mapping (``libyaml``: with
+    the C parser, for a whole fleet, see :func:`tenant_infra.inputs.read_yaml`)."""
     from tenant_infra import inputs
 
-    doc = inputs.read_yaml(path, "stack config")
+    doc = inputs.read_yaml(path, "stack config", libyaml=libyaml)
     if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
         raise InvalidInput(f"stack config {str(path)!r} must be a mapping with a 'config' mapping")
     config: dict[str, Any] = doc.get("config") or {}

@@ -67,8 +67,20 @@ def _decoded(data: bytes, what: str, where: str, limit: int) -> str:
         raise InvalidInput(f"{what} {where!r} is not UTF-8 (byte {exc.start})") from None
 
 
-def read_yaml(path: Path | str, what: str) -> Any:
-    return load_yaml(read_text(path, what), what, str(path))
+def read_yaml(path: Path | str, what: str, *, libyaml: bool = False) -> Any:
+    """``libyaml``: parse with PyYAML's C loader when it has one (about ten times faster,
+    for fleet-sized reads); a document it refuses is read again by the pure-Python
+    loader, so every error is worded the one way."""
+    text = read_text(path, what)
+    loader = getattr(yaml, "CSafeLoader", None) if libyaml else None
+    if loader is not None:
+        try:
+            value = yaml.load(text, Loader=loader)  # a safe loader, in C
+        except Exception:  # the pure loader below says what is wrong
+            pass
+        else:
+            return shallow(value, what, str(path))
+    return load_yaml(text, what, str(path))
 
 
 def read_json(path: Path | str, what: str) -> Any:

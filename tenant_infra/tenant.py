@@ -21,6 +21,7 @@ slug as it is) is what the registry keys it by, so a second spelling is refused.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -34,6 +35,13 @@ PG_IDENTIFIER_MAX: Final = 63
 MAX_GENERATION: Final = 9
 #: A rotated credential's two alternating logins (``tenantctl rotate``).
 SLOTS: Final = ("a", "b")
+#: The operator's Stack CRD refuses a longer ``metadata.name`` (its pods and Updates are
+#: named after it, within Kubernetes' 63-character labels).
+K8S_STACK_NAME_MAX: Final = 42
+#: Every tenant Stack's name starts so: never a platform team's own Stack.
+K8S_STACK_PREFIX: Final = "tenant-"
+#: Hex digits of the hash that ends a long id's Stack name (40 bits).
+_K8S_HASH_LEN: Final = 10
 
 _TENANT_ID_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _PRODUCT_RE: Final = re.compile(r"[a-z][a-z0-9]*")
@@ -163,6 +171,29 @@ class TenantNames:
         """Where a restore's swap keeps the data it replaced, until dropped (one at a
         time: with the timestamp, 63 bytes would not hold every tenant id)."""
         return f"pre_restore_{self.pg_schema}"
+
+    @property
+    def k8s_stack(self) -> str:
+        """The ``metadata.name`` of the tenant's operator ``Stack`` (``tenantctl render
+        kubernetes``): a DNS-1123 label of at most 42 characters, stable for the id.
+
+        ``tenant-<id>`` while that fits in 41 characters (ids of up to 34); longer ids
+        become ``tenant-<first 23>--<10 hex of sha256(id)>``, exactly 42. Ids never hold
+        ``--``, so no short name can equal a long one; two long ids would need the same
+        23-character start *and* the same 40-bit hash, and the renderer refuses a fleet
+        where that happens rather than let one Stack overwrite another.
+        """
+        short = K8S_STACK_PREFIX + self.tenant
+        if len(short) < K8S_STACK_NAME_MAX:
+            return short
+        digest = hashlib.sha256(self.tenant.encode()).hexdigest()[:_K8S_HASH_LEN]
+        keep = K8S_STACK_NAME_MAX - len(K8S_STACK_PREFIX) - 2 - _K8S_HASH_LEN
+        return f"{K8S_STACK_PREFIX}{self.tenant[:keep]}--{digest}"
+
+    @property
+    def k8s_config_map(self) -> str:
+        """The ConfigMap that holds the tenant's stack config, beside its Stack."""
+        return f"{self.k8s_stack}-config"
 
     def service(self, product: str) -> ServiceNames:
         return ServiceNames(self, validate_product(product))

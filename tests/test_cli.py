@@ -315,3 +315,93 @@ def test_unlock_refuses_in_one_line(
     assert code == 2 and "duration" in err
     code, out, _ = run(capsys, "unlock", "acme", "--yes", "--force")
     assert (code, out) == (0, "stack acme: 1 backend lock(s) removed\n")
+
+
+# ------------------------------------------------------------------ render kubernetes
+
+RENDER = [
+    "render",
+    "kubernetes",
+    "--image",
+    "registry.example.com/tenant-infra:0.2.0",
+    "--backend",
+    "s3://tenant-state",
+    "--secrets-provider",
+    "awskms://alias/tenant-infra",
+    "--namespace",
+    "tenants",
+]
+
+
+@pytest.fixture
+def fleet_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from tests.kubernetes.fleet import write_fleet
+
+    write_fleet(tmp_path, 4)
+    # --project sets the variable for the process: monkeypatch puts it back afterwards.
+    monkeypatch.setenv("TENANT_INFRA_PROJECT", str(tmp_path))
+    return tmp_path
+
+
+def test_render_kubernetes_writes_a_file_per_tenant(
+    capsys: pytest.CaptureFixture[str], fleet_project: Path
+) -> None:
+    out = fleet_project / "k8s"
+    code, stdout, err = run(
+        capsys, "--project", str(fleet_project), *RENDER, "--all", "--out", str(out)
+    )
+    assert code == 0, err
+    assert stdout == f"wrote 4 tenants to {out} (waves 0..0)\n" and err == ""
+    assert len(list(out.glob("tenant-*.yaml"))) == 4
+
+
+def test_render_kubernetes_to_stdout(
+    capsys: pytest.CaptureFixture[str], fleet_project: Path
+) -> None:
+    import yaml
+
+    code, stdout, _ = run(capsys, "--project", str(fleet_project), *RENDER, "t0", "--out", "-")
+    assert code == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(stdout)]
+    assert kinds == ["ConfigMap", "Stack"]
+
+
+def test_render_kubernetes_one_bad_stack_file_exits_1_after_the_others(
+    capsys: pytest.CaptureFixture[str], fleet_project: Path
+) -> None:
+    (fleet_project / "stacks" / "Pulumi.t0.yaml").write_text("config:\n  tenant-infra:tenant: t0\n")
+    out = fleet_project / "k8s"
+    code, stdout, err = run(
+        capsys, "--project", str(fleet_project), *RENDER, "--all", "--out", str(out)
+    )
+    assert code == 1
+    assert stdout.startswith("wrote 3 tenants")
+    assert err.count("\n") == 1 and err.startswith("tenantctl: t0: config.platform: ")
+    assert len(list(out.glob("*.yaml"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--image", "tenant-infra", "--all"], "--image"),
+        (["--image", "tenant-infra:latest", "--all"], "latest"),
+        (["--namespace", "Tenants_1", "--all"], "--namespace"),
+        (["--namespace", "", "--all"], "--namespace is required"),
+        (["nobody"], "unknown tenant 'nobody'"),
+        (["Bad_Id"], "tenant id"),
+        (["t0", "--all"], "not both"),
+        (["--wave-size", "0", "--all"], "--wave-size"),
+        (["--backend", "file:///var/state", "--all"], "--backend"),
+    ],
+)
+def test_render_kubernetes_invalid_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], fleet_project: Path, argv: list[str], said: str
+) -> None:
+    out = fleet_project / "k8s"
+    code, stdout, err = run(
+        capsys, "--project", str(fleet_project), *RENDER, *argv, "--out", str(out)
+    )
+    assert code == 2
+    assert stdout == ""
+    assert err.startswith("tenantctl: ") and err.count("\n") == 1 and said in err
+    assert not out.exists()

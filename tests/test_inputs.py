@@ -131,3 +131,29 @@ def test_a_good_file_reads_and_a_deep_one_is_refused_in_process(tmp_path: Path) 
     fine = tmp_path / "fine.json"
     fine.write_text("[" * inputs.MAX_DEPTH + "]" * inputs.MAX_DEPTH)
     inputs.read_json(fine, "document")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "config:\n  tenant-infra:tenant: '0042'\n  n: 0042\n  when: 2026-12-02T10:00:00Z\n",
+        "config: [unclosed\n",
+        "a: &x [1, 2]\nb: *x\n",
+        "a: " + "[" * 40 + "]" * 40 + "\n",
+        "\t- tab\n",
+    ],
+)
+def test_libyaml_reads_what_the_pure_loader_reads_and_fails_the_same(
+    tmp_path: Path, text: str
+) -> None:
+    """``read_yaml(libyaml=True)`` (fleet-sized reads) gives the same value, or the same
+    error, word for word."""
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text(text)
+    outcomes = []
+    for libyaml in (False, True):
+        try:
+            outcomes.append(("value", inputs.read_yaml(path, "stack config", libyaml=libyaml)))
+        except InvalidInput as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tenant_infra.errors import InvalidInput
 from tenant_infra.tenant import (
+    K8S_STACK_NAME_MAX,
     PG_IDENTIFIER_MAX,
     RESERVED_TENANT_IDS,
     TENANT_ID_MAX,
@@ -148,7 +149,9 @@ def test_anything_accepted_matches_the_documented_grammar(text: str) -> None:
 
 
 @given(st.uuids(), st.booleans(), st.booleans())
-def test_a_uuid_names_one_tenant_dashed_or_not_in_any_case(value: uuid.UUID, dashed: bool, upper: bool) -> None:
+def test_a_uuid_names_one_tenant_dashed_or_not_in_any_case(
+    value: uuid.UUID, dashed: bool, upper: bool
+) -> None:
     spelling = str(value) if dashed else value.hex
     spelling = spelling.upper() if upper else spelling
     assert requested_id(spelling) == canonical_id(spelling) == value.hex
@@ -166,7 +169,10 @@ def test_a_uuid_names_one_tenant_dashed_or_not_in_any_case(value: uuid.UUID, das
         ("a" * 41, None),
         ("../etc", None),
         ("acme\n", None),
-        ("0f8fad5b-d9cb469f-a165-70867728950e", "0f8fad5b-d9cb469f-a165-70867728950e"),  # not a UUID: a slug
+        (
+            "0f8fad5b-d9cb469f-a165-70867728950e",
+            "0f8fad5b-d9cb469f-a165-70867728950e",
+        ),  # not a UUID: a slug
         ("0f8fad5bd9cb469fa16570867728950e0", "0f8fad5bd9cb469fa16570867728950e0"),  # a slug
         ("{0f8fad5b-d9cb-469f-a165-70867728950e}", None),
     ],
@@ -178,3 +184,65 @@ def test_a_claim_maps_to_the_tenant_it_can_name(claim: str, expected: str | None
 def test_slugs_are_their_own_canonical_id() -> None:
     assert canonical_id("acme") == "acme"
     assert canonical_id("0f8fad5b-d9cb-469f") == "0f8fad5b-d9cb-469f"
+
+
+# ------------------------------------------------------------ the operator Stack's name
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: Ids of every length up to the longest, many past 34 (where the hash starts): segments
+#: of a few letters and digits joined by single hyphens (cheap to draw, always valid).
+edge_ids = (
+    st.lists(st.text("ab0z9", min_size=1, max_size=9), min_size=1, max_size=8)
+    .map("-".join)
+    .filter(lambda s: 2 <= len(s) <= TENANT_ID_MAX and s not in RESERVED_TENANT_IDS)
+)
+
+
+@given(st.lists(edge_ids, min_size=1, max_size=50, unique=True))
+def test_k8s_stack_names_are_short_dns_labels_and_unique(tenants: list[str]) -> None:
+    names = [TenantNames(t).k8s_stack for t in tenants]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert len(name) <= K8S_STACK_NAME_MAX
+        assert _DNS_LABEL.fullmatch(name), name
+        assert name.startswith("tenant-")
+
+
+@given(
+    st.text(alphabet="abc0-", min_size=12, max_size=17).filter(
+        lambda s: "--" not in s and s[-1] != "-" and s[0] != "-"
+    )
+)
+def test_k8s_stack_names_differ_for_long_ids_sharing_a_prefix(tail: str) -> None:
+    """Ids of 35..40 characters keep only their first 23 in the name: the hash tells apart
+    ids that differ only after it."""
+    prefix = "tenant-with-a-long-prefix"[:23]
+    first, second = f"{prefix}-{tail}", f"{prefix}-{tail[::-1]}"
+    if first == second or validate_or_none(first) is None or validate_or_none(second) is None:
+        return
+    assert TenantNames(first).k8s_stack != TenantNames(second).k8s_stack
+
+
+@given(valid_ids)
+def test_k8s_stack_name_is_stable_and_readable(tenant: str) -> None:
+    name = TenantNames(tenant).k8s_stack
+    assert name == TenantNames(tenant).k8s_stack
+    if len(tenant) <= 34:
+        assert name == f"tenant-{tenant}"
+    else:
+        assert name.startswith(f"tenant-{tenant[:23]}--") and len(name) == K8S_STACK_NAME_MAX
+    assert TenantNames(tenant).k8s_config_map == f"{name}-config"
+
+
+def test_k8s_stack_name_of_the_longest_ids() -> None:
+    assert TenantNames("a" * 34).k8s_stack == "tenant-" + "a" * 34
+    long = TenantNames("a" * 40).k8s_stack
+    assert len(long) == 42 and long.startswith("tenant-" + "a" * 23 + "--")
+    assert TenantNames("a" * 39 + "b").k8s_stack != long
+
+
+def validate_or_none(tenant: str) -> str | None:
+    try:
+        return validate_tenant_id(tenant)
+    except InvalidInput:
+        return None

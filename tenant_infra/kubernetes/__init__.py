@@ -1,1 +1,6 @@
-"""Kubernetes manifests for running the fleet beyond one machine (rendered, never applied)."""
+"""Manifests that run the fleet on Kubernetes (``tenantctl render kubernetes`` and
+``tenantctl render migrate-job``).
+
+Rendering only: nothing here talks to a cluster. The README's "Beyond one machine" says
+how the platform team applies what is written.
+"""

@@ -31,7 +31,7 @@ from typing import Any, Final
 from sqlalchemy import text
 
 from tenant_infra.migrate.connection import connect, first_line
-from tenant_infra.migrate.engine import TargetResult, pin
+from tenant_infra.migrate.engine import TargetResult, is_deterministic, pin
 from tenant_infra.migrate.revisions import declared_render_once, declared_revisions
 from tenant_infra.migrate.sandbox import clean_text
 from tenant_infra.migrate.targets import MigrationTarget
@@ -143,7 +143,7 @@ def apply(
     running: str | None = None
     try:
         conn = connect(params)
-    except Exception as exc:
+    except Exception as exc:  # a connection refused or lost: may pass on a retry
         return TargetResult.of(target, index, "failed", error=str(exc), started=started)
     try:
         with conn, conn.begin():
@@ -181,6 +181,7 @@ def apply(
             revisions=steps,
             error=what + first_line(exc),
             started=started,
+            deterministic=is_deterministic(exc),
         )
     return TargetResult.of(
         target,
