@@ -17,6 +17,8 @@
 #   dj_mp      django-tenants' multiprocessing executor (the harness's run_peer.sh)
 #   noop_product  after_product run once untimed, then timed again: every tenant at head
 #   noop_online   the same with --no-bulk-read: each tenant asked on its own connection
+#   once_product / once_generic  after_*, on a copy of the workload whose 3 revisions
+#              declare render_once = True (the same SQL): rendered once, applied as text
 # Every tenantctl case also records the peak RSS of its main process (/usr/bin/time).
 # Untimed: fresh database, N schemas (and roles), CHECKPOINT. Timed: one tenantctl
 # process, start-up included. Checked: every schema at 0003 with the 6 tables.
@@ -93,7 +95,7 @@ migrate_product() {  # migrate_product CODE N K LOG: one tenantctl --product run
     TENANT_INFRA_ADMIN_DSN="postgresql://postgres@127.0.0.1:55432/postgres" \
         /usr/bin/time -f '%M' -o "$log.rss" \
         "$PYTHON" -c "$(boot "$(checkout "$code")")" migrate --product ledger \
-        --script-location "$HARNESS/workload/alembic" --connections "$docs" \
+        --script-location "${SCRIPT:-$HARNESS/workload/alembic}" --connections "$docs" \
         --concurrency "$k" --format json ${EXTRA_ARGS:-} >"$log" 2>"$log.err" \
         || { tail -5 "$log.err" >&2; die "$code product run failed (log: $log)"; }
 }
@@ -113,9 +115,14 @@ run_product() {  # run_product CODE N K [noop] -> seconds
 run_generic() {  # run_generic CODE N K -> seconds
     local code=$1 n=$2 k=$3
     TOOL_LOG=$WORK/$1_generic_$2_$3.log \
-    TOOL_CMD="$PYTHON -c \"$(boot "$(checkout "$code")")\" migrate --script-location {script} --dsn {dsn} --schemas-like '{like}' --concurrency {k}" \
+    TOOL_CMD="$PYTHON -c \"$(boot "$(checkout "$code")")\" migrate --script-location ${SCRIPT:-{script\}} --dsn {dsn} --schemas-like '{like}' --concurrency {k}" \
         "$HARNESS/run_tool.sh" "$n" "$k" 2>"$WORK/$1_generic_$2_$3.err" | grep '^tool_seconds=' | cut -d= -f2
 }
+
+# The harness's workload, each revision declaring render_once (README: Rendered once).
+ONCE=$WORK/workload-once
+rm -rf "$ONCE" && cp -r "$HARNESS/workload/alembic" "$ONCE"
+for f in "$ONCE"/versions/*.py; do printf '\nrender_once = True\n' >>"$f"; done
 
 PLAN=("$@")
 if [[ ${#PLAN[@]} == 0 ]]; then
@@ -144,6 +151,11 @@ for item in "${PLAN[@]}"; do
         dj_mp)
             secs=$("$HARNESS/run_peer.sh" "$n" multiprocessing 2>/dev/null | grep '^peer_seconds=' | cut -d= -f2)
             rss=- ;;
+        once_product)
+            SCRIPT=$ONCE run_product after "$n" "$k" >"$WORK/secs"; secs=$(<"$WORK/secs")
+            rss=$(tail -1 "$WORK/after_product_${n}_${k}.log.rss") ;;
+        once_generic)
+            secs=$(SCRIPT=$ONCE run_generic after "$n" "$k"); rss=- ;;
         *) die "unknown case $case_" ;;
     esac
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$case_" "$n" "$k" "$secs" "$rss" | tee -a "$RAW"

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tenant_infra.errors import InvalidInput
-from tenant_infra.migrate.connection import with_database, with_libpq_environment
+from tenant_infra.migrate.connection import with_libpq_environment
 from tenant_infra.migrate.engine import TargetResult
 from tenant_infra.migrate.executors import Job, Mode, SandboxExecutor
-from tenant_infra.migrate.rendered import RenderedScript, apply, prepare
+from tenant_infra.migrate.rendered import RenderedScript, apply_all, prepare
 from tenant_infra.migrate.revisions import declared_head
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.migrate.worker import reach, script_exists
@@ -107,25 +107,15 @@ def _apply_rendered(
     timeout: float | None,
     collect: Callable[[Iterable[TargetResult]], bool],
 ) -> tuple[bool, list[tuple[int, MigrationTarget]]]:
-    """Migrate what the rendered SQL can, ``workers`` tenants at a time, on their own
-    connections; return whether any failed, and the tenants left for the runner."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(item: tuple[int, MigrationTarget]) -> TargetResult | None:
-        index, target = item
-        if target.unavailable:
-            return None
-        own = target.params if target.params is not None else with_database(params, target.database)
-        return apply(rendered, target, own, index, timeout)
-
+    """Migrate what the rendered SQL can; whether any failed, and what is left for the
+    online runner."""
     left: list[tuple[int, MigrationTarget]] = []
     failed = False
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for item, result in zip(wave, pool.map(one, wave), strict=True):
-            if result is None:
-                left.append(item)
-            else:
-                failed = collect([result]) or failed
+    for item, result in apply_all(rendered, wave, params, workers, timeout):
+        if result is None:
+            left.append(item)
+        else:
+            failed = collect([result]) or failed
     return failed, left
 
 

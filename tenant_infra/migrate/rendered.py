@@ -23,14 +23,17 @@ process: the SQL is data that product code produced, run as the tenant.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
-from tenant_infra.migrate.connection import connect, first_line
+from tenant_infra.migrate.connection import connect, first_line, with_database
 from tenant_infra.migrate.engine import TargetResult, is_deterministic, pin
 from tenant_infra.migrate.revisions import declared_render_once, declared_revisions
 from tenant_infra.migrate.sandbox import clean_text
@@ -125,15 +128,60 @@ class _Handoff(Exception):
     """The tenant's version is not one the rendered path starts from."""
 
 
+def apply_all(
+    script: RenderedScript,
+    items: Sequence[tuple[int, MigrationTarget]],
+    params: Mapping[str, str],
+    workers: int,
+    timeout: float | None = None,
+) -> Iterator[tuple[tuple[int, MigrationTarget], TargetResult | None]]:
+    """Each target with its result in input order, ``workers`` at a time (threads: the
+    time is the server's); ``None``: untouched, for the online runner. A tenant's own
+    connection is closed after its transaction; generic targets (``params``) share one
+    connection per thread and database, as the online runner's lanes do."""
+    local = threading.local()
+    opened: list[Connection] = []
+    guard = threading.Lock()
+
+    def shared(database: str | None) -> Connection:
+        cache: dict[str | None, Connection] = local.__dict__.setdefault("conns", {})
+        conn = cache.get(database)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = cache[database] = connect(with_database(params, database))
+            with guard:
+                opened.append(conn)
+        return conn
+
+    def one(item: tuple[int, MigrationTarget]) -> TargetResult | None:
+        index, target = item
+        if target.unavailable:
+            return None
+        if target.params is None:
+            own = with_database(params, target.database)
+            return apply(script, target, own, index, timeout, lambda: shared(target.database))
+        return apply(script, target, target.params, index, timeout)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            yield from zip(items, pool.map(one, items), strict=True)
+    finally:
+        for conn in opened:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
 def apply(
     script: RenderedScript,
     target: MigrationTarget,
     params: Mapping[str, str],
     index: int,
     timeout: float | None = None,
+    reuse: Callable[[], Connection] | None = None,
 ) -> TargetResult | None:
     """Migrate one tenant with the rendered SQL, in one transaction under its lock;
-    ``None``: nothing was changed and the online runner takes it."""
+    ``None``: nothing was changed and the online runner takes it. ``reuse`` gives a
+    connection to keep open (generic mode); else one is opened with ``params`` and
+    closed."""
     if target.role and params.get("user") != target.role:
         return None  # the runner refuses it, in its own words
     started = time.perf_counter()
@@ -142,11 +190,13 @@ def apply(
     steps: tuple[str, ...] = ()
     running: str | None = None
     try:
-        conn = connect(params)
+        conn = reuse() if reuse is not None else connect(params)
     except Exception as exc:  # a connection refused or lost: may pass on a retry
         return TargetResult.of(target, index, "failed", error=str(exc), started=started)
     try:
-        with conn, conn.begin():
+        with contextlib.ExitStack() as stack, conn.begin():
+            if reuse is None:
+                stack.callback(conn.close)
             if timeout is not None:
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
             pin(conn, target, params)
