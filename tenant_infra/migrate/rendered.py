@@ -24,6 +24,7 @@ process: the SQL is data that product code produced, run as the tenant.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,14 @@ from tenant_infra.tenant import quote_ident
 PROBES: Final = ("tenant_infra_probe_a", "tenant_infra_probe_b")
 #: The largest rendering taken from a child, per revision.
 MAX_SQL: Final = 16 * 1024 * 1024
+
+#: Statements that would end the tenant's one transaction (and its lock) mid-way,
+#: such as Alembic's offline ``autocommit_block``.
+_TRANSACTION_CONTROL: Final = re.compile(
+    r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE"
+    r"|PREPARE\s+TRANSACTION)\b",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 Ask = Callable[[Sequence[str], Sequence[str]], Mapping[str, Any]]
 """(revisions, probe schemas) → a child's untrusted reply: revision → [SQL per probe]
@@ -119,6 +128,8 @@ def prepare(script_location: str, ask: Ask) -> RenderedScript | None:
             refused[revision] = "no rendering came back"
         elif got[0] != got[1] or any(probe in got[0] for probe in PROBES):
             refused[revision] = "its SQL depends on the tenant's schema"
+        elif _TRANSACTION_CONTROL.search(got[0]):
+            refused[revision] = "its SQL ends or opens a transaction"
         else:
             sql[revision] = got[0]
     return RenderedScript(chain, sql, refused)
@@ -206,8 +217,12 @@ def apply(
             if found is None:
                 raise _Handoff
             steps = found
+            xact = conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar()
             for running in steps:
                 conn.exec_driver_sql(script.sql[running])
+                # Still the one transaction under the lock (no COMMIT slipped through).
+                if conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar() != xact:
+                    raise RuntimeError("its SQL ended the transaction")
             running = None
             versions = {"new": script.head, "old": next(iter(before), None)}
             if before:

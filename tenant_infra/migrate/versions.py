@@ -15,7 +15,10 @@ The tables are tenant-owned, so no tenant code may run while the platform reads 
   without row-level security (whose policies would), whose ``version_num`` is a
   built-in ``varchar`` or ``text`` (no cast, no tenant output function); the lock
   keeps it so until the read;
-- ``search_path`` is ``pg_catalog`` and every table is read with ``ONLY``;
+- ``search_path`` is ``pg_catalog``, row security is off (an RLS table errors), the
+  transaction is read-only, and each table is read with ``COPY ... TO STDOUT``, which
+  never plans a query: no index expression, predicate or statistics expression of
+  the tenant's is evaluated as the reader (planning a ``SELECT`` would fold them);
 - a table that fails a check, cannot be locked at once (a tenant holding its own
   lock never blocks its neighbours' batch), or that the reader may not read, is not
   decided here: that tenant goes to the runner, as before.
@@ -66,7 +69,8 @@ _SAFE: Final = text(
                          'pg_catalog.text'::pg_catalog.regtype)
     """
 )
-LOCK_NOT_AVAILABLE: Final = "55P03"
+#: More version rows than this is no head a runner would skip: the runner decides.
+MAX_ROWS: Final = 16
 
 
 def _table(schema: str) -> str:
@@ -83,16 +87,22 @@ def _read_batch(conn: Connection, schemas: Sequence[str]) -> dict[str, frozenset
     if not locked:
         return {}
     safe = sorted(r[0] for r in conn.execute(_SAFE, {"schemas": locked}))
-    if not safe:
-        return {}
-    union = " UNION ALL ".join(
-        f"SELECT {i}, version_num::pg_catalog.text FROM ONLY {_table(s)}"
-        for i, s in enumerate(safe)
-    )
-    versions: dict[str, set[str]] = {s: set() for s in safe}
-    for i, version in conn.exec_driver_sql(union):
-        versions[safe[i]].add(version)
-    return {s: frozenset(v) for s, v in versions.items()}
+    out: dict[str, frozenset[str]] = {}
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    for schema in safe:
+        # COPY of a plain table never goes through the planner: no index expression,
+        # predicate or statistics expression of the tenant's is evaluated as the reader
+        # (a SELECT would fold them while planning). At most a few rows are kept.
+        rows: set[str] = set()
+        with raw.cursor().copy(f"COPY {_table(schema)} (version_num) TO STDOUT") as copy:
+            for row in copy.rows():
+                if len(rows) > MAX_ROWS:
+                    break
+                rows.add(str(row[0]))
+        if len(rows) <= MAX_ROWS:
+            out[schema] = frozenset(rows)
+    return out
 
 
 def _lock(conn: Connection, schemas: list[str]) -> list[str]:
@@ -132,7 +142,9 @@ def read_versions(
             for start in range(0, len(schemas), BATCH):
                 try:
                     with conn.begin():
+                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                         conn.exec_driver_sql("SET LOCAL search_path = pg_catalog")
+                        conn.exec_driver_sql("SET LOCAL row_security = off")
                         conn.exec_driver_sql(
                             f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"
                         )

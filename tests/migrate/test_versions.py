@@ -168,3 +168,29 @@ def test_cli_reports_the_bulk_read_and_can_do_without_it(
         report = json.loads(done.stdout)
         assert report["read_in_bulk"] == expected
         assert {t["status"] for t in report["tenants"]} == {"current"}
+
+
+def test_an_expression_index_or_statistics_never_run_as_the_reader(
+    pg: PgSandbox, product: str, tmp_path: Path, reader: dict[str, str]
+) -> None:
+    """Planning a SELECT folds an index's immutable expression: the read must not plan."""
+    victim, neighbour, *_ = _fleet(pg, product, tmp_path)
+    log = _log_table(victim)
+    schema = quote_ident(victim.schema)
+    victim.as_tenant(
+        f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC;"
+        f" GRANT SELECT ON {schema}.alembic_version TO PUBLIC;"
+        f" CREATE FUNCTION {schema}.payload() RETURNS void LANGUAGE plpgsql AS $$"
+        f" BEGIN IF current_user <> '{victim.role}' THEN"
+        f" INSERT INTO {log} VALUES (current_user); END IF; END $$;"
+        f" CREATE FUNCTION {schema}.tag(int) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$"
+        f" BEGIN PERFORM {schema}.payload(); RETURN ''; END $$;"
+        f" CREATE INDEX ON {schema}.alembic_version ((version_num || {schema}.tag(1)));"
+        f" CREATE INDEX ON {schema}.alembic_version (version_num) WHERE {schema}.tag(2) = '';"
+        f" CREATE STATISTICS {schema}.s ON (version_num || {schema}.tag(3))"
+        f" FROM {schema}.alembic_version"
+    )
+    before = _callers(victim, log)
+    found = read_versions(reader, [victim.target, neighbour.target])
+    assert found[neighbour.target] == frozenset({HEAD})
+    assert _callers(victim, log) == before  # nothing ran as the reader
