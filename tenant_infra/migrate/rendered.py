@@ -149,16 +149,22 @@ def apply_all(
     """Each target with its result in input order, ``workers`` at a time (threads: the
     time is the server's); ``None``: untouched, for the online runner. A tenant's own
     connection is closed after its transaction; generic targets (``params``) share one
-    connection per thread and database, as the online runner's lanes do."""
+    connection per thread, reopened when the database changes."""
     local = threading.local()
     opened: list[Connection] = []
     guard = threading.Lock()
 
     def shared(database: str | None) -> Connection:
-        cache: dict[str | None, Connection] = local.__dict__.setdefault("conns", {})
-        conn = cache.get(database)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = cache[database] = connect(with_database(params, database))
+        """This thread's one platform connection, reopened when the database changes
+        (targets come grouped by database, as for the runner's lanes)."""
+        conn: Connection | None = getattr(local, "conn", None)
+        if conn is not None and (local.database != database or conn.closed or conn.invalidated):
+            with contextlib.suppress(Exception):
+                conn.close()
+            conn = None
+        if conn is None:
+            conn = connect(with_database(params, database))
+            local.conn, local.database = conn, database
             with guard:
                 opened.append(conn)
         return conn
@@ -211,7 +217,8 @@ def apply(
             if timeout is not None:
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
             pin(conn, target, params)
-            rows = conn.exec_driver_sql(f"SELECT version_num FROM {table}")
+            # Bounded: a table of a million rows is no version to start from.
+            rows = conn.exec_driver_sql(f"SELECT version_num FROM {table} LIMIT 2")
             before = frozenset(str(r[0]) for r in rows)
             found = script.path(before)
             if found is None:
@@ -226,10 +233,12 @@ def apply(
             running = None
             versions = {"new": script.head, "old": next(iter(before), None)}
             if before:
-                conn.execute(
+                moved = conn.execute(
                     text(f"UPDATE {table} SET version_num = :new WHERE version_num = :old"),
                     versions,
                 )
+                if moved.rowcount != 1:  # as Alembic checks its own update
+                    raise RuntimeError("the version row changed under the migration")
             else:
                 conn.execute(text(f"INSERT INTO {table} (version_num) VALUES (:new)"), versions)
     except _Handoff:
