@@ -23,12 +23,20 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl
 
 # ---- the workspace image: same base (same Python), the virtualenv copied in
+# It runs as uid/gid 1000 by NUMBER: the operator's default `restricted` securityProfile
+# runs workspace pods as 1000:1000 with runAsNonRoot, and the kubelet refuses runAsNonRoot
+# for an image whose USER is a name it cannot check. The migration Job's pods run as the
+# same ids (tenant_infra/kubernetes/migrate_job.py).
 FROM ${BASE}
-RUN id -u pulumi >/dev/null 2>&1 || useradd --uid 1000 --create-home --shell /bin/bash pulumi
+RUN getent passwd 1000 >/dev/null \
+ || useradd --uid 1000 --user-group --home-dir /home/pulumi --shell /bin/bash pulumi \
+ && mkdir -p /home/pulumi/tenant-infra /home/pulumi/.pulumi \
+ && chown -R 1000:1000 /home/pulumi
 COPY --from=build /opt/venv /opt/venv
-COPY --chown=pulumi:pulumi deploy/workspace/Pulumi.yaml __main__.py /home/pulumi/tenant-infra/
-USER pulumi
-ENV PULUMI_HOME=/home/pulumi/.pulumi \
+COPY --chown=1000:1000 deploy/workspace/Pulumi.yaml __main__.py /home/pulumi/tenant-infra/
+USER 1000:1000
+ENV HOME=/home/pulumi \
+    PULUMI_HOME=/home/pulumi/.pulumi \
     PULUMI_SKIP_UPDATE_CHECK=true \
     TENANT_INFRA_PROJECT=/home/pulumi/tenant-infra \
     PATH=/opt/venv/bin:${PATH}

@@ -31,6 +31,7 @@ from typing import Any, Final
 import yaml
 
 from tenant_infra.errors import EXIT_INVALID, InvalidInput
+from tenant_infra.kubernetes import RUN_AS
 from tenant_infra.migrate.shards import MAX_SHARDS
 from tenant_infra.migrate.snapshot import Snapshot
 
@@ -230,6 +231,8 @@ def render_migrate_job(spec: MigrateJobSpec, snapshot: Snapshot) -> MigrateJob:
                     "automountServiceAccountToken": False,
                     "securityContext": {
                         "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],

@@ -304,6 +304,8 @@ def manifests_for(
             "metadata": {"annotations": {ANNOTATION_CONFIG_HASH: digest}},
             "spec": {
                 "image": target.image,
+                # The operator's default, written out: the pod runs as RUN_AS, non-root.
+                "securityProfile": "restricted",
                 "local": {"dir": PROGRAM_DIR},
                 "resources": {k: dict(v) for k, v in RESOURCES.items()},
             },

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from tenant_infra.kubernetes import stacks
+from tenant_infra.config import TenantConfig
+from tenant_infra.kubernetes import RUN_AS, stacks
+from tenant_infra.kubernetes.migrate_job import MigrateJobSpec, render_migrate_job
+from tenant_infra.migrate.snapshot import Snapshot, SnapshotEntry
+
+from .fleet import stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,10 +44,34 @@ def test_wheel_and_dependencies_are_installed_at_build_time() -> None:
     assert any(c.endswith(f"{stacks.PROGRAM_DIR}/") for c in copies)
 
 
-def test_runs_as_a_user_from_the_program_directory() -> None:
+def test_runs_as_a_numeric_user_from_the_program_directory() -> None:
     ops = dict(instructions())
-    assert ops["USER"] == "pulumi"
+    # runAsNonRoot needs a numeric USER: the kubelet cannot resolve a name to check it.
+    assert ops["USER"] == f"{RUN_AS}:{RUN_AS}"
     assert ops["WORKDIR"] == stacks.PROGRAM_DIR
+    copies = [arg for op, arg in instructions() if op == "COPY" and "--chown" in arg]
+    assert copies and all(f"--chown={RUN_AS}:{RUN_AS} " in c for c in copies)
+
+
+def test_every_pod_runs_as_the_image_s_user() -> None:
+    """The Job's pods name the ids; the Stacks ask for the operator's ``restricted``
+    profile, which runs workspace pods as 1000:1000 (workspace_controller.go)."""
+    job = render_migrate_job(
+        MigrateJobSpec("ledger", 2, "img:1"),
+        Snapshot("ledger", (SnapshotEntry("t1", "SCHEMA"),)),
+    ).job
+    pod = job["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert (pod["runAsUser"], pod["runAsGroup"]) == (RUN_AS, RUN_AS) == (1000, 1000)
+    config = TenantConfig.from_pulumi_values(stack_config("acme", 0)["config"])
+    target = stacks.Target(
+        image="img:1",
+        backend="s3://state?region=eu-west-1",
+        secrets_provider="awskms://alias/ti?region=eu-west-1",
+        namespace="tenants",
+    )
+    _config_map, stack = stacks.manifests_for(config, target, 0)
+    assert stack["spec"]["workspaceTemplate"]["spec"]["securityProfile"] == "restricted"
 
 
 def test_the_image_project_uses_the_prebuilt_virtualenv() -> None:
