@@ -1157,6 +1157,12 @@ def render_migrate_job(
     )
     job = commands.render_migrate_job(spec)
     print(f"{job.name}: {job.tenants} tenant(s) of {product} in {shards} shard(s)", file=sys.stderr)
+    if job.suspended:
+        print(
+            f"{len(job.suspended)} suspended tenant(s) left out (tenantctl resume migrates "
+            f"them): {', '.join(job.suspended[:10])}{' …' if len(job.suspended) > 10 else ''}",
+            file=sys.stderr,
+        )
     if out == "-":
         print(job.yaml(), end="")
         return

@@ -108,6 +108,32 @@ def test_suspend_closes_every_session_and_resume_restores_exactly(world: World, 
     world.amqp(tenant, "ledger").close()
 
 
+def test_a_new_head_while_suspended_waits_for_resume(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``up`` of a suspended tenant after a release (a new head) succeeds without
+    connecting as its NOLOGIN role; resuming brings it to head."""
+    tenant = world.new_tenant("susph")
+    monkeypatch.setattr("tenant_infra.components.tenant_service.head_revision", lambda _p: "0002")
+    (service,) = world.onboard(tenant, "ledger:SCHEMA").services
+    assert service.revision == "0002"
+    doc = world.backend.document(tenant, "ledger")["postgresql"]
+    commands.suspend(tenant, **world.kwargs())
+    monkeypatch.undo()  # the release: the catalog's head, 0003
+
+    (result,) = commands.up([tenant], verify=world.verify, **world.kwargs())
+    assert result.ok and result.status is not None, result.error
+    assert [s.state for s in result.status.services] == [ServiceState.SUSPENDED]
+    version = sql.SQL("SELECT version_num FROM {}.alembic_version").format(
+        sql.Identifier(doc["schema"])
+    )
+    assert admin_sql(version, doc["database"]) == [("0002",)]
+
+    status = commands.resume(tenant, verify=world.verify, **world.kwargs())
+    assert status.ok and [s.revision for s in status.services] == ["0003"], status.to_json()
+    assert admin_sql(version, doc["database"]) == [("0003",)]
+
+
 def test_deregister_retains_one_service_and_purges_another(world: World) -> None:
     tenant = world.new_tenant("dereg")
     world.onboard(tenant, "ledger:SCHEMA", "tracer:DATABASE")

@@ -24,7 +24,7 @@ from tenant_infra.migrate.sandbox import clean_text
 
 #: Inputs that locate the storage; a change means "migrate there", not "replace".
 _LOCATION = ("host", "port", "database", "schema", "user", "sslmode")
-_PUBLIC = ("tenant", "product", "isolation", *_LOCATION, "head")
+_PUBLIC = ("tenant", "product", "isolation", *_LOCATION, "head", "suspended")
 
 
 def head_revision(product: str) -> str | None:
@@ -83,6 +83,13 @@ def _outs(props: dict[str, Any], revision: str) -> dict[str, Any]:
     return {**{k: props.get(k) for k in _PUBLIC}, "revision": revision}
 
 
+def suspended(props: dict[str, Any]) -> bool:
+    """A suspended service's login is refused, so its marker waits at its revision: a new
+    head is not a change then (an ``up`` of the fleet while it rests succeeds), and
+    resuming, which restores the login first (``depends_on``), brings it to head."""
+    return bool(props.get("suspended"))
+
+
 class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
     """create/update = migrate to ``head``; diff = ``head`` differs from stored ``revision``."""
 
@@ -96,7 +103,7 @@ class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
         moved = any(_olds.get(k) != _news.get(k) for k in _LOCATION)
-        behind = _olds.get("revision") != _news.get("head")
+        behind = _olds.get("revision") != _news.get("head") and not suspended(_news)
         return pulumi.dynamic.DiffResult(
             changes=moved or behind or stale_provider(_olds),
             replaces=[k for k in ("tenant", "product") if _olds.get(k) != _news.get(k)],
@@ -106,6 +113,8 @@ class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
     def update(
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.UpdateResult:
+        if suspended(_news):  # moved or a new provider: recorded, never connected
+            return pulumi.dynamic.UpdateResult(outs=_outs(_news, _olds.get("revision") or ""))
         return pulumi.dynamic.UpdateResult(outs=_outs(_news, _migrate(_news)))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
@@ -125,6 +134,7 @@ class ServiceMigrationArgs:
     password: pulumi.Input[str]
     sslmode: pulumi.Input[str]
     head: str
+    suspended: bool = False
 
 
 class ServiceMigration(pulumi.dynamic.Resource, module="tenant", name="ServiceMigration"):
@@ -148,6 +158,7 @@ class ServiceMigration(pulumi.dynamic.Resource, module="tenant", name="ServiceMi
             "password": pulumi.Output.secret(args.password),
             "sslmode": args.sslmode,
             "head": args.head,
+            "suspended": args.suspended,
             "revision": None,
         }
         opts = pulumi.ResourceOptions.merge(
@@ -228,6 +239,7 @@ _MONGO_PUBLIC = (
     "tls",
     "srv",
     "head",
+    "suspended",
 )
 
 
@@ -245,7 +257,7 @@ class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
         moved = any(_olds.get(k) != _news.get(k) for k in ("host", "port", "database", "user"))
-        behind = _olds.get("version") != _news.get("head")
+        behind = _olds.get("version") != _news.get("head") and not suspended(_news)
         return pulumi.dynamic.DiffResult(
             changes=moved or behind or stale_provider(_olds),
             replaces=[k for k in ("tenant", "product") if _olds.get(k) != _news.get(k)],
@@ -254,7 +266,7 @@ class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
     def update(
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.UpdateResult:
-        version = _migrate_mongo(_news)
+        version = _olds.get("version") if suspended(_news) else _migrate_mongo(_news)
         return pulumi.dynamic.UpdateResult(
             outs={**{k: _news.get(k) for k in _MONGO_PUBLIC}, "version": version}
         )

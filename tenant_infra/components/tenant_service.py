@@ -205,6 +205,7 @@ class TenantService(pulumi.ComponentResource):
                         "password": mongo.password,
                         "auth_source": mongo_doc["authSource"],
                         "head": version,
+                        "suspended": args.suspended,
                     },
                     pulumi.ResourceOptions(parent=self, depends_on=[mongo]),
                 )
@@ -250,6 +251,7 @@ class TenantService(pulumi.ComponentResource):
                 password=store.password,
                 sslmode=endpoint.sslmode,
                 head=head,
+                suspended=args.suspended,
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )

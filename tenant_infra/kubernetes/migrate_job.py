@@ -111,6 +111,8 @@ class MigrateJob:
     config_map: dict[str, Any]
     job: dict[str, Any]
     tenants: int
+    #: Suspended tenants left out of the snapshot (``tenantctl resume`` migrates them).
+    suspended: tuple[str, ...] = ()
 
     @property
     def documents(self) -> list[dict[str, Any]]:
@@ -249,4 +251,4 @@ def render_migrate_job(spec: MigrateJobSpec, snapshot: Snapshot) -> MigrateJob:
             },
         },
     }
-    return MigrateJob(name, config_map, job, len(snapshot.entries))
+    return MigrateJob(name, config_map, job, len(snapshot.entries), snapshot.suspended)

@@ -21,7 +21,10 @@ KIND: Final = "tenant-infra/migration-targets"
 VERSION: Final = 1
 ISOLATIONS: Final = ("SCHEMA", "DATABASE")
 #: Service states with no schema to migrate, or no login to migrate it with.
-WITHOUT_STORAGE: Final = frozenset({"retained", "purged"})
+WITHOUT_STORAGE: Final = frozenset({"retained", "purged", "deprovisioning"})
+#: Its role is NOLOGIN until it is resumed, and resuming migrates it (the stack's
+#: migration marker runs after the logins are back): left out, and counted.
+SUSPENDED: Final = "suspended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,8 @@ class SnapshotEntry:
 class Snapshot:
     product: str
     entries: tuple[SnapshotEntry, ...]
+    #: Tenants whose service is suspended: not targets (not in the JSON), reported.
+    suspended: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """Stable text (sorted, one tenant a line): a re-render with no change is no diff."""
@@ -47,14 +52,24 @@ class Snapshot:
 
 def from_registry(rows: Iterable[Mapping[str, Any]], product: str) -> Snapshot:
     """The snapshot of ``product`` from :meth:`Registry.tenants` rows: each tenant with a
-    service of the product that still has storage and a login (not retained or purged)."""
+    service of the product that has storage and a login (not retained, purged, being
+    removed or suspended). Suspended ones are listed apart: a suspended role cannot log
+    in, so a shard would fail them every run, and ``tenantctl resume`` migrates them."""
     validate_product(product)
-    entries = []
+    entries: list[SnapshotEntry] = []
+    suspended: list[str] = []
     for row in rows:
         for service in row.get("services") or []:
-            if service.get("product") == product and service.get("state") not in WITHOUT_STORAGE:
+            state = service.get("state")
+            if service.get("product") != product or state in WITHOUT_STORAGE:
+                continue
+            if state == SUSPENDED:
+                suspended.append(str(row["tenant"]))
+            else:
                 entries.append(SnapshotEntry(str(row["tenant"]), str(service["isolation"])))
-    return Snapshot(product, tuple(sorted(entries, key=lambda e: e.tenant)))
+    return Snapshot(
+        product, tuple(sorted(entries, key=lambda e: e.tenant)), tuple(sorted(suspended))
+    )
 
 
 def load_snapshot(path: Path, product: str) -> Snapshot:

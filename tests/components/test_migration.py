@@ -69,6 +69,25 @@ def test_create_diff_update_as_tenant_role(pg: PgSandbox) -> None:
     assert version(svc) == "0003" and "balances" in tables(svc)
 
 
+def test_a_suspended_service_waits_at_its_revision_until_resumed(pg: PgSandbox) -> None:
+    svc = pg.schema_tenant(PgSandbox.new_product())
+    provider = ServiceMigrationProvider()
+    created = provider.create(props(svc, head="0002"))
+    resting = props(svc, head="0003", suspended=True)
+    assert provider.diff(created.id, created.outs, resting).changes is False
+    # Moved while suspended (port 1: nothing listens): recorded without connecting.
+    moved = provider.diff(created.id, created.outs, resting | {"port": 1})
+    assert moved.changes is True
+    kept = provider.update(created.id, created.outs, resting | {"port": 1})
+    assert kept.outs is not None and kept.outs["revision"] == "0002"
+    assert version(svc) == "0002"
+    resumed = props(svc, head="0003", suspended=False)
+    assert provider.diff(created.id, kept.outs | {"port": resumed["port"]}, resumed).changes
+    updated = provider.update(created.id, kept.outs, resumed)
+    assert updated.outs is not None and updated.outs["revision"] == "0003"
+    assert version(svc) == "0003"
+
+
 def test_failure_names_tenant_product_revision_and_keeps_previous(pg: PgSandbox) -> None:
     svc = pg.database_tenant(PgSandbox.new_product())
     provider = ServiceMigrationProvider()
@@ -196,9 +215,26 @@ def test_a_provider_pickled_under_the_old_package_name_is_rewritten() -> None:
     from tenant_infra.components.migration import ServiceMigrationProvider
 
     current = base64.b64encode(dill.dumps(ServiceMigrationProvider)).decode()
-    old = base64.b64encode(dill.dumps(ServiceMigrationProvider).replace(b"tenant_infra.components.", b"components.")).decode()
+    old = base64.b64encode(
+        dill.dumps(ServiceMigrationProvider).replace(b"tenant_infra.components.", b"components.")
+    ).decode()
     assert not stale_provider({"__provider": current})
     assert stale_provider({"__provider": old})
-    props = {"host": "h", "port": 5432, "database": "d", "schema": "s", "user": "u", "sslmode": "prefer", "revision": "0003", "head": "0003", "tenant": "t", "product": "ledger"}
-    assert not ServiceMigrationProvider().diff("t/ledger", {**props, "__provider": current}, props).changes
+    props = {
+        "host": "h",
+        "port": 5432,
+        "database": "d",
+        "schema": "s",
+        "user": "u",
+        "sslmode": "prefer",
+        "revision": "0003",
+        "head": "0003",
+        "tenant": "t",
+        "product": "ledger",
+    }
+    assert (
+        not ServiceMigrationProvider()
+        .diff("t/ledger", {**props, "__provider": current}, props)
+        .changes
+    )
     assert ServiceMigrationProvider().diff("t/ledger", {**props, "__provider": old}, props).changes

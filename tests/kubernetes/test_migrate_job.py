@@ -204,6 +204,13 @@ def test_render_takes_the_registry_s_tenants_and_writes_no_secret(
     registry.record(
         Change("umbrella", "onboard", other, [ServiceChange("tracer", "DATABASE", "ready")])
     )
+    resting = config("dunder", "ledger:DATABASE")
+    registry.record(
+        Change("dunder", "onboard", resting, [ServiceChange("ledger", "DATABASE", "ready")])
+    )
+    registry.record(
+        Change("dunder", "suspend", resting, [ServiceChange("ledger", "DATABASE", "suspended")])
+    )
     for name, value in SECRET_VALUES.items():
         monkeypatch.setenv(name, value)
 
@@ -216,9 +223,11 @@ def test_render_takes_the_registry_s_tenants_and_writes_no_secret(
     validate(cm)
     validate(job)
     tenants = json.loads(cm["data"]["targets.json"])["tenants"]
-    # Retained (no login left) and other products' tenants are not targets.
+    # Retained (no login left), suspended (NOLOGIN until resumed, which migrates) and
+    # other products' tenants are not targets; the suspended ones are named.
     assert {t["tenant"]: t["isolation"] for t in tenants} == registered
     assert "3 tenant(s) of ledger in 2 shard(s)" in err
+    assert "1 suspended tenant(s) left out (tenantctl resume migrates them): dunder" in err
 
     with pytest.raises(SystemExit) as info:
         main([*args, "--out", str(tmp_path / "manifests")])
