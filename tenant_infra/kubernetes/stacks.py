@@ -345,11 +345,26 @@ def waves(tenants: Iterable[str], wave_size: int) -> dict[str, int]:
     return result
 
 
+#: Characters JSON leaves raw that a YAML reader does not read back as themselves: line
+#: breaks YAML folds (NEL, LS, PS), and characters outside YAML's printable set (DEL, C1
+#: controls, BOM, U+FFFE/U+FFFF, lone surrogates). JSON already escapes C0 controls.
+_NOT_YAML_SAFE: Final = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+def _escaped(text: str) -> str:
+    if text.isascii():
+        return text
+    return _NOT_YAML_SAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def dump(objects: Iterable[Mapping[str, Any]]) -> str:
     """A multi-document YAML stream whose documents are JSON (JSON is YAML: kubectl and
     every YAML parser read it). Indented and key-ordered for people; written by the C
-    JSON encoder, which a 10,000-tenant render needs (PyYAML's emitter is ~20x slower)."""
-    return "".join(f"---\n{json.dumps(obj, indent=2, ensure_ascii=False)}\n" for obj in objects)
+    JSON encoder, which a 10,000-tenant render needs (PyYAML's emitter is ~20x slower).
+    Other text stays readable; what YAML would misread is escaped (:data:`_NOT_YAML_SAFE`)."""
+    return "".join(
+        f"---\n{_escaped(json.dumps(obj, indent=2, ensure_ascii=False))}\n" for obj in objects
+    )
 
 
 @dataclass(frozen=True)

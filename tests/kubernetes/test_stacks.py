@@ -309,3 +309,16 @@ def test_two_tenants_given_one_stack_name_both_fail(
         first: f"Stack name tenant-same is also {second}'s",
     }
     assert [p.name for p in result.written] == [f"{TenantNames(third).k8s_stack}.yaml"]
+
+
+def test_dump_reads_back_exactly_whatever_the_text() -> None:
+    """Line breaks YAML folds (NEL, LS, PS) and characters outside its printable set are
+    escaped; the rest stays readable."""
+    tricky = "a\u2028b\x85c\x7fd\u2029e\ufeff\x9ff\ufffe é 😀 \t\n\r\x00"
+    objects = [{"kind": "ConfigMap", "data": {"note": tricky, tricky: "key"}}, {"n": 1}]
+    text = stacks.dump(objects)
+    assert list(yaml.safe_load_all(text)) == objects
+    assert (
+        list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))) == objects
+    )
+    assert "é 😀" in text and "\u2028" not in text and "\x85" not in text
