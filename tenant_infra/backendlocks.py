@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from tenant_infra.errors import BackendUnavailable, scrub
+from tenant_infra.errors import BackendUnavailable, OperationFailed, scrub
 
 #: Where a self-managed backend keeps its locks (``workspace.BookkeepingDir``/``LockDir``).
 LOCKS = (".pulumi", "locks")
@@ -62,6 +62,16 @@ PulseCheck = Callable[[int], bool]
 
 class LockInspectionUnavailable(BackendUnavailable):
     """The backend's locks cannot be read from here (an object store, Pulumi Cloud)."""
+
+
+class LockChanged(OperationFailed):
+    """The lock was rewritten or replaced after it was judged: it is left in place."""
+
+    def __init__(self, lock: BackendLock) -> None:
+        super().__init__(
+            f"{lock.where} changed since it was read: not removed (an update may have "
+            "taken it: look again with `tenantctl status`)"
+        )
 
 
 class Verdict(StrEnum):
@@ -204,7 +214,11 @@ def judge(
     alive: PulseCheck | None = None,
 ) -> Finding:
     """Live, stale or unreadable: a process of this host is asked; another host's lock
-    is stale only once older than ``stale_after`` (its process cannot be asked)."""
+    is stale only once older than ``stale_after`` (its process cannot be asked).
+
+    "This host" is the same hostname, as the CLI itself judges (``lock_process_unix.go``):
+    machines that share a backend must not share a hostname (a container left at
+    ``localhost``), or a live update elsewhere looks like a gone process here."""
     now = now or datetime.now(UTC)
     here = escape(hostname if hostname is not None else socket.gethostname(), 64)
     age = now - lock.written if lock.written else None
@@ -385,7 +399,7 @@ class FileLocks:
         try:
             info = os.stat(lock.key, dir_fd=fd, follow_symlinks=False)
             if _identity(info) != lock.identity:
-                raise OSError(f"{lock.where} changed since it was read: not removed")
+                raise LockChanged(lock)
             os.unlink(lock.key, dir_fd=fd)
         except FileNotFoundError:
             pass  # gone already
@@ -479,14 +493,30 @@ class PostgresLocks:
         return found
 
     def remove(self, lock: BackendLock) -> None:
-        """Delete exactly the row read (same ``updated_at``)."""
+        """Delete exactly the row read (same ``updated_at``); a row rewritten since is
+        refused, as :meth:`FileLocks.remove` refuses a replaced file."""
+        import psycopg
         from psycopg import sql
 
-        self._connect().execute(
-            sql.SQL("DELETE FROM {} WHERE key = %s AND updated_at = %s").format(self._table()),
-            (lock.key, lock.identity),
-        )
         self._rows = None
+        table = self._table()
+        try:
+            conn = self._connect()
+            deleted = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE key = %s AND updated_at = %s").format(table),
+                (lock.key, lock.identity),
+            ).rowcount
+            if deleted == 1:
+                return
+            still = conn.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE key = %s").format(table), (lock.key,)
+            ).fetchone()
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendUnavailable(f"postgres:// state backend: {scrub(first)}") from None
+        if still is not None:
+            raise LockChanged(lock)
+        # gone already
 
     def close(self) -> None:
         if self._conn is not None:

@@ -24,7 +24,7 @@ from tenant_infra.config import (
     one_line,
     read_stack_file,
 )
-from tenant_infra.errors import InvalidInput
+from tenant_infra.errors import InvalidInput, OperationFailed
 from tenant_infra.lifecycle import (
     EventSink,
     FleetResult,
@@ -662,15 +662,28 @@ def unlock(
             )
             if confirm is not None and not confirm(findings):
                 return []
-            for finding in findings:
-                store.remove(finding.lock)
-            if recorder is not None:
-                recorder.record_unlock(
-                    tenant, "; ".join(backendlocks.describe(f) for f in findings)
-                )
-            return findings
+            removed: list[Finding] = []
+            try:
+                for finding in findings:
+                    try:
+                        store.remove(finding.lock)
+                    except OSError as exc:
+                        raise OperationFailed(
+                            f"tenant {tenant!r}: {finding.lock.where} cannot be removed: "
+                            f"{exc.strerror or exc}"
+                        ) from None
+                    removed.append(finding)
+            finally:
+                # What was removed is recorded, even when a later lock could not be.
+                if recorder is not None and removed:
+                    recorder.record_unlock(
+                        tenant, "; ".join(backendlocks.describe(f) for f in removed)
+                    )
+            return removed
     finally:
         store.close()
+
+
 def render_migrate_job(
     spec: MigrateJobSpec, *, backend: StackBackend | None = None, root: Path | None = None
 ) -> MigrateJob:

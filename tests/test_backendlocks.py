@@ -17,6 +17,7 @@ from tenant_infra import backendlocks
 from tenant_infra.backendlocks import (
     BackendLock,
     FileLocks,
+    LockChanged,
     LockInspectionUnavailable,
     PostgresLocks,
     Verdict,
@@ -227,7 +228,7 @@ def test_removal_takes_only_the_file_that_was_read(tmp_path: Path) -> None:
     (lock,) = store.locks("acme")
     mine.write_bytes(lock_content(LIVING, HERE, NOW + timedelta(seconds=1)))  # replaced since
     os.utime(mine, ns=(1, 1))
-    with pytest.raises(OSError, match="changed since it was read"):
+    with pytest.raises(LockChanged, match="changed since it was read"):
         store.remove(lock)
     (lock,) = store.locks("acme")
     store.remove(lock)
@@ -346,6 +347,36 @@ def test_postgres_backend_locks(pg_state: tuple[str, str]) -> None:
         store.close()
     with psycopg.connect(**ADMIN) as conn:
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (2,)
+
+
+def test_a_postgres_lock_rewritten_since_it_was_read_is_not_removed(
+    pg_state: tuple[str, str],
+) -> None:
+    table, url = pg_state
+    base = ".pulumi/locks/organization/tenant-infra"
+    keys = [f"{base}/acme/{uuid.uuid4()}.json", f"{base}/acme/{uuid.uuid4()}.json"]
+    with psycopg.connect(**ADMIN, autocommit=True) as conn:
+        for key in keys:
+            conn.execute(
+                f"INSERT INTO {table} (key, data) VALUES (%s, %s)",
+                (key, lock_content(DEAD, HERE, NOW)),
+            )
+    store = open_store(url, PROJECT)
+    try:
+        by_key = {f.lock.key: f.lock for f in inspect(store, ["acme"], now=NOW, hostname=HERE)}
+        with psycopg.connect(**ADMIN, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {table} SET updated_at = updated_at + interval '1 s' WHERE key = %s",
+                (keys[0],),
+            )
+            conn.execute(f"DELETE FROM {table} WHERE key = %s", (keys[1],))
+        with pytest.raises(LockChanged, match="changed since it was read: not removed"):
+            store.remove(by_key[keys[0]])
+        store.remove(by_key[keys[1]])  # gone already: nothing to do
+    finally:
+        store.close()
+    with psycopg.connect(**ADMIN) as conn:
+        assert conn.execute(f"SELECT key FROM {table}").fetchall() == [(keys[0],)]
 
 
 def test_an_unreachable_postgres_backend_is_one_line_without_its_password() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tenant_infra import commands, lifecycle
-from tenant_infra.backendlocks import LockInspectionUnavailable, Verdict
+from tenant_infra.backendlocks import LockChanged, LockInspectionUnavailable, Verdict
 from tenant_infra.errors import InvalidInput
 from tenant_infra.workspace import InProgress, Workspace
 from tests.support.registry import ControlPlane, control_plane
@@ -134,6 +134,25 @@ def test_unlock_clears_only_that_stacks_stale_lock_and_records_it(plane: Control
         and entry["old_state"] == entry["new_state"]
     )
     assert commands.unlock("globex", root=root) == []  # nothing left: nothing to do
+
+
+def test_unlock_records_what_it_removed_when_a_later_lock_fails(plane: ControlPlane) -> None:
+    root, stacks = plane.root, MemoryStacks()
+    commands.onboard("globex", backend=stacks, root=root, verify=None)
+    here = socket.gethostname()
+    paths = [write_lock(state(plane), "globex", lock_content(DEAD, here, _now())) for _ in "ab"]
+
+    def rewrite_the_second(findings: Any) -> bool:
+        (second,) = [p for p in paths if p.name == findings[1].lock.key]
+        second.unlink()  # a new file under the same name: not the one that was judged
+        second.write_bytes(lock_content(DEAD, here, _now()))
+        return True
+
+    with pytest.raises(LockChanged, match="changed since it was read: not removed"):
+        commands.unlock("globex", root=root, judging=GONE, confirm=rewrite_the_second)
+    assert sum(p.exists() for p in paths) == 1
+    (entry,) = [h for h in commands.history("globex", root=root) if h["operation"] == "unlock"]
+    assert entry["reason"].count(f"backend lock of pid {DEAD}") == 1
 
 
 def test_unlock_refuses_while_the_tenants_own_lock_is_held(plane: ControlPlane) -> None:
