@@ -149,6 +149,21 @@ def connect(params: Mapping[str, str]) -> Connection:
         ) from None
 
 
+def fresh_session(conn: Connection) -> None:
+    """``DISCARD ALL`` on a connection kept for the next target (generic mode): what one
+    tenant's revisions left in the session (TEMP tables, which come first in every
+    ``search_path``; non-``LOCAL`` settings; a role; prepared statements; listens;
+    advisory locks) never meets the next tenant. Outside a transaction, as it must be;
+    psycopg prepares nothing here (``prepare_threshold=None``)."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None and not conn.in_transaction()
+    raw.autocommit = True
+    try:
+        raw.execute("DISCARD ALL")
+    finally:
+        raw.autocommit = False
+
+
 def first_line(exc: BaseException) -> str:
     """The driver's own message, without SQLAlchemy's statement dump and help links."""
     orig = getattr(exc, "orig", None)

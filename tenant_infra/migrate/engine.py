@@ -40,7 +40,13 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionS
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
-from tenant_infra.migrate.connection import ConnParams, connect, first_line, with_database
+from tenant_infra.migrate.connection import (
+    ConnParams,
+    connect,
+    first_line,
+    fresh_session,
+    with_database,
+)
 from tenant_infra.migrate.targets import MigrationTarget
 from tenant_infra.tenant import quote_ident
 
@@ -271,6 +277,12 @@ class TenantMigrator:
         if self._conn is None:
             self._conn = connect(self._params_for(target))
             self._conn_key = key
+        else:
+            try:
+                fresh_session(self._conn)
+            except Exception:
+                self.close()
+                raise
         return self._conn
 
     def close(self) -> None:
@@ -539,4 +551,3 @@ def render_revision(script: ScriptDirectory, revision: str, schema: str) -> str:
     with Operations.context(ctx):
         found.module.upgrade()
     return buf.getvalue()
-

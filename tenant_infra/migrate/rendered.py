@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, text
 
-from tenant_infra.migrate.connection import connect, first_line, with_database
+from tenant_infra.migrate.connection import connect, first_line, fresh_session, with_database
 from tenant_infra.migrate.engine import TargetResult, is_deterministic, pin
 from tenant_infra.migrate.revisions import declared_render_once, declared_revisions
 from tenant_infra.migrate.sandbox import clean_text
@@ -139,6 +139,46 @@ class _Handoff(Exception):
     """The tenant's version is not one the rendered path starts from."""
 
 
+class _Deadline:
+    """``--timeout`` as a wall-clock bound on one tenant, as the online runner's: when
+    it passes, a timer cancels the running statement (psycopg's ``cancel()``), and each
+    revision's end checks it too (the server ignores a cancel that lands between two
+    statements). ``finish`` before the commit: no cancel is sent after it, so none can
+    reach the next tenant on a shared connection."""
+
+    def __init__(self, conn: Connection, timeout: float | None, started: float) -> None:
+        self.timeout = timeout
+        self.passed = False
+        self._raw = conn.connection.dbapi_connection
+        self._guard = threading.Lock()
+        self._done = False
+        self._end = started + timeout if timeout is not None else None
+        self._timer: threading.Timer | None = None
+        if self._end is not None:
+            self._timer = threading.Timer(max(0.0, self._end - time.perf_counter()), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with self._guard:
+            if self._done or self._raw is None:
+                return
+            self.passed = True
+            with contextlib.suppress(Exception):
+                self._raw.cancel()
+
+    def check(self) -> None:
+        if self.passed or (self._end is not None and time.perf_counter() >= self._end):
+            self.passed = True
+            raise TimeoutError
+
+    def finish(self) -> None:
+        with self._guard:
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def apply_all(
     script: RenderedScript,
     items: Sequence[tuple[int, MigrationTarget]],
@@ -167,6 +207,14 @@ def apply_all(
             local.conn, local.database = conn, database
             with guard:
                 opened.append(conn)
+        else:
+            try:
+                fresh_session(conn)  # nothing of the previous tenant's session is left
+            except Exception:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                local.conn = None
+                raise
         return conn
 
     def one(item: tuple[int, MigrationTarget]) -> TargetResult | None:
@@ -210,12 +258,12 @@ def apply(
         conn = reuse() if reuse is not None else connect(params)
     except Exception as exc:  # a connection refused or lost: may pass on a retry
         return TargetResult.of(target, index, "failed", error=str(exc), started=started)
+    deadline = _Deadline(conn, timeout, started)
     try:
         with contextlib.ExitStack() as stack, conn.begin():
             if reuse is None:
                 stack.callback(conn.close)
-            if timeout is not None:
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
+            stack.callback(deadline.finish)  # a failure's path; success finishes below
             pin(conn, target, params)
             # Bounded: a table of a million rows is no version to start from.
             rows = conn.exec_driver_sql(f"SELECT version_num FROM {table} LIMIT 2")
@@ -230,6 +278,7 @@ def apply(
                 # Still the one transaction under the lock (no COMMIT slipped through).
                 if conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar() != xact:
                     raise RuntimeError("its SQL ended the transaction")
+                deadline.check()
             running = None
             versions = {"new": script.head, "old": next(iter(before), None)}
             if before:
@@ -241,10 +290,23 @@ def apply(
                     raise RuntimeError("the version row changed under the migration")
             else:
                 conn.execute(text(f"INSERT INTO {table} (version_num) VALUES (:new)"), versions)
+            deadline.finish()  # then the commit, which no cancel can reach
     except _Handoff:
         return None
     except Exception as exc:
         what = f"revision {running}: " if running else ""
+        if deadline.passed:
+            return TargetResult.of(
+                target,
+                index,
+                "failed",
+                before=",".join(sorted(before)) or None,
+                after=",".join(sorted(before)) or None,
+                revisions=steps,
+                error=f"{what}timed out after {deadline.timeout:g} s; its transaction was "
+                "rolled back",
+                started=started,
+            )
         shown = ",".join(sorted(before)) or None
         return TargetResult.of(
             target,

@@ -123,6 +123,31 @@ def test_generic_connection_is_reused_after_a_failure(
         m.close()
 
 
+def test_a_reused_generic_connection_carries_nothing_to_the_next_tenant(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """A TEMP table comes first in every search_path, and a session SET outlives the
+    transaction: neither may reach the next schema migrated on the same connection."""
+    db = pg.database(product)
+    for name in ("g_one", "g_two"):
+        admin_exec(f"CREATE SCHEMA {name}", db)
+    script = write_script_dir(
+        tmp_path / "s",
+        [
+            "CREATE TABLE seen AS SELECT current_setting('tenant.note', true) AS note",
+            "CREATE TEMP TABLE scratch (id int);\nSET SESSION tenant.note = 'left by one'",
+        ],
+    )
+    m = TenantMigrator(script, with_database(ADMIN, db))
+    try:
+        first = m.upgrade(MigrationTarget("g_one"))
+        second = m.upgrade(MigrationTarget("g_two"))
+    finally:
+        m.close()
+    assert (first.status, second.status) == ("migrated", "migrated"), second.error
+    assert admin_exec("SELECT note FROM g_two.seen", db) in ([(None,)], [("",)])
+
+
 def test_each_tenant_gets_a_connection_as_its_own_role(pg: PgSandbox, product: str) -> None:
     bad, good = pg.schema_tenant(product), pg.schema_tenant(product)
     bad.sql(f"CREATE TABLE {bad.schema}.organizations (id int)")

@@ -151,3 +151,40 @@ def test_generic_mode_renders_too(pg: PgSandbox, product: str, tmp_path: Path) -
     assert report.ok and sorted(report.rendered) == ["0001", "0002", "0003"]
     assert {r.worker for r in report.results} == {os.getpid()}
     assert version(a) == version(b) == "0003"
+
+
+def test_a_shared_connection_carries_nothing_to_the_next_tenant(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """Generic targets share a thread's connection: a TEMP table one tenant's SQL left
+    (first in every search_path) is gone before the next tenant's transaction."""
+    body = f"    op.execute('CREATE TEMP TABLE scratch (id int)')\n    op.execute({DDL[0]!r})"
+    location = script(tmp_path / "s", {1, 2, 3}, {1: body})
+    a, b, c = (pg.schema_tenant(product) for _ in range(3))
+    params = {**ADMIN, "dbname": a.database}
+    mine = {a.schema, b.schema, c.schema}
+    targets = [t for t in discover_schemas_like(params, "tenant\\_%") if t.schema in mine]
+    report = migrate_fleet(targets, location, params, concurrency=1)
+    assert report.ok, [r.error for r in report.results]
+    assert sorted(report.rendered) == ["0001", "0002", "0003"]
+    assert {r.worker for r in report.results} == {os.getpid()}  # no process: one thread
+    assert version(a) == version(b) == version(c) == "0003"
+
+
+def test_the_timeout_bounds_the_whole_tenant_not_each_statement(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """Three statements of 0.6 s each pass a 1 s statement_timeout one by one; the
+    tenant's deadline stops them at 1 s, and its transaction rolls back."""
+    body = "\n".join(
+        [f"    op.execute({DDL[1]!r})"] + ["    op.execute('SELECT pg_sleep(0.6)')"] * 3
+    )
+    location = script(tmp_path / "s", {1, 2, 3}, {2: body})
+    a = pg.schema_tenant(product)
+    conn_file = write_connections(tmp_path / "c.json", [a])
+    report = migrate_fleet(own_targets(product, conn_file), location, {}, timeout=1.0)
+    (result,) = report.results
+    assert report.rendered and not report.ok
+    assert result.error and "timed out after 1 s" in result.error, result.error
+    assert result.seconds < 1.6
+    assert version(a) is None and tables(a) == set()  # one transaction: nothing stays
