@@ -188,3 +188,26 @@ def test_the_timeout_bounds_the_whole_tenant_not_each_statement(
     assert result.error and "timed out after 1 s" in result.error, result.error
     assert result.seconds < 1.6
     assert version(a) is None and tables(a) == set()  # one transaction: nothing stays
+
+
+def test_percent_signs_reach_the_table_as_online(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """Offline SQL doubles ``%`` for the driver's paramstyle; applied as text it must
+    store what the online runner stores, character for character."""
+    body = (
+        f"    op.execute({DDL[0]!r})\n"
+        "    op.execute(\"INSERT INTO ledgers VALUES (1, 'a%b c%%d'), (2, 'e%s')\")\n"
+        "    op.execute(\"UPDATE ledgers SET name = name || '%' WHERE name LIKE 'e%'\")"
+    )
+    rendered, online = pg.schema_tenant(product), pg.schema_tenant(product)
+    for svc, once in ((rendered, {1, 2, 3}), (online, set())):
+        location = script(tmp_path / svc.schema, once, {1: body})
+        conn_file = write_connections(tmp_path / f"{svc.schema}.json", [svc])
+        targets = own_targets(product, conn_file, [svc.tenant])
+        report = migrate_fleet(targets, location, {})
+        assert report.ok and bool(report.rendered) == bool(once), report.results[0].error
+    query = "SELECT id, name FROM {}.ledgers ORDER BY id"
+    expected = [(1, "a%b c%%d"), (2, "e%s%")]
+    assert rendered.sql(query.format(rendered.schema)) == expected
+    assert online.sql(query.format(online.schema)) == expected
