@@ -44,9 +44,10 @@ def _resolve(
     params: dict[str, str],
     shard: Shard | None = None,
     snapshot: Snapshot | None = None,
-) -> tuple[list[MigrationTarget], Path, dict[str, str]]:
-    """Targets, script directory, and the connection parameters of targets without
-    their own (``{}`` for ``--product``: each tenant connects as its own role).
+) -> tuple[list[MigrationTarget], Path, dict[str, str], list[str]]:
+    """Targets, script directory, the connection parameters of targets without
+    their own (``{}`` for ``--product``: each tenant connects as its own role), and the
+    tenants left out because none of their logins may log in (suspended or retained).
 
     ``snapshot``: the tenants are the snapshot's rather than the server's (each one
     the server lacks fails alone). ``shard``: only that shard's tenants, chosen
@@ -58,6 +59,7 @@ def _resolve(
         discover_product,
         discover_schemas_like,
         snapshot_targets,
+        without_login,
     )
     from tenant_infra.tenant import validate_tenant_id
 
@@ -96,7 +98,8 @@ def _resolve(
                 shard,
                 lambda t: (t.tenant or "", product),
             )
-        return attach_credentials(found, documents), location, {}
+        found, resting = without_login(params, product, found)
+        return attach_credentials(found, documents), location, {}, resting
     if tenants or shard is not None or snapshot is not None:
         raise InvalidInput("--tenant, --shard, --shards and --targets need --product")
     if connections:
@@ -108,9 +111,10 @@ def _resolve(
     if bool(schemas_like) == bool(databases_like):
         raise InvalidInput("give exactly one of --schemas-like and --databases-like")
     if schemas_like:
-        return discover_schemas_like(params, schemas_like), script_location, params
+        return discover_schemas_like(params, schemas_like), script_location, params, []
     assert databases_like
-    return discover_databases_like(params, databases_like, schema), script_location, params
+    found = discover_databases_like(params, databases_like, schema)
+    return found, script_location, params, []
 
 
 def _registry() -> Registry | None:
@@ -298,7 +302,7 @@ def migrate(
             early = load_catalog().product(product).script_location
         if early is not None:
             _destination(early, to or downgrade_to, downgrade_to is not None)
-    targets, location, params = _resolve(
+    targets, location, params, resting = _resolve(
         product,
         tenant or [],
         connections or [],
@@ -334,6 +338,7 @@ def migrate(
             timeout=timeout,
             read_in_bulk=platform if bulk_read else None,
         )
+    report.without_login = resting
     if sql:
         for result in report.results:
             sys.stdout.write(

@@ -49,6 +49,9 @@ class FleetReport:
     #: declared ``render_once`` but ran online (revision → why).
     rendered: dict[str, str] = field(default_factory=dict)
     online: dict[str, str] = field(default_factory=dict)
+    #: Tenants not run because none of their logins may log in (suspended or
+    #: retained): not failures; ``tenantctl resume`` migrates a suspended one.
+    without_login: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[TargetResult]:

@@ -96,6 +96,7 @@ def to_dict(report: FleetReport) -> dict[str, Any]:
         "canary_failed": report.canary_failed,
         "counts": report.counts(),
         "read_in_bulk": report.read_in_bulk,
+        "without_login": list(report.without_login),
         "rendered_once": sorted(report.rendered),
         "online_despite_render_once": dict(report.online),
         "tenants": [
@@ -190,6 +191,15 @@ def _summary(report: FleetReport, console: Console) -> None:
         console.print(f"rendered once, applied as text: {' '.join(sorted(report.rendered))}")
     for revision, why in sorted(report.online.items()):
         console.print(escape(f"revision {revision} declares render_once but ran online: {why}"))
+    if report.without_login:
+        resting = report.without_login
+        shown = ", ".join(resting[:10]) + (f" and {len(resting) - 10} more" * (len(resting) > 10))
+        console.print(
+            escape(
+                f"{len(report.without_login)} tenant(s) left out, no login of theirs may log in"
+                f" (suspended or retained; resume migrates a suspended one): {shown}"
+            )
+        )
     console.print(
         f"{len(report.results)} tenant(s): {counts or 'none'}{bulk} in {report.seconds:.1f}s:"
         f" {verdict}"

@@ -170,6 +170,37 @@ def discover_product(
     return out
 
 
+def without_login(
+    admin: ConnParams, product: str, targets: Sequence[MigrationTarget]
+) -> tuple[list[MigrationTarget], list[str]]:
+    """The targets to run, and the tenants left out because none of their logins may log
+    in: the platform made every one ``NOLOGIN`` (a suspended or retained service; a
+    tenant's role cannot change its own ``LOGIN``). Migrating them could only fail, on
+    every run; resuming a suspended service migrates it. One catalog read, as the
+    discovery connection, before any credential is looked up."""
+    if not any(t.tenant and not t.unavailable for t in targets):
+        return list(targets), []
+    query = text(
+        "SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin AND rolname LIKE :prefix"
+    )
+    with connect(admin) as conn:
+        may_log_in = {
+            str(name)
+            for name in conn.execute(query, {"prefix": _like_escape(product + "_") + "%"}).scalars()
+        }
+    keep: list[MigrationTarget] = []
+    resting: list[str] = []
+    for target in targets:
+        asked = bool(target.tenant) and not target.unavailable
+        if asked and may_log_in.isdisjoint(
+            TenantNames(target.tenant or "").service(product).pg_logins()
+        ):
+            resting.append(target.tenant or "")
+        else:
+            keep.append(target)
+    return keep, resting
+
+
 def snapshot_targets(
     admin: ConnParams, product: str, entries: Sequence[SnapshotEntry]
 ) -> list[MigrationTarget]:

@@ -21,6 +21,7 @@ from tenant_infra.migrate.credentials import attach_credentials, load_documents
 from tenant_infra.migrate.fleet import migrate_fleet
 from tenant_infra.migrate.report import progress_line, to_dict
 from tenant_infra.migrate.targets import MigrationTarget, connects_as_superuser, discover_product
+from tenant_infra.tenant import quote_ident
 
 
 def dsn(db: str) -> str:
@@ -263,6 +264,29 @@ def test_missing_credentials_fail_that_tenant_only(
     assert version(a) == version(b) == "0003" and tables(orphan) == set()
 
 
+def test_tenants_whose_logins_cannot_log_in_are_left_out_not_failed(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """A suspended or retained service's logins are NOLOGIN: the run leaves it out
+    (named, before any credential is read) and is ok; resuming migrates it."""
+    a, resting, retained = (pg.schema_tenant(product) for _ in range(3))
+    conn_file = write_connections(tmp_path / "c.json", [a, resting])  # retained: no document
+    for svc in (resting, retained):
+        admin_exec(f"ALTER ROLE {quote_ident(svc.role)} NOLOGIN")
+    r = cli(*product_args(product, conn_file, "--format", "json"), products=(product,))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [t["tenant"] for t in report["tenants"]] == [a.tenant]
+    assert sorted(report["without_login"]) == sorted([resting.tenant, retained.tenant])
+    assert version(a) == "0003" and version(resting) is None and version(retained) is None
+
+    admin_exec(f"ALTER ROLE {quote_ident(resting.role)} LOGIN")  # resumed
+    table = cli(*product_args(product, conn_file), products=(product,))
+    assert table.returncode == 0, table.stderr
+    assert "1 tenant(s) left out, no login of theirs may log in" in table.stdout
+    assert retained.tenant in table.stdout and version(resting) == "0003"
+
+
 def test_document_of_the_wrong_mode_fails_that_tenant(
     pg: PgSandbox, product: str, tmp_path: Path
 ) -> None:
@@ -431,7 +455,14 @@ def test_connections_from_standard_input_and_a_superuser_warning(
     """No file holding every tenant's password has to exist: ``--connections -``."""
     a, b = pg.schema_tenant(product), pg.database_tenant(product)
     cmd, env = cli_command(
-        "--product", product, "--dsn", dsn("postgres"), "--connections", "-", "--format", "json",
+        "--product",
+        product,
+        "--dsn",
+        dsn("postgres"),
+        "--connections",
+        "-",
+        "--format",
+        "json",
         products=(product,),
     )
     documents = json.dumps([a.document(), b.document()])
@@ -448,8 +479,13 @@ def test_connections_from_standard_input_and_a_superuser_warning(
         "(README: Security model)"
     ]
     twice = subprocess.run(
-        [*cmd, "--connections", "-"], input=documents, capture_output=True, text=True,
-        env=env, timeout=120, check=False,
+        [*cmd, "--connections", "-"],
+        input=documents,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert twice.returncode == 2 and "can be given once" in twice.stderr
 
@@ -548,7 +584,13 @@ def test_to_and_downgrade_to_move_the_fleet_as_each_tenant(
     assert statuses == {a.tenant: "migrated", b.tenant: "current"}
     assert json.loads(again.stdout)["destination"] == "base"
 
-    for bad in (["--to", "0009"], ["--downgrade-to", "0009"], ["--to", "0002", "--downgrade-to", "0001"]):
+    for bad in (
+        ["--to", "0009"],
+        ["--downgrade-to", "0009"],
+        ["--to", "0002", "--downgrade-to", "0001"],
+    ):
         refused = cli(*base, *bad, products=(product,))
         assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("tenantctl: "), refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("tenantctl: "), (
+            refused.stderr
+        )
