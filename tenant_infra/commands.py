@@ -667,11 +667,14 @@ def unlock(
                 for finding in findings:
                     try:
                         store.remove(finding.lock)
-                    except OSError as exc:
-                        raise OperationFailed(
-                            f"tenant {tenant!r}: {finding.lock.where} cannot be removed: "
-                            f"{exc.strerror or exc}"
-                        ) from None
+                    except (OSError, OperationFailed) as exc:
+                        what = (
+                            str(exc)
+                            if isinstance(exc, OperationFailed)
+                            else f"{finding.lock.where} cannot be removed: {exc.strerror or exc}"
+                        )
+                        done = f"; {len(removed)} other lock(s) removed first" if removed else ""
+                        raise OperationFailed(f"tenant {tenant!r}: {what}{done}") from None
                     removed.append(finding)
             finally:
                 # What was removed is recorded, even when a later lock could not be.

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from tenant_infra import commands, lifecycle
-from tenant_infra.backendlocks import LockChanged, LockInspectionUnavailable, Verdict
-from tenant_infra.errors import InvalidInput
+from tenant_infra.backendlocks import LockInspectionUnavailable, Verdict
+from tenant_infra.errors import InvalidInput, OperationFailed
 from tenant_infra.workspace import InProgress, Workspace
 from tests.support.registry import ControlPlane, control_plane
 from tests.test_backendlocks import DEAD, lock_content, write_lock
@@ -148,7 +148,7 @@ def test_unlock_records_what_it_removed_when_a_later_lock_fails(plane: ControlPl
         second.write_bytes(lock_content(DEAD, here, _now()))
         return True
 
-    with pytest.raises(LockChanged, match="changed since it was read: not removed"):
+    with pytest.raises(OperationFailed, match=r"changed since it was read: not removed.*; 1 other"):
         commands.unlock("globex", root=root, judging=GONE, confirm=rewrite_the_second)
     assert sum(p.exists() for p in paths) == 1
     (entry,) = [h for h in commands.history("globex", root=root) if h["operation"] == "unlock"]

@@ -24,7 +24,7 @@ from tenant_infra.migrate.sandbox import clean_text
 
 #: Inputs that locate the storage; a change means "migrate there", not "replace".
 _LOCATION = ("host", "port", "database", "schema", "user", "sslmode")
-_PUBLIC = ("tenant", "product", "isolation", *_LOCATION, "head", "suspended")
+_PUBLIC = ("tenant", "product", "isolation", *_LOCATION, "head")
 
 
 def head_revision(product: str) -> str | None:
@@ -86,15 +86,22 @@ def _outs(props: dict[str, Any], revision: str) -> dict[str, Any]:
 def suspended(props: dict[str, Any]) -> bool:
     """A suspended service's login is refused, so its marker waits at its revision: a new
     head is not a change then (an ``up`` of the fleet while it rests succeeds), and
-    resuming, which restores the login first (``depends_on``), brings it to head."""
+    resuming, which restores the login first (``depends_on``), brings it to head. A
+    marker created or moved while suspended records no revision (``""``), so resuming
+    migrates it there. ``suspended`` is an input only: outputs change on create and
+    update, never on the no-change diff of a suspension."""
     return bool(props.get("suspended"))
+
+
+def _moved(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    return any(olds.get(k) != news.get(k) for k in keys)
 
 
 class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
     """create/update = migrate to ``head``; diff = ``head`` differs from stored ``revision``."""
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
-        revision = _migrate(props)
+        revision = "" if suspended(props) else _migrate(props)
         return pulumi.dynamic.CreateResult(
             id_=f"{props['tenant']}/{props['product']}", outs=_outs(props, revision)
         )
@@ -102,7 +109,7 @@ class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
     def diff(
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
-        moved = any(_olds.get(k) != _news.get(k) for k in _LOCATION)
+        moved = _moved(_olds, _news, _LOCATION)
         behind = _olds.get("revision") != _news.get("head") and not suspended(_news)
         return pulumi.dynamic.DiffResult(
             changes=moved or behind or stale_provider(_olds),
@@ -114,7 +121,8 @@ class ServiceMigrationProvider(pulumi.dynamic.ResourceProvider):
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.UpdateResult:
         if suspended(_news):  # moved or a new provider: recorded, never connected
-            return pulumi.dynamic.UpdateResult(outs=_outs(_news, _olds.get("revision") or ""))
+            kept = "" if _moved(_olds, _news, _LOCATION) else _olds.get("revision") or ""
+            return pulumi.dynamic.UpdateResult(outs=_outs(_news, kept))
         return pulumi.dynamic.UpdateResult(outs=_outs(_news, _migrate(_news)))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
@@ -228,6 +236,7 @@ def _migrate_mongo(props: dict[str, Any]) -> int:
     return after
 
 
+_MONGO_LOCATION = ("host", "port", "database", "user")
 _MONGO_PUBLIC = (
     "tenant",
     "product",
@@ -239,7 +248,6 @@ _MONGO_PUBLIC = (
     "tls",
     "srv",
     "head",
-    "suspended",
 )
 
 
@@ -247,7 +255,7 @@ class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
     """create/update = apply the product's MongoDB versions up to ``head`` as the service."""
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
-        version = _migrate_mongo(props)
+        version = None if suspended(props) else _migrate_mongo(props)
         outs = {**{k: props.get(k) for k in _MONGO_PUBLIC}, "version": version}
         return pulumi.dynamic.CreateResult(
             id_=f"{props['tenant']}/{props['product']}/mongo", outs=outs
@@ -256,7 +264,7 @@ class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
     def diff(
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
-        moved = any(_olds.get(k) != _news.get(k) for k in ("host", "port", "database", "user"))
+        moved = _moved(_olds, _news, _MONGO_LOCATION)
         behind = _olds.get("version") != _news.get("head") and not suspended(_news)
         return pulumi.dynamic.DiffResult(
             changes=moved or behind or stale_provider(_olds),
@@ -266,7 +274,12 @@ class MongoMigrationProvider(pulumi.dynamic.ResourceProvider):
     def update(
         self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]
     ) -> pulumi.dynamic.UpdateResult:
-        version = _olds.get("version") if suspended(_news) else _migrate_mongo(_news)
+        if not suspended(_news):
+            version = _migrate_mongo(_news)
+        elif _moved(_olds, _news, _MONGO_LOCATION):
+            version = None
+        else:
+            version = _olds.get("version")
         return pulumi.dynamic.UpdateResult(
             outs={**{k: _news.get(k) for k in _MONGO_PUBLIC}, "version": version}
         )

@@ -6,6 +6,7 @@ only leave this module inside a connection attempt, never in a message, log or a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -149,19 +150,34 @@ def connect(params: Mapping[str, str]) -> Connection:
         ) from None
 
 
-def fresh_session(conn: Connection) -> None:
+def fresh_session(conn: Connection) -> bool:
     """``DISCARD ALL`` on a connection kept for the next target (generic mode): what one
     tenant's revisions left in the session (TEMP tables, which come first in every
     ``search_path``; non-``LOCAL`` settings; a role; prepared statements; listens;
     advisory locks) never meets the next tenant. Outside a transaction, as it must be;
-    psycopg prepares nothing here (``prepare_threshold=None``)."""
+    psycopg prepares nothing here (``prepare_threshold=None``). ``False``: the session
+    could not be reset (lost, or refused): the caller opens a new one, which is clean."""
     raw = conn.connection.dbapi_connection
-    assert raw is not None and not conn.in_transaction()
-    raw.autocommit = True
+    if raw is None or raw.closed or raw.broken or conn.in_transaction():
+        return False
     try:
+        raw.autocommit = True
         raw.execute("DISCARD ALL")
-    finally:
         raw.autocommit = False
+    except psycopg.Error:
+        return False
+    return True
+
+
+def close_quietly(conn: Connection) -> None:
+    """Close, never raising; a lost session is invalidated first, so SQLAlchemy does not
+    try (and log the failure of) a ROLLBACK on it."""
+    with contextlib.suppress(Exception):
+        raw = None if conn.invalidated else conn.connection.dbapi_connection
+        if raw is not None and (raw.broken or raw.closed):
+            conn.invalidate()
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 def first_line(exc: BaseException) -> str:

@@ -25,7 +25,6 @@ role can compute, would let a neighbour block a tenant's migrations.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import time
@@ -42,6 +41,7 @@ from sqlalchemy import Connection, text
 
 from tenant_infra.migrate.connection import (
     ConnParams,
+    close_quietly,
     connect,
     first_line,
     fresh_session,
@@ -271,24 +271,20 @@ class TenantMigrator:
             else ("own", tuple(sorted(target.params.items())))
         )
         if self._conn is not None and (
-            self._conn_key != key or self._conn.closed or self._conn.invalidated
+            self._conn_key != key
+            or self._conn.closed
+            or self._conn.invalidated
+            or not fresh_session(self._conn)  # kept: nothing of the last tenant stays
         ):
             self.close()
         if self._conn is None:
             self._conn = connect(self._params_for(target))
             self._conn_key = key
-        else:
-            try:
-                fresh_session(self._conn)
-            except Exception:
-                self.close()
-                raise
         return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
+            close_quietly(self._conn)
             self._conn = None
             self._conn_key = None
 

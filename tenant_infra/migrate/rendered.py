@@ -34,7 +34,13 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, text
 
-from tenant_infra.migrate.connection import connect, first_line, fresh_session, with_database
+from tenant_infra.migrate.connection import (
+    close_quietly,
+    connect,
+    first_line,
+    fresh_session,
+    with_database,
+)
 from tenant_infra.migrate.engine import TargetResult, is_deterministic, pin
 from tenant_infra.migrate.revisions import declared_render_once, declared_revisions
 from tenant_infra.migrate.sandbox import clean_text
@@ -198,23 +204,19 @@ def apply_all(
         """This thread's one platform connection, reopened when the database changes
         (targets come grouped by database, as for the runner's lanes)."""
         conn: Connection | None = getattr(local, "conn", None)
-        if conn is not None and (local.database != database or conn.closed or conn.invalidated):
-            with contextlib.suppress(Exception):
-                conn.close()
+        if conn is not None and (
+            local.database != database
+            or conn.closed
+            or conn.invalidated
+            or not fresh_session(conn)  # kept: nothing of the last tenant stays
+        ):
+            close_quietly(conn)
             conn = None
         if conn is None:
             conn = connect(with_database(params, database))
             local.conn, local.database = conn, database
             with guard:
                 opened.append(conn)
-        else:
-            try:
-                fresh_session(conn)  # nothing of the previous tenant's session is left
-            except Exception:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                local.conn = None
-                raise
         return conn
 
     def one(item: tuple[int, MigrationTarget]) -> TargetResult | None:
@@ -260,37 +262,49 @@ def apply(
         return TargetResult.of(target, index, "failed", error=str(exc), started=started)
     deadline = _Deadline(conn, timeout, started)
     try:
-        with contextlib.ExitStack() as stack, conn.begin():
+        with contextlib.ExitStack() as stack:
             if reuse is None:
-                stack.callback(conn.close)
-            stack.callback(deadline.finish)  # a failure's path; success finishes below
-            pin(conn, target, params)
-            # Bounded: a table of a million rows is no version to start from.
-            rows = conn.exec_driver_sql(f"SELECT version_num FROM {table} LIMIT 2")
-            before = frozenset(str(r[0]) for r in rows)
-            found = script.path(before)
-            if found is None:
-                raise _Handoff
-            steps = found
-            xact = conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar()
-            for running in steps:
-                conn.exec_driver_sql(script.sql[running])
-                # Still the one transaction under the lock (no COMMIT slipped through).
-                if conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar() != xact:
-                    raise RuntimeError("its SQL ended the transaction")
-                deadline.check()
-            running = None
-            versions = {"new": script.head, "old": next(iter(before), None)}
-            if before:
-                moved = conn.execute(
-                    text(f"UPDATE {table} SET version_num = :new WHERE version_num = :old"),
-                    versions,
-                )
-                if moved.rowcount != 1:  # as Alembic checks its own update
-                    raise RuntimeError("the version row changed under the migration")
-            else:
-                conn.execute(text(f"INSERT INTO {table} (version_num) VALUES (:new)"), versions)
-            deadline.finish()  # then the commit, which no cancel can reach
+                stack.callback(close_quietly, conn)
+            stack.callback(deadline.finish)  # when the BEGIN itself fails
+            with conn.begin():
+                try:
+                    pin(conn, target, params)
+                    # Bounded: a table of a million rows is no version to start from.
+                    rows = conn.exec_driver_sql(f"SELECT version_num FROM {table} LIMIT 2")
+                    before = frozenset(str(r[0]) for r in rows)
+                    found = script.path(before)
+                    if found is None:
+                        raise _Handoff
+                    steps = found
+                    xact = conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar()
+                    for running in steps:
+                        conn.exec_driver_sql(script.sql[running])
+                        # Still the one transaction under the lock (no COMMIT slipped through).
+                        if (
+                            conn.exec_driver_sql("SELECT pg_catalog.txid_current()").scalar()
+                            != xact
+                        ):
+                            raise RuntimeError("its SQL ended the transaction")
+                        deadline.check()
+                    running = None
+                    versions = {"new": script.head, "old": next(iter(before), None)}
+                    if before:
+                        moved = conn.execute(
+                            text(f"UPDATE {table} SET version_num = :new WHERE version_num = :old"),
+                            versions,
+                        )
+                        if moved.rowcount != 1:  # as Alembic checks its own update
+                            raise RuntimeError("the version row changed under the migration")
+                    else:
+                        conn.execute(
+                            text(f"INSERT INTO {table} (version_num) VALUES (:new)"), versions
+                        )
+                finally:
+                    # Before the COMMIT or ROLLBACK: no cancel is sent after this, so
+                    # none can reach them, nor the next tenant on a shared connection.
+                    deadline.finish()
+                if deadline.passed:  # a cancel the server ignored between two statements
+                    raise TimeoutError
     except _Handoff:
         return None
     except Exception as exc:

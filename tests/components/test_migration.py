@@ -75,17 +75,35 @@ def test_a_suspended_service_waits_at_its_revision_until_resumed(pg: PgSandbox) 
     created = provider.create(props(svc, head="0002"))
     resting = props(svc, head="0003", suspended=True)
     assert provider.diff(created.id, created.outs, resting).changes is False
-    # Moved while suspended (port 1: nothing listens): recorded without connecting.
-    moved = provider.diff(created.id, created.outs, resting | {"port": 1})
-    assert moved.changes is True
-    kept = provider.update(created.id, created.outs, resting | {"port": 1})
+    # A new provider while suspended: recorded at its revision, never connected
+    # (with a wrong password, a connection attempt would fail).
+    kept = provider.update(created.id, created.outs, resting | {"password": "wrong"})
     assert kept.outs is not None and kept.outs["revision"] == "0002"
     assert version(svc) == "0002"
     resumed = props(svc, head="0003", suspended=False)
-    assert provider.diff(created.id, kept.outs | {"port": resumed["port"]}, resumed).changes
-    updated = provider.update(created.id, kept.outs, resumed)
+    assert provider.diff(created.id, created.outs, resumed).changes
+    updated = provider.update(created.id, created.outs, resumed)
     assert updated.outs is not None and updated.outs["revision"] == "0003"
     assert version(svc) == "0003"
+
+
+def test_created_or_moved_while_suspended_it_migrates_on_resume(pg: PgSandbox) -> None:
+    """A first revision released while the service rests, or its storage moved: nothing
+    connects then, and no revision is recorded, so resuming migrates it there."""
+    svc = pg.schema_tenant(PgSandbox.new_product())
+    provider = ServiceMigrationProvider()
+    created = provider.create(props(svc, head="0002", suspended=True, port=1))
+    assert created.outs is not None and created.outs["revision"] == ""
+    moved = props(svc, head="0002", suspended=True)  # the port moves back: a new location
+    assert provider.diff(created.id, created.outs, moved).changes
+    recorded = provider.update(created.id, created.outs, moved)
+    assert recorded.outs is not None and recorded.outs["revision"] == ""
+    assert version(svc) is None
+    resumed = props(svc, head="0002")
+    assert provider.diff(created.id, recorded.outs, resumed).changes
+    updated = provider.update(created.id, recorded.outs, resumed)
+    assert updated.outs is not None and updated.outs["revision"] == "0002"
+    assert version(svc) == "0002"
 
 
 def test_failure_names_tenant_product_revision_and_keeps_previous(pg: PgSandbox) -> None:

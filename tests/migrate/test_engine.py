@@ -148,6 +148,29 @@ def test_a_reused_generic_connection_carries_nothing_to_the_next_tenant(
     assert admin_exec("SELECT note FROM g_two.seen", db) in ([(None,)], [("",)])
 
 
+def test_a_kept_connection_lost_between_tenants_is_replaced(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """A server restart or failover between two generic tenants: the next one gets a
+    new connection and migrates, not a failure it did not cause."""
+    db = pg.database(product)
+    for name in ("g_first", "g_next"):
+        admin_exec(f"CREATE SCHEMA {name}", db)
+    script = write_script_dir(tmp_path / "s", ["CREATE TABLE t (id int)"])
+    m = TenantMigrator(script, with_database(ADMIN, db))
+    try:
+        assert m.upgrade(MigrationTarget("g_first")).status == "migrated"
+        assert m._conn is not None
+        pid = m._conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        m._conn.rollback()
+        admin_exec(f"SELECT pg_terminate_backend({int(pid)}, 5000)")  # type: ignore[arg-type]
+        result = m.upgrade(MigrationTarget("g_next"))
+    finally:
+        m.close()
+    assert result.status == "migrated", result.error
+    assert admin_exec("SELECT version_num FROM g_next.alembic_version", db) == [("0001",)]
+
+
 def test_each_tenant_gets_a_connection_as_its_own_role(pg: PgSandbox, product: str) -> None:
     bad, good = pg.schema_tenant(product), pg.schema_tenant(product)
     bad.sql(f"CREATE TABLE {bad.schema}.organizations (id int)")
@@ -259,7 +282,9 @@ def test_generic_mode_without_role(pg: PgSandbox, product: str, tmp_path: Path) 
     assert admin_exec("SELECT version_num FROM plain_one.alembic_version", db) == [("0002",)]
 
 
-def test_a_neighbour_cannot_take_a_tenants_migration_lock(pg: PgSandbox, product: str, monkeypatch) -> None:
+def test_a_neighbour_cannot_take_a_tenants_migration_lock(
+    pg: PgSandbox, product: str, monkeypatch
+) -> None:
     """Issue 16, row 4: the lock is the tenant's own version table, which a neighbour
     cannot lock (the old advisory key could be computed and held by anyone); when
     the tenant's own sessions hold it, the failure names who."""
@@ -273,17 +298,23 @@ def test_a_neighbour_cannot_take_a_tenants_migration_lock(pg: PgSandbox, product
     try:
         assert m.upgrade(victim.own_target).status == "migrated"
         with psycopg.connect(**neighbour.params(), autocommit=False) as conn:
-            conn.execute(f"SELECT pg_advisory_lock(hashtextextended('tenant-infra:migrate:{victim.schema}', 0))")
+            conn.execute(
+                f"SELECT pg_advisory_lock(hashtextextended('tenant-infra:migrate:{victim.schema}', 0))"
+            )
             try:
                 conn.execute(f"LOCK TABLE {victim.schema}.alembic_version IN EXCLUSIVE MODE")
                 raise AssertionError("a neighbour locked the tenant's version table")
             except psycopg.errors.InsufficientPrivilege:
                 conn.rollback()
-            conn.execute(f"SELECT pg_advisory_lock(hashtextextended('tenant-infra:migrate:{victim.schema}', 0))")
+            conn.execute(
+                f"SELECT pg_advisory_lock(hashtextextended('tenant-infra:migrate:{victim.schema}', 0))"
+            )
             assert m.upgrade(victim.own_target).status == "current"  # not blocked
 
         monkeypatch.setattr(engine, "LOCK_WAIT_SECONDS", 1)
-        with psycopg.connect(**victim.params(), application_name="stuck-job", autocommit=False) as own:
+        with psycopg.connect(
+            **victim.params(), application_name="stuck-job", autocommit=False
+        ) as own:
             own.execute(f"LOCK TABLE {victim.schema}.alembic_version IN EXCLUSIVE MODE")
             blocked = m.upgrade(victim.own_target)
         assert blocked.status == "failed"
@@ -292,7 +323,9 @@ def test_a_neighbour_cannot_take_a_tenants_migration_lock(pg: PgSandbox, product
         m.close()
 
 
-def test_the_rendered_sql_runs_from_base_and_from_a_revision(pg: PgSandbox, product: str, tmp_path: Path) -> None:
+def test_the_rendered_sql_runs_from_base_and_from_a_revision(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
     """What ``--sql`` prints is what an operator pipes into psql: it must run as is,
     from base (Alembic creates the version table) and from a revision (locked)."""
     import psycopg

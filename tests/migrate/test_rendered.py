@@ -211,3 +211,34 @@ def test_percent_signs_reach_the_table_as_online(
     expected = [(1, "a%b c%%d"), (2, "e%s%")]
     assert rendered.sql(query.format(rendered.schema)) == expected
     assert online.sql(query.format(online.schema)) == expected
+
+
+def test_a_tenant_past_its_deadline_leaves_the_shared_connection_to_the_next(
+    pg: PgSandbox, product: str, tmp_path: Path
+) -> None:
+    """The first tenant's lock is held elsewhere: its deadline cancels the wait, and the
+    next tenant, on the same thread's connection, migrates untouched by that cancel."""
+    import psycopg
+
+    location = script(tmp_path / "s", {1, 2, 3})
+    a, b = pg.schema_tenant(product), pg.schema_tenant(product)
+    params = {**ADMIN, "dbname": a.database}
+    by_schema = {t.schema: t for t in discover_schemas_like(params, "tenant\\_%")}
+    holder = psycopg.connect(**params)
+    try:
+        holder.execute(f"CREATE TABLE {a.schema}.alembic_version (version_num varchar(32))")
+        holder.execute(f"LOCK TABLE {a.schema}.alembic_version IN ACCESS EXCLUSIVE MODE")
+        report = migrate_fleet(
+            [by_schema[a.schema], by_schema[b.schema]],
+            location,
+            params,
+            concurrency=1,
+            timeout=1.0,
+        )
+    finally:
+        holder.close()
+    first, second = report.results
+    assert first.status == "failed" and "timed out after 1 s" in (first.error or "")
+    assert "process" not in (first.error or "") and report.rendered  # not the runner's
+    assert second.status == "migrated", second.error
+    assert version(b) == "0003" and version(a) is None
