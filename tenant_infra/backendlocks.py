@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from tenant_infra.errors import BackendUnavailable, OperationFailed, scrub
+from tenant_infra.errors import BackendUnavailable, OperationFailed, first_line, scrub
 
 #: Where a self-managed backend keeps its locks (``workspace.BookkeepingDir``/``LockDir``).
 LOCKS = (".pulumi", "locks")
@@ -246,8 +246,7 @@ def inspect(
         try:
             locks = store.locks(stack)
         except (OSError, BackendUnavailable) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            reason = escape(scrub(first), 200)
+            reason = escape(first_line(exc), 200)
             locks = [BackendLock(stack, "(its lock folder)", problem=f"cannot be read: {reason}")]
         for lock in locks:
             yield judge(lock, **judging)
@@ -462,8 +461,7 @@ class PostgresLocks:
         try:
             rows = self._connect().execute(query, (2 * MAX_LOCK_BYTES + 2, "/".join(LOCKS) + "/%"))
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendUnavailable(f"postgres:// state backend: {scrub(first)}") from None
+            raise BackendUnavailable(f"postgres:// state backend: {first_line(exc)}") from None
         self._rows = {}
         for key, updated_at, _size, data in rows:
             self._rows.setdefault(str(key), []).append(self._lock(str(key), updated_at, data))
@@ -512,8 +510,7 @@ class PostgresLocks:
                 sql.SQL("SELECT 1 FROM {} WHERE key = %s").format(table), (lock.key,)
             ).fetchone()
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendUnavailable(f"postgres:// state backend: {scrub(first)}") from None
+            raise BackendUnavailable(f"postgres:// state backend: {first_line(exc)}") from None
         if still is not None:
             raise LockChanged(lock)
         # gone already
