@@ -33,13 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from tenant_infra.errors import BackendUnavailable
-from tenant_infra.lifecycle import (
-    TRANSIENT_MARKERS,
-    EventSink,
-    PreviewOutcome,
-    ResourceEvent,
-    TransientConflict,
-)
+from tenant_infra.lifecycle import EventSink, PreviewOutcome, ResourceEvent
+from tenant_infra.retry import TRANSIENT_MARKERS, TransientConflict, transient
 from tenant_infra.workspace import InProgress
 
 MIN_CLI_VERSION = (3, 211, 0)  # stack tags on self-managed backends (pulumi#19882)
@@ -204,7 +199,7 @@ class PulumiBackend:
             raise InProgress("another update of this stack is in progress") from None
         except auto.CommandError as exc:
             text = str(exc)
-            if any(marker in text for marker in TRANSIENT_MARKERS):
+            if transient(text):
                 raise TransientConflict(TRANSIENT_MARKERS[0]) from None
             raise RuntimeError(_last_error_line(text)) from None
 

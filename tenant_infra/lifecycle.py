@@ -15,8 +15,6 @@ everything here is the orchestration around it and is tested without the CLI.
 from __future__ import annotations
 
 import contextlib
-import random
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,16 +24,13 @@ from typing import Any, Protocol
 from tenant_infra.catalog import Store, load_catalog
 from tenant_infra.config import Removal, ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput, OperationFailed, scrub
+from tenant_infra.retry import with_retries
 from tenant_infra.workspace import InProgress, Workspace
 
 #: Resource type of the per-service migration marker (see components/migration.py).
 MIGRATION_TYPE = "pulumi-python:dynamic/tenant:ServiceMigration"
 #: Logical name of a service's migration marker: ``<tenant>-<product>-migration``.
 MIGRATION_SUFFIX = "-migration"
-#: Conflicts between stacks sharing a product database; retried, never a tenant failure.
-TRANSIENT_MARKERS = ("tuple concurrently updated",)
-#: First backoff delay (seconds) when retrying a transient conflict.
-RETRY_BASE_DELAY = 1.0
 TAG_PREFIX = "tenant-infra"
 MAX_TAG_VALUE = 256
 
@@ -64,10 +59,6 @@ SETTLED = frozenset({ServiceState.READY, ServiceState.SUSPENDED, ServiceState.RE
 IN_FLIGHT = frozenset(
     {ServiceState.PROVISIONING, ServiceState.MIGRATING, ServiceState.DEPROVISIONING}
 )
-
-
-class TransientConflict(RuntimeError):
-    """An operation failed in a way that succeeds when retried (see TRANSIENT_MARKERS)."""
 
 
 @dataclass(frozen=True)
@@ -303,27 +294,6 @@ def read_status(backend: StackBackend, workspace: Workspace, tenant: str) -> Ten
             )
         )
     return TenantStatus(tenant, statuses)
-
-
-# ---------------------------------------------------------------------- retries
-
-
-def with_retries(
-    action: Callable[[], Any],
-    attempts: int = 5,
-    base_delay: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Any:
-    """Run ``action``, retrying :class:`TransientConflict` with jittered exponential backoff."""
-    base_delay = RETRY_BASE_DELAY if base_delay is None else base_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except TransientConflict:
-            if attempt == attempts:
-                raise
-            sleep(base_delay * 2 ** (attempt - 1) * (1 + random.random()))
-    raise AssertionError("unreachable")
 
 
 # -------------------------------------------------------------------- operations

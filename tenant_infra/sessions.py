@@ -26,6 +26,7 @@ from tenant_infra.catalog import IsolationMode, Store, load_catalog
 from tenant_infra.config import TenantConfig
 from tenant_infra.credentials import PlatformCredentials
 from tenant_infra.errors import BackendUnavailable, OperationFailed, first_line, scrub
+from tenant_infra.retry import with_retries
 from tenant_infra.tenant import MAX_GENERATION, pg_shared_database
 
 REASON = "tenant-infra: service suspended"
@@ -128,11 +129,7 @@ def drop_strays(
                     conn.execute(f"SET lock_timeout = '{STRAY_LOCK_WAIT_SECONDS}s'")
                     try:
                         with acting_for(conn, [login]):
-                            conn.execute(
-                                psycopg.sql.SQL("DROP OWNED BY {}").format(
-                                    psycopg.sql.Identifier(login)
-                                )
-                            )
+                            drop_owned(conn, login)
                     except psycopg.errors.LockNotAvailable:
                         raise OperationFailed(
                             f"dropping what {login} holds in {database} waited "
@@ -163,6 +160,24 @@ def _drop_restores(
                     )
                 )
         drop_login(params, restorer_name(config.pg_owner(product)))
+
+
+def drop_owned(conn: psycopg.Connection[Any], login: str, reassign_to: str | None = None) -> None:
+    """``DROP OWNED BY login`` (after ``REASSIGN OWNED`` to ``reassign_to``), again when
+    a neighbour's grant changed the same database's privileges at the same moment
+    (:mod:`tenant_infra.retry`): both statements are idempotent."""
+    role = psycopg.sql.Identifier(login)
+
+    def once() -> None:
+        if reassign_to is not None:
+            conn.execute(
+                psycopg.sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                    role, psycopg.sql.Identifier(reassign_to)
+                )
+            )
+        conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(role))
+
+    with_retries(once)
 
 
 @contextlib.contextmanager
@@ -208,7 +223,6 @@ def release_logins(
     service's ``stores``, what they own goes to ``owner`` and their grants go; in every
     other database, both go (:func:`drop_strays`). A neighbour's open transaction on
     something granted to them fails this in a while (run it again), never hangs it."""
-    identifiers = [psycopg.sql.Identifier(login) for login in logins]
     for database in stores:
         params = admin_params(config, product, environ, database)
         try:
@@ -231,15 +245,9 @@ def release_logins(
                     continue
                 conn.execute(f"SET lock_timeout = '{STRAY_LOCK_WAIT_SECONDS}s'")
                 with acting_for(conn, [*there, owner]):
-                    for login in identifiers:
-                        if login.as_string(conn).strip('"') not in there:
-                            continue
-                        conn.execute(
-                            psycopg.sql.SQL("REASSIGN OWNED BY {} TO {}").format(
-                                login, psycopg.sql.Identifier(owner)
-                            )
-                        )
-                        conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(login))
+                    for login in logins:
+                        if login in there:
+                            drop_owned(conn, login, reassign_to=owner)
         except psycopg.errors.LockNotAvailable:
             raise OperationFailed(
                 f"releasing {', '.join(logins)} in {database} waited {STRAY_LOCK_WAIT_SECONDS} s "

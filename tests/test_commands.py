@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tenant_infra import commands, lifecycle
+from tenant_infra import commands, retry
 from tenant_infra.backendlocks import LockInspectionUnavailable, Verdict
 from tenant_infra.errors import InvalidInput, OperationFailed
 from tenant_infra.workspace import InProgress, Workspace
@@ -33,7 +33,7 @@ def plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControlPl
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
     (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
     (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.dev.yaml\n")
-    monkeypatch.setattr(lifecycle, "RETRY_BASE_DELAY", 0.0)
+    monkeypatch.setattr(retry, "RETRY_BASE_DELAY", 0.0)
     monkeypatch.setenv("PULUMI_BACKEND_URL", (tmp_path / "state").as_uri())
     with control_plane(tmp_path) as plane:
         for key, value in plane.environ.items():

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tenant_infra import commands, lifecycle
+from tenant_infra import commands, retry
 from tenant_infra.config import ServiceSpec
 from tenant_infra.errors import InvalidInput
 from tenant_infra.lifecycle import (
@@ -22,8 +22,8 @@ from tenant_infra.lifecycle import (
     ResourceEvent,
     ServiceState,
     ServiceStatus,
-    TransientConflict,
 )
+from tenant_infra.retry import TransientConflict
 from tenant_infra.workspace import InProgress, Workspace
 from tests.support.registry import control_plane
 
@@ -131,7 +131,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
     (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
     (tmp_path / "tenant-infra.yaml").write_text("platform: stacks/Pulumi.dev.yaml\n")
-    monkeypatch.setattr(lifecycle, "RETRY_BASE_DELAY", 0.0)
+    monkeypatch.setattr(retry, "RETRY_BASE_DELAY", 0.0)
     with control_plane(tmp_path) as plane:
         for key, value in plane.environ.items():
             monkeypatch.setenv(key, value)

@@ -8,6 +8,7 @@ in the catalogs or the management API.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pika
@@ -15,9 +16,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tenant_infra import commands
-from tenant_infra.lifecycle import ServiceState
+from tenant_infra import commands, retry
+from tenant_infra.lifecycle import ResourceEvent, ServiceState
 from tenant_infra.workspace import Workspace
+from tests.support.conflict import neighbour_grant
 from tests.support.registry import Subscriber
 from tests.support.world import (
     DEV_STACK,
@@ -233,6 +235,37 @@ def test_a_killed_update_resumes_and_converges(world: World, monkeypatch: pytest
     assert calls and admin_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(f"ledger_{tenant.replace('-', '_')}",))
     status = commands.onboard(tenant, ["ledger:SCHEMA"], DEV_STACK, verify=world.verify, **world.kwargs())
     assert status.ok, status.to_json()
+
+
+def test_a_neighbours_grant_on_the_shared_database_at_that_moment_is_retried(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another stack's grant on the product's shared database, committed while this
+    update waits on it, fails this update's grant (``tenant_infra/retry.py``): the
+    update runs again and the service is ready."""
+    monkeypatch.setattr(retry, "RETRY_BASE_DELAY", 0.0)
+    world.onboard(world.new_tenant("nb1"), "ledger:SCHEMA")  # the shared database exists
+    tenant = world.new_tenant("nb2")
+    failed: list[ResourceEvent] = []
+
+    def record(event: ResourceEvent) -> None:
+        if event.phase == "failed":
+            failed.append(event)
+
+    with neighbour_grant("ledger") as commit_once_waited_on, ThreadPoolExecutor(1) as pool:
+        onboarding = pool.submit(
+            commands.onboard,
+            tenant,
+            ["ledger:SCHEMA"],
+            DEV_STACK,
+            verify=world.verify,
+            events=record,
+            **world.kwargs(),
+        )
+        commit_once_waited_on()
+        status = onboarding.result(timeout=300)
+    assert status.ok, status.to_json()
+    assert [event.type for event in failed] == ["postgresql:index/grant:Grant"]
 
 
 def test_the_checkpoint_holds_no_secret(world: World) -> None:

@@ -41,6 +41,7 @@ import psycopg
 from psycopg import sql
 
 from tenant_infra.pgdata.inventory import SequenceValue, Table, qualified, stabilize
+from tenant_infra.retry import with_retries
 
 #: ``(done, total, table)`` after each table, as django-tenants' ``[i/n schema]``.
 CopyProgress = Callable[[int, int, str], None]
@@ -117,8 +118,12 @@ def create_login(
         )
         if member_of is not None:
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
-        conn.execute(sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(role))
+        # The database's and the parameter's privileges are one row each, which other
+        # tenants' grants change too (tenant_infra.retry).
+        _shared_row(conn, sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+        _shared_row(
+            conn, sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(role)
+        )
     return {**admin, "user": name, "password": password}
 
 
@@ -174,8 +179,14 @@ def _drop_login(conn: psycopg.Connection[Any], role: sql.Identifier) -> None:
             " WHERE usename = %s",
             (name,),
         )
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        _shared_row(conn, sql.SQL("DROP OWNED BY {}").format(role))
         conn.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+def _shared_row(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
+    """``statement``, again when a concurrent writer of the same catalog row made it
+    fail (it changes privileges, which another tenant's grant may change at once)."""
+    with_retries(lambda: conn.execute(statement))
 
 
 def writer(params: Mapping[str, Any], login: str) -> psycopg.Connection[Any]:

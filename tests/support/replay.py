@@ -85,6 +85,14 @@ class ReplayError(RuntimeError):
     """A step the replay cannot carry out, or a step the real engine would refuse."""
 
 
+def _step_error(step: _Step, exc: Exception) -> Exception:
+    """What a failed step raises: like the CLI's error, it names the step and carries
+    the server's text (which ``tenant_infra.retry`` reads to retry a conflict)."""
+    if isinstance(exc, ReplayError):
+        return exc
+    return ReplayError(f"{step.op} {step.type} {step.name}: {_one_line(exc)}")
+
+
 def _normal(value: Any) -> Any:
     """Wire values made comparable: protobuf numbers are doubles."""
     if isinstance(value, dict):
@@ -719,13 +727,14 @@ class ReplayBackend:
                         replaced.append(step)
             except Exception as exc:
                 on_event(self._event(step, "failed"))
-                if isinstance(exc, ReplayError):
-                    raise
-                raise ReplayError(f"{step.op} {step.type} {step.name}: {_one_line(exc)}") from None
+                raise _step_error(step, exc) from None
             on_event(self._event(step, "done"))
         for step in replaced:  # create-before-delete: the old one goes at the end
             assert step.old is not None
-            self._call_delete(step.old, deleting, checkpoint)
+            try:
+                self._call_delete(step.old, deleting, checkpoint)
+            except Exception as exc:
+                raise _step_error(step, exc) from None
 
     def _create(self, checkpoint: _Checkpoint, step: _Step) -> None:
         node = step.node

@@ -1,0 +1,86 @@
+"""Transient conflicts: what PostgreSQL raises when two sessions change one database's
+privileges at once, and the retry that gets past it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tenant_infra.retry import TransientConflict, transient, with_retries
+from tests.support.conflict import ADMIN, neighbour_grant
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name = f"ti_retry_{secrets.token_hex(4)}"
+    with psycopg.connect(**ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
+        try:
+            yield name
+        finally:
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def _grant(database: str) -> None:
+    with psycopg.connect(**ADMIN, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.Identifier(database)
+            )
+        )
+
+
+def _granted(database: str) -> bool:
+    with psycopg.connect(**ADMIN) as conn:
+        row = conn.execute("SELECT has_database_privilege(%s, %s, 'CONNECT')", (database, database))
+        return bool(row.fetchone() == (True,))
+
+
+def test_postgresql_reports_a_neighbours_concurrent_grant_as_transient(database: str) -> None:
+    with neighbour_grant(database) as commit_once_waited_on, ThreadPoolExecutor(1) as pool:
+        granting = pool.submit(_grant, database)
+        commit_once_waited_on()
+        with pytest.raises(psycopg.Error) as raised:
+            granting.result(timeout=30)
+    assert transient(raised.value)
+    assert not _granted(database)
+
+
+def test_a_grant_retried_after_the_conflict_is_made(database: str) -> None:
+    with neighbour_grant(database) as commit_once_waited_on, ThreadPoolExecutor(1) as pool:
+        granting = pool.submit(with_retries, lambda: _grant(database), base_delay=0.0)
+        commit_once_waited_on()
+        granting.result(timeout=30)
+    assert _granted(database)
+
+
+def test_other_errors_are_not_retried() -> None:
+    calls: list[int] = []
+
+    def fails() -> None:
+        calls.append(1)
+        raise psycopg.errors.DuplicateObject('role "x" already exists')
+
+    with pytest.raises(psycopg.errors.DuplicateObject):
+        with_retries(fails, sleep=lambda _s: None)
+    assert len(calls) == 1
+
+
+def test_a_conflict_that_persists_fails_after_the_last_attempt_with_growing_waits() -> None:
+    waits: list[float] = []
+
+    def conflicts() -> None:
+        raise TransientConflict("tuple concurrently updated")
+
+    with pytest.raises(TransientConflict):
+        with_retries(conflicts, attempts=4, base_delay=1.0, sleep=waits.append)
+    assert len(waits) == 3
+    assert [1 <= w / 2**i <= 2 for i, w in enumerate(waits)] == [True] * 3
