@@ -288,6 +288,41 @@ def close_sessions(
     return closed
 
 
+#: The sessions in a database of roles its privileges refuse now, each ended (given 5 s).
+_END_REFUSED = (
+    "SELECT r.rolname, pg_catalog.pg_terminate_backend(a.pid, 5000)"
+    " FROM pg_catalog.pg_stat_activity a JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid"
+    " WHERE a.datname = %s AND a.pid <> pg_catalog.pg_backend_pid()"
+    " AND NOT pg_catalog.has_database_privilege(a.usesysid, a.datid, 'CONNECT')"
+)
+
+
+def end_refused_sessions(
+    config: TenantConfig, product: str, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """End the sessions in the service's dedicated database of roles that may not
+    connect to it; returns ``<role> (<n>)`` for each.
+
+    PostgreSQL gives PUBLIC ``CONNECT`` on a new database, and the provider creates it
+    before the grant that takes that away runs: a neighbour's login that connects in
+    between keeps its session (``CONNECT`` is checked at login only), sees the catalogs
+    (function sources included) and counts against the database's connection limit.
+    The post-deploy gate (``verify.command.require_verified``) calls this before the
+    isolation checks; the tenant's own logins, the platform's temporary logins (granted
+    ``CONNECT``), the owner and superusers are never refused."""
+    env = os.environ if environ is None else environ
+    database = config.names.service(product).pg_dedicated_database
+    try:
+        with _admin(config, product, env, "postgres") as conn:
+            rows = conn.execute(_END_REFUSED, (database,)).fetchall()
+    except psycopg.Error as exc:
+        raise BackendUnavailable(f"PostgreSQL: {first_line(exc)}") from None
+    counts: dict[str, int] = {}
+    for role, _ended in rows:
+        counts[str(role)] = counts.get(str(role), 0) + 1
+    return [f"{role} ({n})" for role, n in sorted(counts.items())]
+
+
 def end_sessions(params: Mapping[str, Any], logins: Sequence[str], here_only: bool = False) -> int:
     """End the ``logins``' sessions (in ``params``' database only, with ``here_only``),
     giving each 5 s; how many there were."""

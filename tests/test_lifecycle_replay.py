@@ -268,6 +268,38 @@ def test_a_neighbours_grant_on_the_shared_database_at_that_moment_is_retried(
     assert [event.type for event in failed] == ["postgresql:index/grant:Grant"]
 
 
+def test_a_neighbour_that_got_into_a_new_database_before_its_revoke_is_ended_by_the_gate(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL lets PUBLIC connect to a new database until the provider's revoke runs,
+    and checks CONNECT at login only: a neighbour's login that connects in between keeps
+    its session. The default post-deploy gate ends it before the isolation checks."""
+    from tests.support import replay
+
+    neighbour = world.new_tenant("nbr")
+    world.onboard(neighbour, "ledger:SCHEMA")
+    tenant = world.new_tenant("win")
+    sessions: list[psycopg.Connection[Any]] = []
+    create = replay._OPS[replay.PG + "grant:Grant"]["create"]
+
+    def in_the_window(provider: Any, values: Any) -> None:
+        if values["role"] == "public" and values["objectType"] == "database":
+            params = world.pg(neighbour, "ledger", database=values["database"])
+            sessions.append(psycopg.connect(**params, autocommit=True))
+        create(provider, values)
+
+    monkeypatch.setitem(replay._OPS[replay.PG + "grant:Grant"], "create", in_the_window)
+    try:
+        status = commands.onboard(tenant, ["ledger:DATABASE"], DEV_STACK, **world.kwargs())
+        assert status.ok, status.to_json()
+        (session,) = sessions
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")
+    finally:
+        for session in sessions:
+            session.close()
+
+
 def test_the_checkpoint_holds_no_secret(world: World) -> None:
     tenant = world.new_tenant("sec")
     world.onboard(tenant, "ledger:DATABASE")

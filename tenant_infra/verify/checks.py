@@ -119,6 +119,7 @@ PG_CHECKS: Final = (
     "pg.role_settings",
     "pg.neighbour_visibility",
     "pg.connection_budget",
+    "pg.no_refused_sessions",
 )
 
 
@@ -168,6 +169,7 @@ class PgVerifier:
             self.limits_in_force,
         ]
         checks += [self.role_settings, self.neighbour_visibility, self.connection_budget]
+        checks += [self.no_refused_sessions]
         results = []
         with conn:
             # The tenant controls its role's search_path and its own schema: every
@@ -659,6 +661,30 @@ class PgVerifier:
             name,
             f"{len(tenants)} tenant login roles may open {used} of {available} connections",
         )
+
+
+    def no_refused_sessions(self, conn: psycopg.Connection[Any]) -> CheckResult:
+        """No session in the dedicated database of a role that may not connect to it:
+        one a neighbour opened before PUBLIC's ``CONNECT`` was revoked outlives the
+        revoke (the post-deploy gate ends them: ``sessions.end_refused_sessions``)."""
+        name = PG_CHECKS[14]
+        if self.doc.isolation is not IsolationMode.DATABASE:
+            return passed(name, f"a shared database: {self.pg.database} is every tenant's")
+        roles = [
+            str(role)
+            for (role,) in conn.execute(
+                "SELECT DISTINCT r.rolname FROM pg_stat_activity a"
+                " JOIN pg_roles r ON r.oid = a.usesysid WHERE a.datname = current_database()"
+                " AND NOT has_database_privilege(a.usesysid, a.datid, 'CONNECT') ORDER BY 1"
+            )
+        ]
+        if roles:
+            return failed(
+                name,
+                f"{', '.join(roles)} may not connect to {self.pg.database} but "
+                "has a session there (opened before PUBLIC's CONNECT was revoked)",
+            )
+        return passed(name, f"every session in {self.pg.database} is of a role allowed there")
 
 
 #: A slot login's suffix (``__<generation><slot>``), after its owner's name.

@@ -206,3 +206,23 @@ def test_column_grants_are_seen(provision, admin) -> None:
     )
     found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
     assert f"PUBLIC has SELECT on {tenant.schema}.t(holder)" in found["pg.no_foreign_privileges"]
+
+
+def test_a_neighbours_session_from_before_the_revoke_of_public_is_seen(provision, admin) -> None:
+    """A new database lets PUBLIC connect until the provider's revoke runs; CONNECT is
+    checked at login only, so a neighbour that got in keeps its session. Verify fails
+    on it, for the tenant whose database it is in and no other."""
+    from tests.verify.conftest import admin_sql
+
+    tenant = provision.tenant("DATABASE", "win")
+    neighbour = provision.tenant("DATABASE", "nbw")
+    database = sql.Identifier(tenant.database)
+    admin_sql(sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(database))  # the window
+    with psycopg.connect(**neighbour.pg(tenant.database), autocommit=True) as conn:
+        admin_sql(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(database))
+        conn.execute("SELECT 1")  # still there
+        found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+        assert list(found) == ["pg.no_refused_sessions"]
+        assert found["pg.no_refused_sessions"].startswith(f"{neighbour.role} may not connect")
+        assert failing(verify_tenant(neighbour.tenant, connections=[neighbour.document], admin=admin)) == {}
+    assert failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin)) == {}
