@@ -34,7 +34,7 @@ from typing import Any
 
 from tenant_infra.errors import BackendUnavailable
 from tenant_infra.lifecycle import EventSink, PreviewOutcome, ResourceEvent
-from tenant_infra.retry import TRANSIENT_MARKERS, TransientConflict, transient
+from tenant_infra.retry import TransientConflict
 from tenant_infra.workspace import InProgress
 
 MIN_CLI_VERSION = (3, 211, 0)  # stack tags on self-managed backends (pulumi#19882)
@@ -190,7 +190,9 @@ class PulumiBackend:
         except FileNotFoundError:
             raise PulumiUnavailable("the Pulumi CLI is not on PATH") from None
 
-    def _run(self, action: Any) -> Any:
+    def _run(self, action: Any, conflicts: set[str] | None = None) -> Any:
+        """``action``'s CLI errors as one line; a failure that ``conflicts`` (filled by
+        :func:`_forward`) explains is a :class:`TransientConflict`."""
         from pulumi import automation as auto
 
         try:
@@ -198,10 +200,12 @@ class PulumiBackend:
         except auto.ConcurrentUpdateError:
             raise InProgress("another update of this stack is in progress") from None
         except auto.CommandError as exc:
-            text = str(exc)
-            if transient(text):
-                raise TransientConflict(TRANSIENT_MARKERS[0]) from None
-            raise RuntimeError(_last_error_line(text)) from None
+            if conflicts:
+                raise TransientConflict(
+                    f"{', '.join(sorted(conflicts))}: a concurrent change of the same "
+                    "catalog row (tuple concurrently updated)"
+                ) from None
+            raise RuntimeError(_last_error_line(str(exc))) from None
 
     def exists(self, tenant: str) -> bool:
         from pulumi import automation as auto
@@ -217,14 +221,16 @@ class PulumiBackend:
 
     def up(self, tenant: str, on_event: EventSink) -> dict[str, Any]:
         stack = self._stack(tenant, create=True)
+        conflicts: set[str] = set()
         self._run(
             lambda: stack.up(
-                on_event=_forward(on_event),
+                on_event=_forward(on_event, conflicts),
                 show_secrets=False,
                 suppress_outputs=True,
                 suppress_progress=True,
                 policy_packs=list(self.policy_packs) or None,
-            )
+            ),
+            conflicts,
         )
         return self.outputs(tenant)
 
@@ -263,10 +269,12 @@ class PulumiBackend:
 
     def destroy(self, tenant: str, on_event: EventSink) -> None:
         stack = self._stack(tenant, create=False)
+        conflicts: set[str] = set()
         self._run(
             lambda: stack.destroy(
-                on_event=_forward(on_event), show_secrets=False, suppress_outputs=True
-            )
+                on_event=_forward(on_event, conflicts), show_secrets=False, suppress_outputs=True
+            ),
+            conflicts,
         )
 
     def remove(self, tenant: str) -> None:
@@ -330,13 +338,40 @@ def _masked_workspace() -> type[Any]:
 SECRET_SENTINEL = "[secret]"
 
 
-def _forward(sink: EventSink) -> Any:
+def _forward(sink: EventSink, conflicts: set[str] | None = None) -> Any:
+    """An Automation API event handler feeding ``sink``; it adds to ``conflicts`` the
+    name of each resource whose provider failed on a concurrent change."""
+
     def handler(event: Any) -> None:
+        if conflicts is not None:
+            name = provider_conflict(event)
+            if name is not None:
+                conflicts.add(name)
         reduced = _reduce(event)
         if reduced is not None:
             sink(reduced)
 
     return handler
+
+
+#: The server's words for a conflict, as the PostgreSQL provider passes them on
+#: ("could not execute revoke query: pq: tuple concurrently updated").
+_PROVIDER_CONFLICT = re.compile(r"\btuple concurrently (updated|deleted)\b")
+
+
+def provider_conflict(event: Any) -> str | None:
+    """The resource a PostgreSQL provider's conflict error names, if ``event`` is one.
+
+    Only a ``postgresql:`` resource's error counts: their messages carry the provider's
+    statements, while a migration's (a dynamic resource) can carry a tenant's values,
+    which must never make an update run again."""
+    diagnostic = getattr(event, "diagnostic_event", None)
+    if diagnostic is None or diagnostic.severity != "error" or not diagnostic.urn:
+        return None
+    parts = str(diagnostic.urn).split("::")
+    if len(parts) < 4 or not parts[2].rsplit("$", 1)[-1].startswith("postgresql:"):
+        return None
+    return parts[-1] if _PROVIDER_CONFLICT.search(str(diagnostic.message)) else None
 
 
 def _last_error_line(text: str) -> str:

@@ -382,6 +382,15 @@ def _verifier(
     return check
 
 
+def _sweeper(backend: StackBackend) -> lifecycle.Sweep:
+    """What ends, after an update, the sessions a new dedicated database let in before
+    its privileges were set (with the operator's admin credentials)."""
+    from tenant_infra.sessions import end_refused_sessions
+
+    environ = _operator_environ(backend)
+    return lambda config, product: end_refused_sessions(config, product, environ)
+
+
 def registry(workspace: Workspace, backend: StackBackend | None = None) -> Registry:
     """The platform's registry, reached and migrated: a lifecycle verb that cannot
     record what it does refuses to start (one line, before anything is created)."""
@@ -461,7 +470,16 @@ def onboard(
         )
     journal = reached.journal(operation)
     gate = _verifier(workspace, verify, stacks)
-    return lifecycle.deploy(config, stacks, workspace, progress or _quiet, gate, events, journal)
+    return lifecycle.deploy(
+        config,
+        stacks,
+        workspace,
+        progress or _quiet,
+        gate,
+        events,
+        journal,
+        sweep=_sweeper(stacks),
+    )
 
 
 def register(
@@ -1184,13 +1202,14 @@ def up(
     chosen = _fleet(tenants, all_tenants, workspace)
     stacks = _backend(workspace, backend)
     gate = _verifier(workspace, verify, stacks)
+    sweep = _sweeper(stacks)
     journal = _journal(workspace, stacks, "up")
 
     def one(tenant: str) -> FleetResult:
         config = workspace.read_config(tenant)
         assert config is not None
         result = lifecycle.deploy(
-            config, stacks, workspace, progress or _quiet, gate, journal=journal
+            config, stacks, workspace, progress or _quiet, gate, journal=journal, sweep=sweep
         )
         failed = [s for s in result.services if s.state != ServiceState.READY]
         error = result.error or "; ".join(f"{s.product}: {s.reason}" for s in failed)

@@ -15,6 +15,7 @@ everything here is the orchestration around it and is tested without the CLI.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from typing import Any, Protocol
 
 from tenant_infra.catalog import Store, load_catalog
 from tenant_infra.config import Removal, ServiceSpec, TenantConfig
-from tenant_infra.errors import InvalidInput, OperationFailed, scrub
+from tenant_infra.errors import InvalidInput, OperationFailed, first_line, scrub
 from tenant_infra.retry import with_retries
 from tenant_infra.workspace import InProgress, Workspace
+
+log = logging.getLogger(__name__)
 
 #: Resource type of the per-service migration marker (see components/migration.py).
 MIGRATION_TYPE = "pulumi-python:dynamic/tenant:ServiceMigration"
@@ -185,6 +188,9 @@ def drift(stack: TenantStatus, registry: TenantStatus) -> list[str]:
 
 
 Progress = Callable[[str, ServiceStatus], None]
+#: After an update, ends the sessions a service's new dedicated database let in before
+#: its privileges were set (``sessions.end_refused_sessions``); returns what it ended.
+Sweep = Callable[[TenantConfig, str], list[str]]
 
 
 class Journal(Protocol):
@@ -327,11 +333,14 @@ def deploy(
     verify: Callable[[str, str], None] | None = None,
     events: EventSink | None = None,
     journal: Journal | None = None,
+    sweep: Sweep | None = None,
 ) -> TenantStatus:
     """Write the tenant's config and bring its stack up; every service ends ready or failed.
 
-    ``verify(tenant, product)`` (raising on failure) runs after a successful update and
-    before a service is marked ready.
+    ``sweep(config, product)`` runs after the update, and ``verify(tenant, product)``
+    (raising on failure) after it, before a service is marked ready. A failed update
+    that the sweep explains (it ended sessions, which can have kept the migration out)
+    runs once more.
     """
     tenant = config.tenant
     with workspace.lock(tenant):
@@ -366,8 +375,20 @@ def deploy(
                 status.state = ServiceState.FAILED
                 status.reason = f"migration to {event.new_revision or 'head'} failed"
 
+        def update() -> dict[str, Any]:
+            try:
+                return with_retries(lambda: backend.up(tenant, on_event))
+            except InProgress:
+                raise
+            except Exception:
+                if sweep is None or not _swept_quietly(config, sweep):
+                    raise
+                # The neighbour's sessions cannot come back: the revoke ran before
+                # anything connected as the tenant.
+                return with_retries(lambda: backend.up(tenant, on_event))
+
         try:
-            outputs = with_retries(lambda: backend.up(tenant, on_event))
+            outputs = update()
         except InProgress:
             # Another runner (elsewhere, on a shared backend) holds the stack: its
             # states are its own to record; put back the ones this run overwrote, in
@@ -420,6 +441,8 @@ def deploy(
                 status.reason = ""
                 progress(tenant, status)
                 continue
+            if sweep is not None:
+                _sweep_or_warn(config, status.product, sweep)
             try:
                 if verify is not None:
                     verify(tenant, status.product)
@@ -432,6 +455,31 @@ def deploy(
         return TenantStatus(tenant, list(statuses.values()))
 
 
+def _swept_quietly(config: TenantConfig, sweep: Sweep) -> bool:
+    """Whether the sweep ended a session of any service."""
+    return any([_sweep_or_warn(config, spec.product, sweep) for spec in config.services])
+
+
+def _sweep_or_warn(config: TenantConfig, product: str, sweep: Sweep) -> list[str]:
+    """What the sweep ended, said as a warning; a sweep that cannot run is a warning
+    too, not a failure: the isolation gate's ``pg.no_refused_sessions`` is the proof."""
+    try:
+        ended = sweep(config, product)
+    except Exception as exc:
+        log.warning(
+            "%s/%s: could not end refused sessions: %s", config.tenant, product, first_line(exc)
+        )
+        return []
+    if ended:
+        log.warning(
+            "%s/%s: ended the sessions of roles that may not connect to its database: %s",
+            config.tenant,
+            product,
+            ", ".join(ended),
+        )
+    return ended
+
+
 def deploy_step(
     config: TenantConfig,
     product: str,
@@ -442,11 +490,20 @@ def deploy_step(
     progress: Progress | None = None,
     verify: Callable[[str, str], None] | None = None,
     journal: Journal | None = None,
+    sweep: Sweep | None = None,
 ) -> None:
     """An update as one step of a day-2 operation on ``product``: the update failing,
     or the service failing its gate, fails the step (``what`` says which); the next
     run of the step retries."""
-    status = deploy(config, backend, workspace, progress or _no_progress, verify, journal=journal)
+    status = deploy(
+        config,
+        backend,
+        workspace,
+        progress or _no_progress,
+        verify,
+        journal=journal,
+        sweep=sweep,
+    )
     service = status.service(product)
     if status.error or service.state is ServiceState.FAILED:
         reason = status.error or service.reason

@@ -17,8 +17,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-#: Texts of the errors that a later attempt does not meet again.
-TRANSIENT_MARKERS = ("tuple concurrently updated",)
+import psycopg
+
+#: PostgreSQL's words (internal error XX000) when a concurrent transaction changed or
+#: removed the catalog row a statement was about to change.
+CONCURRENT_CHANGES = frozenset({"tuple concurrently updated", "tuple concurrently deleted"})
+#: Catalog keys two concurrent first grants can both insert: a parameter's privileges
+#: get their row with the first grant and lose it with the last revoke.
+CATALOG_KEYS = frozenset({"pg_parameter_acl_parname_index"})
 #: First backoff delay (seconds) when retrying a transient conflict.
 RETRY_BASE_DELAY = 1.0
 
@@ -26,15 +32,22 @@ T = TypeVar("T")
 
 
 class TransientConflict(RuntimeError):
-    """An operation failed in a way that succeeds when retried (see TRANSIENT_MARKERS)."""
+    """An operation failed in a way that succeeds when retried: a stack update whose
+    PostgreSQL provider met a concurrent change (the backends decide, from the failed
+    resource, never from text a migration may carry)."""
 
 
-def transient(error: BaseException | str) -> bool:
-    """Whether ``error`` (an exception, or a CLI's output) is a transient conflict."""
+def transient(error: BaseException) -> bool:
+    """Whether running ``error``'s operation again succeeds: judged from the server's
+    SQLSTATE and primary message, never from a DETAIL line or other text a tenant's
+    values can reach."""
     if isinstance(error, TransientConflict):
         return True
-    text = str(error)
-    return any(marker in text for marker in TRANSIENT_MARKERS)
+    if not isinstance(error, psycopg.Error):
+        return False
+    if error.sqlstate == "XX000":
+        return error.diag.message_primary in CONCURRENT_CHANGES
+    return error.sqlstate == "23505" and error.diag.constraint_name in CATALOG_KEYS
 
 
 def with_retries(

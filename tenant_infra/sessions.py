@@ -288,11 +288,13 @@ def close_sessions(
     return closed
 
 
-#: The sessions in a database of roles its privileges refuse now, each ended (given 5 s).
+#: The sessions in a database of other roles than ``own`` that its privileges refuse
+#: now, each ended (given 5 s); whether it ended.
 _END_REFUSED = (
     "SELECT r.rolname, pg_catalog.pg_terminate_backend(a.pid, 5000)"
     " FROM pg_catalog.pg_stat_activity a JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid"
     " WHERE a.datname = %s AND a.pid <> pg_catalog.pg_backend_pid()"
+    " AND r.rolname <> ALL(%s)"
     " AND NOT pg_catalog.has_database_privilege(a.usesysid, a.datid, 'CONNECT')"
 )
 
@@ -300,27 +302,38 @@ _END_REFUSED = (
 def end_refused_sessions(
     config: TenantConfig, product: str, environ: Mapping[str, str] | None = None
 ) -> list[str]:
-    """End the sessions in the service's dedicated database of roles that may not
-    connect to it; returns ``<role> (<n>)`` for each.
+    """End the sessions in the service's dedicated database of other roles that may not
+    connect to it; returns ``<role> (<n>)`` for each, with those still running after
+    5 s named apart.
 
     PostgreSQL gives PUBLIC ``CONNECT`` on a new database, and the provider creates it
     before the grant that takes that away runs: a neighbour's login that connects in
     between keeps its session (``CONNECT`` is checked at login only), sees the catalogs
-    (function sources included) and counts against the database's connection limit.
-    The post-deploy gate (``verify.command.require_verified``) calls this before the
-    isolation checks; the tenant's own logins, the platform's temporary logins (granted
-    ``CONNECT``), the owner and superusers are never refused."""
+    (function sources included) and counts against the database's connection limit,
+    enough of them to keep the tenant's migration out. ``lifecycle.deploy`` calls this
+    after each update. The service's own roles are left alone (a rotation or a
+    suspension ends theirs on its own schedule), as are roles granted ``CONNECT`` (the
+    platform's temporary logins), the owner and superusers."""
+    spec = config.service(product)
+    if spec is None or (spec.isolation is IsolationMode.SCHEMA and spec.promotion is None):
+        return []  # no dedicated database
     env = os.environ if environ is None else environ
-    database = config.names.service(product).pg_dedicated_database
+    names = config.names.service(product)
     try:
         with _admin(config, product, env, "postgres") as conn:
-            rows = conn.execute(_END_REFUSED, (database,)).fetchall()
+            rows = conn.execute(
+                _END_REFUSED, (names.pg_dedicated_database, sorted(names.pg_logins()))
+            ).fetchall()
     except psycopg.Error as exc:
         raise BackendUnavailable(f"PostgreSQL: {first_line(exc)}") from None
-    counts: dict[str, int] = {}
-    for role, _ended in rows:
-        counts[str(role)] = counts.get(str(role), 0) + 1
-    return [f"{role} ({n})" for role, n in sorted(counts.items())]
+    counts: dict[tuple[str, bool], int] = {}
+    for role, ended in rows:
+        key = (str(role), bool(ended))
+        counts[key] = counts.get(key, 0) + 1
+    return [
+        f"{role} ({n})" if ended else f"{role} ({n} still running)"
+        for (role, ended), n in sorted(counts.items())
+    ]
 
 
 def end_sessions(params: Mapping[str, Any], logins: Sequence[str], here_only: bool = False) -> int:

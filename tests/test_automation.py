@@ -6,18 +6,23 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tenant_infra.automation import (
+    PulumiBackend,
     PulumiUnavailable,
+    _forward,
     _last_error_line,
     backend_env,
     project_file,
+    provider_conflict,
     require_cli,
 )
 from tenant_infra.cli import main
 from tenant_infra.errors import BackendUnavailable
+from tenant_infra.retry import TransientConflict
 
 
 def fake_cli(tmp_path: Path, version: str) -> Path:
@@ -191,3 +196,67 @@ def test_no_pulumi_command_decrypts_secrets(monkeypatch: pytest.MonkeyPatch, tmp
     argvs = [line for line in log.read_text().splitlines()]
     assert any('"up"' in argv for argv in argvs) and any('"output"' in argv for argv in argvs)
     assert not [argv for argv in argvs if "--show-secrets" in argv]
+
+
+def _diagnostic(kind: str, name: str, message: str, severity: str = "error") -> Any:
+    """An engine event as the CLI's event log holds it (``EngineEvent.from_json``)."""
+    from pulumi.automation.events import EngineEvent
+
+    urn = f"urn:pulumi:acme::tenant-infra::tenant-infra:tenant:Tenant${kind}::{name}"
+    return EngineEvent.from_json(
+        {
+            "sequence": 7,
+            "timestamp": 0,
+            "diagnosticEvent": {
+                "urn": urn,
+                "prefix": "error: ",
+                "message": message,
+                "color": "never",
+                "severity": severity,
+            },
+        }
+    )
+
+
+PQ_CONFLICT = (
+    "sdk-v2/provider2.go:572: sdk.helper_schema: could not execute revoke query: "
+    "pq: tuple concurrently updated: provider=postgresql@3.16.0"
+)
+
+
+def test_a_postgresql_providers_conflict_makes_the_update_a_transient_conflict() -> None:
+    from pulumi import automation as auto
+    from pulumi.automation._cmd import CommandResult
+
+    conflicts: set[str] = set()
+    handler = _forward(lambda _e: None, conflicts)
+    handler(_diagnostic("postgresql:index/grant:Grant", "acme-ledger-connect-a", PQ_CONFLICT))
+    assert conflicts == {"acme-ledger-connect-a"}
+
+    backend = object.__new__(PulumiBackend)  # no CLI needed to judge an error
+
+    def failed() -> None:
+        raise auto.CommandError(CommandResult("", "error: update failed", 255))
+
+    with pytest.raises(TransientConflict, match="acme-ledger-connect-a"):
+        backend._run(failed, conflicts)
+    with pytest.raises(RuntimeError) as other:
+        backend._run(failed, set())
+    assert not isinstance(other.value, TransientConflict)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "severity"),
+    [
+        # A migration's error can carry a tenant's values: never a reason to run again.
+        (
+            "pulumi-python:dynamic/tenant:ServiceMigration",
+            'invalid input syntax for type integer: "tuple concurrently updated"',
+            "error",
+        ),
+        ("postgresql:index/grant:Grant", "could not execute revoke query: pq: permission denied", "error"),
+        ("postgresql:index/grant:Grant", PQ_CONFLICT, "warning"),
+    ],
+)
+def test_other_failures_are_no_conflict(kind: str, message: str, severity: str) -> None:
+    assert provider_conflict(_diagnostic(kind, "acme-ledger-x", message, severity)) is None

@@ -262,42 +262,83 @@ def test_a_neighbours_grant_on_the_shared_database_at_that_moment_is_retried(
             events=record,
             **world.kwargs(),
         )
-        commit_once_waited_on()
+        commit_once_waited_on(by=tenant.replace("-", "_"))
         status = onboarding.result(timeout=300)
     assert status.ok, status.to_json()
-    assert [event.type for event in failed] == ["postgresql:index/grant:Grant"]
+    assert {event.type for event in failed} == {"postgresql:index/grant:Grant"}
 
 
-def test_a_neighbour_that_got_into_a_new_database_before_its_revoke_is_ended_by_the_gate(
-    world: World, monkeypatch: pytest.MonkeyPatch
+def test_a_neighbour_that_fills_a_new_database_before_its_revoke_is_ended_and_the_update_runs_again(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PostgreSQL lets PUBLIC connect to a new database until the provider's revoke runs,
     and checks CONNECT at login only: a neighbour's login that connects in between keeps
-    its session. The default post-deploy gate ends it before the isolation checks."""
+    its sessions, here as many as the database's limit, so the tenant's migration
+    cannot connect. The update ends them and runs once more."""
     from tests.support import replay
 
     neighbour = world.new_tenant("nbr")
     world.onboard(neighbour, "ledger:SCHEMA")
     tenant = world.new_tenant("win")
     sessions: list[psycopg.Connection[Any]] = []
-    create = replay._OPS[replay.PG + "grant:Grant"]["create"]
+    grant = replay.PG + "grant:Grant"
+    create = replay._OPS[grant]["create"]
 
     def in_the_window(provider: Any, values: Any) -> None:
         if values["role"] == "public" and values["objectType"] == "database":
-            params = world.pg(neighbour, "ledger", database=values["database"])
-            sessions.append(psycopg.connect(**params, autocommit=True))
+            database = values["database"]
+            ((limit,),) = admin_sql("SELECT datconnlimit FROM pg_database WHERE datname = %s", params=(database,))
+            for _ in range(limit):
+                sessions.append(psycopg.connect(**world.pg(neighbour, "ledger", database), autocommit=True))
         create(provider, values)
 
-    monkeypatch.setitem(replay._OPS[replay.PG + "grant:Grant"], "create", in_the_window)
+    monkeypatch.setitem(replay._OPS[grant], "create", in_the_window)
     try:
         status = commands.onboard(tenant, ["ledger:DATABASE"], DEV_STACK, **world.kwargs())
         assert status.ok, status.to_json()
-        (session,) = sessions
-        with pytest.raises(psycopg.OperationalError):
-            session.execute("SELECT 1")
+        assert len(sessions) > 1
+        for session in sessions:
+            with pytest.raises(psycopg.OperationalError):
+                session.execute("SELECT 1")
+        login = world.pg(neighbour, "ledger")["user"]
+        assert f"may not connect to its database: {login} ({len(sessions)})" in caplog.text
     finally:
         for session in sessions:
             session.close()
+
+
+def test_an_update_leaves_the_services_own_and_granted_sessions_alone(world: World) -> None:
+    """Only other roles without CONNECT are ended: the service's own login keeps a
+    session that lost CONNECT (a rotation's drain ends it on its schedule), and a
+    role granted CONNECT keeps its own."""
+    tenant = world.new_tenant("own")
+    world.onboard(tenant, "ledger:DATABASE")
+    params = world.pg(tenant, "ledger")
+    database = sql.Identifier(params["dbname"])
+    guest, stranger = (f"ti_{label}_{tenant.replace('-', '_')}" for label in ("guest", "stranger"))
+    for role in (guest, stranger):
+        admin_sql(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        admin_sql(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, sql.Identifier(role)))
+    sessions: dict[str, psycopg.Connection[Any]] = {}
+    try:
+        for role in (params["user"], guest, stranger):
+            login = params if role == params["user"] else params | {"user": role, "password": None}
+            sessions[role] = psycopg.connect(**login, autocommit=True)
+        for role in (params["user"], stranger):
+            admin_sql(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(database, sql.Identifier(role)))
+        (result,) = commands.up([tenant], verify=None, **world.kwargs())
+        assert result.ok, result.error
+        sessions[params["user"]].execute("SELECT 1")
+        sessions[guest].execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError):
+            sessions[stranger].execute("SELECT 1")
+    finally:
+        for conn in sessions.values():
+            conn.close()
+        admin_sql(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, sql.Identifier(params["user"])))
+        for role in (guest, stranger):
+            admin_sql(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)), params["dbname"])
+            admin_sql(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_the_checkpoint_holds_no_secret(world: World) -> None:
@@ -347,7 +388,8 @@ def test_every_transition_is_recorded_and_announced_in_the_seed_contract(world: 
     try:
         commands.onboard(tenant, (), DEV_STACK, metadata={"name": "Events Co"}, verify=None, **kw)
         for service in ("ledger:SCHEMA", "tracer:DATABASE"):
-            assert commands.register(tenant, [service], verify=world.verify, **kw).ok
+            status = commands.register(tenant, [service], verify=world.verify, **kw)
+            assert status.ok, status.to_json()
             product = service.split(":")[0]
             document = world.backend.document(tenant, product)
             passwords |= {document[s]["password"] for s in ("postgresql", "rabbitmq")}

@@ -77,7 +77,13 @@ from tenant_infra.pgdata.inventory import (
 )
 from tenant_infra.registry import Registry
 from tenant_infra.registry.operations import Operations
-from tenant_infra.sessions import admin_params, connect, drop_strays, release_logins
+from tenant_infra.sessions import (
+    admin_params,
+    connect,
+    drop_strays,
+    end_refused_sessions,
+    release_logins,
+)
 from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import Workspace
 
@@ -163,6 +169,9 @@ class Promoter:
             progress=self.progress,
             verify=self.verify,
             journal=self.journal,
+            # The first update creates the dedicated store: what got in before its
+            # privileges were set goes before the copy starts.
+            sweep=lambda config, product: end_refused_sessions(config, product, self.environ),
         )
 
     def record_seal(self, sealed: bool) -> TenantConfig:

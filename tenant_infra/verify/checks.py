@@ -662,29 +662,32 @@ class PgVerifier:
             f"{len(tenants)} tenant login roles may open {used} of {available} connections",
         )
 
-
     def no_refused_sessions(self, conn: psycopg.Connection[Any]) -> CheckResult:
-        """No session in the dedicated database of a role that may not connect to it:
-        one a neighbour opened before PUBLIC's ``CONNECT`` was revoked outlives the
-        revoke (the post-deploy gate ends them: ``sessions.end_refused_sessions``)."""
+        """No session in the dedicated database of another role that may not connect
+        to it: one a neighbour opened before PUBLIC's ``CONNECT`` was revoked outlives
+        the revoke (an update ends them: ``sessions.end_refused_sessions``). The
+        service's own roles are not counted: a rotation's drain ends theirs."""
         name = PG_CHECKS[14]
         if self.doc.isolation is not IsolationMode.DATABASE:
             return passed(name, f"a shared database: {self.pg.database} is every tenant's")
+        own = TenantNames(self.doc.tenant).service(self.doc.product).pg_logins()
         roles = [
             str(role)
             for (role,) in conn.execute(
                 "SELECT DISTINCT r.rolname FROM pg_stat_activity a"
                 " JOIN pg_roles r ON r.oid = a.usesysid WHERE a.datname = current_database()"
-                " AND NOT has_database_privilege(a.usesysid, a.datid, 'CONNECT') ORDER BY 1"
+                " AND r.rolname <> ALL(%s)"
+                " AND NOT has_database_privilege(a.usesysid, a.datid, 'CONNECT') ORDER BY 1",
+                (sorted(own),),
             )
         ]
         if roles:
             return failed(
                 name,
-                f"{', '.join(roles)} may not connect to {self.pg.database} but "
-                "has a session there (opened before PUBLIC's CONNECT was revoked)",
+                f"{', '.join(roles)} may not connect to {self.pg.database} but has a session "
+                "there (opened before its CONNECT was taken away)",
             )
-        return passed(name, f"every session in {self.pg.database} is of a role allowed there")
+        return passed(name, f"no other role without CONNECT has a session in {self.pg.database}")
 
 
 #: A slot login's suffix (``__<generation><slot>``), after its owner's name.

@@ -7,7 +7,6 @@ from Vault and the expected limits from the stack config.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,6 @@ from tenant_infra.catalog import Limits, load_catalog
 from tenant_infra.config import Platform, TenantConfig, platform_from_stack_file, read_stack_file
 from tenant_infra.errors import InvalidInput
 from tenant_infra.project import project_root
-from tenant_infra.sessions import end_refused_sessions
 from tenant_infra.tenant import validate_tenant_id
 from tenant_infra.vaultclient import operator_vault
 from tenant_infra.verify.broker import BrokerVerifier
@@ -31,8 +29,6 @@ from tenant_infra.verify.connections import (
 from tenant_infra.verify.mongodb import mongodb_checks
 from tenant_infra.verify.vault import vault_checks
 from tenant_infra.workspace import Workspace
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -239,21 +235,9 @@ def require_verified(
 ) -> None:
     """The post-deploy gate (``lifecycle.deploy(verify=...)``): raise unless verified.
 
-    First ends what a just-created dedicated database let in before its privileges were
-    set (:func:`~tenant_infra.sessions.end_refused_sessions`), then checks. Reads the
-    service's document from Vault, as the service itself would, unless the caller
-    holds it (``connections``).
+    Reads the service's document from Vault, as the service itself would, unless the
+    caller holds it (``connections``).
     """
-    _, config = _stack(tenant, stack_config, root or project_root())
-    if config is not None and config.service(product) is not None:
-        ended = end_refused_sessions(config, product, environ)
-        if ended:
-            log.warning(
-                "%s/%s: ended the sessions of roles that may not connect to its database: %s",
-                tenant,
-                product,
-                ", ".join(ended),
-            )
     report = verify_tenant(
         tenant,
         services=[product],

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 import psycopg
 from psycopg import sql
 
+from tenant_infra.retry import with_retries
+
 ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 
 
@@ -30,12 +32,14 @@ def neighbour_grant(database: str) -> Iterator[Callable[[], None]]:
                 neighbour.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(target, role))
                 pid = neighbour.info.backend_pid
 
-                def commit_once_waited_on(timeout: float = 60.0) -> None:
+                def commit_once_waited_on(by: str = "", timeout: float = 60.0) -> None:
+                    """``by``: a word of the waiting statement (the tests share servers)."""
                     deadline = time.monotonic() + timeout
                     while not admin.execute(
                         "SELECT 1 FROM pg_catalog.pg_stat_activity"
-                        " WHERE %s = ANY(pg_catalog.pg_blocking_pids(pid))",
-                        (pid,),
+                        " WHERE %s = ANY(pg_catalog.pg_blocking_pids(pid))"
+                        " AND strpos(query, %s) > 0",
+                        (pid, by),
                     ).fetchone():
                         if time.monotonic() > deadline:
                             raise AssertionError(f"no session waited on the grant to {database}")
@@ -43,6 +47,9 @@ def neighbour_grant(database: str) -> Iterator[Callable[[], None]]:
                     neighbour.commit()
 
                 yield commit_once_waited_on
-        finally:
-            admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(target, role))
+        finally:  # on a database other tests' grants may be changing at this moment
+            with_retries(
+                lambda: admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(target, role)),
+                base_delay=0.1,
+            )
             admin.execute(sql.SQL("DROP ROLE {}").format(role))

@@ -59,6 +59,7 @@ from tenant_infra.lifecycle import EventSink, PreviewOutcome, ResourceEvent
 from tenant_infra.plan import PlannedResource, evaluate, pulumi_config_values
 from tenant_infra.program import platform_program, tenant_program
 from tenant_infra.project import project_root
+from tenant_infra.retry import TransientConflict, transient
 from tenant_infra.tenant import pg_shared_database
 from tenant_infra.workspace import InProgress, Workspace
 
@@ -86,11 +87,16 @@ class ReplayError(RuntimeError):
 
 
 def _step_error(step: _Step, exc: Exception) -> Exception:
-    """What a failed step raises: like the CLI's error, it names the step and carries
-    the server's text (which ``tenant_infra.retry`` reads to retry a conflict)."""
+    """What a failed step raises: like the CLI's error, it names the step. A PostgreSQL
+    provider's resource that met a concurrent change is a TransientConflict, as the
+    automation backend judges it (``automation.provider_conflict``); a migration's
+    error never is."""
     if isinstance(exc, ReplayError):
         return exc
-    return ReplayError(f"{step.op} {step.type} {step.name}: {_one_line(exc)}")
+    what = f"{step.op} {step.type} {step.name}: {_one_line(exc)}"
+    if step.type.startswith("postgresql:") and transient(exc):
+        return TransientConflict(what)
+    return ReplayError(what)
 
 
 def _normal(value: Any) -> Any:
