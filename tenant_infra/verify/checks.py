@@ -482,7 +482,7 @@ class PgVerifier:
         if findings:
             return failed(PG_CHECKS[9], "; ".join(dict.fromkeys(findings)))
         scope = f"schema {self.pg.schema_name}, its objects" + (
-            f", database {self.pg.database}" if dedicated else ""
+            f", database {self.pg.database} (nor owns anything in it)" if dedicated else ""
         )
         return passed(
             PG_CHECKS[9],
@@ -808,5 +808,12 @@ SELECT 'database ' || d.datname,
  WHERE %(dedicated)s AND d.datname = current_database()
    AND a.grantee NOT IN (SELECT oid FROM ok)
    AND NOT (a.grantee IN (SELECT oid FROM logins) AND a.privilege_type = 'CONNECT')
+UNION ALL
+SELECT s.classid::regclass || ' ' || s.objid || ' in ' || d.datname,
+       pg_get_userbyid(s.refobjid), 'OWNERSHIP'
+  FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+ WHERE %(dedicated)s AND d.datname = current_database() AND s.deptype = 'o'
+   AND s.refclassid = 'pg_authid'::regclass
+   AND s.refobjid NOT IN (SELECT oid FROM ok UNION SELECT oid FROM me UNION SELECT oid FROM logins)
 ORDER BY 1, 2, 3
 """

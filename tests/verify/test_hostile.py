@@ -225,4 +225,12 @@ def test_a_neighbours_session_from_before_the_revoke_of_public_is_seen(provision
         assert list(found) == ["pg.no_refused_sessions"]
         assert found["pg.no_refused_sessions"].startswith(f"{neighbour.role} may not connect")
         assert failing(verify_tenant(neighbour.tenant, connections=[neighbour.document], admin=admin)) == {}
+        # What the session leaves outlives it: a large object of its own in the database.
+        (planted,) = conn.execute("SELECT lo_create(0)").fetchone()  # type: ignore[misc]
+    try:
+        found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
+        assert list(found) == ["pg.no_foreign_privileges"]
+        assert f"has OWNERSHIP on pg_largeobject {planted} in {tenant.database}" in found["pg.no_foreign_privileges"]
+    finally:
+        admin_sql(sql.SQL("SELECT lo_unlink({})").format(sql.Literal(planted)), tenant.database)
     assert failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin)) == {}
