@@ -383,12 +383,12 @@ def _verifier(
 
 
 def _sweeper(backend: StackBackend) -> lifecycle.Sweep:
-    """What ends, after an update, the sessions a new dedicated database let in before
+    """What evicts, after an update, the roles a new dedicated database let in before
     its privileges were set (with the operator's admin credentials)."""
-    from tenant_infra.sessions import end_refused_sessions
+    from tenant_infra.sessions import evict_refused
 
     environ = _operator_environ(backend)
-    return lambda config, product: end_refused_sessions(config, product, environ)
+    return lambda config, product: evict_refused(config, product, environ)
 
 
 def registry(workspace: Workspace, backend: StackBackend | None = None) -> Registry:

@@ -20,13 +20,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenant_infra.catalog import Store, load_catalog
 from tenant_infra.config import Removal, ServiceSpec, TenantConfig
 from tenant_infra.errors import InvalidInput, OperationFailed, first_line, scrub
 from tenant_infra.retry import with_retries
 from tenant_infra.workspace import InProgress, Workspace
+
+if TYPE_CHECKING:
+    from tenant_infra.sessions import Eviction
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +191,9 @@ def drift(stack: TenantStatus, registry: TenantStatus) -> list[str]:
 
 
 Progress = Callable[[str, ServiceStatus], None]
-#: After an update, ends the sessions a service's new dedicated database let in before
-#: its privileges were set (``sessions.end_refused_sessions``); returns what it ended.
-Sweep = Callable[[TenantConfig, str], list[str]]
+#: After an update, evicts what a service's new dedicated database let in before its
+#: privileges were set (``sessions.evict_refused``).
+Sweep = Callable[[TenantConfig, str], "Eviction"]
 
 
 class Journal(Protocol):
@@ -375,6 +378,8 @@ def deploy(
                 status.state = ServiceState.FAILED
                 status.reason = f"migration to {event.new_revision or 'head'} failed"
 
+        starting = {product: (s.state, s.reason) for product, s in statuses.items()}
+
         def update() -> dict[str, Any]:
             try:
                 return with_retries(lambda: backend.up(tenant, on_event))
@@ -384,7 +389,9 @@ def deploy(
                 if sweep is None or not _swept_quietly(config, sweep):
                     raise
                 # The neighbour's sessions cannot come back: the revoke ran before
-                # anything connected as the tenant.
+                # anything connected as the tenant. The first attempt's verdicts go.
+                for product, (state, reason) in starting.items():
+                    statuses[product].state, statuses[product].reason = state, reason
                 return with_retries(lambda: backend.up(tenant, on_event))
 
         try:
@@ -456,28 +463,30 @@ def deploy(
 
 
 def _swept_quietly(config: TenantConfig, sweep: Sweep) -> bool:
-    """Whether the sweep ended a session of any service."""
-    return any([_sweep_or_warn(config, spec.product, sweep) for spec in config.services])
+    """Whether the sweep ended a session of any service (sessions are what can have
+    kept the migration out)."""
+    evictions = [_sweep_or_warn(config, spec.product, sweep) for spec in config.services]
+    return any(eviction.ended for eviction in evictions if eviction is not None)
 
 
-def _sweep_or_warn(config: TenantConfig, product: str, sweep: Sweep) -> list[str]:
-    """What the sweep ended, said as a warning; a sweep that cannot run is a warning
-    too, not a failure: the isolation gate's ``pg.no_refused_sessions`` is the proof."""
+def _sweep_or_warn(config: TenantConfig, product: str, sweep: Sweep) -> Eviction | None:
+    """What the sweep did, said as a warning; a sweep that cannot run is a warning too,
+    not a failure: the isolation gate's ``pg.no_refused_sessions`` is the proof."""
     try:
-        ended = sweep(config, product)
+        eviction = sweep(config, product)
     except Exception as exc:
         log.warning(
-            "%s/%s: could not end refused sessions: %s", config.tenant, product, first_line(exc)
+            "%s/%s: could not evict refused roles: %s", config.tenant, product, first_line(exc)
         )
-        return []
-    if ended:
+        return None
+    if eviction:
         log.warning(
-            "%s/%s: ended the sessions of roles that may not connect to its database: %s",
+            "%s/%s: roles that may not connect to its database: %s",
             config.tenant,
             product,
-            ", ".join(ended),
+            eviction,
         )
-    return ended
+    return eviction
 
 
 def deploy_step(

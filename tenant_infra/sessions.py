@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -288,52 +289,122 @@ def close_sessions(
     return closed
 
 
-#: The sessions in a database of other roles than ``own`` that its privileges refuse
-#: now, each ended (given 5 s); whether it ended.
-_END_REFUSED = (
-    "SELECT r.rolname, pg_catalog.pg_terminate_backend(a.pid, 5000)"
-    " FROM pg_catalog.pg_stat_activity a JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid"
-    " WHERE a.datname = %s AND a.pid <> pg_catalog.pg_backend_pid()"
-    " AND r.rolname <> ALL(%s)"
-    " AND NOT pg_catalog.has_database_privilege(a.usesysid, a.datid, 'CONNECT')"
-)
+#: Roles other than ``own`` that the database's privileges refuse now, with a session
+#: there (its pid) or something they own there (pid NULL); superusers and the owner
+#: are never refused.
+_REFUSED = """
+SELECT r.rolname, a.pid
+  FROM pg_catalog.pg_stat_activity a JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
+ WHERE a.datname = current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+   AND r.rolname <> ALL(%(own)s)
+   AND NOT pg_catalog.has_database_privilege(r.oid, a.datid, 'CONNECT')
+UNION
+SELECT r.rolname, NULL
+  FROM pg_catalog.pg_shdepend s JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+  JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid
+ WHERE d.datname = current_database() AND s.deptype = 'o'
+   AND s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+   AND r.rolname <> ALL(%(own)s)
+   AND NOT pg_catalog.has_database_privilege(r.oid, d.oid, 'CONNECT')
+"""
 
 
-def end_refused_sessions(
+#: The large objects in the database of ``%s`` (roles): the one thing a role with
+#: only ``CONNECT`` can create in a PostgreSQL 15 database (temporary objects end
+#: with its session).
+_PLANTED = """
+SELECT s.objid, r.rolname
+  FROM pg_catalog.pg_shdepend s JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+  JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid
+ WHERE d.datname = current_database() AND s.deptype = 'o'
+   AND s.classid = 'pg_catalog.pg_largeobject'::pg_catalog.regclass
+   AND r.rolname = ANY(%s)
+ ORDER BY 1
+"""
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """What :func:`evict_refused` did in a service's dedicated database."""
+
+    #: ``<role> (<n>)``: sessions ended.
+    ended: tuple[str, ...] = ()
+    #: ``<role> (<n>)``: sessions still there (running after 5 s, or not the admin's
+    #: to end: it needs ``pg_signal_backend``).
+    left: tuple[str, ...] = ()
+    #: ``large object <oid> of <role>``: what their sessions left, removed.
+    removed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.ended or self.left or self.removed)
+
+    def __str__(self) -> str:
+        parts = [f"ended the sessions of {', '.join(self.ended)}"] if self.ended else []
+        if self.left:
+            parts.append(f"could not end those of {', '.join(self.left)}")
+        if self.removed:
+            parts.append(f"removed {', '.join(self.removed)}")
+        return "; ".join(parts)
+
+
+def evict_refused(
     config: TenantConfig, product: str, environ: Mapping[str, str] | None = None
-) -> list[str]:
-    """End the sessions in the service's dedicated database of other roles that may not
-    connect to it; returns ``<role> (<n>)`` for each, with those still running after
-    5 s named apart.
+) -> Eviction:
+    """End the sessions, and remove the large objects, of the other roles that may not
+    connect to the service's dedicated database.
 
     PostgreSQL gives PUBLIC ``CONNECT`` on a new database, and the provider creates it
     before the grant that takes that away runs: a neighbour's login that connects in
     between keeps its session (``CONNECT`` is checked at login only), sees the catalogs
-    (function sources included) and counts against the database's connection limit,
-    enough of them to keep the tenant's migration out. ``lifecycle.deploy`` calls this
-    after each update. The service's own roles are left alone (a rotation or a
-    suspension ends theirs on its own schedule), as are roles granted ``CONNECT`` (the
-    platform's temporary logins), the owner and superusers."""
+    (function sources included), counts against the database's connection limit
+    (enough of them keep the tenant's migration out) and can leave a large object
+    behind. ``lifecycle.deploy`` calls this after each update. The service's own roles
+    are left alone (a rotation or a suspension ends theirs on its own schedule), as are
+    roles granted ``CONNECT`` (the platform's temporary logins), the owner and
+    superusers."""
     spec = config.service(product)
     if spec is None or (spec.isolation is IsolationMode.SCHEMA and spec.promotion is None):
-        return []  # no dedicated database
+        return Eviction()  # no dedicated database
     env = os.environ if environ is None else environ
     names = config.names.service(product)
+    database = names.pg_dedicated_database
     try:
         with _admin(config, product, env, "postgres") as conn:
-            rows = conn.execute(
-                _END_REFUSED, (names.pg_dedicated_database, sorted(names.pg_logins()))
-            ).fetchall()
+            if not conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (database,)
+            ).fetchone():
+                return Eviction()
+        with _admin(config, product, env, database) as conn:
+            refused = conn.execute(_REFUSED, {"own": sorted(names.pg_logins())}).fetchall()
+            if not refused:
+                return Eviction()
+            ended: dict[str, int] = {}
+            left: dict[str, int] = {}
+            for role, pid in refused:
+                if pid is None:
+                    continue
+                try:
+                    row = conn.execute(
+                        "SELECT pg_catalog.pg_terminate_backend(%s, 5000)", (pid,)
+                    ).fetchone()
+                    gone = bool(row and row[0])
+                except psycopg.errors.InsufficientPrivilege:
+                    gone = False
+                counts = ended if gone else left
+                counts[str(role)] = counts.get(str(role), 0) + 1
+            # Never DROP OWNED here: it would also take the role's grants on shared
+            # objects, its CONNECT on its own database among them.
+            planted = conn.execute(_PLANTED, ([str(role) for role, _ in refused],)).fetchall()
+            with acting_for(conn, sorted({str(role) for _, role in planted})):
+                for oid, _role in planted:
+                    conn.execute("SELECT pg_catalog.lo_unlink(%s)", (oid,))
     except psycopg.Error as exc:
         raise BackendUnavailable(f"PostgreSQL: {first_line(exc)}") from None
-    counts: dict[tuple[str, bool], int] = {}
-    for role, ended in rows:
-        key = (str(role), bool(ended))
-        counts[key] = counts.get(key, 0) + 1
-    return [
-        f"{role} ({n})" if ended else f"{role} ({n} still running)"
-        for (role, ended), n in sorted(counts.items())
-    ]
+    return Eviction(
+        tuple(f"{role} ({n})" for role, n in sorted(ended.items())),
+        tuple(f"{role} ({n})" for role, n in sorted(left.items())),
+        tuple(f"large object {oid} of {role}" for oid, role in planted),
+    )
 
 
 def end_sessions(params: Mapping[str, Any], logins: Sequence[str], here_only: bool = False) -> int:

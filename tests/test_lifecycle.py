@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from tenant_infra import commands, retry
-from tenant_infra.config import ServiceSpec
-from tenant_infra.errors import InvalidInput
+from tenant_infra.config import ServiceSpec, TenantConfig
+from tenant_infra.errors import BackendUnavailable, InvalidInput
 from tenant_infra.lifecycle import (
     MIGRATION_TYPE,
     EventSink,
@@ -22,8 +22,11 @@ from tenant_infra.lifecycle import (
     ResourceEvent,
     ServiceState,
     ServiceStatus,
+    Sweep,
+    deploy,
 )
 from tenant_infra.retry import TransientConflict
+from tenant_infra.sessions import Eviction
 from tenant_infra.workspace import InProgress, Workspace
 from tests.support.registry import control_plane
 
@@ -506,3 +509,56 @@ def test_one_uuid_spelled_two_ways_is_one_tenant(root: Path, stacks: MemoryStack
     with pytest.raises(InvalidInput, match=f"use '{dashed}'"):
         commands.onboard(dashed.replace("-", ""), ["tracer:SCHEMA"], backend=stacks, root=root)
     assert not (root / "stacks" / f"Pulumi.{dashed.replace('-', '')}.yaml").exists()
+
+
+# ------------------------------------------------- evicting what a new database let in
+
+
+def _onboarded(root: Path, stacks: MemoryStacks) -> TenantConfig:
+    assert commands.onboard("newco", ["ledger:DATABASE"], backend=stacks, root=root, verify=None).ok
+    config = Workspace(root).read_config("newco")
+    assert config is not None
+    return config
+
+
+def _sweep(*results: Eviction | Exception) -> tuple[Sweep, list[str]]:
+    """A sweep answering ``results`` in turn (then nothing), and the products it saw."""
+    pending, seen = list(results), []
+
+    def sweep(_config: TenantConfig, product: str) -> Eviction:
+        seen.append(product)
+        result = pending.pop(0) if pending else Eviction()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return sweep, seen
+
+
+def test_a_failed_update_the_sweep_explains_runs_once_more(
+    root: Path, stacks: MemoryStacks
+) -> None:
+    config = _onboarded(root, stacks)
+    stacks.fail_up["newco"] = [RuntimeError("ledger: too many connections for database")]
+    sweep, seen = _sweep(Eviction(ended=("ledger_nbr__0a (25)",)))
+    status = deploy(config, stacks, Workspace(root), sweep=sweep)
+    assert status.ok, status.to_json()
+    assert stacks.calls.count(("up", "newco")) == 3  # onboard's, the failed one, again
+    assert seen == ["ledger", "ledger"]  # after the failure, after the success
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Eviction(), Eviction(removed=("large object 1 of x",)), BackendUnavailable("PostgreSQL: down")],
+)
+def test_a_failed_update_the_sweep_does_not_explain_fails_once(
+    root: Path, stacks: MemoryStacks, answer: Eviction | Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _onboarded(root, stacks)
+    stacks.fail_up["newco"] = [RuntimeError("ledger: permission denied")]
+    sweep, _ = _sweep(answer)
+    status = deploy(config, stacks, Workspace(root), sweep=sweep)
+    assert status.error == "ledger: permission denied"
+    assert stacks.calls.count(("up", "newco")) == 2
+    if isinstance(answer, Exception):
+        assert "could not evict refused roles: PostgreSQL: down" in caplog.text

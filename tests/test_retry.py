@@ -47,7 +47,7 @@ def _granted(database: str) -> bool:
 
 
 def test_postgresql_reports_a_neighbours_concurrent_grant_as_transient(database: str) -> None:
-    with neighbour_grant(database) as commit_once_waited_on, ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, neighbour_grant(database) as commit_once_waited_on:
         granting = pool.submit(_grant, database)
         commit_once_waited_on()
         with pytest.raises(psycopg.Error) as raised:
@@ -57,7 +57,7 @@ def test_postgresql_reports_a_neighbours_concurrent_grant_as_transient(database:
 
 
 def test_a_grant_retried_after_the_conflict_is_made(database: str) -> None:
-    with neighbour_grant(database) as commit_once_waited_on, ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, neighbour_grant(database) as commit_once_waited_on:
         granting = pool.submit(with_retries, lambda: _grant(database), base_delay=0.0)
         commit_once_waited_on()
         granting.result(timeout=30)
@@ -100,7 +100,9 @@ def test_two_first_grants_on_a_parameter_at_once_are_retried(database: str) -> N
                 )
                 unretried = pool.submit(grant)
                 retried = pool.submit(with_retries, grant, base_delay=0.0)
+                deadline = time.monotonic() + 20
                 while len(_waiting_on(admin, first.info.backend_pid)) < 2:
+                    assert time.monotonic() < deadline, "the two grants never waited"
                     time.sleep(0.02)
                 first.commit()
                 with pytest.raises(psycopg.errors.UniqueViolation) as raised:

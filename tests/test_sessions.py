@@ -42,7 +42,7 @@ def test_drop_owned_gets_past_a_neighbours_grant_on_the_same_database(
     with psycopg.connect(**(ADMIN | {"dbname": database}), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE TABLE kept (id int)"))
         conn.execute(sql.SQL("ALTER TABLE kept OWNER TO {}").format(sql.Identifier(database)))
-        with neighbour_grant(database) as commit_once_waited_on, ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(1) as pool, neighbour_grant(database) as commit_once_waited_on:
             dropping = pool.submit(drop_owned, conn, database, reassign_to=owner)
             commit_once_waited_on()
             dropping.result(timeout=30)

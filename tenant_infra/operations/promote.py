@@ -81,7 +81,7 @@ from tenant_infra.sessions import (
     admin_params,
     connect,
     drop_strays,
-    end_refused_sessions,
+    evict_refused,
     release_logins,
 )
 from tenant_infra.tenant import pg_shared_database
@@ -171,7 +171,7 @@ class Promoter:
             journal=self.journal,
             # The first update creates the dedicated store: what got in before its
             # privileges were set goes before the copy starts.
-            sweep=lambda config, product: end_refused_sessions(config, product, self.environ),
+            sweep=lambda config, product: evict_refused(config, product, self.environ),
         )
 
     def record_seal(self, sealed: bool) -> TenantConfig:
@@ -229,6 +229,14 @@ class Promoter:
         detail["revision"] = spec.promotion.revision
         detail["targetLogin"] = self.target_owner(config)
         self.update(config, "provisioning the dedicated store")
+        # The update's own eviction only warns when it cannot run; the data goes into
+        # this store next, so here it must have run, and left no session behind.
+        eviction = evict_refused(config, self.product, self.environ)
+        if eviction.left:
+            raise OperationFailed(
+                f"promotion of {self.tenant}/{self.product}: sessions of roles that may not "
+                f"connect are still in the dedicated store: {', '.join(eviction.left)}"
+            )
         # The indexes the product's migrations made: the copy drops and rebuilds these.
         with connect(self.dedicated(config)) as conn:
             detail["indexes"] = secondary_indexes(

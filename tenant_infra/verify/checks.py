@@ -665,7 +665,7 @@ class PgVerifier:
     def no_refused_sessions(self, conn: psycopg.Connection[Any]) -> CheckResult:
         """No session in the dedicated database of another role that may not connect
         to it: one a neighbour opened before PUBLIC's ``CONNECT`` was revoked outlives
-        the revoke (an update ends them: ``sessions.end_refused_sessions``). The
+        the revoke (an update evicts them: ``sessions.evict_refused``). The
         service's own roles are not counted: a rotation's drain ends theirs."""
         name = PG_CHECKS[14]
         if self.doc.isolation is not IsolationMode.DATABASE:
@@ -685,7 +685,8 @@ class PgVerifier:
             return failed(
                 name,
                 f"{', '.join(roles)} may not connect to {self.pg.database} but has a session "
-                "there (opened before its CONNECT was taken away)",
+                f"there (opened before its CONNECT was taken away); `tenantctl up "
+                f"{self.doc.tenant}` ends it",
             )
         return passed(name, f"no other role without CONNECT has a session in {self.pg.database}")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tenant_infra.errors import OperationFailed
 from tenant_infra.pgdata.checksum import checksums, mismatches
@@ -237,3 +239,33 @@ def test_a_type_of_the_schema_is_the_same_column_type_under_another_schema_name(
         source, target = read_inventory(s, pair.schema), read_inventory(t, f"restoring_{pair.schema}")
     assert dict(source.table("operations").columns)["kind"] == "kind"  # type: ignore[union-attr]
     assert differences(source, target) == []
+
+
+def test_a_platform_login_is_made_past_a_neighbours_grant_on_the_same_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its ``GRANT CONNECT`` changes the database's one privileges row, which another
+    tenant's grant may be changing at that moment (``tenant_infra/retry.py``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tenant_infra import retry
+    from tenant_infra.pgdata.copy import create_login, drop_login
+    from tests.support.conflict import ADMIN, neighbour_grant
+
+    monkeypatch.setattr(retry, "RETRY_BASE_DELAY", 0.0)
+    database, name = f"ti_login_{secrets.token_hex(4)}", f"ti_login_{secrets.token_hex(4)}"
+    admin = ADMIN | {"dbname": database}
+    with psycopg.connect(**ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        with ThreadPoolExecutor(1) as pool, neighbour_grant(database) as commit_once_waited_on:
+            creating = pool.submit(create_login, admin, name)
+            commit_once_waited_on(by=name)
+            params = creating.result(timeout=30)
+        with psycopg.connect(**params) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (name,)
+        drop_login(admin, name)
+    finally:
+        with psycopg.connect(**ADMIN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -18,11 +18,13 @@ ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postg
 
 
 @contextlib.contextmanager
-def neighbour_grant(database: str) -> Iterator[Callable[[], None]]:
+def neighbour_grant(database: str) -> Iterator[Callable[..., None]]:
     """An open transaction that granted ``CONNECT`` on ``database`` to a role of its
     own. The function it yields waits until another session waits on that transaction
     (a change of the same ``pg_database`` row), then commits it: that session's
-    statement then fails with ``tuple concurrently updated``."""
+    statement then fails with ``tuple concurrently updated``. Leaving the block
+    without it rolls the grant back; enter this after a thread pool the waiting
+    session runs in, so that it ends first."""
     role = sql.Identifier(f"ti_neighbour_{secrets.token_hex(4)}")
     target = sql.Identifier(database)
     with psycopg.connect(**ADMIN, autocommit=True) as admin:
@@ -32,7 +34,7 @@ def neighbour_grant(database: str) -> Iterator[Callable[[], None]]:
                 neighbour.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(target, role))
                 pid = neighbour.info.backend_pid
 
-                def commit_once_waited_on(by: str = "", timeout: float = 60.0) -> None:
+                def commit_once_waited_on(by: str = "", timeout: float = 20.0) -> None:
                     """``by``: a word of the waiting statement (the tests share servers)."""
                     deadline = time.monotonic() + timeout
                     while not admin.execute(

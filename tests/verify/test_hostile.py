@@ -217,9 +217,11 @@ def test_a_neighbours_session_from_before_the_revoke_of_public_is_seen(provision
     tenant = provision.tenant("DATABASE", "win")
     neighbour = provision.tenant("DATABASE", "nbw")
     database = sql.Identifier(tenant.database)
-    admin_sql(sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(database))  # the window
+    # The window, for the neighbour alone (PUBLIC would reach other tests' verifies).
+    role = sql.Identifier(neighbour.role)
+    admin_sql(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
     with psycopg.connect(**neighbour.pg(tenant.database), autocommit=True) as conn:
-        admin_sql(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(database))
+        admin_sql(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(database, role))
         conn.execute("SELECT 1")  # still there
         found = failing(verify_tenant(tenant.tenant, connections=[tenant.document], admin=admin))
         assert list(found) == ["pg.no_refused_sessions"]
