@@ -382,7 +382,7 @@ def _verifier(
     return check
 
 
-def _sweeper(backend: StackBackend) -> lifecycle.Sweep:
+def _evictor(backend: StackBackend) -> lifecycle.Evict:
     """What evicts, after an update, the roles a new dedicated database let in before
     its privileges were set (with the operator's admin credentials)."""
     from tenant_infra.sessions import evict_refused
@@ -478,7 +478,7 @@ def onboard(
         gate,
         events,
         journal,
-        sweep=_sweeper(stacks),
+        evict=_evictor(stacks),
     )
 
 
@@ -1202,14 +1202,14 @@ def up(
     chosen = _fleet(tenants, all_tenants, workspace)
     stacks = _backend(workspace, backend)
     gate = _verifier(workspace, verify, stacks)
-    sweep = _sweeper(stacks)
+    evict = _evictor(stacks)
     journal = _journal(workspace, stacks, "up")
 
     def one(tenant: str) -> FleetResult:
         config = workspace.read_config(tenant)
         assert config is not None
         result = lifecycle.deploy(
-            config, stacks, workspace, progress or _quiet, gate, journal=journal, sweep=sweep
+            config, stacks, workspace, progress or _quiet, gate, journal=journal, evict=evict
         )
         failed = [s for s in result.services if s.state != ServiceState.READY]
         error = result.error or "; ".join(f"{s.product}: {s.reason}" for s in failed)

@@ -193,7 +193,7 @@ def drift(stack: TenantStatus, registry: TenantStatus) -> list[str]:
 Progress = Callable[[str, ServiceStatus], None]
 #: After an update, evicts what a service's new dedicated database let in before its
 #: privileges were set (``sessions.evict_refused``).
-Sweep = Callable[[TenantConfig, str], "Eviction"]
+Evict = Callable[[TenantConfig, str], "Eviction"]
 
 
 class Journal(Protocol):
@@ -336,13 +336,13 @@ def deploy(
     verify: Callable[[str, str], None] | None = None,
     events: EventSink | None = None,
     journal: Journal | None = None,
-    sweep: Sweep | None = None,
+    evict: Evict | None = None,
 ) -> TenantStatus:
     """Write the tenant's config and bring its stack up; every service ends ready or failed.
 
-    ``sweep(config, product)`` runs after the update, and ``verify(tenant, product)``
+    ``evict(config, product)`` runs after the update, and ``verify(tenant, product)``
     (raising on failure) after it, before a service is marked ready. A failed update
-    that the sweep explains (it ended sessions, which can have kept the migration out)
+    that the eviction explains (it ended sessions, which can have kept the migration out)
     runs once more.
     """
     tenant = config.tenant
@@ -386,7 +386,7 @@ def deploy(
             except InProgress:
                 raise
             except Exception:
-                if sweep is None or not _swept_quietly(config, sweep):
+                if evict is None or not _evicted_sessions(config, evict):
                     raise
                 # The neighbour's sessions cannot come back: the revoke ran before
                 # anything connected as the tenant. The first attempt's verdicts go.
@@ -448,8 +448,8 @@ def deploy(
                 status.reason = ""
                 progress(tenant, status)
                 continue
-            if sweep is not None:
-                _sweep_or_warn(config, status.product, sweep)
+            if evict is not None:
+                _evict_or_warn(config, status.product, evict)
             try:
                 if verify is not None:
                     verify(tenant, status.product)
@@ -462,18 +462,18 @@ def deploy(
         return TenantStatus(tenant, list(statuses.values()))
 
 
-def _swept_quietly(config: TenantConfig, sweep: Sweep) -> bool:
-    """Whether the sweep ended a session of any service (sessions are what can have
+def _evicted_sessions(config: TenantConfig, evict: Evict) -> bool:
+    """Whether the eviction ended a session of any service (sessions are what can have
     kept the migration out)."""
-    evictions = [_sweep_or_warn(config, spec.product, sweep) for spec in config.services]
+    evictions = [_evict_or_warn(config, spec.product, evict) for spec in config.services]
     return any(eviction.ended for eviction in evictions if eviction is not None)
 
 
-def _sweep_or_warn(config: TenantConfig, product: str, sweep: Sweep) -> Eviction | None:
-    """What the sweep did, said as a warning; a sweep that cannot run is a warning too,
+def _evict_or_warn(config: TenantConfig, product: str, evict: Evict) -> Eviction | None:
+    """What the eviction did, said as a warning; one that cannot run is a warning too,
     not a failure: the isolation gate's ``pg.no_refused_sessions`` is the proof."""
     try:
-        eviction = sweep(config, product)
+        eviction = evict(config, product)
     except Exception as exc:
         log.warning(
             "%s/%s: could not evict refused roles: %s", config.tenant, product, first_line(exc)
@@ -499,7 +499,7 @@ def deploy_step(
     progress: Progress | None = None,
     verify: Callable[[str, str], None] | None = None,
     journal: Journal | None = None,
-    sweep: Sweep | None = None,
+    evict: Evict | None = None,
 ) -> None:
     """An update as one step of a day-2 operation on ``product``: the update failing,
     or the service failing its gate, fails the step (``what`` says which); the next
@@ -511,7 +511,7 @@ def deploy_step(
         progress or _no_progress,
         verify,
         journal=journal,
-        sweep=sweep,
+        evict=evict,
     )
     service = status.service(product)
     if status.error or service.state is ServiceState.FAILED:

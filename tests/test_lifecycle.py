@@ -18,11 +18,11 @@ from tenant_infra.errors import BackendUnavailable, InvalidInput
 from tenant_infra.lifecycle import (
     MIGRATION_TYPE,
     EventSink,
+    Evict,
     PreviewOutcome,
     ResourceEvent,
     ServiceState,
     ServiceStatus,
-    Sweep,
     deploy,
 )
 from tenant_infra.retry import TransientConflict
@@ -521,27 +521,27 @@ def _onboarded(root: Path, stacks: MemoryStacks) -> TenantConfig:
     return config
 
 
-def _sweep(*results: Eviction | Exception) -> tuple[Sweep, list[str]]:
-    """A sweep answering ``results`` in turn (then nothing), and the products it saw."""
+def _evict(*results: Eviction | Exception) -> tuple[Evict, list[str]]:
+    """An eviction answering ``results`` in turn (then nothing), and the products it saw."""
     pending, seen = list(results), []
 
-    def sweep(_config: TenantConfig, product: str) -> Eviction:
+    def evict(_config: TenantConfig, product: str) -> Eviction:
         seen.append(product)
         result = pending.pop(0) if pending else Eviction()
         if isinstance(result, Exception):
             raise result
         return result
 
-    return sweep, seen
+    return evict, seen
 
 
-def test_a_failed_update_the_sweep_explains_runs_once_more(
+def test_a_failed_update_the_eviction_explains_runs_once_more(
     root: Path, stacks: MemoryStacks
 ) -> None:
     config = _onboarded(root, stacks)
     stacks.fail_up["newco"] = [RuntimeError("ledger: too many connections for database")]
-    sweep, seen = _sweep(Eviction(ended=("ledger_nbr__0a (25)",)))
-    status = deploy(config, stacks, Workspace(root), sweep=sweep)
+    evict, seen = _evict(Eviction(ended=("ledger_nbr__0a (25)",)))
+    status = deploy(config, stacks, Workspace(root), evict=evict)
     assert status.ok, status.to_json()
     assert stacks.calls.count(("up", "newco")) == 3  # onboard's, the failed one, again
     assert seen == ["ledger", "ledger"]  # after the failure, after the success
@@ -551,13 +551,13 @@ def test_a_failed_update_the_sweep_explains_runs_once_more(
     "answer",
     [Eviction(), Eviction(removed=("large object 1 of x",)), BackendUnavailable("PostgreSQL: down")],
 )
-def test_a_failed_update_the_sweep_does_not_explain_fails_once(
+def test_a_failed_update_the_eviction_does_not_explain_fails_once(
     root: Path, stacks: MemoryStacks, answer: Eviction | Exception, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = _onboarded(root, stacks)
     stacks.fail_up["newco"] = [RuntimeError("ledger: permission denied")]
-    sweep, _ = _sweep(answer)
-    status = deploy(config, stacks, Workspace(root), sweep=sweep)
+    evict, _ = _evict(answer)
+    status = deploy(config, stacks, Workspace(root), evict=evict)
     assert status.error == "ledger: permission denied"
     assert stacks.calls.count(("up", "newco")) == 2
     if isinstance(answer, Exception):

@@ -171,7 +171,7 @@ class Promoter:
             journal=self.journal,
             # The first update creates the dedicated store: what got in before its
             # privileges were set goes before the copy starts.
-            sweep=lambda config, product: evict_refused(config, product, self.environ),
+            evict=lambda config, product: evict_refused(config, product, self.environ),
         )
 
     def record_seal(self, sealed: bool) -> TenantConfig:
